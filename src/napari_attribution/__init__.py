@@ -1,0 +1,52 @@
+"""napari-attribution: explain medical-imaging deep-learning models (2D and 3D, classification and segmentation).
+
+The public API is this module's ``__all__``. Importing it imports neither Qt, magicgui nor napari.
+
+>>> import napari_attribution as na
+>>> sorted(m.name for m in na.list_methods())[:3]
+['cam', 'deconvnet', 'grad_cam']
+"""
+
+from __future__ import annotations
+
+from . import targets
+from ._attribution import Attribution
+from ._errors import (
+    AttributionError,
+    Cancelled,
+    InputShapeError,
+    LayerNotFoundError,
+    MethodError,
+    ModelLoadError,
+    ParameterError,
+    ReaderError,
+    TargetError,
+)
+from .methods._registry import MethodInfo, get_method, list_methods
+from .models import LoadedModel, ModelCard, find_layers
+from .pipeline import compare, explain
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attribution",
+    "AttributionError",
+    "Cancelled",
+    "InputShapeError",
+    "LayerNotFoundError",
+    "LoadedModel",
+    "MethodError",
+    "MethodInfo",
+    "ModelCard",
+    "ModelLoadError",
+    "ParameterError",
+    "ReaderError",
+    "TargetError",
+    "__version__",
+    "compare",
+    "explain",
+    "find_layers",
+    "get_method",
+    "list_methods",
+    "targets",
+]

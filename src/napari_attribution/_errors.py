@@ -1,0 +1,68 @@
+"""The exception family of napari-attribution.
+
+Every error the library raises on purpose derives from :class:`AttributionError`, and its message says
+what to do next::
+
+    AttributionError
+     ├── TargetError          the target cannot be formed (class out of range, empty region, ...)
+     ├── LayerNotFoundError   a layer name that the model does not have (lists the candidates)
+     ├── InputShapeError      the image does not fit the model (dimensions, channels)
+     ├── MethodError          unknown method, or a method that does not apply to this model
+     ├── ParameterError       a parameter the method does not accept, or an invalid value
+     ├── ModelLoadError       a model file or card that cannot be loaded
+     ├── ReaderError          a scan that cannot be read
+     └── Cancelled            the caller's ``cancel()`` returned True; nothing was produced
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AttributionError",
+    "Cancelled",
+    "InputShapeError",
+    "LayerNotFoundError",
+    "MethodError",
+    "ModelLoadError",
+    "ParameterError",
+    "ReaderError",
+    "TargetError",
+]
+
+
+class AttributionError(Exception):
+    """Root of all errors raised on purpose by napari-attribution."""
+
+
+class TargetError(AttributionError, ValueError):
+    """The target cannot be formed for this model output."""
+
+
+class LayerNotFoundError(AttributionError, KeyError):
+    """The requested layer does not exist in the model (the message lists the candidates)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class InputShapeError(AttributionError, ValueError):
+    """The image's shape does not fit the model."""
+
+
+class MethodError(AttributionError, ValueError):
+    """Unknown method, or a method that cannot be applied to this model."""
+
+
+class ParameterError(AttributionError, ValueError):
+    """A method parameter that is unknown or has an invalid value."""
+
+
+class ModelLoadError(AttributionError):
+    """A model source that cannot be loaded."""
+
+
+class ReaderError(AttributionError):
+    """A scan that cannot be read."""
+
+
+class Cancelled(AttributionError):
+    """The run was cancelled by the caller; no result was produced."""

@@ -1,0 +1,256 @@
+"""The only place where hooks and function modes are registered; every one is removed in ``finally``.
+
+- :func:`model_guard` puts a model in eval mode without parameter gradients and restores every module's
+  ``training`` flag and every parameter's ``requires_grad`` afterwards, also when the method raises.
+- :func:`capture_layer` records one module's output (a forward hook).
+- :func:`record_module_outputs` records the output shapes of all modules (layer discovery).
+- :func:`activation_rule` replaces the backward pass of ReLU-like activations (guided backprop, deconvnet) with
+  a thread-local :class:`torch.overrides.TorchFunctionMode`: it reaches ``nn.ReLU`` (in-place or not),
+  ``F.relu``, ``torch.relu_`` and ``Tensor.relu`` alike, plus PReLU, LeakyReLU, ELU, SELU, CELU, GELU, SiLU and
+  Mish, and never patches ``torch.nn.functional`` for the process (the widget runs work in threads).
+- :func:`saved_tensor_meter` measures the bytes autograd saves during a forward pass, for memory budgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "LayerCapture",
+    "activation_rule",
+    "capture_layer",
+    "model_guard",
+    "record_module_outputs",
+    "saved_tensor_meter",
+]
+
+
+@contextmanager
+def model_guard(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode with frozen parameters; restore both flags on exit.
+
+    Parameters are frozen so that backward passes compute input and activation gradients only (less memory
+    and time); the user's ``.grad`` fields are never written because methods use ``torch.autograd.grad``.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+@dataclass
+class LayerCapture:
+    """Holds the activation of the captured layer after a forward pass."""
+
+    activation: Tensor | None = None
+
+
+def _first_tensor(out: Any) -> Tensor | None:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    return None
+
+
+@contextmanager
+def capture_layer(layer: nn.Module, *, grad: bool = True) -> Iterator[LayerCapture]:
+    """Record ``layer``'s output tensor during the forward passes inside the block.
+
+    With ``grad=True`` the captured activation requires grad even when nothing below it does (then the
+    backward pass stops at the layer: Grad-CAM costs one forward and a partial backward). The model continues
+    with a copy of the activation, so an in-place operation after the layer (``ReLU(inplace=True)``) cannot
+    change what was captured.
+    """
+    holder = LayerCapture()
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        act = _first_tensor(output)
+        if act is None:
+            return None
+        if grad and torch.is_grad_enabled() and not act.requires_grad:
+            act = act.detach().requires_grad_(True)
+        holder.activation = act
+        copy = act.clone()
+        if isinstance(output, Tensor):
+            return copy
+        return type(output)([copy, *output[1:]]) if isinstance(output, (tuple, list)) else None
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield holder
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def record_module_outputs(model: nn.Module) -> Iterator[list[tuple[str, tuple[int, ...], Any]]]:
+    """Record ``(name, output shape, weakref(output))`` of every submodule, in the order their forward returns."""
+    records: list[tuple[str, tuple[int, ...], Any]] = []
+    handles = []
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            t = _first_tensor(output)
+            if t is not None:
+                records.append((name, tuple(t.shape), weakref.ref(t)))
+
+        return hook
+
+    try:
+        for name, module in model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make(name)))
+        yield records
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --------------------------------------------------------------------------------------------------
+# backward rules for activations
+
+
+class _PositiveGrad(torch.autograd.Function):
+    """Identity forward; backward keeps the positive part of the incoming gradient (guided backprop)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:  # noqa: D102
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:  # noqa: D102
+        return grad.clamp(min=0)
+
+
+class _Deconv(torch.autograd.Function):
+    """Forward returns the activation's value; backward passes ``max(R_out, 0)`` straight to the input,
+    ignoring the forward mask (Zeiler & Fergus deconvnet)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:  # noqa: D102
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        return grad.clamp(min=0), None
+
+
+# out-of-place function for each activation entry point; the in-place ones write the result back
+_OUT_OF_PLACE: dict[Callable[..., Any], Callable[..., Any]] = {
+    F.relu: F.relu,
+    torch.relu: torch.relu,
+    torch.relu_: torch.relu,
+    Tensor.relu: torch.relu,
+    Tensor.relu_: torch.relu,
+    F.leaky_relu: F.leaky_relu,
+    F.prelu: F.prelu,
+    torch.prelu: torch.prelu,
+    F.elu: F.elu,
+    F.selu: F.selu,
+    F.celu: F.celu,
+    F.gelu: F.gelu,
+    F.silu: F.silu,
+    F.mish: F.mish,
+}
+_ALWAYS_INPLACE = {torch.relu_, Tensor.relu_, getattr(F, "relu_", None), getattr(F, "leaky_relu_", None),
+                   getattr(F, "elu_", None), getattr(torch, "selu_", None), getattr(torch, "celu_", None)}
+for _f in [getattr(F, "relu_", None), getattr(F, "leaky_relu_", None), getattr(F, "elu_", None)]:
+    if _f is not None:
+        _OUT_OF_PLACE[_f] = {F.relu_: F.relu, F.leaky_relu_: F.leaky_relu, F.elu_: F.elu}[_f]
+_ALWAYS_INPLACE.discard(None)
+
+
+class _ActivationRuleMode(TorchFunctionMode):
+    """Thread-local function mode that gives every ReLU-like activation the ``rule``'s backward pass."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.rule = rule
+        self.count = 0
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        plain = _OUT_OF_PLACE.get(func)
+        if plain is None:
+            return func(*args, **kwargs)
+        x = args[0]
+        inplace = func in _ALWAYS_INPLACE or bool(kwargs.pop("inplace", False))
+        rest = list(args[1:])
+        if plain in (F.relu, F.selu, F.silu, F.mish) and rest:
+            inplace = inplace or bool(rest.pop())  # F.relu(x, True)
+        elif plain in (F.leaky_relu, F.elu, F.celu) and len(rest) == 2:
+            inplace = inplace or bool(rest.pop())
+        if not isinstance(x, Tensor) or not x.requires_grad:
+            y = plain(x, *rest, **kwargs)
+        elif self.rule == "deconvnet":
+            with torch.no_grad():
+                value = plain(x.detach(), *rest, **kwargs)
+            y = _Deconv.apply(x, value)
+        else:  # guided backprop: positive part of the incoming gradient, then the activation's own derivative
+            y = _PositiveGrad.apply(plain(x, *rest, **kwargs))
+        self.count += 1
+        if inplace:
+            return x.copy_(y)
+        return y
+
+
+@contextmanager
+def activation_rule(rule: str) -> Iterator[_ActivationRuleMode]:
+    """Give every ReLU-like activation called inside the block the backward ``rule``.
+
+    ``rule="guided_backprop"``: ``R_in = f'(a_in) * max(R_out, 0)`` (for ReLU ``1[a_in > 0] 1[R_out > 0] R_out``).
+    ``rule="deconvnet"``: ``R_in = max(R_out, 0)``, the forward mask ignored. Other activations (PReLU,
+    LeakyReLU, ELU, GELU, SiLU, ...) get the same treatment of the incoming gradient. In-place activations
+    are computed out of place and written back, so the original mask is never applied after the rule.
+    The mode is thread-local: other threads keep normal autograd.
+    """
+    if rule not in ("guided_backprop", "deconvnet"):
+        raise ValueError(f"unknown rule {rule!r}")
+    mode = _ActivationRuleMode(rule)
+    with mode:
+        yield mode
+
+
+@dataclass
+class SavedTensorMeter:
+    """Bytes of distinct tensors that autograd saved for backward inside the block."""
+
+    bytes: int = 0
+    _seen: set[tuple[int, int]] = field(default_factory=set)
+
+
+@contextmanager
+def saved_tensor_meter() -> Iterator[SavedTensorMeter]:
+    """Measure the activation memory a forward pass keeps for its backward pass."""
+    meter = SavedTensorMeter()
+
+    def pack(t: Tensor) -> Tensor:
+        try:
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - exotic tensors
+            key = (id(t), 0)
+        if key not in meter._seen:
+            meter._seen.add(key)
+            meter.bytes += key[1]
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield meter

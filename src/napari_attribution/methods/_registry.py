@@ -1,0 +1,172 @@
+"""One registry of attribution methods.
+
+Every method is a function ``fn(run, params) -> MethodOutput`` registered under a canonical name with
+:func:`register`. The registry feeds :func:`napari_attribution.list_methods`, the widget's dropdown, the CLI's
+choices and the parametrised tests, so a method exists in all of them as soon as it is registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from .._errors import MethodError, ParameterError
+
+if TYPE_CHECKING:
+    from ._run import MethodOutput, Run
+
+__all__ = ["MethodInfo", "get_method", "list_methods", "register"]
+
+MethodFn = Callable[["Run", dict[str, Any]], "MethodOutput"]
+
+#: parameters every method accepts (handled by the pipeline, not by the method)
+COMMON_PARAMS: Mapping[str, Any] = MappingProxyType(
+    {"seed": 0, "max_batch": None, "memory_budget": 512 * 2**20, "slices": None}
+)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a registered method computes and what it costs.
+
+    Attributes
+    ----------
+    name : str
+        Canonical registry key, e.g. ``"grad_cam"``.
+    label : str
+        What is computed, in words (shown in the GUI).
+    family : str
+        ``"gradient"``, ``"backward_rule"``, ``"cam"``, ``"perturbation"``, ``"layer"`` or ``"captum"``.
+    needs_layer : bool
+        The method works on an internal layer (``layer=`` applies).
+    signed : bool
+        The map has a meaningful sign (evidence for and against).
+    passes : str
+        Cost in forward (F) and backward (B) passes, e.g. ``"1F + 1B"`` or ``"steps x (1F + 1B)"``.
+    paper : str
+        The reference (arXiv id or DOI).
+    supports_torchscript : bool
+        Works on TorchScript models (which take no module hooks).
+    params : Mapping[str, Any]
+        The method's own parameters and their defaults (the common ones are in ``COMMON_PARAMS``).
+    shared_pass : bool
+        Computed from the one shared forward + backward pass (activations, layer and input gradients), so
+        ``compare`` computes several such methods for the price of one.
+    needs_input_grad, needs_grad : bool
+        What the shared pass must provide: the input gradient; any backward pass at all.
+    rule : str or None
+        The activation backward rule the shared pass runs under (``"guided_backprop"``, ``"deconvnet"``).
+    """
+
+    name: str
+    label: str
+    family: str
+    needs_layer: bool
+    signed: bool
+    passes: str
+    paper: str
+    supports_torchscript: bool = True
+    params: Mapping[str, Any] = field(default_factory=dict)
+    shared_pass: bool = False
+    needs_input_grad: bool = False
+    needs_grad: bool = True
+    rule: str | None = None
+    fn: MethodFn | None = field(default=None, repr=False, compare=False)
+
+    def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Merge ``params`` with the defaults; unknown keys raise :class:`ParameterError`."""
+        merged: dict[str, Any] = {**COMMON_PARAMS, **self.params}
+        for key, value in (params or {}).items():
+            if key not in merged and "*" not in self.params:
+                known = ", ".join(sorted(set(self.params) | set(COMMON_PARAMS)))
+                raise ParameterError(
+                    f"Method {self.name!r} does not take the parameter {key!r}. It takes: {known}."
+                )
+            merged[key] = value
+        return merged
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+
+
+def register(
+    name: str,
+    *,
+    label: str,
+    family: str,
+    passes: str,
+    paper: str,
+    needs_layer: bool = False,
+    signed: bool = False,
+    supports_torchscript: bool = True,
+    params: Mapping[str, Any] | None = None,
+    shared_pass: bool = False,
+    needs_input_grad: bool = False,
+    needs_grad: bool = True,
+    rule: str | None = None,
+) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn`` as the method ``name`` (decorator)."""
+
+    def decorate(fn: MethodFn) -> MethodFn:
+        if name in _REGISTRY:
+            raise RuntimeError(f"method {name!r} registered twice")
+        _REGISTRY[name] = MethodInfo(
+            name=name,
+            label=label,
+            family=family,
+            needs_layer=needs_layer,
+            signed=signed,
+            passes=passes,
+            paper=paper,
+            supports_torchscript=supports_torchscript,
+            params=MappingProxyType(dict(params or {})),
+            shared_pass=shared_pass,
+            needs_input_grad=needs_input_grad,
+            needs_grad=needs_grad,
+            rule=rule,
+            fn=fn,
+        )
+        return fn
+
+    return decorate
+
+
+def _load_builtin() -> None:
+    # importing the family modules registers their methods, in this order
+    from . import gradient  # noqa: F401
+    from . import backward_rules  # noqa: F401
+    from . import cam  # noqa: F401
+    from . import perturbation  # noqa: F401
+
+
+def list_methods() -> list[MethodInfo]:
+    """All registered methods, in registration order (``captum:<ClassName>`` is resolved on demand).
+
+    Examples
+    --------
+    >>> import napari_attribution as na
+    >>> "grad_cam" in [m.name for m in na.list_methods()]
+    True
+    """
+    _load_builtin()
+    return list(_REGISTRY.values())
+
+
+def get_method(name: str) -> MethodInfo:
+    """The :class:`MethodInfo` of ``name``; ``"captum:<ClassName>"`` wraps any ``captum.attr`` class."""
+    _load_builtin()
+    if not isinstance(name, str):
+        raise MethodError(f"A method is named by a string, got {type(name).__name__}.")
+    if name.startswith("captum:"):
+        from .captum import captum_method_info
+
+        return captum_method_info(name.split(":", 1)[1])
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(_REGISTRY)
+        raise MethodError(
+            f"Unknown method {name!r}. Known methods: {known}; or 'captum:<ClassName>' for any captum.attr class."
+        ) from None

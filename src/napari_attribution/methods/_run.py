@@ -1,0 +1,239 @@
+"""The state one explanation works on, and the batched pass helpers every method shares.
+
+A :class:`Run` holds the model (already guarded: eval mode, frozen parameters), one input ``x`` of shape
+``(1, C, *S)``, the resolved target, the chosen layer, the seeded generator, the memory budget, progress
+and cancellation. Methods never loop over passes themselves: they call :meth:`Run.scores` or
+:meth:`Run.input_gradients`, which chunk the work to the memory budget, poll ``cancel`` between chunks and
+report progress.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._errors import Cancelled, MethodError
+from ..targets import ResolvedTarget
+from ._hooks import capture_layer, saved_tensor_meter
+
+__all__ = ["MethodOutput", "Run", "SharedPasses", "first_output", "upsample"]
+
+Progress = Callable[[int, int, str], None]
+
+
+def first_output(out: Any) -> Tensor:
+    """The explained output of a model: the first element of a list/tuple (deep supervision), or ``"out"``."""
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (list, tuple)) and out:
+        return first_output(out[0])
+    if isinstance(out, dict) and out:
+        return first_output(out["out"] if "out" in out else next(iter(out.values())))
+    raise MethodError(f"The model returned {type(out).__name__}; expected a tensor (or a list/dict of tensors).")
+
+
+def upsample(m: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Resample a layer map ``(N, K, *S_l)`` to the input grid ``S`` (linear / bilinear / trilinear,
+    ``align_corners=False``), in torch."""
+    if tuple(m.shape[2:]) == tuple(size):
+        return m
+    if m.ndim - 2 != len(size):
+        raise MethodError(
+            f"The layer's output has {m.ndim - 2} spatial axes but the input has {len(size)}; "
+            "choose a layer with spatial output of the input's dimensionality."
+        )
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(m, size=size, mode=mode, align_corners=False)
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns.
+
+    ``maps`` is ``(C, *S)`` (one map per input channel) or ``(1, *S)`` (one map for the whole input), on the
+    input grid, raw (never min-max normalised). ``extras`` holds named method-specific arrays or numbers.
+    """
+
+    maps: Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SharedPasses:
+    """One forward and one backward of the target: output, layer activation and the two gradients."""
+
+    output: Tensor
+    activation: Tensor | None = None
+    grad_activation: Tensor | None = None
+    grad_input: Tensor | None = None
+
+
+class Run:
+    """One input, one target, one model: the context methods compute in."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        *,
+        layer: nn.Module | None,
+        layer_name: str | None,
+        params: dict[str, Any],
+        progress: Progress | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> None:
+        self.model = model
+        self.x = x.detach()
+        self.layer = layer
+        self.layer_name = layer_name
+        self.params = params
+        self._progress = progress
+        self._cancel = cancel
+        self.target: ResolvedTarget | None = None
+        self.output: Tensor | None = None
+        self.shared: SharedPasses | None = None
+        self.sample_bytes = 0
+        self.done = 0
+        self.total = 1
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(int(params.get("seed") or 0))
+
+    # ---- progress and cancellation -------------------------------------------------------------
+    def check_cancel(self) -> None:
+        """Raise :class:`Cancelled` when the caller asked to stop."""
+        if self._cancel is not None and self._cancel():
+            raise Cancelled("The explanation was cancelled; no result was produced.")
+
+    def advance(self, steps: int, message: str) -> None:
+        """Report ``steps`` more units of work done."""
+        self.done += steps
+        if self._progress is not None:
+            self._progress(min(self.done, self.total), self.total, message)
+        self.check_cancel()
+
+    # ---- the first pass ---------------------------------------------------------------------------
+    def first_pass(
+        self,
+        resolve: Callable[[Tensor], ResolvedTarget],
+        *,
+        backward: bool,
+        layer: bool,
+        input_grad: bool,
+    ) -> SharedPasses:
+        """Forward ``x`` once (capturing the layer), fix the target on the output, and if asked backward once
+        for the layer and input gradients. Also measures the activation memory of one sample."""
+        x = self.x.clone().requires_grad_(input_grad)
+        need_graph = backward or input_grad
+        with torch.set_grad_enabled(need_graph), saved_tensor_meter() as meter:
+            if layer and self.layer is not None:
+                with capture_layer(self.layer, grad=backward) as cap:
+                    out = first_output(self.model(x))
+                act = cap.activation
+                if act is None:
+                    raise MethodError(f"Layer {self.layer_name!r} did not run in the forward pass.")
+            else:
+                out = first_output(self.model(x))
+                act = None
+        self.sample_bytes = max(meter.bytes, int(x.numel() * x.element_size() * 8))
+        self.output = out.detach()
+        self.target = resolve(self.output)
+        shared = SharedPasses(output=self.output, activation=None if act is None else act.detach())
+        if backward:
+            wrt = [t for t in ((act if layer else None), (x if input_grad else None)) if t is not None]
+            if not all(t.requires_grad for t in wrt) or not out.requires_grad:
+                raise MethodError(
+                    "The model's output does not depend differentiably on the input or layer; "
+                    "gradient methods cannot be used (try occlusion or rise)."
+                )
+            grads = torch.autograd.grad(self.target(out).sum(), wrt, allow_unused=True)
+            gi = iter(grads)
+            if layer:
+                g = next(gi)
+                shared.grad_activation = torch.zeros_like(act) if g is None else g.detach()
+            if input_grad:
+                g = next(gi)
+                shared.grad_input = torch.zeros_like(x) if g is None else g.detach()
+        self.shared = shared
+        return shared
+
+    def derive(self, x: Tensor, params: dict[str, Any]) -> Run:
+        """A run on another input ``x`` with the same model, layer, target and cancellation (no progress
+        reports: the caller reports). The target stays the one fixed at the original input."""
+        sub = Run(self.model, x, layer=self.layer, layer_name=self.layer_name, params=params, cancel=self._cancel)
+        sub.target = self.target
+        sub.sample_bytes = self.sample_bytes
+        with torch.no_grad():
+            sub.output = first_output(self.model(x)).detach()
+        return sub
+
+    # ---- batched helpers ----------------------------------------------------------------------------
+    def batch_size(self, n: int, factor: float = 2.5) -> int:
+        """How many samples fit in one chunk: ``params["max_batch"]`` or the memory budget divided by the
+        measured activation memory of one sample (times ``factor`` for the backward pass)."""
+        fixed = self.params.get("max_batch")
+        if fixed:
+            return max(1, min(n, int(fixed)))
+        budget = float(self.params.get("memory_budget") or 512 * 2**20)
+        per = max(1.0, self.sample_bytes * factor)
+        return max(1, min(n, int(budget // per)))
+
+    def scores(
+        self,
+        make: Callable[[int, int], Tensor],
+        n: int,
+        *,
+        probability: bool | None = None,
+        message: str = "forward passes",
+    ) -> Tensor:
+        """Target scores of ``n`` inputs built chunk by chunk: ``make(start, stop) -> (stop-start, C, *S)``.
+        Returns ``(n,)``. No gradients."""
+        assert self.target is not None
+        bs = self.batch_size(n, factor=1.0)
+        out = torch.empty(n, dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, n, bs):
+                stop = min(n, start + bs)
+                self.check_cancel()
+                y = first_output(self.model(make(start, stop)))
+                out[start:stop] = self.target(y, probability).float().cpu()
+                self.advance(stop - start, message)
+        return out
+
+    def input_gradients(
+        self,
+        make: Callable[[int, int], Tensor],
+        n: int,
+        consume: Callable[[int, int, Tensor, Tensor], None],
+        *,
+        message: str = "gradient passes",
+    ) -> None:
+        """Gradients of the target w.r.t. ``n`` inputs built chunk by chunk. For each chunk calls
+        ``consume(start, stop, inputs, grads)`` with ``grads`` of shape ``(stop-start, C, *S)``."""
+        assert self.target is not None
+        bs = self.batch_size(n)
+        for start in range(0, n, bs):
+            stop = min(n, start + bs)
+            self.check_cancel()
+            xs = make(start, stop).detach().requires_grad_(True)
+            with torch.enable_grad():
+                y = first_output(self.model(xs))
+                (g,) = torch.autograd.grad(self.target(y).sum(), xs, allow_unused=True)
+            consume(start, stop, xs.detach(), torch.zeros_like(xs) if g is None else g)
+            self.advance(stop - start, message)
+
+    def expected_total(self, n: int) -> None:
+        """Tell the progress reporter how many units of work this run has."""
+        self.total = max(1, n)
+
+    def spatial(self) -> tuple[int, ...]:
+        """The input's spatial shape ``S``."""
+        return tuple(self.x.shape[2:])
+
+    def ceil_div(self, a: int, b: int) -> int:  # small helper used by window methods
+        return int(math.ceil(a / b))

@@ -1,0 +1,56 @@
+"""ReLU backward-rule methods: ``guided_backprop`` and ``deconvnet``.
+
+Both are one forward and one backward pass in which every ReLU-like activation gets a modified backward
+(``_hooks.activation_rule``): guided backprop keeps ``1[a_in > 0] 1[R_out > 0] R_out``; the deconvnet
+passes ``max(R_out, 0)`` and ignores the forward mask. Max-pooling keeps its switches (autograd), convolutions
+become transposed convolutions with the same weights and stride (autograd). The rule reaches ``nn.ReLU``
+(also in-place), ``F.relu`` / ``torch.relu_`` calls, and MONAI's activation modules; PReLU (MONAI's UNet
+default), LeakyReLU, ELU, GELU and SiLU get the same treatment of the incoming gradient (guided: positive
+part of the incoming gradient times the activation's own derivative; deconvnet: positive part only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._registry import register
+from ._run import MethodOutput, Run
+
+
+@register(
+    "guided_backprop",
+    label="Guided backpropagation (ReLU rule: positive gradients through active units)",
+    family="backward_rule",
+    passes="1F + 1B",
+    paper="Springenberg et al. 2014, arXiv:1412.6806",
+    signed=True,
+    supports_torchscript=False,
+    shared_pass=True,
+    needs_input_grad=True,
+    rule="guided_backprop",
+)
+def guided_backprop(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """Guided backprop input map per channel (signed). Equals ``captum.attr.GuidedBackprop`` on models whose
+    ReLUs are ``nn.ReLU`` modules; unlike Captum it also handles ``F.relu`` and in-place ReLUs."""
+    assert run.shared is not None and run.shared.grad_input is not None
+    return MethodOutput(run.shared.grad_input[0])
+
+
+@register(
+    "deconvnet",
+    label="Deconvnet back-projection (ReLU rule: positive gradients, forward mask ignored)",
+    family="backward_rule",
+    passes="1F + 1B",
+    paper="Zeiler & Fergus 2013, arXiv:1311.2901",
+    signed=True,
+    supports_torchscript=False,
+    shared_pass=True,
+    needs_input_grad=True,
+    rule="deconvnet",
+)
+def deconvnet(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """Deconvnet input map per channel (signed). Equals ``captum.attr.Deconvolution`` on models whose ReLUs
+    are ``nn.ReLU`` modules; in-place ReLUs are made out of place so the forward mask is never re-applied
+    (otherwise a deconvnet silently becomes guided backprop)."""
+    assert run.shared is not None and run.shared.grad_input is not None
+    return MethodOutput(run.shared.grad_input[0])

@@ -1,0 +1,223 @@
+"""Class activation maps on a chosen layer ``A`` (``(1, K, *S_l)``) and its gradient ``G = dT/dA``.
+
+Each variant is a weight function over the same shared pass (one forward, one partial backward that stops
+at the layer), so ``compare`` computes ``grad_cam``, ``hires_cam``, ``grad_cam_pp``, ``cam`` and
+``layer_activation`` together for the price of one. Reductions run over ``range(2, ndim)`` (2D and 3D alike);
+maps are computed at the layer's resolution, ReLU'd where the definition has a ReLU, then upsampled in torch
+(bilinear / trilinear, ``align_corners=False``) to the input grid. No min-max normalisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._errors import MethodError, ParameterError
+from ._hooks import activation_rule
+from ._registry import register
+from ._run import MethodOutput, Run, first_output, upsample
+
+
+def _layer(run: Run) -> tuple[Tensor, Tensor | None]:
+    assert run.shared is not None and run.shared.activation is not None
+    a = run.shared.activation
+    if a.ndim < 3:
+        raise MethodError(
+            f"Layer {run.layer_name!r} has no spatial output (shape {tuple(a.shape)}); "
+            "choose a convolutional layer (see the candidates in the layer picker)."
+        )
+    return a, run.shared.grad_activation
+
+
+def _spatial_dims(t: Tensor) -> tuple[int, ...]:
+    return tuple(range(2, t.ndim))
+
+
+def _finish(run: Run, m: Tensor, extras: dict[str, Any] | None = None) -> MethodOutput:
+    """``m``: ``(1, 1, *S_l)`` at layer resolution -> ``(1, *S)`` on the input grid."""
+    return MethodOutput(upsample(m, run.spatial())[0], {"layer_map": m[0, 0].detach().cpu().numpy(), **(extras or {})})
+
+
+_LAYER = dict(family="cam", needs_layer=True, shared_pass=True)
+
+
+@register(
+    "grad_cam",
+    label="Grad-CAM: ReLU(sum_k mean(dT/dA_k) A_k), upsampled",
+    passes="1F + partial B",
+    paper="Selvaraju et al. 2017, arXiv:1610.02391",
+    supports_torchscript=False,
+    **_LAYER,
+)
+def grad_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``L = ReLU(sum_k a_k A_k)``, ``a_k = mean_u dT/dA_k(u)``; equals ``captum.attr.LayerGradCam(...,
+    relu_attributions=True)`` followed by ``LayerAttribution.interpolate(..., "bilinear"/"trilinear")``."""
+    a, g = _layer(run)
+    assert g is not None
+    alpha = g.mean(dim=_spatial_dims(g), keepdim=True)
+    return _finish(run, (alpha * a).sum(1, keepdim=True).clamp(min=0))
+
+
+@register(
+    "hires_cam",
+    label="HiResCAM: ReLU(sum_k dT/dA_k * A_k), upsampled",
+    passes="1F + partial B",
+    paper="Draelos & Carin 2020, arXiv:2011.08891",
+    supports_torchscript=False,
+    **_LAYER,
+)
+def hires_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``L = ReLU(sum_k G_k * A_k)`` (element-wise gradient times activation, summed over channels)."""
+    a, g = _layer(run)
+    assert g is not None
+    return _finish(run, (g * a).sum(1, keepdim=True).clamp(min=0))
+
+
+@register(
+    "grad_cam_pp",
+    label="Grad-CAM++: second-order weights of positive gradients",
+    passes="1F + partial B",
+    paper="Chattopadhay et al. 2018, arXiv:1710.11063",
+    supports_torchscript=False,
+    **_LAYER,
+)
+def grad_cam_pp(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``a_k(u) = g^2 / (2 g^2 + sum_v A_k(v) g^3)`` (0 where ``g = 0``), ``w_k = sum_u a_k(u) ReLU(g(u))``,
+    ``L = ReLU(sum_k w_k A_k)``, with ``g = dT/dA`` under the paper's ``Y = exp(S)`` assumption (which does not
+    hold exactly for summed segmentation scores)."""
+    a, g = _layer(run)
+    assert g is not None
+    dims = _spatial_dims(g)
+    g2 = g * g
+    g3 = g2 * g
+    denom = 2 * g2 + a.sum(dim=dims, keepdim=True) * g3
+    alpha = torch.where(g != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
+    w = (alpha * g.clamp(min=0)).sum(dim=dims, keepdim=True)
+    return _finish(run, (w * a).sum(1, keepdim=True).clamp(min=0))
+
+
+@register(
+    "cam",
+    label="CAM: sum_k w_k A_k with the linear head's weights (needs conv -> GAP -> linear)",
+    passes="1F + partial B",
+    paper="Zhou et al. 2016, arXiv:1512.04150",
+    signed=True,
+    supports_torchscript=False,
+    **_LAYER,
+)
+def cam(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """Class activation map ``M = sum_k w_k A_k`` (no ReLU, signed).
+
+    Computed as Grad-CAM without its ReLU, rescaled: behind a global-average-pooling + linear head the layer
+    gradient is spatially constant, ``dT/dA_k(u) = w_k / Z`` with ``Z`` the number of positions, so
+    ``w_k = Z * dT/dA_k``. That constancy is also the architecture check: if the gradient varies over space
+    the layer is not followed by GAP + linear and CAM is undefined (use ``grad_cam``).
+    """
+    a, g = _layer(run)
+    assert g is not None
+    dims = _spatial_dims(g)
+    spread = (g.amax(dim=dims) - g.amin(dim=dims)).abs().max()
+    scale = g.abs().max().clamp(min=1e-30)
+    if float(spread / scale) > 1e-4:
+        raise MethodError(
+            f"CAM needs layer {run.layer_name!r} to be followed by global average pooling and a linear layer "
+            "(its gradient would then be constant over space, but it varies). Use grad_cam instead, or pick the "
+            "last convolutional layer before the pooling."
+        )
+    z = 1
+    for d in dims:
+        z *= g.shape[d]
+    w = g.mean(dim=dims, keepdim=True) * z
+    return _finish(run, (w * a).sum(1, keepdim=True))
+
+
+@register(
+    "layer_activation",
+    label="Layer activation (mean over channels, or one channel), upsampled",
+    passes="1F",
+    paper="Zeiler & Fergus 2013, arXiv:1311.2901 (activation maps)",
+    signed=True,
+    supports_torchscript=False,
+    params={"channel": None, "reduce": "mean"},
+    needs_grad=False,
+    **_LAYER,
+)
+def layer_activation(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """The layer's activation, independent of the target: channel ``channel`` (an int or a list, summed), or
+    all channels reduced by ``reduce`` (``"mean"``, ``"sum"``, ``"max"``). Captum ``LayerActivation`` returns
+    the same tensor per channel."""
+    a, _ = _layer(run)
+    ch = params["channel"]
+    if ch is not None:
+        idx = [ch] if isinstance(ch, int) else list(ch)
+        if any(not 0 <= i < a.shape[1] for i in idx):
+            raise ParameterError(f"channel must be in 0..{a.shape[1] - 1} for layer {run.layer_name!r}.")
+        m = a[:, idx].sum(1, keepdim=True)
+    elif params["reduce"] == "mean":
+        m = a.mean(1, keepdim=True)
+    elif params["reduce"] == "sum":
+        m = a.sum(1, keepdim=True)
+    elif params["reduce"] == "max":
+        m = a.amax(1, keepdim=True)
+    else:
+        raise ParameterError("reduce must be 'mean', 'sum' or 'max'.")
+    return _finish(run, m)
+
+
+@register(
+    "score_cam",
+    label="Score-CAM: activation maps weighted by the score of the input masked with each map",
+    family="cam",
+    needs_layer=True,
+    passes="1F + K_l F",
+    paper="Wang et al. 2020, arXiv:1910.01279",
+    supports_torchscript=False,
+    shared_pass=False,
+    needs_grad=False,
+)
+def score_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``H_k = Norm(Up(A_k))``, ``s_k = T(x * H_k)``, ``w = softmax_k(s)``, ``L = ReLU(sum_k w_k A_k)``.
+
+    One forward pass per channel of the layer, chunked to the memory budget; masks are upsampled bilinearly
+    or trilinearly (the reference implementation is 2D-only). Constant channels give an all-zero mask.
+    """
+    a, _ = _layer(run)
+    k = a.shape[1]
+    up = upsample(a, run.spatial())[0]  # (K, *S)
+    flat = up.flatten(1)
+    lo = flat.min(1).values.view((k,) + (1,) * (up.ndim - 1))
+    hi = flat.max(1).values.view((k,) + (1,) * (up.ndim - 1))
+    rng = hi - lo
+    masks = torch.where(rng > 0, (up - lo) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(up))
+    run.expected_total(k)
+    x = run.x
+    s = run.scores(lambda i, j: x * masks[i:j].unsqueeze(1), k, message="score-cam channels")
+    w = torch.softmax(s, 0).to(a.dtype).view((1, k) + (1,) * (a.ndim - 2))
+    return _finish(run, (w * a).sum(1, keepdim=True).clamp(min=0), {"channel_scores": s.numpy()})
+
+
+@register(
+    "guided_grad_cam",
+    label="Guided Grad-CAM: guided backprop x upsampled Grad-CAM",
+    family="cam",
+    needs_layer=True,
+    passes="2F + 2B",
+    paper="Selvaraju et al. 2017, arXiv:1610.02391",
+    signed=True,
+    supports_torchscript=False,
+    shared_pass=False,
+    needs_grad=True,
+)
+def guided_grad_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``GBP(x) * Up(Grad-CAM)`` per input channel (signed). Equals ``captum.attr.GuidedGradCam(...,
+    interpolate_mode="bilinear"/"trilinear")``; Captum's default there is nearest."""
+    cam_map = grad_cam(run, params).maps  # (1, *S)
+    x = run.x.clone().requires_grad_(True)
+    assert run.target is not None
+    with activation_rule("guided_backprop"), torch.enable_grad():
+        out = first_output(run.model(x))
+        (g,) = torch.autograd.grad(run.target(out).sum(), x)
+    run.advance(1, "guided backprop")
+    return MethodOutput(g[0] * cam_map)

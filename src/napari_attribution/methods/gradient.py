@@ -1,0 +1,230 @@
+"""Gradient methods: ``saliency``, ``input_x_gradient``, ``integrated_gradients`` and the ``smoothgrad`` wrapper.
+
+All are dimension-agnostic (2D and 3D) and differentiate the resolved target's score (the pre-softmax logit
+for an ``int`` class, methods.md §1.1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._errors import MethodError, ParameterError
+from ._hooks import activation_rule
+from ._registry import get_method, register
+from ._run import MethodOutput, Run
+
+__all__ = ["baseline_tensor", "integration_rule"]
+
+
+@register(
+    "saliency",
+    label="Saliency: |d target / d input|, max over channels",
+    family="gradient",
+    passes="1F + 1B",
+    paper="Simonyan et al. 2013, arXiv:1312.6034",
+    shared_pass=True,
+    needs_input_grad=True,
+)
+def saliency(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """Vanilla gradient saliency ``M(u) = max_c |dT/dx_c(u)|`` (Simonyan et al., arXiv:1312.6034).
+
+    Equals ``captum.attr.Saliency(abs=True)`` per channel. Cost 1F + 1B (shared in ``compare``).
+    """
+    assert run.shared is not None and run.shared.grad_input is not None
+    return MethodOutput(run.shared.grad_input[0].abs())
+
+
+@register(
+    "input_x_gradient",
+    label="Input x gradient (signed, summed over channels)",
+    family="gradient",
+    passes="1F + 1B",
+    paper="Shrikumar et al. 2016, arXiv:1605.01713",
+    signed=True,
+    shared_pass=True,
+    needs_input_grad=True,
+)
+def input_x_gradient(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``R = x * dT/dx`` per channel, signed; equals ``captum.attr.InputXGradient``. Cost 1F + 1B."""
+    assert run.shared is not None and run.shared.grad_input is not None
+    return MethodOutput(run.x[0] * run.shared.grad_input[0])
+
+
+def integration_rule(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``alpha`` in [0, 1] and weights of an ``steps``-point quadrature of ``int_0^1 g(alpha) d alpha``.
+
+    ``"gausslegendre"`` (default, as Captum), ``"riemann_trapezoid"``, ``"riemann_left"``, ``"riemann_right"``,
+    ``"riemann_middle"`` — the same nodes and weights as Captum's ``approximation_parameters``, except the
+    trapezoid: Captum weights its ``n`` nodes ``1/n`` (halved at the ends), which sum to ``(n-1)/n`` and
+    break completeness; ours are the true trapezoid weights ``1/(n-1)``, so our map is Captum's times
+    ``n/(n-1)``.
+    """
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ParameterError(f"steps must be a positive integer, got {steps!r}.")
+    n = int(steps)
+    if rule == "gausslegendre":
+        x, w = np.polynomial.legendre.leggauss(n)
+        return 0.5 * (x + 1), 0.5 * w
+    if rule == "riemann_trapezoid":
+        if n < 2:
+            raise ParameterError("The trapezoid rule needs at least 2 steps.")
+        alphas = np.linspace(0, 1, n)
+        w = np.full(n, 1.0 / (n - 1))
+        w[0] = w[-1] = 0.5 / (n - 1)
+        return alphas, w
+    if rule == "riemann_left":
+        return np.arange(n) / n, np.full(n, 1.0 / n)
+    if rule == "riemann_right":
+        return np.arange(1, n + 1) / n, np.full(n, 1.0 / n)
+    if rule == "riemann_middle":
+        return (np.arange(n) + 0.5) / n, np.full(n, 1.0 / n)
+    raise ParameterError(
+        f"Unknown integration rule {rule!r}; use gausslegendre, riemann_trapezoid, riemann_left, "
+        "riemann_right or riemann_middle."
+    )
+
+
+def baseline_tensor(x: Tensor, baseline: Any) -> Tensor:
+    """The reference input: a number, ``"min"`` (the image minimum: air in CT, background in MRI),
+    ``"mean"``, or an array of the input's shape ``(C, *S)`` / ``(*S)``."""
+    if isinstance(baseline, str):
+        if baseline == "min":
+            return torch.full_like(x, float(x.min()))
+        if baseline == "mean":
+            return torch.full_like(x, float(x.mean()))
+        raise ParameterError(f"baseline must be a number, 'min', 'mean' or an array; got {baseline!r}.")
+    if isinstance(baseline, (int, float, np.number)):
+        return torch.full_like(x, float(baseline))
+    b = torch.as_tensor(np.asarray(baseline), dtype=x.dtype, device=x.device)
+    try:
+        return b.expand_as(x[0]).unsqueeze(0).clone() if b.ndim < x.ndim else b.expand_as(x).clone()
+    except RuntimeError:
+        raise ParameterError(
+            f"The baseline has shape {tuple(b.shape)}, which does not fit the input {tuple(x.shape[1:])}."
+        ) from None
+
+
+@register(
+    "integrated_gradients",
+    label="Integrated gradients from a baseline (signed; completeness holds)",
+    family="gradient",
+    passes="steps x (1F + 1B)",
+    paper="Sundararajan et al. 2017, arXiv:1703.01365",
+    signed=True,
+    params={"steps": 50, "baseline": "min", "rule": "gausslegendre"},
+)
+def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``IG_i = (x_i - x'_i) * int_0^1 dT(x' + a (x - x'))/dx_i da`` with an ``steps``-point quadrature.
+
+    Parameters map one to one to ``captum.attr.IntegratedGradients.attribute(baselines=..., n_steps=steps,
+    method=rule)`` (Captum's default rule is also Gauss-Legendre). Steps are processed in chunks sized to
+    the memory budget (``max_batch`` or ``memory_budget``), so a 3D volume never needs all steps at once.
+    ``extras["completeness"]`` reports ``sum(IG)``, ``T(x) - T(x')`` and the relative error.
+    """
+    x = run.x
+    b = baseline_tensor(x, params["baseline"])
+    alphas, weights = integration_rule(params["rule"], params["steps"])
+    a = torch.as_tensor(alphas, dtype=x.dtype)
+    w = torch.as_tensor(weights, dtype=x.dtype)
+    diff = x - b
+    acc = torch.zeros_like(x)
+    run.expected_total(len(alphas) + 1)
+
+    def make(start: int, stop: int) -> Tensor:
+        shape = (stop - start,) + (1,) * (x.ndim - 1)
+        return b + a[start:stop].view(shape).to(x.device) * diff
+
+    def consume(start: int, stop: int, _xs: Tensor, g: Tensor) -> None:
+        shape = (stop - start,) + (1,) * (x.ndim - 1)
+        acc.add_((g * w[start:stop].view(shape).to(g.device)).sum(0, keepdim=True))
+
+    run.input_gradients(make, len(alphas), consume, message="integrated gradients")
+    maps = (diff * acc)[0]
+    assert run.target is not None
+    base_score = float(run.scores(lambda s, e: b, 1, probability=False, message="baseline")[0])
+    assert run.output is not None
+    full = float(run.target(run.output, probability=False)[0])
+    total = float(maps.sum())
+    delta = full - base_score
+    err = abs(total - delta) / max(abs(delta), 1e-12)
+    return MethodOutput(
+        maps, {"completeness": {"sum": total, "delta": delta, "relative_error": err, "steps": len(alphas)}}
+    )
+
+
+_GRADIENT_BASES = {"saliency", "input_x_gradient", "guided_backprop", "deconvnet"}
+
+
+@register(
+    "smoothgrad",
+    label="SmoothGrad: a gradient method averaged over noisy copies of the input",
+    family="gradient",
+    passes="samples x base",
+    paper="Smilkov et al. 2017, arXiv:1706.03825",
+    params={"base": "saliency", "samples": 50, "sigma": 0.15, "squared": False, "base_params": None},
+)
+def smoothgrad(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``M_hat(x) = (1/n) sum_j M(x + e_j)``, ``e_j ~ N(0, s^2)``, ``s = sigma * (x_max - x_min)``.
+
+    ``base`` is any gradient method (``saliency``, ``input_x_gradient``, ``guided_backprop``, ``deconvnet``,
+    ``integrated_gradients``, ...). ``sigma`` is a *fraction of the input range* (paper: 0.1-0.2, n = 50);
+    Captum's ``NoiseTunnel(stdevs=...)`` takes the absolute ``s`` instead: ``stdevs = sigma * (max - min)``.
+    Noise is drawn per sample from a generator seeded with ``seed`` (the stream matches Captum's
+    ``NoiseTunnel(nt_samples_batch_size=1)`` after ``torch.manual_seed(seed)``). ``squared=True`` averages
+    squared maps (SmoothGrad-Squared). With ``sigma=0`` the result equals the base method.
+    """
+    base = params["base"]
+    info = get_method(base)
+    if info.name == "smoothgrad" or info.family not in ("gradient", "backward_rule"):
+        raise MethodError(f"smoothgrad wraps a gradient method; {base!r} is a {info.family} method.")
+    n = int(params["samples"])
+    if n < 1:
+        raise ParameterError("samples must be at least 1.")
+    sigma = float(params["sigma"])
+    if sigma < 0:
+        raise ParameterError("sigma must be >= 0 (a fraction of the input's intensity range).")
+    x = run.x
+    std = sigma * float(x.max() - x.min())
+    std_t = torch.full(x.shape, std, dtype=x.dtype)
+
+    def noise() -> Tensor:
+        return torch.normal(0.0, std_t, generator=run.generator).to(x.device)
+
+    acc: Tensor | None = None
+
+    def add(m: Tensor) -> None:
+        nonlocal acc
+        m = m * m if params["squared"] else m
+        acc = m.sum(0) if acc is None else acc + m.sum(0)
+
+    if info.name in _GRADIENT_BASES:
+        run.expected_total(n)
+        noisy: list[Tensor] = []
+
+        def make(start: int, stop: int) -> Tensor:
+            noisy.clear()
+            noisy.extend(x + noise() for _ in range(start, stop))
+            return torch.cat(noisy)
+
+        def consume(_s: int, _e: int, xs: Tensor, g: Tensor) -> None:
+            add(xs * g if info.name == "input_x_gradient" else (g.abs() if info.name == "saliency" else g))
+
+        if info.rule is None:
+            run.input_gradients(make, n, consume, message="smoothgrad")
+        else:
+            with activation_rule(info.rule):
+                run.input_gradients(make, n, consume, message="smoothgrad")
+    else:
+        assert info.fn is not None
+        sub_params = info.resolve_params({**(params.get("base_params") or {}), "seed": params["seed"]})
+        run.expected_total(n)
+        for _ in range(n):
+            sub = run.derive(x + noise(), sub_params)
+            add(info.fn(sub, sub_params).maps[None])
+            run.advance(1, "smoothgrad")
+    assert acc is not None
+    return MethodOutput(acc / n, {"base": info.name, "stdev": std})

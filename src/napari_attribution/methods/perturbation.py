@@ -1,0 +1,148 @@
+"""Perturbation methods: ``occlusion`` and ``rise``. Black-box: forward passes only, so they also work on
+TorchScript models. Per the project's convention they score the target on *probabilities* (softmax or
+sigmoid of the output, as the model card says), chunked to the memory budget, polling ``cancel`` between
+chunks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._errors import ParameterError
+from .gradient import baseline_tensor
+from ._registry import register
+from ._run import MethodOutput, Run, first_output
+
+
+def _per_axis(value: Any, nd: int, name: str) -> tuple[int, ...]:
+    vals = (value,) * nd if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(vals) != nd or any(int(v) < 1 for v in vals):
+        raise ParameterError(f"{name} must be a positive integer or one per spatial axis ({nd}), got {value!r}.")
+    return tuple(int(v) for v in vals)
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window start positions along one axis: ``ceil((size - window) / stride) + 1`` windows, the last one
+    clipped at the border (the same grid as ``captum.attr.Occlusion``)."""
+    count = int(math.ceil((size - window) / stride)) + 1
+    return [i * stride for i in range(count)]
+
+
+@register(
+    "occlusion",
+    label="Occlusion: drop in probability when a sliding window is filled with the baseline",
+    family="perturbation",
+    passes="#windows F",
+    paper="Zeiler & Fergus 2013, arXiv:1311.2901",
+    signed=True,
+    params={"window": None, "stride": None, "baseline": "min"},
+)
+def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``R(u) = mean_{w contains u} [s(x) - s(x with window w <- baseline)]`` with ``s`` the target's probability.
+
+    Default window 16 (2D) or 8 (3D) voxels per axis, clipped to the image, stride half the window; the window
+    covers all input channels. Maps to ``captum.attr.Occlusion(sliding_window_shapes=(C, *window),
+    strides=(C, *stride), baselines=baseline)`` on a forward function that returns the same probability.
+    """
+    x = run.x
+    spatial = run.spatial()
+    nd = len(spatial)
+    default = 16 if nd <= 2 else 8
+    window = _per_axis(params["window"] or tuple(min(default, s) for s in spatial), nd, "window")
+    if any(w > s for w, s in zip(window, spatial)):
+        raise ParameterError(f"The occlusion window {window} is larger than the image {spatial}.")
+    stride = _per_axis(params["stride"] or tuple(max(1, w // 2) for w in window), nd, "stride")
+    b = baseline_tensor(x, params["baseline"])
+    starts = [window_starts(s, w, st) for s, w, st in zip(spatial, window, stride)]
+    corners = list(itertools.product(*starts))
+    n = len(corners)
+    run.expected_total(n + 1)
+    assert run.output is not None and run.target is not None
+    full = float(run.target(run.output, probability=True)[0])
+
+    def region(c: tuple[int, ...]) -> tuple[slice, ...]:
+        return (slice(None), slice(None)) + tuple(slice(o, min(o + w, s)) for o, w, s in zip(c, window, spatial))
+
+    def make(start: int, stop: int) -> Tensor:
+        xs = x.repeat(stop - start, *([1] * (x.ndim - 1)))
+        for i, c in enumerate(corners[start:stop]):
+            sl = region(c)
+            xs[(slice(i, i + 1),) + sl[1:]] = b[sl]
+        return xs
+
+    scores = run.scores(make, n, probability=True, message="occlusion windows")
+    total = torch.zeros(spatial, dtype=torch.float64)
+    count = torch.zeros(spatial, dtype=torch.float64)
+    for c, s in zip(corners, scores.tolist()):
+        sl = region(c)[2:]
+        total[sl] += full - s
+        count[sl] += 1
+    maps = (total / count.clamp(min=1)).to(x.dtype).unsqueeze(0)
+    return MethodOutput(maps, {"windows": n, "window": window, "stride": stride})
+
+
+@register(
+    "rise",
+    label="RISE: probability-weighted average of random masks",
+    family="perturbation",
+    passes="masks F",
+    paper="Petsiuk et al. 2018, arXiv:1806.07421",
+    params={"masks": None, "cells": None, "p": 0.5, "baseline": "min"},
+)
+def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``S(u) = (1 / (N p)) sum_i s(x * M_i + b * (1 - M_i)) M_i(u)``, ``s`` the target's probability.
+
+    Masks: binary grids of ``cells`` per axis with P(1) = ``p``, upsampled (bilinear / trilinear) to
+    ``(cells + 1) * ceil(S / cells)`` and cropped at a random shift (Petsiuk et al.'s construction). Defaults:
+    N = 2000 masks of 8 cells in 2D, N = 1000 masks of 6 cells in 3D (paper: 4000, 7 cells, p = 0.5). The
+    masked-out part takes the ``baseline`` (default: the image minimum) instead of 0, so CT is filled with air
+    rather than water. Deterministic for a given ``seed``.
+    """
+    x = run.x
+    spatial = run.spatial()
+    nd = len(spatial)
+    n = int(params["masks"] or (2000 if nd <= 2 else 1000))
+    cells = _per_axis(params["cells"] or (8 if nd <= 2 else 6), nd, "cells")
+    p = float(params["p"])
+    if not 0 < p <= 1 or n < 1:
+        raise ParameterError("rise needs masks >= 1 and 0 < p <= 1.")
+    b = baseline_tensor(x, params["baseline"])
+    cell = tuple(int(math.ceil(s / c)) for s, c in zip(spatial, cells))
+    up_size = tuple((c + 1) * cs for c, cs in zip(cells, cell))
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
+    gen = run.generator
+    run.expected_total(n)
+    acc = torch.zeros(spatial, dtype=torch.float64)
+    current: list[Tensor] = []
+
+    def make(start: int, stop: int) -> Tensor:
+        m = stop - start
+        grid = (torch.rand((m, 1, *cells), generator=gen) < p).to(x.dtype)
+        big = F.interpolate(grid, size=up_size, mode=mode, align_corners=False)
+        shifts = torch.randint(0, max(cell), (m, nd), generator=gen)
+        masks = torch.stack([
+            big[(i, 0) + tuple(slice(int(o) % cs, int(o) % cs + s) for o, cs, s in zip(shifts[i], cell, spatial))]
+            for i in range(m)
+        ]).unsqueeze(1).to(x.device)
+        current.clear()
+        current.append(masks)
+        return x * masks + b * (1 - masks)
+
+    bs = run.batch_size(n, factor=1.0)
+    for start in range(0, n, bs):
+        stop = min(n, start + bs)
+        run.check_cancel()
+        xs = make(start, stop)
+        with torch.no_grad():
+            y = first_output(run.model(xs))
+            assert run.target is not None
+            s = run.target(y, True).double().cpu()
+        acc += (s.view((-1,) + (1,) * nd) * current[0][:, 0].double().cpu()).sum(0)
+        run.advance(stop - start, "rise masks")
+    return MethodOutput((acc / (n * p)).to(x.dtype).unsqueeze(0), {"masks": n, "cells": cells, "p": p})

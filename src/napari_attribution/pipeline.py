@@ -1,0 +1,512 @@
+"""``explain`` and ``compare`` over a whole image: input layout, slice-wise 2D on 3D, target resolution,
+layer resolution, shared passes, device, progress and cancellation.
+
+Data flows one way: numpy image -> ``(1, C, *S)`` tensor -> methods -> :class:`Attribution` (numpy, the image's
+spatial shape). The user's model is guarded (eval mode, frozen parameters, all restored afterwards) and the
+user's image is never modified.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ._attribution import Attribution
+from ._errors import InputShapeError, MethodError, ParameterError
+from .methods._hooks import activation_rule, model_guard
+from .methods._registry import COMMON_PARAMS, MethodInfo, get_method
+from .methods._run import MethodOutput, Run
+from .models._card import LoadedModel, ModelCard, infer_card
+from .models._layers import resolve_layer
+from .targets import (
+    Contrast,
+    ErrorRegion,
+    Region,
+    ResolvedTarget,
+    Target,
+    Voxel,
+    predicted_labels,
+    resolve_target,
+)
+
+__all__ = ["compare", "explain"]
+
+Progress = Callable[[int, int, str], None]
+Cancel = Callable[[], bool]
+
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+
+
+def explain(
+    model: nn.Module | LoadedModel,
+    image: Any,
+    method: str,
+    target: Target = None,
+    *,
+    layer: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    geometry: Any = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> Attribution:
+    """Explain one image with one method.
+
+    Parameters
+    ----------
+    model : nn.Module or LoadedModel
+        Classification ``(B, C, *S) -> (B, K)`` or segmentation ``(B, C, *S) -> (B, K, *S)``, 2D or 3D.
+    image : array
+        ``(*S)`` (one channel) or ``(C, *S)``. A 2D model on a volume ``(D, H, W)`` runs slice by slice along
+        axis 0 (``params={"slices": [...]}`` limits the slices).
+    method : str
+        A registered method name (``na.list_methods()``) or ``"captum:<ClassName>"``.
+    target : int or target object or None
+        What to explain (see :mod:`napari_attribution.targets`); None = the predicted class or region.
+    layer : str, optional
+        Dotted layer name for layer methods; default: the card's layer or the last spatial layer.
+    params : dict, optional
+        Method parameters (``na.get_method(name).params``) and the common ``seed``, ``max_batch``,
+        ``memory_budget``, ``slices``.
+    geometry : Geometry, optional
+        Passed through to the result so the map lines up with the scan.
+    device : str, optional
+        Where to compute; default the model's device. The model is moved back afterwards.
+    progress : callable, optional
+        ``progress(done, total, message)``.
+    cancel : callable, optional
+        Polled between chunks, windows and slices; when it returns True, :class:`Cancelled` is raised.
+
+    Returns
+    -------
+    Attribution
+        ``.data`` has the image's spatial shape.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, napari_attribution as na
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+    ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> na.explain(net, np.zeros((32, 32), np.float32), "grad_cam", 1).data.shape
+    (32, 32)
+    """
+    return _explain_many(
+        model, image, [method], target, layer=layer, params={method: dict(params or {})}, geometry=geometry,
+        device=device, progress=progress, cancel=cancel,
+    )[method]
+
+
+def compare(
+    model: nn.Module | LoadedModel,
+    image: Any,
+    methods: Sequence[str],
+    target: Target = None,
+    *,
+    layer: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    geometry: Any = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> dict[str, Attribution]:
+    """Explain one image with several methods, sharing passes where the methods allow.
+
+    Methods computed from the activations, layer gradients and input gradient of the same target (saliency,
+    input_x_gradient, grad_cam, grad_cam_pp, hires_cam, cam, layer_activation) get them from one forward and
+    one backward pass. ``params``: keys that are method names hold that method's params; other keys go to
+    every method that accepts them; a key that no method accepts is a :class:`ParameterError`.
+    """
+    names = list(dict.fromkeys(methods))
+    if not names:
+        raise MethodError("compare needs at least one method.")
+    infos = {n: get_method(n) for n in names}
+    per: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for key, value in (params or {}).items():
+        if key in per:
+            if not isinstance(value, Mapping):
+                raise ParameterError(f"params[{key!r}] must be a dict of that method's parameters.")
+            per[key].update(value)
+            continue
+        takers = [n for n, i in infos.items() if key in i.params or key in COMMON_PARAMS or "*" in i.params]
+        if not takers:
+            raise ParameterError(f"No method in {names} takes the parameter {key!r}.")
+        for n in takers:
+            per[n].setdefault(key, value)
+    return _explain_many(
+        model, image, names, target, layer=layer, params=per, geometry=geometry, device=device,
+        progress=progress, cancel=cancel,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# layout
+
+
+@dataclass(frozen=True)
+class _Layout:
+    channels: int
+    slicewise: bool  # a 2D model on a volume: slices along the first spatial axis
+    channel_axis: bool = False  # the array's first axis holds channels
+
+
+def _model_and_card(model: Any) -> tuple[nn.Module, ModelCard]:
+    if isinstance(model, LoadedModel):
+        return model.module, infer_card(model.module, model.card)
+    if isinstance(model, nn.Module):
+        return model, infer_card(model)
+    raise MethodError(
+        f"model must be a torch.nn.Module or a napari_attribution LoadedModel, got {type(model).__name__}."
+    )
+
+
+def _layout(shape: tuple[int, ...], card: ModelCard) -> _Layout:
+    n = len(shape)
+    d, c = card.spatial_dims, card.in_channels
+    if d is None:
+        d = n if (c or 1) == 1 else n - 1
+    want = f"{c} channel{'s' if (c or 1) > 1 else ''}"
+    if n == d:
+        if (c or 1) != 1:
+            raise InputShapeError(
+                f"The model expects {want}, but the image {shape} has one. Stack the channels as (C, *spatial)."
+            )
+        return _Layout(1, False)
+    if n == d + 1:
+        if c is not None and c > 1:
+            if shape[0] != c:
+                raise InputShapeError(
+                    f"The model expects {want} as the first axis, but the image has shape {shape}. "
+                    "Give (C, *spatial) with the model's channel count, or provide a model card."
+                )
+            return _Layout(c, False, True)
+        if d == 2:
+            return _Layout(1, True)
+        if shape[0] == 1:
+            return _Layout(1, False, True)
+    if n == d + 2 and d == 2 and c is not None and shape[0] == c:
+        return _Layout(c, True, True)
+    kind = {2: "2D", 3: "3D"}.get(d, f"{d}D")
+    raise InputShapeError(
+        f"An image of shape {shape} does not fit this {kind} model with {want}. A {kind} model takes "
+        f"{'(H, W), (C, H, W) or a volume (D, H, W) explained slice by slice' if d == 2 else '(D, H, W) or (C, D, H, W)'}."
+        " If the model's dimensionality was guessed wrong, pass a LoadedModel with a ModelCard."
+    )
+
+
+def _as_array(image: Any) -> np.ndarray:
+    if isinstance(image, Tensor):
+        image = image.detach().cpu().numpy()
+    try:
+        arr = np.asarray(image, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise InputShapeError(f"The image must be a numeric array, got {type(image).__name__}.") from err
+    if arr.ndim < 1 or arr.size == 0:
+        raise InputShapeError(f"The image is empty (shape {arr.shape}).")
+    if not np.isfinite(arr).all():
+        raise InputShapeError("The image contains NaN or infinite values; fill or crop them before explaining.")
+    return arr
+
+
+def _slice_target(target: Target, i: int) -> Target:
+    """The part of a volume-space target that lies on slice ``i``."""
+    if isinstance(target, Region):
+        return Region(target.k, np.asarray(target.mask)[i], target.score)
+    if isinstance(target, ErrorRegion):
+        return ErrorRegion(target.k, np.asarray(target.truth_mask)[i], target.kind, target.score)
+    if isinstance(target, Contrast) and target.mask is not None:
+        return Contrast(target.k1, target.k2, np.asarray(target.mask)[i], target.score)
+    if isinstance(target, Voxel):
+        return Voxel(target.k, tuple(target.index[1:]), target.score)
+    return target
+
+
+def _target_slices(target: Target, depth: int) -> list[int] | None:
+    if isinstance(target, Voxel):
+        return [int(target.index[0])]
+    mask = getattr(target, "mask", None) if isinstance(target, (Region, Contrast)) else None
+    if isinstance(target, ErrorRegion):
+        mask = target.truth_mask
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.ndim == 3 and m.shape[0] == depth:
+            return [i for i in range(depth) if m[i].any()] if isinstance(target, Region) else None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+def _explain_many(
+    model: Any,
+    image: Any,
+    names: list[str],
+    target: Target,
+    *,
+    layer: str | None,
+    params: dict[str, dict[str, Any]],
+    geometry: Any,
+    device: Any,
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> dict[str, Attribution]:
+    module, card = _model_and_card(model)
+    infos = {n: get_method(n) for n in names}
+    resolved = {n: infos[n].resolve_params(params.get(n)) for n in names}
+    is_script = isinstance(module, torch.jit.ScriptModule)
+    for n, info in infos.items():
+        if is_script and not info.supports_torchscript:
+            raise MethodError(
+                f"{n} needs module hooks or activation rules, which TorchScript models do not support. Use a "
+                "gradient method (saliency, input_x_gradient, integrated_gradients, smoothgrad) or a "
+                "perturbation method (occlusion, rise), or load the model from a checkpoint with a card."
+            )
+    arr = _as_array(image)
+    lay = _layout(arr.shape, card)
+    spatial = arr.shape[1:] if lay.channel_axis else arr.shape
+    home = _model_device(module)
+    dev = torch.device(device) if device is not None else home
+    moved = home != dev
+    try:
+        if moved:
+            module.to(dev)
+        with model_guard(module):
+            if not lay.slicewise:
+                x = torch.from_numpy(np.ascontiguousarray(arr.reshape((1, lay.channels) + tuple(spatial)))).to(dev)
+                parts = _run_methods(module, card, x, infos, resolved, target, layer, progress, cancel)
+                return {n: _finish(parts[n], infos[n], resolved[n], geometry) for n in names}
+            return _run_slicewise(module, card, arr, lay, tuple(spatial), infos, resolved, target, layer, geometry,
+                                  dev, progress, cancel)
+    finally:
+        if moved:
+            module.to(home)
+
+
+def _model_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+@dataclass
+class _Part:
+    output: MethodOutput
+    target: ResolvedTarget
+    seconds: float
+    layer: str | None
+    prediction: Any
+    channels: int
+
+
+def _prediction(out: Tensor, target: ResolvedTarget, task: str, card: ModelCard) -> Any:
+    o = out.detach().float().cpu()[0]
+    if task == "classification":
+        return target.probabilities(o[None])[0].numpy()
+    return predicted_labels(o, card.output).to(torch.int16).numpy()
+
+
+def _task(out: Tensor, x: Tensor, card: ModelCard) -> str:
+    if card.task is not None:
+        return card.task
+    if out.ndim == 2:
+        return "classification"
+    if out.ndim == x.ndim:
+        return "segmentation"
+    raise MethodError(
+        f"Cannot tell the task from the output shape {tuple(out.shape)} for input {tuple(x.shape)}: expected "
+        "(B, K) for classification or (B, K, *spatial) for segmentation. Provide a model card."
+    )
+
+
+def _run_methods(
+    module: nn.Module,
+    card: ModelCard,
+    x: Tensor,
+    infos: dict[str, MethodInfo],
+    params: dict[str, dict[str, Any]],
+    target: Target,
+    layer: str | None,
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> dict[str, _Part]:
+    """Run every method on one input ``x`` ``(1, C, *S)``; methods that share a pass share it."""
+    layer_name: str | None = None
+    layer_module: nn.Module | None = None
+    if any(i.needs_layer for i in infos.values()):
+        layer_name, layer_module = _layer_for(module, card, x, layer)
+
+    groups: list[list[str]] = []
+    shared: dict[str | None, list[str]] = {}
+    for n, info in infos.items():
+        if info.shared_pass:
+            key = info.rule
+            if key not in shared:
+                shared[key] = []
+                groups.append(shared[key])
+            shared[key].append(n)
+        else:
+            groups.append([n])
+
+    parts: dict[str, _Part] = {}
+    n_groups = len(groups)
+    for gi, group in enumerate(groups):
+        label = ", ".join(group)
+
+        def report(done: int, total: int, message: str, _gi: int = gi, _label: str = label) -> None:
+            if progress is not None:
+                progress(_gi * 1000 + int(1000 * done / max(total, 1)), n_groups * 1000, f"{_label}: {message}")
+
+        first = infos[group[0]]
+        run = Run(module, x, layer=layer_module, layer_name=layer_name, params=params[group[0]],
+                  progress=report if progress else None, cancel=cancel)
+        run.check_cancel()
+        needs_layer = any(infos[n].needs_layer for n in group)
+        needs_backward = any(infos[n].needs_grad and (infos[n].shared_pass or infos[n].needs_layer)
+                             for n in group)
+        input_grad = any(infos[n].needs_input_grad for n in group)
+        measure = first.family in ("gradient", "backward_rule", "captum") and not needs_backward
+        task_box: list[str] = []
+
+        def resolve(out: Tensor) -> ResolvedTarget:
+            task = _task(out, x, card)
+            task_box.append(task)
+            return resolve_target(target, out, task=task, output_kind=card.output, background=card.background,
+                                  class_names=list(card.class_names) if card.class_names else None)
+
+        t0 = time.perf_counter()
+        if first.rule is not None and first.shared_pass:
+            with activation_rule(first.rule):
+                run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure)
+        else:
+            run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure)
+        shared_seconds = time.perf_counter() - t0
+        assert run.target is not None and run.output is not None
+        pred = _prediction(run.output, run.target, task_box[0], card)
+        for n in group:
+            info = infos[n]
+            if run.params is not params[n]:
+                run.params = params[n]
+                run.generator.manual_seed(int(params[n].get("seed") or 0))
+            t1 = time.perf_counter()
+            assert info.fn is not None
+            out = info.fn(run, params[n])
+            run.check_cancel()
+            seconds = shared_seconds + time.perf_counter() - t1
+            parts[n] = _Part(out, run.target, seconds, layer_name if info.needs_layer else None, pred,
+                             x.shape[1])
+        if progress is not None:
+            progress((gi + 1) * 1000, n_groups * 1000, f"{label}: done")
+    return parts
+
+
+def _layer_for(module: nn.Module, card: ModelCard, x: Tensor, layer: str | None) -> tuple[str, nn.Module]:
+    if layer is None and card.default_layer is None and not isinstance(module, torch.jit.ScriptModule):
+        key = tuple(x.shape)
+        cached = _DEFAULT_LAYERS.get(module, {}).get(key)
+        if cached is not None:
+            return resolve_layer(module, x, cached)
+        name, mod = resolve_layer(module, x, None)
+        _DEFAULT_LAYERS.setdefault(module, {})[key] = name
+        return name, mod
+    return resolve_layer(module, x, layer, card.default_layer)
+
+
+def _reduce(maps: Tensor, signed: bool) -> Tensor:
+    if maps.shape[0] == 1:
+        return maps[0]
+    if signed:
+        return maps.sum(0)
+    idx = maps.abs().argmax(0, keepdim=True)
+    return maps.gather(0, idx)[0]
+
+
+def _finish(part: _Part, info: MethodInfo, params: dict[str, Any], geometry: Any) -> Attribution:
+    maps = part.output.maps.detach().float().cpu()
+    data = _reduce(maps, info.signed).numpy().astype(np.float32, copy=False)
+    per_channel = maps.numpy().astype(np.float32) if maps.shape[0] > 1 else None
+    return Attribution(
+        data=data,
+        method=info.name,
+        target=part.target.spec,
+        layer=part.layer,
+        params=dict(params),
+        signed=info.signed,
+        seconds=part.seconds,
+        prediction=part.prediction,
+        per_channel=per_channel,
+        geometry=geometry,
+        extras=dict(part.output.extras),
+        description=part.target.description,
+    )
+
+
+def _run_slicewise(
+    module: nn.Module,
+    card: ModelCard,
+    arr: np.ndarray,
+    lay: _Layout,
+    spatial: tuple[int, ...],
+    infos: dict[str, MethodInfo],
+    params: dict[str, dict[str, Any]],
+    target: Target,
+    layer: str | None,
+    geometry: Any,
+    dev: torch.device,
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> dict[str, Attribution]:
+    depth = spatial[0]
+    first_params = next(iter(params.values()))
+    chosen = first_params.get("slices")
+    if chosen is None:
+        chosen = _target_slices(target, depth) or list(range(depth))
+    slices = sorted({int(s) for s in ([chosen] if isinstance(chosen, (int, np.integer)) else chosen)})
+    if any(not 0 <= s < depth for s in slices):
+        raise ParameterError(f"slices must lie in 0..{depth - 1}, got {slices}.")
+    names = list(infos)
+    data = {n: np.full(spatial, np.nan, np.float32) for n in names}
+    per_ch = {n: (np.full((lay.channels,) + spatial, np.nan, np.float32) if lay.channels > 1 else None) for n in names}
+    targets: dict[str, list[Any]] = {n: [None] * depth for n in names}
+    preds: list[Any] = [None] * depth
+    seconds = {n: 0.0 for n in names}
+    extras: dict[str, dict[str, Any]] = {n: {} for n in names}
+    layers: dict[str, str | None] = {n: None for n in names}
+    descriptions: dict[str, str] = {}
+    for j, s in enumerate(slices):
+        def report(done: int, total: int, message: str, _j: int = j, _s: int = s) -> None:
+            if progress is not None:
+                progress(_j * total + done, len(slices) * total, f"slice {_s}: {message}")
+
+        sl = arr[:, s] if lay.channels > 1 else arr[s]
+        x = torch.from_numpy(np.ascontiguousarray(sl.reshape((1, lay.channels) + sl.shape[-2:]))).to(dev)
+        parts = _run_methods(module, card, x, infos, params, _slice_target(target, s), layer, report, cancel)
+        for n in names:
+            att = _finish(parts[n], infos[n], params[n], None)
+            data[n][s] = att.data
+            if per_ch[n] is not None and att.per_channel is not None:
+                per_ch[n][:, s] = att.per_channel
+            targets[n][s] = att.target
+            seconds[n] += att.seconds
+            layers[n] = att.layer
+            descriptions[n] = att.description
+            for key, value in att.extras.items():
+                extras[n].setdefault(key, {})[s] = value
+            preds[s] = att.prediction
+    return {
+        n: Attribution(
+            data=data[n], method=n, target=targets[n], layer=layers[n], params=dict(params[n]),
+            signed=infos[n].signed, seconds=seconds[n], prediction=preds, per_channel=per_ch[n],
+            geometry=geometry, extras={**extras[n], "slices": slices},
+            description=f"{descriptions.get(n, '')} (slice-wise, {len(slices)} slices)",
+        )
+        for n in names
+    }

@@ -1,0 +1,326 @@
+"""What to explain: a target turns the model's output into one scalar per batch item.
+
+Every target resolves, at the unperturbed input, to a constant weight tensor ``W`` with the output's shape
+(without the batch axis) and a score mode. The scalar is ``T(y) = sum(W * s(y))`` where ``s`` is the identity
+(``"logit"``: raw output) or softmax / sigmoid (``"probability"``). A segmentation target is therefore a
+weight on the output (the sum of class-k output over a region, methods.md §1.4 S2), and gradient methods get
+a real signal through it, unlike a thresholded voxel count whose gradient is zero.
+
+=====================================  =======================================================================
+target                                 scalar
+=====================================  =======================================================================
+``int`` k                              classification: ``Class(k)``; segmentation: ``Predicted(k)``
+``Class(k, score="logit")``            ``y_k`` (segmentation: ``sum_u y_k(u)`` over the whole output)
+``Region(k, mask)``                    ``sum_{u in mask} y_k(u)``; ``mask`` boolean, image voxel space
+``Voxel(k, index)``                    ``y_k(index)``
+``Predicted(k)``                       ``sum_{u in M} y_k(u)``, ``M`` = where the model predicts k, frozen at x
+``Contrast(k1, k2)``                   ``T_k1 - T_k2`` (segmentation: over the region predicted as k1)
+``ErrorRegion(k, truth, kind)``        ``sum_{u in E} y_k(u)``, ``E`` = false positives or false negatives of k
+``None``                               the predicted class, or ``Predicted`` of the largest foreground class
+=====================================  =======================================================================
+
+Perturbation methods and metrics score the same weights on probabilities (``probability=True``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._errors import TargetError
+
+__all__ = [
+    "Class",
+    "Contrast",
+    "ErrorRegion",
+    "Predicted",
+    "Region",
+    "ResolvedTarget",
+    "Target",
+    "Voxel",
+    "resolve_target",
+]
+
+Score = Literal["logit", "probability"]
+
+
+@dataclass(frozen=True)
+class Class:
+    """Class ``k``'s output: the logit (default) or the probability."""
+
+    k: int
+    score: Score = "logit"
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """Sum of class ``k``'s output over a boolean ``mask`` of the image's spatial shape."""
+
+    k: int
+    mask: Any
+    score: Score = "logit"
+
+
+@dataclass(frozen=True)
+class Voxel:
+    """Class ``k``'s output at one voxel ``index`` (image voxel space, numpy axis order)."""
+
+    k: int
+    index: tuple[int, ...]
+    score: Score = "logit"
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """Sum of class ``k``'s output over the region the model predicts as ``k`` (frozen after the first pass)."""
+
+    k: int
+    score: Score = "logit"
+
+
+@dataclass(frozen=True, eq=False)
+class Contrast:
+    """Evidence for ``k1`` against ``k2``: ``T_k1 - T_k2`` (segmentation: over the region predicted as ``k1``,
+    or over ``mask`` when given)."""
+
+    k1: int
+    k2: int
+    mask: Any = None
+    score: Score = "logit"
+
+
+@dataclass(frozen=True, eq=False)
+class ErrorRegion:
+    """Class ``k``'s output over its false positives (``kind="fp"``) or false negatives (``"fn"``) against a
+    ground-truth label mask ``truth_mask`` (an integer label map, or a boolean mask of class ``k``)."""
+
+    k: int
+    truth_mask: Any
+    kind: Literal["fp", "fn"] = "fp"
+    score: Score = "logit"
+
+
+Target = Union[int, Class, Region, Voxel, Predicted, Contrast, ErrorRegion, None]
+
+
+@dataclass
+class ResolvedTarget:
+    """A target fixed at the unperturbed input: constant output weights and a score mode.
+
+    Attributes
+    ----------
+    weights : Tensor
+        ``(K,)`` for classification or ``(K, *S_out)`` for segmentation.
+    score : str
+        ``"logit"`` or ``"probability"``: what the gradient and CAM methods differentiate.
+    activation : str
+        ``"softmax"``, ``"sigmoid"`` or ``"none"`` (the model already outputs probabilities).
+    spec : object
+        The resolved user-level target (``int`` and ``None`` replaced by a target object).
+    description : str
+        Human-readable, e.g. ``"class 1 (logit)"`` or ``"predicted region of class 1 (812 voxels)"``.
+    """
+
+    weights: Tensor
+    score: Score
+    activation: str
+    spec: Any
+    description: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self, out: Tensor) -> Tensor:
+        """Turn a batch of raw outputs ``(B, K, ...)`` into probabilities."""
+        if self.activation == "softmax":
+            return torch.softmax(out, dim=1)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(out)
+        return out
+
+    def __call__(self, out: Tensor, probability: bool | None = None) -> Tensor:
+        """The target score of each batch item: ``(B, K, ...) -> (B,)``.
+
+        ``probability=None`` uses the target's own score mode; ``True`` scores probabilities (perturbation
+        methods, metrics); ``False`` scores raw outputs.
+        """
+        use_prob = (self.score == "probability") if probability is None else probability
+        values = self.probabilities(out) if use_prob else out
+        w = self.weights.to(device=values.device, dtype=values.dtype)
+        return (values * w).flatten(1).sum(1)
+
+
+def _as_index_mask(mask: Any, shape: tuple[int, ...], what: str) -> Tensor:
+    arr = np.asarray(mask.detach().cpu() if isinstance(mask, Tensor) else mask)
+    if arr.shape != shape:
+        raise TargetError(
+            f"The {what} has shape {arr.shape}, but the model's output has spatial shape {shape}. "
+            "Draw the mask on the explained image (same grid) or pass a mask of that shape."
+        )
+    return torch.from_numpy(arr.astype(bool))
+
+
+def _check_class(k: int, n_classes: int, names: list[str] | None = None) -> int:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+        raise TargetError(f"A class index must be an integer, got {k!r}.")
+    if not 0 <= int(k) < n_classes:
+        extra = f" ({', '.join(f'{i}: {n}' for i, n in enumerate(names))})" if names else ""
+        raise TargetError(f"Class {k} does not exist: the model has {n_classes} output classes{extra}.")
+    return int(k)
+
+
+def predicted_labels(out: Tensor, output_kind: str) -> Tensor:
+    """The label map predicted by a segmentation output ``(K, *S)``: argmax, or a threshold for one channel."""
+    if out.shape[0] == 1:
+        thr = 0.5 if output_kind == "probabilities" else 0.0
+        return (out[0] > thr).long()
+    return out.argmax(0)
+
+
+def resolve_target(
+    target: Target,
+    output: Tensor,
+    *,
+    task: str,
+    output_kind: str = "logits",
+    background: int | None = 0,
+    class_names: list[str] | None = None,
+) -> ResolvedTarget:
+    """Fix ``target`` against one unperturbed output ``(1, K)`` or ``(1, K, *S_out)``.
+
+    Raises
+    ------
+    TargetError
+        Class out of range, a mask of the wrong shape, or an empty region (the message suggests
+        ``Region`` or ``Voxel``).
+    """
+    out = output.detach()[0]
+    n = out.shape[0]
+    if output_kind == "probabilities":
+        activation = "none"
+    elif task == "classification":
+        activation = "softmax" if n > 1 else "sigmoid"
+    else:
+        activation = "softmax" if n > 1 else "sigmoid"
+    spatial = tuple(out.shape[1:])
+    w = torch.zeros_like(out, dtype=torch.float32)
+
+    def done(spec: Any, description: str, score: Score = "logit", **extras: Any) -> ResolvedTarget:
+        return ResolvedTarget(w, score, activation, spec, description, dict(extras))
+
+    if task == "classification":
+        if target is None:
+            target = Class(int(out.argmax()))
+        if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+            target = Class(int(target))
+        if isinstance(target, Class):
+            k = _check_class(target.k, n, class_names)
+            w[k] = 1
+            return done(target, f"class {_name(k, class_names)} ({target.score})", target.score)
+        if isinstance(target, Contrast):
+            k1, k2 = _check_class(target.k1, n, class_names), _check_class(target.k2, n, class_names)
+            w[k1] += 1
+            w[k2] -= 1
+            return done(target, f"class {_name(k1, class_names)} vs {_name(k2, class_names)}", target.score)
+        raise TargetError(
+            f"{type(target).__name__} targets need a segmentation output; this model classifies "
+            f"(output {tuple(output.shape)}). Use a class index, Class(k) or Contrast(k1, k2)."
+        )
+
+    # segmentation
+    labels = predicted_labels(out, output_kind)
+    if target is None:
+        if n == 1:
+            target = Predicted(0)
+        else:
+            counts = torch.bincount(labels.flatten(), minlength=n)
+            if background is not None and 0 <= background < n:
+                counts[background] = 0
+            if int(counts.max()) == 0:
+                raise TargetError(
+                    "The model predicts no foreground in this image, so there is no default region to explain. "
+                    "Pick a region (Region(k, mask)) or a voxel (Voxel(k, index)) instead."
+                )
+            target = Predicted(int(counts.argmax()))
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        target = Predicted(int(target))
+
+    def region_of(k: int) -> Tensor:
+        return (labels == 1) if n == 1 else (labels == k)
+
+    if isinstance(target, Class):
+        k = _check_class(target.k, n, class_names)
+        w[k] = 1
+        return done(target, f"class {_name(k, class_names)} over the whole output ({target.score})", target.score)
+    if isinstance(target, Predicted):
+        k = _check_class(target.k, n, class_names)
+        region = region_of(k)
+        count = int(region.sum())
+        if count == 0:
+            raise TargetError(
+                f"The model predicts no voxel of class {_name(k, class_names)} here, so the predicted region is "
+                "empty. Explain a region you draw (Region(k, mask)) or one voxel (Voxel(k, index)) instead."
+            )
+        w[k][region] = 1
+        return done(target, f"predicted region of class {_name(k, class_names)} ({count} voxels)",
+                    target.score, region_voxels=count)
+    if isinstance(target, Region):
+        k = _check_class(target.k, n, class_names)
+        mask = _as_index_mask(target.mask, spatial, "region mask")
+        count = int(mask.sum())
+        if count == 0:
+            raise TargetError("The region mask is empty. Draw at least one voxel of the region to explain.")
+        w[k][mask] = 1
+        return done(target, f"class {_name(k, class_names)} in a region of {count} voxels", target.score,
+                    region_voxels=count)
+    if isinstance(target, Voxel):
+        k = _check_class(target.k, n, class_names)
+        idx = tuple(int(i) for i in target.index)
+        if len(idx) != len(spatial) or any(not 0 <= i < s for i, s in zip(idx, spatial)):
+            raise TargetError(f"Voxel {idx} lies outside the output grid {spatial}.")
+        w[(k, *idx)] = 1
+        return done(target, f"class {_name(k, class_names)} at voxel {idx}", target.score)
+    if isinstance(target, Contrast):
+        k1, k2 = _check_class(target.k1, n, class_names), _check_class(target.k2, n, class_names)
+        if n == 1:
+            raise TargetError("A contrast needs two output channels; this model has one.")
+        region = region_of(k1) if target.mask is None else _as_index_mask(target.mask, spatial, "contrast mask")
+        if int(region.sum()) == 0:
+            raise TargetError(
+                f"The region for the contrast of class {_name(k1, class_names)} is empty. "
+                "Pass a mask (Contrast(k1, k2, mask=...)) where the contrast should be explained."
+            )
+        w[k1][region] += 1
+        w[k2][region] -= 1
+        return done(target, f"class {_name(k1, class_names)} vs {_name(k2, class_names)}", target.score)
+    if isinstance(target, ErrorRegion):
+        k = _check_class(target.k, n, class_names)
+        truth = np.asarray(target.truth_mask)
+        truth_k = truth.astype(bool) if truth.dtype == bool else truth == k
+        truth_t = _as_index_mask(truth_k, spatial, "ground-truth mask")
+        pred = region_of(k)
+        if target.kind == "fp":
+            region = pred & ~truth_t
+        elif target.kind == "fn":
+            region = ~pred & truth_t
+        else:
+            raise TargetError(f"ErrorRegion kind must be 'fp' or 'fn', got {target.kind!r}.")
+        count = int(region.sum())
+        if count == 0:
+            word = "false positives" if target.kind == "fp" else "false negatives"
+            raise TargetError(f"There are no {word} of class {_name(k, class_names)} against this ground truth.")
+        w[k][region] = 1
+        return done(target, f"{target.kind.upper()} region of class {_name(k, class_names)} ({count} voxels)",
+                    target.score, region_voxels=count)
+    raise TargetError(
+        f"Cannot use {target!r} as a target. Use a class index or one of Class, Region, Voxel, Predicted, "
+        "Contrast, ErrorRegion from napari_attribution.targets."
+    )
+
+
+def _name(k: int, names: list[str] | None) -> str:
+    if names and 0 <= k < len(names):
+        return f"{k} ({names[k]})"
+    return str(k)

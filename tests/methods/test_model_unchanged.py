@@ -1,0 +1,154 @@
+"""For every registered method, 2D and 3D: the user's model is left exactly as it was (no hooks, same
+training flags, same requires_grad, same parameters and buffers, no function mode left active), also when
+the method fails midway; the output has the image's spatial shape; results are deterministic per seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import napari_attribution as na
+from _nets import Classifier, TinyUNet, image, seeded
+
+METHODS = [m.name for m in na.list_methods()] + ["captum:IntegratedGradients", "captum:DeepLift",
+                                                 "captum:LayerGradCam", "captum:Occlusion"]
+FAST = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 12},
+        "captum:IntegratedGradients": {"n_steps": 4}, "captum:Occlusion": {"sliding_window_shapes": (1, 4, 4, 4)}}
+
+
+class Boom(nn.Module):
+    """Raises on the n-th forward call once armed (to fail a method midway)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.countdown = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.countdown > 0:
+            self.countdown -= 1
+            if self.countdown == 0:
+                raise RuntimeError("boom")
+        return x
+
+
+class Wrapped(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.boom = Boom()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.boom(self.net(x))
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+    }
+
+
+def assert_untouched(model: nn.Module, before: dict) -> None:
+    for m in model.modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                     "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs"):
+            assert not getattr(m, attr, {}), f"{attr} left on {type(m).__name__}"
+    from torch.nn.modules import module as mm
+
+    for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks"):
+        assert not getattr(mm, name, {}), name
+    assert torch._C._len_torch_function_stack() == 0, "a TorchFunctionMode was left active"
+    after = snapshot(model)
+    assert after["training"] == before["training"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert all(g is None for g in after["grads"]), "parameter .grad was written"
+    for k, v in before["state"].items():
+        assert torch.equal(v, after["state"][k]), k
+
+
+def models() -> list[tuple[str, nn.Module, tuple[int, ...], str]]:
+    out = []
+    for d, shape in [(2, (16, 16)), (3, (8, 8, 8))]:
+        net = seeded(Classifier(d, inplace=True))
+        net.features.insert(1, nn.BatchNorm2d(6) if d == 2 else nn.BatchNorm3d(6))
+        out.append((f"cnn{d}d", net, shape, "features"))
+    out.append(("unet3d", seeded(TinyUNet(3)), (8, 8, 8), "bottleneck"))
+    return out
+
+
+def _params(method: str, ndim: int) -> dict:
+    p = dict(FAST.get(method, {}))
+    if method == "captum:Occlusion":
+        p["sliding_window_shapes"] = (1,) + (4,) * ndim
+    return p
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_model_unchanged_shape_and_determinism(method: str) -> None:
+    for name, net, shape, layer in models():
+        if method == "cam" and name == "unet3d":
+            continue
+        model = Wrapped(net)
+        model.train()  # a user's model may be in training mode: it must stay there
+        list(model.parameters())[0].requires_grad_(False)  # and keep its requires_grad pattern
+        before = snapshot(model)
+        img = image(shape, seed=1)
+        img_copy = img.copy()
+        info = na.get_method(method)
+        lay = f"net.{layer}" if info.needs_layer else None
+        res = na.explain(model, img, method, 1, layer=lay, params={**_params(method, len(shape)), "seed": 3})
+        assert res.data.shape == shape and res.data.dtype == np.float32
+        assert np.isfinite(res.data).all()
+        assert_untouched(model, before)
+        np.testing.assert_array_equal(img, img_copy)  # the user's image is untouched
+        again = na.explain(model, img, method, 1, layer=lay, params={**_params(method, len(shape)), "seed": 3})
+        np.testing.assert_array_equal(res.data, again.data)
+        assert_untouched(model, before)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_model_unchanged_after_failure_midway(method: str, fail_at: int) -> None:
+    name, net, shape, layer = models()[0]
+    model = Wrapped(net)
+    model.train()
+    before = snapshot(model)
+    info = na.get_method(method)
+    lay = f"net.{layer}" if info.needs_layer else None
+    model.boom.countdown = fail_at
+    try:
+        na.explain(model, image(shape), method, 1, layer=lay, params=_params(method, len(shape)))
+    except RuntimeError as err:
+        assert "boom" in str(err)
+    else:  # the method needed fewer forward passes than fail_at
+        assert fail_at > 1
+    model.boom.countdown = -1
+    assert_untouched(model, before)
+
+
+def test_cancel_leaves_model_untouched_and_raises() -> None:
+    name, net, shape, layer = models()[1]
+    before = snapshot(net)
+    calls = []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(na.Cancelled):
+        na.explain(net, image(shape), "integrated_gradients", 1, params={"steps": 32, "max_batch": 2}, cancel=cancel)
+    assert_untouched(net, before)
+
+
+def test_seed_changes_stochastic_methods() -> None:
+    name, net, shape, layer = models()[0]
+    img = image(shape)
+    for method, p in [("rise", {"masks": 20}), ("smoothgrad", {"samples": 2})]:
+        a = na.explain(net, img, method, 1, params={**p, "seed": 1}).data
+        b = na.explain(net, img, method, 1, params={**p, "seed": 2}).data
+        assert not np.array_equal(a, b)
