@@ -43,8 +43,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         run_headless_demo(args.output, overwrite=args.overwrite)
     except FileExistsError as err:
-        print(f"error: {err.filename or err} exists; run again with --overwrite to replace the demo outputs, "
-              "or choose another folder with -o.", file=sys.stderr)
+        print(f"error: {err} On the command line: --overwrite, or another folder with -o.", file=sys.stderr)
         return 2
     return 0
 

@@ -232,3 +232,30 @@ def test_rise_highlights_the_deciding_region() -> None:
     res = na.explain(Quadrant(), img, "rise", 1, params={"masks": 400, "cells": 4, "baseline": 0.0}).data
     inside, outside = res[:8, :8].mean(), res[8:, 8:].mean()
     assert inside > outside + 0.1, (inside, outside)
+
+
+@pytest.mark.parametrize("case", ["cnn2d", "cnn3d", "unet3d"])
+def test_adaptive_ig_reaches_its_completeness_tolerance(case: str) -> None:
+    make, shape = MODELS[case]
+    model, img = make(), image(shape)
+    for tol in (0.01, 0.002):
+        res = na.explain(model, img, "integrated_gradients", K,
+                         params={"steps": "auto", "tolerance": tol, "baseline": 0.0, "max_steps": 1024})
+        c = res.extras["completeness"]
+        assert c["relative_error"] <= tol or abs(c["sum"] - c["delta"]) <= tol * 1e-2, c
+        assert abs(float(res.data.sum()) - c["sum"]) <= 1e-4 * max(1.0, abs(c["sum"]))
+    # a tight budget stops early and says so through the reported error
+    res = na.explain(model, img, "integrated_gradients", K, params={"steps": "auto", "tolerance": 1e-9, "max_steps": 12})
+    assert res.extras["completeness"]["steps"] <= 12
+
+
+def test_adaptive_ig_equals_fixed_rule_on_a_linear_model() -> None:
+    """For a linear model the integrand is constant: every rule is exact and auto stops at once."""
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    img = image((4, 4))
+    auto = na.explain(lin, img, "integrated_gradients", 1, params={"steps": "auto", "baseline": 0.0})
+    fixed = na.explain(lin, img, "integrated_gradients", 1, params={"steps": 4, "baseline": 0.0})
+    np.testing.assert_allclose(auto.data, fixed.data, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(auto.data, img * lin[1].weight[1].detach().numpy().reshape(4, 4), rtol=1e-5, atol=1e-7)
+    assert auto.extras["completeness"]["steps"] == 8
