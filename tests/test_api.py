@@ -230,3 +230,26 @@ def test_attribution_is_raw_and_carries_metadata() -> None:
     assert res.geometry is geometry and res.signed and res.method == "input_x_gradient"
     assert res.data.min() < 0 < res.data.max()  # signed and not min-max normalised
     assert res.seconds > 0 and "class 1" in res.description and "input_x_gradient" in repr(res)
+
+
+def test_slicewise_segmentation_skips_slices_without_the_structure() -> None:
+    class Blob2D(nn.Module):
+        """Predicts class 1 where the pixel is bright (2 output channels)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 1)
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.tensor([[[[0.0]]], [[[1.0]]]]))
+                self.conv.bias.copy_(torch.tensor([0.0, -0.5]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    vol = np.zeros((3, 8, 8), np.float32)
+    vol[1, 2:5, 2:5] = 1.0
+    res = na.explain(Blob2D(), vol, "saliency")
+    assert res.extras["slices"] == [1] and set(res.extras["skipped_slices"]) == {0, 2}
+    assert np.isnan(res.data[0]).all() and np.isfinite(res.data[1]).all()
+    with pytest.raises(na.TargetError, match="No slice"):
+        na.explain(Blob2D(), np.zeros((3, 8, 8), np.float32), "saliency")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ._attribution import Attribution
-from ._errors import InputShapeError, MethodError, ParameterError
+from ._errors import InputShapeError, MethodError, ParameterError, TargetError
 from .methods._hooks import activation_rule, model_guard
 from .methods._registry import COMMON_PARAMS, MethodInfo, get_method
 from .methods._run import MethodOutput, Run
@@ -28,6 +28,7 @@ from .models._layers import resolve_layer
 from .targets import (
     Contrast,
     ErrorRegion,
+    Predicted,
     Region,
     ResolvedTarget,
     Target,
@@ -225,6 +226,11 @@ def _slice_target(target: Target, i: int) -> Target:
     if isinstance(target, Voxel):
         return Voxel(target.k, tuple(target.index[1:]), target.score)
     return target
+
+
+def _skippable(target: Target) -> bool:
+    """Targets whose region is found per slice (so an empty slice is not an error for the volume)."""
+    return target is None or isinstance(target, (int, np.integer, Predicted, ErrorRegion, Contrast))
 
 
 def _target_slices(target: Target, depth: int) -> list[int] | None:
@@ -481,6 +487,7 @@ def _run_slicewise(
     extras: dict[str, dict[str, Any]] = {n: {} for n in names}
     layers: dict[str, str | None] = {n: None for n in names}
     descriptions: dict[str, str] = {}
+    skipped: dict[int, str] = {}
     for j, s in enumerate(slices):
         def report(done: int, total: int, message: str, _j: int = j, _s: int = s) -> None:
             if progress is not None:
@@ -488,7 +495,14 @@ def _run_slicewise(
 
         sl = arr[:, s] if lay.channels > 1 else arr[s]
         x = torch.from_numpy(np.ascontiguousarray(sl.reshape((1, lay.channels) + sl.shape[-2:]))).to(dev)
-        parts = _run_methods(module, card, x, infos, params, _slice_target(target, s), layer, report, cancel)
+        try:
+            parts = _run_methods(module, card, x, infos, params, _slice_target(target, s), layer, report, cancel)
+        except TargetError as err:
+            # a slice without the predicted structure has nothing to explain: leave it NaN, say why
+            if len(slices) == 1 or not _skippable(target):
+                raise
+            skipped[s] = str(err)
+            continue
         for n in names:
             att = _finish(parts[n], infos[n], params[n], None)
             data[n][s] = att.data
@@ -501,12 +515,18 @@ def _run_slicewise(
             for key, value in att.extras.items():
                 extras[n].setdefault(key, {})[s] = value
             preds[s] = att.prediction
+    if len(skipped) == len(slices):
+        raise TargetError(
+            f"No slice has anything to explain for this target ({next(iter(skipped.values()))}). "
+            "Draw a region (Region) or pick a voxel (Voxel) instead."
+        )
+    done = [s for s in slices if s not in skipped]
     return {
         n: Attribution(
             data=data[n], method=n, target=targets[n], layer=layers[n], params=dict(params[n]),
             signed=infos[n].signed, seconds=seconds[n], prediction=preds, per_channel=per_ch[n],
-            geometry=geometry, extras={**extras[n], "slices": slices},
-            description=f"{descriptions.get(n, '')} (slice-wise, {len(slices)} slices)",
+            geometry=geometry, extras={**extras[n], "slices": done, "skipped_slices": skipped},
+            description=f"{descriptions.get(n, '')} (slice-wise, {len(done)} slices)",
         )
         for n in names
     }
