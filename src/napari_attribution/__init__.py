@@ -23,7 +23,7 @@ from ._errors import (
     TargetError,
 )
 from .methods._registry import MethodInfo, get_method, list_methods
-from .models import LoadedModel, ModelCard, find_layers
+from .models import LoadedModel, ModelCard, find_layers, load_model
 from .pipeline import compare, explain
 
 __version__ = "0.1.0"
@@ -48,5 +48,6 @@ __all__ = [
     "find_layers",
     "get_method",
     "list_methods",
+    "load_model",
     "targets",
 ]

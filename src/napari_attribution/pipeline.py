@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ._attribution import Attribution
+from ._preprocess import Prepared, prepare
+from .io._geometry import Geometry
 from ._errors import InputShapeError, MethodError, ParameterError, TargetError
 from .methods._hooks import activation_rule, model_guard
 from .methods._registry import COMMON_PARAMS, MethodInfo, get_method
@@ -262,8 +264,11 @@ def _explain_many(
     device: Any,
     progress: Progress | None,
     cancel: Cancel | None,
+    _card: ModelCard | None = None,
 ) -> dict[str, Attribution]:
     module, card = _model_and_card(model)
+    if _card is not None:
+        card = _card
     infos = {n: get_method(n) for n in names}
     resolved = {n: infos[n].resolve_params(params.get(n)) for n in names}
     is_script = isinstance(module, torch.jit.ScriptModule)
@@ -276,6 +281,15 @@ def _explain_many(
             )
     arr = _as_array(image)
     lay = _layout(arr.shape, card)
+    prep = prepare(arr, geometry if isinstance(geometry, Geometry) else None, card, channel_axis=lay.channel_axis)
+    if not prep.is_identity:
+        # the model sees the resampled / padded grid; targets are mapped there and maps come back exactly
+        inner = dict(params)
+        results = _explain_many(module, prep.data, names, _target_to_model_grid(target, prep), layer=layer,
+                                params=inner, geometry=None, device=device, progress=progress, cancel=cancel,
+                                _card=replace(card, preprocess=None, spacing=None))
+        return {n: _back_to_image_grid(r, prep, geometry) for n, r in results.items()}
+    arr = prep.data  # intensity preprocessing only (or nothing): same grid
     spatial = arr.shape[1:] if lay.channel_axis else arr.shape
     home = _model_device(module)
     dev = torch.device(device) if device is not None else home
@@ -293,6 +307,44 @@ def _explain_many(
     finally:
         if moved:
             module.to(home)
+
+
+def _target_to_model_grid(target: Target, prep: Prepared) -> Target:
+    """Masks and voxel indices are given in image voxel space; the model works on the prepared grid."""
+    if isinstance(target, Region):
+        return Region(target.k, prep.mask_to_model_grid(np.asarray(target.mask, bool)), target.score)
+    if isinstance(target, Voxel):
+        return Voxel(target.k, prep.index_to_model_grid(target.index), target.score)
+    if isinstance(target, Contrast) and target.mask is not None:
+        return Contrast(target.k1, target.k2, prep.mask_to_model_grid(np.asarray(target.mask, bool)), target.score)
+    if isinstance(target, ErrorRegion):
+        truth = np.asarray(target.truth_mask)
+        truth_k = truth if truth.dtype == bool else truth == target.k
+        return ErrorRegion(target.k, prep.mask_to_model_grid(truth_k), target.kind, target.score)
+    return target
+
+
+def _back_to_image_grid(res: Attribution, prep: Prepared, geometry: Any) -> Attribution:
+    """Map a result computed on the model grid back onto the scan's grid (exact shape)."""
+    pred = res.prediction
+    if isinstance(pred, np.ndarray) and pred.ndim == len(prep.shape):
+        pred = prep.to_image_grid(pred, mode="nearest")
+    elif isinstance(pred, list) and any(isinstance(p, np.ndarray) and p.ndim == 2 for p in pred):
+        stack = np.full(prep.shape, -1, np.int16)  # slice-wise label maps: map the stack back in one go
+        for i, p in enumerate(pred):
+            if p is not None:
+                stack[i] = p
+        back = prep.to_image_grid(stack, mode="nearest")
+        pred = [None if p is None else back[i] for i, p in enumerate(pred)]
+    extras = {**res.extras, "preprocessing": list(prep.steps), "model_grid_shape": prep.shape}
+    return replace(
+        res,
+        data=prep.to_image_grid(res.data).astype(np.float32, copy=False),
+        per_channel=None if res.per_channel is None else prep.to_image_grid(res.per_channel).astype(np.float32),
+        prediction=pred,
+        geometry=geometry,
+        extras=extras,
+    )
 
 
 def _model_device(module: nn.Module) -> torch.device:

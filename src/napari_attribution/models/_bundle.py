@@ -1,0 +1,383 @@
+"""MONAI bundle folders as a model source.
+
+A bundle is a folder with ``configs/inference.json`` (or ``.yaml`` / ``.yml``) whose ``network_def`` entry
+builds the network, ``models/model.pt`` (its state_dict) or ``models/model.ts`` (TorchScript), and usually
+``configs/metadata.json`` describing the inputs and outputs. The network definition is read here without
+evaluating code: ``_target_`` (a MONAI network name such as ``"UNet"`` or a dotted path), ``@id`` references
+(``::`` or ``#`` separators) and literal values. Python expressions (``"$..."``) and macros (``"%..."``) run or
+read code, so they are evaluated (by ``monai.bundle.ConfigParser``) only with ``trust=True``.
+
+The card comes from, in order: the ``card`` argument, a ``*.card.json`` / ``.yaml`` in the bundle folder, or the
+bundle itself: ``metadata.json`` (channels, classes and their names, patch shape, task) and the inference config
+(``preprocessing``: ``ScaleIntensityRange(d)`` -> a window, ``NormalizeIntensity(d)`` -> zscore,
+``ScaleIntensityRangePercentiles(d)`` -> percentile, ``Spacing(d)`` -> spacing, ``DivisiblePad(d)`` ->
+pad_to_multiple; ``inferer.roi_size`` -> patch_size). MONAI lists per-axis values in the file's voxel order
+``(x, y, z)``; the card holds them reversed, in numpy order ``(z, y, x)``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .._errors import ModelLoadError
+from ._card import CARD_SUFFIXES, LoadedModel, ModelCard, _read_mapping, infer_card
+from ._load import (
+    _MONAI_CLASSIFICATION,
+    _MONAI_SEGMENTATION,
+    _jit_load,
+    _state_dict,
+    _torch_load,
+    call_factory,
+    check_safe_factory,
+    load_weights,
+)
+
+__all__ = ["load_bundle"]
+
+_CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+_SEARCH = ("monai.networks.nets", "monai.networks.blocks", "torch.nn")
+_KNOWN_TRANSFORMS = ("ScaleIntensityRange", "ScaleIntensityRangePercentiles", "NormalizeIntensity", "Spacing",
+                     "DivisiblePad")
+
+
+class _NeedsTrust(Exception):
+    """The config holds something that runs code (an expression or a macro)."""
+
+
+def load_bundle(folder: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
+    """Load a MONAI bundle folder (see the module docstring)."""
+    configs = folder / "configs"
+    cfg_path = next((configs / n for n in _CONFIG_NAMES if (configs / n).is_file()), None)
+    pt, ts = folder / "models" / "model.pt", folder / "models" / "model.ts"
+    config: Mapping[str, Any] = _read_mapping(cfg_path) if cfg_path is not None else {}
+    net_def = config.get("network_def")
+    factory: str | None = None
+    kwargs: dict[str, Any] | None = None
+    if net_def is None:
+        if not ts.is_file():
+            where = f"configs/{cfg_path.name} has no 'network_def' entry" if cfg_path else \
+                "configs/ has no inference.json (or .yaml)"
+            raise ModelLoadError(
+                f"'{folder.name}' looks like a MONAI bundle but {where}, and there is no TorchScript "
+                "models/model.ts, so the network cannot be built."
+            )
+        module = _jit_load(ts)
+        weights = ts
+    else:
+        assert cfg_path is not None
+        module, factory, kwargs = _build(net_def, config, cfg_path, trust)
+        if pt.is_file():
+            state = _torch_load(pt, trust)
+            load_weights(module, dict(state.state_dict()) if isinstance(state, nn.Module) else
+                         _state_dict(state, "models/model.pt"), "models/model.pt", factory or "network_def")
+            weights = pt
+        elif ts.is_file():
+            module, weights, factory, kwargs = _jit_load(ts), ts, None, None
+        else:
+            raise ModelLoadError(
+                f"The MONAI bundle '{folder.name}' has no weights: expected models/model.pt (a state_dict) or "
+                "models/model.ts (TorchScript)."
+            )
+    card = explicit or _folder_card(folder) or _bundle_card(folder, config, net_def)
+    if explicit is None and factory is not None and card.factory is None and weights == pt:
+        card = replace(card, factory=factory, kwargs=kwargs or {})
+    if card.weights is None:
+        card = replace(card, weights=str(weights))
+    return LoadedModel(module.eval(), infer_card(module, card), str(folder))
+
+
+def _folder_card(folder: Path) -> ModelCard | None:
+    cards = sorted(p for p in folder.iterdir() if p.name.lower().endswith(tuple(f".card{s}" for s in CARD_SUFFIXES)))
+    return ModelCard.from_file(cards[0]) if cards else None
+
+
+# ------------------------------------------------------------------------------------------------
+# network_def
+
+
+def _build(net_def: Any, config: Mapping[str, Any], cfg_path: Path, trust: bool
+           ) -> tuple[nn.Module, str | None, dict[str, Any] | None]:
+    """The network of ``network_def``, and (factory, kwargs) when they are plain data (for the card)."""
+    try:
+        node = _deref(net_def, config, set())
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            raise ModelLoadError(
+                f"configs/{cfg_path.name}: 'network_def' must be an object with a '_target_' naming the network, "
+                f"got {net_def!r}."
+            )
+        target, spec = _target(node["_target_"])
+        kwargs = {k: _resolve(v, config, trust, set()) for k, v in node.items() if not str(k).startswith("_")}
+        _check_node(node)
+        check_safe_factory(target, spec, trust)
+        module = call_factory(target, kwargs, spec)
+        plain = _is_plain(kwargs)
+        return module, (spec if plain else None), (kwargs if plain else None)
+    except _NeedsTrust as err:
+        if not trust:
+            raise ModelLoadError(
+                f"The bundle's network_def (configs/{cfg_path.name}) uses {err}, which runs Python code from the "
+                "config file. Load the bundle with trust=True if you trust where it came from, or replace the "
+                "expression with plain values."
+            ) from None
+    return _parse_with_monai(cfg_path), None, None
+
+
+def _parse_with_monai(cfg_path: Path) -> nn.Module:
+    try:
+        from monai.bundle.config_parser import ConfigParser
+    except ImportError as err:
+        raise ModelLoadError("Evaluating a MONAI bundle config needs MONAI: pip install monai") from err
+    try:
+        parser = ConfigParser()
+        parser.read_config(str(cfg_path))
+        module = parser.get_parsed_content("network_def")
+    except Exception as err:  # noqa: BLE001 - anything MONAI raises while evaluating
+        raise ModelLoadError(f"MONAI could not build network_def from configs/{cfg_path.name}: {err}") from err
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"network_def in configs/{cfg_path.name} built a {type(module).__name__}, not a network.")
+    return module
+
+
+def _check_node(node: Mapping[str, Any]) -> None:
+    mode = node.get("_mode_", "default")
+    if mode != "default":
+        raise _NeedsTrust(f"'_mode_': {mode!r}")
+
+
+def _lookup(config: Mapping[str, Any], ref: str) -> Any:
+    node: Any = config
+    for part in re.split(r"::|#", ref):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise ModelLoadError(f"The bundle config refers to '@{ref}', which it does not define.")
+    return node
+
+
+def _deref(node: Any, config: Mapping[str, Any], seen: set[str]) -> Any:
+    """Follow ``@id`` (and ``$@id``) references until a value."""
+    while isinstance(node, str) and re.fullmatch(r"\$?@[\w:#.-]+", node.strip()):
+        ref = node.strip().lstrip("$")[1:]
+        if ref in seen:
+            raise ModelLoadError(f"The bundle config's reference '@{ref}' refers to itself.")
+        seen = seen | {ref}
+        node = _lookup(config, ref)
+    return node
+
+
+def _resolve(node: Any, config: Mapping[str, Any], trust: bool, seen: set[str]) -> Any:
+    node = _deref(node, config, seen)
+    if isinstance(node, str):
+        if node.startswith("$"):
+            try:
+                return ast.literal_eval(node[1:].strip())
+            except (ValueError, SyntaxError):
+                raise _NeedsTrust(f"the Python expression {node!r}") from None
+        if node.startswith("%"):
+            raise _NeedsTrust(f"the macro {node!r}")
+        return node
+    if isinstance(node, list):
+        return [_resolve(v, config, trust, seen) for v in node]
+    if isinstance(node, Mapping):
+        if "_target_" in node:
+            if node.get("_disabled_") in (True, "true", "True"):
+                return None
+            _check_node(node)
+            target, spec = _target(node["_target_"])
+            check_safe_factory(target, spec, trust)
+            kwargs = {k: _resolve(v, config, trust, seen) for k, v in node.items() if not str(k).startswith("_")}
+            return call_factory(target, kwargs, spec)
+        return {k: _resolve(v, config, trust, seen) for k, v in node.items()}
+    return node
+
+
+def _target(name: Any) -> tuple[Any, str]:
+    """The class named by a ``_target_``: a short MONAI name (``"UNet"``) or a dotted path."""
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"A bundle '_target_' must name a class, got {name!r}.")
+    if name.startswith("$"):
+        raise _NeedsTrust(f"the Python expression {name!r} as a '_target_'")
+    if "." not in name:
+        for mod_name in _SEARCH:
+            module = importlib.import_module(mod_name)
+            if hasattr(module, name):
+                return getattr(module, name), f"{mod_name}:{name}"
+        raise ModelLoadError(
+            f"The bundle's '_target_' {name!r} is not a network in {', '.join(_SEARCH)}; give its full dotted path."
+        )
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        mod_name = ".".join(parts[:i])
+        try:
+            obj: Any = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            break
+        return obj, f"{mod_name}:{'.'.join(parts[i:])}"
+    raise ModelLoadError(
+        f"The bundle's '_target_' {name!r} cannot be imported; install the package that defines it or correct the "
+        "name."
+    )
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+# ------------------------------------------------------------------------------------------------
+# the card from metadata.json and the inference config
+
+
+def _literal(node: Any, config: Mapping[str, Any]) -> Any:
+    """A plain value (references followed, literal ``$`` expressions read), or None."""
+    try:
+        node = _deref(node, config, set())
+    except ModelLoadError:
+        return None
+    if isinstance(node, str) and node.startswith("$"):
+        try:
+            return ast.literal_eval(node[1:].strip())
+        except (ValueError, SyntaxError):
+            return None
+    if isinstance(node, list):
+        items = [_literal(v, config) for v in node]
+        return None if any(v is None for v in items) else items
+    return node
+
+
+def _numbers(value: Any) -> list[float] | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+        return [float(v) for v in value]
+    return None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _bundle_card(folder: Path, config: Mapping[str, Any], net_def: Any) -> ModelCard:
+    fields: dict[str, Any] = {}
+    meta_path = folder / "configs" / "metadata.json"
+    meta: Mapping[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            meta = _read_mapping(meta_path)
+        except ModelLoadError:
+            meta = {}
+    if isinstance(meta.get("name"), str):
+        fields["name"] = meta["name"]
+    if isinstance(meta.get("description"), str):
+        fields["description"] = meta["description"]
+    ndf = _mapping(meta.get("network_data_format"))
+    inputs, outputs = _mapping(ndf.get("inputs")), _mapping(ndf.get("outputs"))
+    inp = inputs.get("image", next(iter(inputs.values()), {})) if inputs else {}
+    out = outputs.get("pred", next(iter(outputs.values()), {})) if outputs else {}
+    if isinstance(inp, Mapping):
+        if isinstance(inp.get("num_channels"), int) and inp["num_channels"] > 0:
+            fields["in_channels"] = inp["num_channels"]
+        shape = inp.get("spatial_shape")
+        if isinstance(shape, list) and len(shape) in (2, 3):
+            fields["spatial_dims"] = len(shape)
+            if inp.get("is_patch_data") and all(isinstance(s, int) and s > 0 for s in shape):
+                fields["patch_size"] = tuple(reversed(shape))
+    if isinstance(out, Mapping):
+        k = out.get("num_channels")
+        if isinstance(k, int) and k > 0:
+            fields["num_classes"] = k
+            names = out.get("channel_def")
+            if isinstance(names, Mapping) and len(names) == k and all(isinstance(v, str) for v in names.values()):
+                fields["class_names"] = names
+        fmt = str(out.get("format", "")).lower()
+        if fmt in ("segmentation", "classification"):
+            fields["task"] = fmt
+    if "task" not in fields and isinstance(net_def, Mapping):
+        short = str(net_def.get("_target_", "")).split(".")[-1]
+        if short in _MONAI_SEGMENTATION:
+            fields["task"] = "segmentation"
+        elif short in _MONAI_CLASSIFICATION:
+            fields["task"] = "classification"
+    fields.update(_preprocessing(config))
+    inferer = config.get("inferer")
+    if isinstance(inferer, Mapping):
+        roi = _numbers(_literal(inferer.get("roi_size"), config))
+        if roi and len(roi) in (2, 3) and all(r.is_integer() and r > 0 for r in roi):
+            fields["patch_size"] = tuple(int(r) for r in reversed(roi))
+    k = fields.get("num_classes")
+    if k is not None:
+        fields["background"] = 0 if k > 1 else None
+    try:
+        return ModelCard(**fields)
+    except ModelLoadError:  # an inconsistent metadata.json: keep what is certain
+        return ModelCard(**{key: fields[key] for key in ("name", "description", "task") if key in fields})
+
+
+def _preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
+    pre = config.get("preprocessing")
+    transforms = pre.get("transforms") if isinstance(pre, Mapping) else None
+    transforms = _deref(transforms, config, set()) if isinstance(transforms, str) else transforms
+    out: dict[str, Any] = {}
+    spec: dict[str, Any] = {}
+    if not isinstance(transforms, list):
+        return out
+    for t in transforms:
+        t = _deref(t, config, set()) if isinstance(t, str) else t
+        if not isinstance(t, Mapping):
+            continue
+        raw = str(t.get("_target_", "")).split(".")[-1]
+        name = raw[:-1] if raw.endswith("d") and raw[:-1] in _KNOWN_TRANSFORMS else raw
+        if name == "ScaleIntensityRange":
+            lo, hi = _literal(t.get("a_min"), config), _literal(t.get("a_max"), config)
+            a, b = _literal(t.get("b_min", 0.0), config), _literal(t.get("b_max", 1.0), config)
+            if all(isinstance(v, (int, float)) for v in (lo, hi, a, b)) and lo < hi:
+                if _literal(t.get("clip", False), config):
+                    spec.update(window=[lo, hi], scale_to=[a, b])
+                else:
+                    spec.update(scale=(b - a) / (hi - lo), shift=a - lo * (b - a) / (hi - lo))
+        elif name == "ScaleIntensityRangePercentiles":
+            lo, hi = _literal(t.get("lower"), config), _literal(t.get("upper"), config)
+            a, b = _literal(t.get("b_min", 0.0), config), _literal(t.get("b_max", 1.0), config)
+            if all(isinstance(v, (int, float)) for v in (lo, hi, a, b)):
+                spec.update(percentile=[lo, hi], scale_to=[a, b])
+        elif name == "NormalizeIntensity":
+            spec["zscore"] = True
+            if _literal(t.get("nonzero", False), config) is True:
+                spec["mask_nonzero"] = True
+        elif name == "Spacing":
+            pixdim = _numbers(_literal(t.get("pixdim"), config))
+            if pixdim and len(pixdim) in (2, 3) and all(p > 0 for p in pixdim):
+                out["spacing"] = tuple(reversed(pixdim))
+        elif name == "DivisiblePad":
+            k = _literal(t.get("k"), config)
+            if isinstance(k, int) and k > 0:
+                spec["pad_to_multiple"] = k
+            elif isinstance(k, list) and k and all(isinstance(v, int) and v > 0 for v in k):
+                spec["pad_to_multiple"] = list(reversed(k))
+    if spec:
+        try:
+            from .._preprocess import check_preprocess
+
+            out["preprocess"] = check_preprocess(spec)
+        except ModelLoadError:
+            pass
+    return out

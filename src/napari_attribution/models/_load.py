@@ -1,0 +1,595 @@
+"""``load_model``: a network in eval mode and its card, from a file, a folder, a card or a demo name.
+
+Sources, and what each needs::
+
+    load_model("model.ts")                     TorchScript (torch.jit.save); a card beside it is optional
+    load_model("model.pt")                     a state_dict with a card beside it (model.card.json / .yaml / .yml,
+                                               or <stem>.card.json ...) naming the factory and its kwargs
+    load_model("model.card.json")              the card itself; its "weights" names the checkpoint
+    load_model({"factory": "monai:UNet", "kwargs": {...}, "weights": "model.pt" or None})
+    load_model("bundle_folder/")               a MONAI bundle: configs/inference.json (network_def) + models/model.pt
+    load_model("demo:vessel-seg")              a bundled demo model
+    load_model("full_model.pt", trust=True)    a pickled nn.Module (torch.save(model)) -- only with trust=True
+
+Safety: without ``trust=True`` nothing in a file can run code. Checkpoints are read with
+``torch.load(weights_only=True)``; a card's factory must be a ``torch.nn.Module`` class (a function could be any
+function, e.g. one that runs shell commands); a MONAI bundle's ``$`` expressions are not evaluated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import ModelLoadError
+from ._card import CARD_SUFFIXES, LoadedModel, ModelCard, infer_card
+
+__all__ = ["find_card", "load_model"]
+
+Source = str | os.PathLike[str] | Mapping[str, Any] | ModelCard | nn.Module | LoadedModel
+
+# keys under which training scripts commonly nest the state_dict in a checkpoint dictionary
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "network", "net", "module", "weights", "model_state",
+               "net_state_dict")
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+# MONAI networks whose task is known from the class name
+_MONAI_SEGMENTATION = ("UNet", "BasicUNet", "BasicUnet", "AttentionUnet", "SegResNet", "SegResNetVAE", "UNETR",
+                       "SwinUNETR", "DynUNet", "VNet", "HighResNet", "FlexibleUNet", "BasicUNetPlusPlus", "SegResNetDS")
+_MONAI_CLASSIFICATION = ("DenseNet", "DenseNet121", "DenseNet169", "DenseNet201", "DenseNet264", "ResNet",
+                         "resnet18", "ResNet18", "EfficientNetBN", "SEResNet50", "SENet154", "Classifier", "ViT",
+                         "TorchVisionFCModel")
+_REFUSED_PICKLE = (
+    "Unpickling can run arbitrary code stored in the file (arbitrary code execution), so a file from an untrusted "
+    "source could do anything on this computer; napari-attribution therefore reads model files with "
+    "torch.load(weights_only=True) and refuses pickled objects. If you trust where the file came from, load it "
+    "with load_model(..., trust=True). The safer fix: save only the weights, "
+    "torch.save(model.state_dict(), 'model.pt'), and put a model.card.json beside them naming the network's "
+    "factory and kwargs (or export TorchScript: torch.jit.script(model).save('model.ts'))."
+)
+
+
+def load_model(
+    source: Source,
+    *,
+    card: ModelCard | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    trust: bool = False,
+) -> LoadedModel:
+    """Load a model for explanation: the network in eval mode, on the CPU, with its :class:`ModelCard`.
+
+    Parameters
+    ----------
+    source : str, path, dict, ModelCard, nn.Module or LoadedModel
+        ``"demo:<name>"``; a TorchScript file; a state_dict checkpoint with a card file beside it
+        (``model.card.json``, ``.yaml`` or ``.yml`` next to ``model.pt``, or ``<stem>.card.json``); a card file; a
+        MONAI bundle folder; a card-like dict ``{"factory": "monai.networks.nets:UNet", "kwargs": {...},
+        "weights": path or None}`` (``"monai:UNet"`` for short; no weights = freshly initialised); or a module.
+    card : ModelCard, dict or path, optional
+        Replaces the card found beside the source (or the guessed one). For a checkpoint it must name the factory.
+    trust : bool
+        Allow what runs code from the file: pickled modules (``torch.save(model)``), factories that are functions
+        rather than ``nn.Module`` classes, and Python expressions in a MONAI bundle config. Only for files from a
+        source you trust.
+
+    Returns
+    -------
+    LoadedModel
+        ``.module`` in eval mode, ``.card`` (``inferred=True`` when no card was found and it was guessed),
+        ``.source``.
+
+    Raises
+    ------
+    ModelLoadError
+        With what to do: a missing file, a file that is not a model, a checkpoint without a card, a factory that
+        cannot be imported, kwargs the factory does not take, weights that do not fit, a refused pickle.
+
+    Examples
+    --------
+    >>> import napari_attribution as na
+    >>> m = na.load_model({"factory": "monai:DenseNet121",
+    ...                    "kwargs": {"spatial_dims": 2, "in_channels": 1, "out_channels": 3}})  # doctest: +SKIP
+    >>> m.card.task, m.card.num_classes  # doctest: +SKIP
+    ('classification', 3)
+    """
+    explicit = _card_argument(card)
+    if isinstance(source, LoadedModel):
+        return LoadedModel(source.module.eval(), explicit or source.card, source.source)
+    if isinstance(source, nn.Module):
+        return LoadedModel(source.eval(), infer_card(source, explicit), type(source).__name__)
+    if isinstance(source, (Mapping, ModelCard)):
+        if explicit is not None:
+            raise ModelLoadError("The source is already a card: pass the card once (as the source, without card=).")
+        card_source = source if isinstance(source, ModelCard) else ModelCard.from_dict(source)
+        return _from_card(card_source, trust, label="the card", source=None)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ModelLoadError(
+            f"Cannot load a model from a {type(source).__name__}: give a file or folder path, 'demo:<name>', a card "
+            "dictionary, or a torch.nn.Module."
+        )
+    text = os.fspath(source)
+    if isinstance(source, str) and text.startswith("demo:"):
+        return _demo(text[len("demo:"):].strip(), explicit)
+    path = Path(text).expanduser()
+    if not path.exists():
+        hint = " Bundled demo models are written 'demo:<name>'." if ":" in text and not path.parent.exists() else ""
+        raise ModelLoadError(f"No model file or folder at '{path}'. Check the path.{hint}")
+    if path.is_dir():
+        return _from_folder(path, explicit, trust)
+    if path.name.lower().endswith(CARD_SUFFIXES):
+        if explicit is not None:
+            raise ModelLoadError(f"'{path.name}' is already a card: pass the card once (without card=).")
+        return _from_card(_with_weights_beside(ModelCard.from_file(path), path), trust, label=f"'{path.name}'",
+                          source=str(path))
+    return _from_file(path, explicit, trust)
+
+
+def find_card(path: str | os.PathLike[str]) -> Path | None:
+    """The card file beside a weights file: ``<stem>.card.json|yaml|yml`` then ``model.card.json|yaml|yml`` in the
+    same folder (for ``model.pth.tar`` also ``model.card.json``); None when there is none."""
+    p = Path(path)
+    stems = [p.stem, p.name.split(".")[0], "model"]
+    for stem in dict.fromkeys(stems):
+        for suffix in CARD_SUFFIXES:
+            candidate = p.with_name(f"{stem}.card{suffix}")
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# sources
+
+
+def _card_argument(card: Any) -> ModelCard | None:
+    if card is None or isinstance(card, ModelCard):
+        return card
+    if isinstance(card, Mapping):
+        return ModelCard.from_dict(card)
+    if isinstance(card, (str, os.PathLike)):
+        return ModelCard.from_file(card)
+    raise ModelLoadError(f"card must be a ModelCard, a dictionary or a card file path, got {type(card).__name__}.")
+
+
+def _demo(name: str, explicit: ModelCard | None) -> LoadedModel:
+    try:
+        get_demo = importlib.import_module(".demo", __package__).get_demo
+    except (ImportError, AttributeError) as err:
+        raise ModelLoadError(
+            f"The demo models are not installed (napari_attribution.models.demo cannot be imported: {err}). "
+            "Reinstall napari-attribution, or load your own model file."
+        ) from err
+    try:
+        loaded = get_demo(name)
+    except ModelLoadError:
+        raise
+    except (KeyError, LookupError, ValueError) as err:
+        raise ModelLoadError(f"There is no demo model {name!r}. Available: {_demo_names()}.") from err
+    if not isinstance(loaded, LoadedModel):
+        raise ModelLoadError(f"The demo {name!r} did not return a LoadedModel (got {type(loaded).__name__}).")
+    return LoadedModel(loaded.module.eval(), explicit or loaded.card, loaded.source or f"demo:{name}")
+
+
+def _demo_names() -> str:
+    try:
+        names = importlib.import_module(".demo", __package__).list_demos()
+        return ", ".join(f"demo:{getattr(n, 'name', n)}" for n in names) or "none"
+    except Exception:  # noqa: BLE001 - only for the message
+        return "unknown"
+
+
+def _with_weights_beside(card: ModelCard, card_path: Path) -> ModelCard:
+    """A card file without ``weights`` uses ``<name>.pt|.pth|.ckpt|.safetensors`` beside it (``net.card.json`` ->
+    ``net.pt``), if there is one."""
+    if card.weights is not None:
+        return card
+    stem = card_path.name.split(".card.")[0] if ".card." in card_path.name else card_path.stem
+    for suffix in _WEIGHT_SUFFIXES:
+        candidate = card_path.with_name(stem + suffix)
+        if candidate.is_file():
+            return replace(card, weights=str(candidate))
+    return card
+
+
+def _from_card(card: ModelCard, trust: bool, label: str, source: str | None) -> LoadedModel:
+    if card.factory is None:
+        raise ModelLoadError(
+            f"{label} has no 'factory', so the network cannot be built. Add \"factory\": \"package.module:Class\" "
+            "(e.g. \"monai.networks.nets:UNet\") and its \"kwargs\"; or load a TorchScript file instead."
+        )
+    module = build_module(card, trust)
+    if card.weights is not None:
+        wpath = Path(card.weights).expanduser()
+        if not wpath.is_file():
+            raise ModelLoadError(f"The weights file '{wpath}' named by {label} does not exist.")
+        kind = _sniff(wpath)
+        if kind == "torchscript":
+            raise ModelLoadError(
+                f"'{wpath.name}' is a TorchScript model, not a state_dict: load it directly with "
+                f"load_model('{wpath}') (no factory needed)."
+            )
+        state = _read_state(wpath, kind, trust)
+        load_weights(module, state, wpath.name, card.factory)
+        card = replace(card, weights=str(wpath))
+    return LoadedModel(module.eval(), _complete(module, card), source)
+
+
+def _from_folder(folder: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
+    if (folder / "configs").is_dir():
+        from ._bundle import load_bundle
+
+        return load_bundle(folder, explicit, trust)
+    cards = sorted(p for p in folder.iterdir() if p.name.lower().endswith(tuple(f".card{s}" for s in CARD_SUFFIXES)))
+    if len(cards) == 1 and explicit is None:
+        card = _with_weights_beside(ModelCard.from_file(cards[0]), cards[0])
+        if card.weights is None:
+            weights = [p for p in folder.iterdir() if p.suffix.lower() in _WEIGHT_SUFFIXES]
+            if len(weights) == 1:
+                card = replace(card, weights=str(weights[0]))
+        return _from_card(card, trust, label=f"'{cards[0].name}'", source=str(folder))
+    files = [p for p in folder.iterdir() if p.suffix.lower() in (*_WEIGHT_SUFFIXES, ".ts")]
+    if len(files) == 1 and len(cards) <= 1:
+        return _from_file(files[0], explicit, trust)
+    raise ModelLoadError(
+        f"'{folder}' is a folder but not a MONAI bundle (no configs/ folder) and holds "
+        f"{len(files)} model files and {len(cards)} card files. Give the model file itself, or a folder with one "
+        "model file and its card."
+    )
+
+
+def _from_file(path: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
+    kind = _sniff(path)
+    card = explicit
+    if card is None:
+        found = find_card(path)
+        card = ModelCard.from_file(found) if found is not None else None
+    if kind == "torchscript":
+        module = _jit_load(path)
+        return LoadedModel(module.eval(), infer_card(module, card), str(path))
+    obj: Any
+    if kind == "safetensors":
+        obj = _read_safetensors(path)
+    else:
+        obj = _torch_load(path, trust)
+    if isinstance(obj, nn.Module):  # a pickled module, loaded with trust=True
+        return LoadedModel(obj.eval(), infer_card(obj, card), str(path))
+    state = _state_dict(obj, path.name)
+    if card is None or card.factory is None:
+        where = "the card you passed has no 'factory'" if card is not None else (
+            f"no card was found beside it (looked for {path.stem}.card.json / .yaml / .yml and model.card.json)")
+        raise ModelLoadError(
+            f"'{path.name}' holds weights only (a state_dict with {len(state)} tensors), and {where}. The weights "
+            "alone do not say which network they belong to: write a card file "
+            f"'{path.stem}.card.json' beside it, e.g. {{\"factory\": \"monai.networks.nets:UNet\", \"kwargs\": "
+            "{\"spatial_dims\": 3, \"in_channels\": 1, \"out_channels\": 2, \"channels\": [16, 32, 64], "
+            "\"strides\": [2, 2]}}, or pass card={...}."
+        )
+    module = build_module(card, trust)
+    load_weights(module, state, path.name, card.factory)
+    return LoadedModel(module.eval(), _complete(module, replace(card, weights=str(path))), str(path))
+
+
+def _complete(module: nn.Module, card: ModelCard) -> ModelCard:
+    """Fill what the factory's kwargs and the module tell (dims, channels; class count and task for MONAI)."""
+    kw = card.kwargs
+    changes: dict[str, Any] = {}
+    name = (card.factory or "").split(":")[-1].split(".")[-1]
+    is_monai = (card.factory or "").startswith("monai")
+    if card.spatial_dims is None and kw.get("spatial_dims") in (2, 3):
+        changes["spatial_dims"] = kw["spatial_dims"]
+    if is_monai:
+        if card.in_channels is None and isinstance(kw.get("in_channels"), int):
+            changes["in_channels"] = kw["in_channels"]
+        k = kw.get("out_channels", kw.get("num_classes"))
+        if card.num_classes is None and isinstance(k, int) and k > 0 and (
+                card.class_names is None or len(card.class_names) == k):
+            changes["num_classes"] = k
+        if card.task is None:
+            if name in _MONAI_SEGMENTATION:
+                changes["task"] = "segmentation"
+            elif name in _MONAI_CLASSIFICATION and not (name == "ViT" and not kw.get("classification")):
+                changes["task"] = "classification"
+    if changes.get("num_classes") is not None and card.background is not None and \
+            card.background >= changes["num_classes"]:
+        changes["background"] = None
+    return infer_card(module, replace(card, **changes) if changes else card)
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+
+
+def _sniff(path: Path) -> str:
+    """``"torchscript"``, ``"torch"`` (torch.save, zip or legacy pickle) or ``"safetensors"``; else a clear error."""
+    name = path.name.lower()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        raise ModelLoadError(f"Cannot read '{path}': {err.strerror or err}.") from err
+    if size == 0:
+        raise ModelLoadError(f"'{path.name}' is empty (0 bytes); the file was not saved or copied completely.")
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ModelLoadError(
+                f"'{path.name}' is a damaged or truncated PyTorch file ({err}); copy or save it again."
+            ) from err
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        raise ModelLoadError(f"'{path.name}' is a zip archive but not a PyTorch model file.")
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "torch"  # torch.save's legacy (pre-1.6) format starts with a pickle
+    if name.endswith(".safetensors") or (len(head) > 9 and head[8:10] == b'{"'):
+        return "safetensors"
+    wrong = _wrong_type(name, head)
+    raise ModelLoadError(
+        f"'{path.name}' is not a PyTorch model file{wrong}. napari-attribution loads TorchScript files "
+        "(torch.jit.save), state_dict checkpoints (torch.save(model.state_dict())) with a model card, .safetensors "
+        "weights with a card, and MONAI bundle folders."
+    )
+
+
+def _wrong_type(name: str, head: bytes) -> str:
+    if name.endswith((".nii", ".nii.gz", ".dcm", ".mha", ".nrrd")) or head[128:132] == b"DICM" or \
+            head[344:348] in (b"n+1\0", b"ni1\0"):
+        return " but a medical image (scan); open it as the image, and give the model file separately"
+    if head[:4] == b"\x89HDF" or name.endswith((".h5", ".keras", ".hdf5")):
+        return " but a Keras / TensorFlow (HDF5) model, which PyTorch cannot run; convert it to PyTorch first"
+    if name.endswith(".onnx"):
+        return " but an ONNX model, which has no gradients in PyTorch; export TorchScript from the original network"
+    if name.endswith((".json", ".yaml", ".yml")):
+        return " but a text file; a card must be named <name>.card.json"
+    return ""
+
+
+def _jit_load(path: Path) -> nn.Module:
+    try:
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; users still ship it, so load it quietly
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=DeprecationWarning)
+            module = cast(Callable[..., nn.Module], torch.jit.load)(str(path), map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others for damaged archives
+        raise ModelLoadError(
+            f"'{path.name}' looks like TorchScript but cannot be loaded ({_first_line(err)}). It may be damaged, or "
+            "saved by a newer PyTorch than the one installed here."
+        ) from err
+    return module
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy types a plain numeric value or array needs when unpickled (no code runs for these)."""
+    import numpy as np
+
+    major = int(np.__version__.split(".")[0])
+    multiarray = importlib.import_module("numpy._core.multiarray" if major >= 2 else "numpy.core.multiarray")
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [multiarray.scalar, multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def _torch_load(path: Path, trust: bool) -> Any:
+    """``torch.load`` with ``weights_only=True`` (numpy scalars and arrays allowed, as training scripts often save
+    metrics beside the weights); any other pickled object is refused unless ``trust``."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        message = str(err)
+        if "Weights only load failed" not in message and "Unsupported" not in message:
+            raise ModelLoadError(f"'{path.name}' is damaged or not a PyTorch file ({_first_line(err)}).") from err
+        found = re.search(r"GLOBAL ([\w.]+)", message)
+        what = f"it needs the Python object {found.group(1)}" if found else "it holds Python objects"
+        if not trust:
+            raise ModelLoadError(f"'{path.name}' is a pickled Python file, not plain weights ({what}). "
+                                 + _REFUSED_PICKLE) from None
+    except Exception as err:  # noqa: BLE001 - truncated zips, bad magic numbers, ...
+        raise ModelLoadError(
+            f"'{path.name}' is damaged or truncated and cannot be read ({_first_line(err)}). Copy or save it again."
+        ) from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as err:
+        raise ModelLoadError(
+            f"'{path.name}' is a pickled model whose Python class cannot be found ({_first_line(err)}). Import or "
+            "install the code that defines the network before loading, or better, save its state_dict and write a "
+            "model card naming the factory."
+        ) from err
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"'{path.name}' cannot be unpickled ({_first_line(err)}).") from err
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:
+        raise ModelLoadError(
+            f"'{path.name}' is a .safetensors file; reading it needs the 'safetensors' package, which is not "
+            "installed. Install it with: pip install safetensors"
+        ) from err
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"'{path.name}' is not a readable safetensors file ({_first_line(err)}).") from err
+
+
+def _read_state(path: Path, kind: str, trust: bool) -> dict[str, Tensor]:
+    obj = _read_safetensors(path) if kind == "safetensors" else _torch_load(path, trust)
+    if isinstance(obj, nn.Module):
+        return dict(obj.state_dict())
+    return _state_dict(obj, path.name)
+
+
+def _is_state(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def _state_dict(obj: Any, name: str) -> dict[str, Tensor]:
+    """The state_dict inside a checkpoint: the object itself or under a common key ("state_dict", "model", ...)."""
+    if _is_state(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in _STATE_KEYS:
+            if _is_state(obj.get(key)):
+                return dict(obj[key])
+        keys = ", ".join(repr(k) for k in list(obj)[:10])
+        raise ModelLoadError(
+            f"'{name}' holds a dictionary (keys {keys}) but no state_dict of tensors under any of "
+            f"{', '.join(_STATE_KEYS)}. Save the weights with torch.save(model.state_dict(), ...)."
+        )
+    raise ModelLoadError(
+        f"'{name}' holds a {type(obj).__name__}, not a state_dict; save the weights with "
+        "torch.save(model.state_dict(), ...)."
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# building and loading weights
+
+
+def resolve_factory(spec: str) -> Callable[..., Any]:
+    """The callable named by ``"package.module:callable"`` (``"monai:X"`` = ``"monai.networks.nets:X"``; a dotted
+    ``"package.module.Callable"`` also works)."""
+    if ":" in spec:
+        mod_name, attr = spec.split(":", 1)
+    elif "." in spec:
+        mod_name, attr = spec.rsplit(".", 1)
+    else:
+        raise ModelLoadError(f"The factory {spec!r} must name a module and a callable: 'package.module:callable'.")
+    if mod_name == "monai":
+        mod_name = "monai.networks.nets"
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as err:
+        top = mod_name.split(".")[0]
+        raise ModelLoadError(
+            f"The factory '{spec}' needs the Python module '{mod_name}', which cannot be imported ({err}). Install "
+            f"the package that defines the network (e.g. pip install {top}), or correct the factory "
+            "('package.module:callable')."
+        ) from err
+    except Exception as err:  # noqa: BLE001 - a module that fails while importing
+        raise ModelLoadError(f"Importing '{mod_name}' for the factory '{spec}' failed: {_first_line(err)}.") from err
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, 3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ModelLoadError(f"The factory '{spec}': '{mod_name}' has no '{attr}'.{hint}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelLoadError(f"The factory '{spec}' names a {type(obj).__name__}, not a class or function.")
+    return cast(Callable[..., Any], obj)
+
+
+def check_safe_factory(fn: Any, spec: str, trust: bool) -> None:
+    """Without ``trust`` only ``torch.nn.Module`` classes may be called (a function could do anything)."""
+    if trust or (inspect.isclass(fn) and issubclass(fn, nn.Module)):
+        return
+    raise ModelLoadError(
+        f"The factory '{spec}' is {'a class that is not a torch.nn.Module' if inspect.isclass(fn) else 'a function'}, "
+        "not a torch.nn.Module class. A card file could name any function (for example one that runs shell "
+        "commands), so functions and other classes are called only with load_model(..., trust=True). Use it if "
+        "you trust the card, or name the network class itself."
+    )
+
+
+def call_factory(fn: Callable[..., Any], kwargs: Mapping[str, Any], spec: str) -> nn.Module:
+    """``fn(**kwargs)`` with clear errors for kwargs it does not take and for failures while building."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as err:
+            names = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
+            unknown = [k for k in kwargs if k not in sig.parameters]
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, names, 1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            detail = f"unknown {', '.join(hints)}" if hints and not any(
+                p.kind is p.VAR_KEYWORD for p in sig.parameters.values()) else str(err)
+            raise ModelLoadError(
+                f"The card's kwargs do not fit {spec}: {detail}. It takes: {', '.join(names)}."
+            ) from err
+    try:
+        module = fn(**kwargs)
+    except Exception as err:  # noqa: BLE001 - anything the constructor raises
+        raise ModelLoadError(
+            f"Building the network {spec}(**kwargs) failed: {type(err).__name__}: {_first_line(err)}. Check the "
+            "card's kwargs against the network's documentation."
+        ) from err
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"The factory {spec} returned a {type(module).__name__}, not a torch.nn.Module.")
+    return module
+
+
+def build_module(card: ModelCard, trust: bool) -> nn.Module:
+    """The network built from ``card.factory(**card.kwargs)``, freshly initialised, on the CPU."""
+    assert card.factory is not None
+    fn = resolve_factory(card.factory)
+    check_safe_factory(fn, card.factory, trust)
+    return call_factory(fn, card.kwargs, card.factory)
+
+
+def _strip_prefix(state: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
+    """Undo a wrapper prefix (``module.`` from DataParallel, ``model.`` from Lightning) when that fits better."""
+    best, best_hits = state, len(expected & set(state))
+    if best_hits == len(expected) == len(state):
+        return state
+    prefixes = {k.split(".", 1)[0] + "." for k in state if "." in k}
+    for prefix in prefixes:
+        if all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            hits = len(expected & set(stripped))
+            if hits > best_hits:
+                best, best_hits = stripped, hits
+    return best
+
+
+def load_weights(module: nn.Module, state: Mapping[str, Tensor], name: str, factory: str) -> None:
+    """``module.load_state_dict(state)`` (strict) with an error that names the first keys that do not fit."""
+    expected = module.state_dict()
+    state = _strip_prefix(dict(state), set(expected))
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} (file {tuple(state[k].shape)}, network {tuple(v.shape)})" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing from the file", missing), ("not in the network", unexpected),
+                             ("with a different shape", shapes)):
+            if items:
+                more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+        raise ModelLoadError(
+            f"The weights in '{name}' do not fit the network built by {factory}: {'; '.join(parts)}. Check that the "
+            "card's factory and kwargs (e.g. spatial_dims, channels, out_channels) are those the network was trained "
+            "with."
+        )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(f"The weights in '{name}' do not fit {factory}: {_first_line(err)}") from err
