@@ -401,12 +401,14 @@ def _run_methods(
     layer_module: nn.Module | None = None
     if any(i.needs_layer for i in infos.values()):
         layer_name, layer_module = _layer_for(module, card, x, layer)
+    elif layer is not None and any(i.layer_optional for i in infos.values()):
+        layer_name, layer_module = _layer_for(module, card, x, layer)
 
     groups: list[list[str]] = []
-    shared: dict[str | None, list[str]] = {}
+    shared: dict[str, list[str]] = {}
     for n, info in infos.items():
         if info.shared_pass:
-            key = info.rule
+            key = f"{info.rule}:{bool(params[n].get('stride_fix'))}"
             if key not in shared:
                 shared[key] = []
                 groups.append(shared[key])
@@ -441,9 +443,12 @@ def _run_methods(
                                   class_names=list(card.class_names) if card.class_names else None)
 
         t0 = time.perf_counter()
-        if first.rule is not None and first.shared_pass:
-            with activation_rule(first.rule):
+        stride_fix = bool(params[group[0]].get("stride_fix"))
+        if first.shared_pass and (first.rule is not None or stride_fix):
+            with activation_rule(first.rule, stride_fix=stride_fix):
                 run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure)
+        elif first.needs_graph:
+            run.first_pass(resolve, backward=False, layer=needs_layer, input_grad=True, keep_graph=True)
         else:
             run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure)
         shared_seconds = time.perf_counter() - t0
@@ -459,7 +464,8 @@ def _run_methods(
             out = info.fn(run, params[n])
             run.check_cancel()
             seconds = shared_seconds + time.perf_counter() - t1
-            parts[n] = _Part(out, run.target, seconds, layer_name if info.needs_layer else None, pred,
+            used = info.needs_layer or (info.layer_optional and layer_name is not None)
+            parts[n] = _Part(out, run.target, seconds, layer_name if used else None, pred,
                              x.shape[1])
         if progress is not None:
             progress((gi + 1) * 1000, n_groups * 1000, f"{label}: done")

@@ -15,6 +15,8 @@ from _nets import Classifier, TinyUNet, image, seeded
 METHODS = [m.name for m in na.list_methods()] + ["captum:IntegratedGradients", "captum:DeepLift",
                                                  "captum:LayerGradCam", "captum:Occlusion"]
 FAST = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 12},
+        "layer_conductance": {"steps": 4}, "prediction_difference": {"window": 4, "samples": 2, "patches": 300},
+        "evidence": {"window": 4, "patches": 300},
         "captum:IntegratedGradients": {"n_steps": 4}, "captum:Occlusion": {"sliding_window_shapes": (1, 4, 4, 4)}}
 
 

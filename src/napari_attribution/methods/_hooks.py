@@ -153,6 +153,55 @@ class _Deconv(torch.autograd.Function):
         return grad.clamp(min=0), None
 
 
+def _stride1_size(n: int, k: int, p: int, d: int) -> int:
+    return n + 2 * p - d * (k - 1)
+
+
+class _StrideFixConv(torch.autograd.Function):
+    """A strided convolution whose backward pass is the stride fix of Oramas et al. (arXiv:1712.06302, §A5.3):
+    the output gradient is resized (nearest) to the stride-1 output size and back-projected with a stride-1
+    transposed convolution, which removes the checkerboard of a strided transposed convolution. A
+    visualisation heuristic, not the gradient; magnitudes grow by about ``stride ** ndim``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
+                dilation: Any, groups: int) -> Tensor:  # noqa: D102
+        nd = weight.ndim - 2
+        conv = F.conv2d if nd == 2 else F.conv3d
+        ctx.save_for_backward(weight)
+        ctx.meta = (tuple(x.shape[2:]), padding, dilation, groups)
+        return conv(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Any, ...]:  # noqa: D102
+        (weight,) = ctx.saved_tensors
+        shape, padding, dilation, groups = ctx.meta
+        nd = weight.ndim - 2
+        pad = _per_dim(padding, nd)
+        dil = _per_dim(dilation, nd)
+        size = [_stride1_size(n, k, p, d) for n, k, p, d in zip(shape, weight.shape[2:], pad, dil)]
+        g = F.interpolate(grad, size=size, mode="nearest")
+        convt = F.conv_transpose2d if nd == 2 else F.conv_transpose3d
+        gx = convt(g, weight, stride=1, padding=pad, dilation=dil, groups=groups)
+        return gx, None, None, None, None, None, None
+
+
+def _per_dim(value: Any, nd: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * nd
+    return tuple(int(v) for v in value)
+
+
+def _conv_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    defaults = (None, None, None, 1, 0, 1, 1)
+    values = list(args) + [kwargs.get(n, d) for n, d in zip(names[len(args):], defaults[len(args):])]
+    return tuple(values)
+
+
+_CONVS = {F.conv2d, F.conv3d, torch.conv2d, torch.conv3d}
+
+
 # out-of-place function for each activation entry point; the in-place ones write the result back
 _OUT_OF_PLACE: dict[Callable[..., Any], Callable[..., Any]] = {
     F.relu: F.relu,
@@ -181,14 +230,23 @@ _ALWAYS_INPLACE.discard(None)
 class _ActivationRuleMode(TorchFunctionMode):
     """Thread-local function mode that gives every ReLU-like activation the ``rule``'s backward pass."""
 
-    def __init__(self, rule: str) -> None:
+    def __init__(self, rule: str | None, stride_fix: bool = False) -> None:
         super().__init__()
         self.rule = rule
+        self.stride_fix = stride_fix
         self.count = 0
+        self.fixed_convs = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = dict(kwargs or {})
-        plain = _OUT_OF_PLACE.get(func)
+        if self.stride_fix and func in _CONVS:
+            x, weight, bias, stride, padding, dilation, groups = _conv_args(args, kwargs)
+            strided = any(s > 1 for s in _per_dim(stride, weight.ndim - 2))
+            if strided and isinstance(x, Tensor) and x.requires_grad and not isinstance(padding, str):
+                self.fixed_convs += 1
+                return _StrideFixConv.apply(x, weight, bias, stride, padding, dilation, groups)
+            return func(*args, **kwargs)
+        plain = _OUT_OF_PLACE.get(func) if self.rule is not None else None
         if plain is None:
             return func(*args, **kwargs)
         x = args[0]
@@ -213,7 +271,7 @@ class _ActivationRuleMode(TorchFunctionMode):
 
 
 @contextmanager
-def activation_rule(rule: str) -> Iterator[_ActivationRuleMode]:
+def activation_rule(rule: str | None, *, stride_fix: bool = False) -> Iterator[_ActivationRuleMode]:
     """Give every ReLU-like activation called inside the block the backward ``rule``.
 
     ``rule="guided_backprop"``: ``R_in = f'(a_in) * max(R_out, 0)`` (for ReLU ``1[a_in > 0] 1[R_out > 0] R_out``).
@@ -221,10 +279,13 @@ def activation_rule(rule: str) -> Iterator[_ActivationRuleMode]:
     LeakyReLU, ELU, GELU, SiLU, ...) get the same treatment of the incoming gradient. In-place activations
     are computed out of place and written back, so the original mask is never applied after the rule.
     The mode is thread-local: other threads keep normal autograd.
+
+    ``stride_fix=True`` also gives every strided 2D/3D convolution the stride-fix backward of Oramas et al.
+    (``_StrideFixConv``); ``rule=None`` with ``stride_fix=True`` changes only the convolutions.
     """
-    if rule not in ("guided_backprop", "deconvnet"):
+    if rule not in ("guided_backprop", "deconvnet", None):
         raise ValueError(f"unknown rule {rule!r}")
-    mode = _ActivationRuleMode(rule)
+    mode = _ActivationRuleMode(rule, stride_fix)
     with mode:
         yield mode
 

@@ -58,6 +58,10 @@ class MethodInfo:
         What the shared pass must provide: the input gradient; any backward pass at all.
     rule : str or None
         The activation backward rule the shared pass runs under (``"guided_backprop"``, ``"deconvnet"``).
+    needs_graph : bool
+        The method differentiates the first forward pass itself (it keeps the autograd graph).
+    layer_optional : bool
+        The method uses a layer only when one is given (e.g. a unit to back-project).
     """
 
     name: str
@@ -73,6 +77,8 @@ class MethodInfo:
     needs_input_grad: bool = False
     needs_grad: bool = True
     rule: str | None = None
+    needs_graph: bool = False
+    layer_optional: bool = False
     fn: MethodFn | None = field(default=None, repr=False, compare=False)
 
     def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -106,6 +112,8 @@ def register(
     needs_input_grad: bool = False,
     needs_grad: bool = True,
     rule: str | None = None,
+    needs_graph: bool = False,
+    layer_optional: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn`` as the method ``name`` (decorator)."""
 
@@ -126,6 +134,8 @@ def register(
             needs_input_grad=needs_input_grad,
             needs_grad=needs_grad,
             rule=rule,
+            needs_graph=needs_graph,
+            layer_optional=layer_optional,
             fn=fn,
         )
         return fn
@@ -139,6 +149,10 @@ def _load_builtin() -> None:
     from . import backward_rules  # noqa: F401
     from . import cam  # noqa: F401
     from . import perturbation  # noqa: F401
+    from . import sam  # noqa: F401
+    from . import layer_attr  # noqa: F401
+    from . import backprojection  # noqa: F401
+    from . import evidence  # noqa: F401
 
 
 def list_methods() -> list[MethodInfo]:

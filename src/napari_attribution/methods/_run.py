@@ -98,6 +98,7 @@ class Run:
         self.target: ResolvedTarget | None = None
         self.output: Tensor | None = None
         self.shared: SharedPasses | None = None
+        self.graph: tuple[Tensor, Tensor, Tensor | None] | None = None
         self.sample_bytes = 0
         self.done = 0
         self.total = 1
@@ -125,6 +126,7 @@ class Run:
         backward: bool,
         layer: bool,
         input_grad: bool,
+        keep_graph: bool = False,
     ) -> SharedPasses:
         """Forward ``x`` once (capturing the layer), fix the target on the output, and if asked backward once
         for the layer and input gradients. Also measures the activation memory of one sample."""
@@ -160,6 +162,8 @@ class Run:
                 g = next(gi)
                 shared.grad_input = torch.zeros_like(x) if g is None else g.detach()
         self.shared = shared
+        if keep_graph:
+            self.graph = (x, out, act)
         return shared
 
     def derive(self, x: Tensor, params: dict[str, Any]) -> Run:

@@ -2,7 +2,8 @@
 
 Both are one forward and one backward pass in which every ReLU-like activation gets a modified backward
 (``_hooks.activation_rule``): guided backprop keeps ``1[a_in > 0] 1[R_out > 0] R_out``; the deconvnet
-passes ``max(R_out, 0)`` and ignores the forward mask. Max-pooling keeps its switches (autograd), convolutions
+passes ``max(R_out, 0)`` and ignores the forward mask. ``stride_fix=True`` replaces the backward of strided convolutions by Oramas et al.'s
+nearest-resize + stride-1 transposed convolution (methods.md §A5.3). Max-pooling keeps its switches (autograd), convolutions
 become transposed convolutions with the same weights and stride (autograd). The rule reaches ``nn.ReLU``
 (also in-place), ``F.relu`` / ``torch.relu_`` calls, and MONAI's activation modules; PReLU (MONAI's UNet
 default), LeakyReLU, ELU, GELU and SiLU get the same treatment of the incoming gradient (guided: positive
@@ -28,10 +29,13 @@ from ._run import MethodOutput, Run
     shared_pass=True,
     needs_input_grad=True,
     rule="guided_backprop",
+    params={"stride_fix": False},
 )
 def guided_backprop(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Guided backprop input map per channel (signed). Equals ``captum.attr.GuidedBackprop`` on models whose
-    ReLUs are ``nn.ReLU`` modules; unlike Captum it also handles ``F.relu`` and in-place ReLUs."""
+    ReLUs are ``nn.ReLU`` modules; unlike Captum it also handles ``F.relu`` and in-place ReLUs.
+    ``stride_fix=True`` applies Oramas et al.'s fix for strided convolutions (a visualisation heuristic that
+    removes checkerboard artefacts; not the gradient)."""
     assert run.shared is not None and run.shared.grad_input is not None
     return MethodOutput(run.shared.grad_input[0])
 
@@ -47,10 +51,12 @@ def guided_backprop(run: Run, params: dict[str, Any]) -> MethodOutput:
     shared_pass=True,
     needs_input_grad=True,
     rule="deconvnet",
+    params={"stride_fix": False},
 )
 def deconvnet(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Deconvnet input map per channel (signed). Equals ``captum.attr.Deconvolution`` on models whose ReLUs
     are ``nn.ReLU`` modules; in-place ReLUs are made out of place so the forward mask is never re-applied
-    (otherwise a deconvnet silently becomes guided backprop)."""
+    (otherwise a deconvnet silently becomes guided backprop). ``stride_fix=True`` applies Oramas et al.'s fix
+    for strided convolutions (transposed convolutions with stride > 1 leave checkerboards)."""
     assert run.shared is not None and run.shared.grad_input is not None
     return MethodOutput(run.shared.grad_input[0])

@@ -146,3 +146,25 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
         acc += (s.view((-1,) + (1,) * nd) * current[0][:, 0].double().cpu()).sum(0)
         run.advance(stop - start, "rise masks")
     return MethodOutput((acc / (n * p)).to(x.dtype).unsqueeze(0), {"masks": n, "cells": cells, "p": p})
+
+
+@register(
+    "prediction_difference",
+    label="Prediction difference analysis: weight of evidence with conditionally sampled windows",
+    family="perturbation",
+    passes="#windows x samples F",
+    paper="Zintgraf et al. 2017, arXiv:1702.04595",
+    signed=True,
+    params={"window": None, "stride": None, "padding": 2, "patches": 20000, "patches_from": None,
+            "train_size": 100000, "samples": 10},
+)
+def prediction_difference(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``WE_w = log2 odds p(c|x) - log2 odds p(c|x_\\w)``, ``p(c|x_\\w) ~ (1/S) sum_s p(c | x_w <- sample_s)``,
+    samples from a Gaussian of ``(k + 2l)^d`` patches conditioned on the window's ``l``-voxel frame (fitted per
+    channel on random patches), Laplace-corrected probabilities (``train_size``); the voxel map is the mean WE
+    over the windows that cover it. Defaults follow Zintgraf et al. (``samples`` 10, ``padding`` l = 2; window
+    10 in 2D, 5 in 3D) except the stride (half the window here; the paper's stride 1 costs
+    ``(H - k + 1)(W - k + 1) * S`` forward passes: pass ``stride=1``). The slow baseline of ``evidence``."""
+    from ._windows import weight_of_evidence
+
+    return weight_of_evidence(run, params, "sample")

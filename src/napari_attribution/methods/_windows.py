@@ -1,0 +1,266 @@
+"""The window loop and the conditional patch sampler shared by ``prediction_difference`` and ``evidence``.
+
+The sampler is the conditional Gaussian of Zintgraf et al. (arXiv:1702.04595): a multivariate Gaussian over
+``(k + 2l)^d`` patches, fitted per input channel on random patches (of the explained image by default, or of
+``patches_from`` images), conditioned on the ``l``-voxel frame around each ``k^d`` window::
+
+    mu_{w|f} = mu_w + S_wf S_ff^-1 (f - mu_f),     S_{w|f} = S_ww - S_wf S_ff^-1 S_fw
+
+``S_{w|f}`` does not depend on the frame's values, so its Cholesky factor and the matrix ``S_wf S_ff^-1`` are
+computed once per fit. Images are padded by ``l`` (edge values) so that border windows have a frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._errors import ParameterError
+
+__all__ = ["PatchGaussian", "WindowGrid", "log2_odds"]
+
+
+def _starts(size: int, window: int, stride: int) -> list[int]:
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+@dataclass
+class WindowGrid:
+    """All ``window``-sized windows inside the image at ``stride`` (the last one flush with the border)."""
+
+    spatial: tuple[int, ...]
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if any(w > s for w, s in zip(self.window, self.spatial)):
+            raise ParameterError(f"The window {self.window} is larger than the image {self.spatial}.")
+        self.corners = list(itertools.product(*[_starts(s, w, st) for s, w, st in
+                                                zip(self.spatial, self.window, self.stride)]))
+
+    def __len__(self) -> int:
+        return len(self.corners)
+
+    def slices(self, i: int) -> tuple[slice, ...]:
+        """The spatial slices of window ``i``."""
+        return tuple(slice(c, c + w) for c, w in zip(self.corners[i], self.window))
+
+    def average(self, values: Sequence[float]) -> Tensor:
+        """Per-voxel mean of the window values over the windows that cover the voxel."""
+        total = torch.zeros(self.spatial, dtype=torch.float64)
+        count = torch.zeros(self.spatial, dtype=torch.float64)
+        for i, v in enumerate(values):
+            sl = self.slices(i)
+            total[sl] += v
+            count[sl] += 1
+        return total / count.clamp(min=1)
+
+
+def per_axis(value: Any, nd: int, name: str) -> tuple[int, ...]:
+    """An int or one int per spatial axis, validated."""
+    vals = (value,) * nd if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(vals) != nd or any(int(v) < 1 for v in vals):
+        raise ParameterError(f"{name} must be a positive integer or one per spatial axis ({nd}), got {value!r}.")
+    return tuple(int(v) for v in vals)
+
+
+class PatchGaussian:
+    """Conditional Gaussian of a window given its frame, per input channel.
+
+    Parameters
+    ----------
+    images : list of Tensor
+        ``(C, *S)`` images to draw fitting patches from.
+    window : tuple of int
+        Window size per axis ``k``.
+    pad : int
+        Frame width ``l``.
+    n_patches : int
+        Number of random patches to fit on (Zintgraf et al.: 20 000).
+    generator : torch.Generator
+        For the patch positions.
+    """
+
+    def __init__(self, images: list[Tensor], window: tuple[int, ...], pad: int, n_patches: int,
+                 generator: torch.Generator) -> None:
+        self.window = window
+        self.pad = pad
+        nd = len(window)
+        self.patch = tuple(w + 2 * pad for w in window)
+        inner = np.zeros(self.patch, bool)
+        inner[tuple(slice(pad, pad + w) for w in window)] = True
+        self.win_idx = torch.from_numpy(np.flatnonzero(inner.ravel()))
+        self.frame_idx = torch.from_numpy(np.flatnonzero(~inner.ravel()))
+        channels = images[0].shape[0]
+        samples: list[Tensor] = []
+        per_image = max(1, n_patches // len(images))
+        for img in images:
+            padded = self.pad_image(img[None])[0]
+            starts = [padded.shape[1 + a] - self.patch[a] + 1 for a in range(nd)]
+            if any(s < 1 for s in starts):
+                raise ParameterError(f"The image {tuple(img.shape[1:])} is smaller than the patch {self.patch}.")
+            corners = torch.stack([torch.randint(0, s, (per_image,), generator=generator) for s in starts], 1)
+            samples.append(self._gather(padded, corners))  # (n, C, P)
+        data = torch.cat(samples).double()  # (N, C, P)
+        self.mean = data.mean(0)  # (C, P)
+        centred = data - self.mean
+        cov = torch.einsum("ncp,ncq->cpq", centred, centred) / max(1, data.shape[0] - 1)
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+        cov = cov + eye * (1e-6 * cov.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-12))[:, None, None]
+        w, f = self.win_idx, self.frame_idx
+        s_ww = cov[:, w][:, :, w]
+        s_wf = cov[:, w][:, :, f]
+        s_ff = cov[:, f][:, :, f]
+        self.gain = torch.linalg.solve(s_ff, s_wf.transpose(1, 2)).transpose(1, 2)  # (C, Pw, Pf)
+        cond = s_ww - self.gain @ s_wf.transpose(1, 2)
+        cond = 0.5 * (cond + cond.transpose(1, 2)) + eye[: len(w), : len(w)] * 1e-9
+        self.chol = torch.linalg.cholesky(cond)  # (C, Pw, Pw)
+        self.channels = channels
+        self.n_fit = data.shape[0]
+
+    def pad_image(self, x: Tensor) -> Tensor:
+        """Pad ``(B, C, *S)`` by the frame width with edge values."""
+        nd = x.ndim - 2
+        if self.pad == 0:
+            return x
+        return F.pad(x, (self.pad,) * (2 * nd), mode="replicate")
+
+    def _gather(self, padded: Tensor, corners: Tensor) -> Tensor:
+        """Patches ``(n, C, P)`` of a padded image ``(C, *Sp)`` at ``corners`` ``(n, d)``."""
+        nd = corners.shape[1]
+        offsets = torch.stack(torch.meshgrid(*[torch.arange(p) for p in self.patch], indexing="ij"), -1).view(-1, nd)
+        idx = corners[:, None, :] + offsets[None]  # (n, P, d)
+        spatial = padded.shape[1:]
+        strides = torch.tensor([math.prod(spatial[a + 1:]) for a in range(nd)])
+        flat = (idx * strides).sum(-1)  # (n, P)
+        return padded.flatten(1)[:, flat].permute(1, 0, 2)  # (n, C, P)
+
+    def frames(self, padded: Tensor, corners: list[tuple[int, ...]]) -> Tensor:
+        """Frame values ``(n, C, Pf)`` around windows at ``corners`` (window corners in image coordinates) of a
+        padded batch ``(1, C, *Sp)`` from :meth:`pad_image`."""
+        c = torch.tensor(corners, dtype=torch.long).view(len(corners), -1)
+        return self._gather(padded[0], c)[:, :, self.frame_idx].double()
+
+    def conditional_mean(self, frames: Tensor) -> Tensor:
+        """``(n, C, Pf) -> (n, C, Pw)``."""
+        mu_w = self.mean[:, self.win_idx]
+        mu_f = self.mean[:, self.frame_idx]
+        return mu_w + torch.einsum("cwf,ncf->ncw", self.gain, frames - mu_f)
+
+    def sample(self, frames: Tensor, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` conditional samples per frame: ``(m, C, Pf) -> (m, n, C, Pw)``."""
+        mu = self.conditional_mean(frames)
+        z = torch.randn((frames.shape[0], n, self.channels, len(self.win_idx)), generator=generator, dtype=mu.dtype)
+        return mu[:, None] + torch.einsum("cwv,mncv->mncw", self.chol, z)
+
+
+def log2_odds(p: Tensor, n_train: int, n_classes: int) -> Tensor:
+    """``log2(p / (1 - p))`` after Laplace correction ``p <- (p N + 1) / (N + K)`` (Zintgraf et al.)."""
+    q = (p * n_train + 1) / (n_train + n_classes)
+    return torch.log2(q) - torch.log2(1 - q)
+
+
+def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> Any:
+    """Window weight of evidence ``WE_w = log2odds p(c|x) - log2odds p(c|x without w)``, averaged per voxel over
+    the windows that cover it. ``mode``: ``"sample"`` (Zintgraf et al.: mean probability over ``samples``
+    conditional samples of the window), ``"mean"`` (one evaluation with the window set to its conditional mean)
+    or ``"taylor"`` (first-order: ``sum_{u in w} d log2odds / dx(u) * (x(u) - mu_{w|f}(u))``, one backward pass).
+
+    Scores are the target's probability normalised by the sum of its weights (the mean probability over a
+    segmentation region), so log-odds apply; targets with negative weights (contrasts) use the plain
+    difference of probability scores, as Zintgraf et al. do for non-probability units.
+    """
+    from ._run import MethodOutput, first_output
+
+    x = run.x
+    spatial = tuple(x.shape[2:])
+    nd = len(spatial)
+    default_k = 10 if nd <= 2 else 5
+    window = per_axis(params["window"] or tuple(min(default_k, s) for s in spatial), nd, "window")
+    stride = per_axis(params["stride"] or tuple(max(1, w // 2) for w in window), nd, "stride")
+    pad = int(params["padding"])
+    if pad < 1:
+        raise ParameterError("padding (the frame width l) must be at least 1.")
+    images = [x[0].detach().cpu()]
+    if params["patches_from"] is not None:
+        extra = params["patches_from"]
+        for arr in (extra if isinstance(extra, (list, tuple)) else [extra]):
+            t = torch.as_tensor(np.asarray(arr), dtype=x.dtype)
+            images.append(t if t.ndim == x.ndim - 1 else t[None])
+    gauss = PatchGaussian(images, window, pad, int(params["patches"]), run.generator)
+    grid = WindowGrid(spatial, window, stride)
+    padded = gauss.pad_image(x.detach().cpu())
+    target = run.target
+    weights = target.weights
+    logodds = bool((weights >= 0).all()) and float(weights.sum()) > 0
+    norm = float(weights.sum()) if logodds else 1.0
+    out0 = run.output
+    n_classes = out0.shape[1] if out0.shape[1] > 1 else 2
+    n_train = int(params["train_size"])
+
+    def transform(p: Tensor) -> Tensor:
+        return log2_odds(p / norm, n_train, n_classes) if logodds else p
+
+    full = transform(target(out0, probability=True).double())[0]
+    n_win = len(grid)
+    extras: dict[str, Any] = {"windows": n_win, "window": window, "stride": stride, "padding": pad,
+                              "fit_patches": gauss.n_fit, "log_odds": logodds}
+    if mode == "taylor":
+        run.expected_total(n_win + 1)
+        xg = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            lo = transform(target(first_output(run.model(xg)), probability=True).double()).sum()
+            (g,) = torch.autograd.grad(lo, xg)
+        run.advance(1, "gradient")
+        we = torch.empty(n_win, dtype=torch.float64)
+        chunk = 4096
+        for start in range(0, n_win, chunk):
+            stop = min(n_win, start + chunk)
+            corners = grid.corners[start:stop]
+            mu = gauss.conditional_mean(gauss.frames(padded, corners))  # (n, C, Pw)
+            wins = torch.stack([x[(0, slice(None)) + grid.slices(i)].reshape(x.shape[1], -1)
+                                for i in range(start, stop)]).double()  # (n, C, Pw)
+            gw = torch.stack([g[(0, slice(None)) + grid.slices(i)].reshape(x.shape[1], -1)
+                              for i in range(start, stop)]).double()
+            we[start:stop] = (gw * (wins - mu)).flatten(1).sum(1)
+            run.advance(stop - start, "windows")
+        return MethodOutput(grid.average(we.tolist()).to(x.dtype)[None], extras)
+
+    samples = int(params["samples"]) if mode == "sample" else 1
+    if samples < 1:
+        raise ParameterError("samples must be at least 1.")
+    cache: dict[int, Tensor] = {}
+
+    def window_values(j: int) -> Tensor:
+        if j not in cache:
+            frames = gauss.frames(padded, [grid.corners[j]])
+            vals = gauss.sample(frames, samples, run.generator)[0] if mode == "sample" else \
+                gauss.conditional_mean(frames)  # (S, C, Pw) / (1, C, Pw)
+            cache.clear()
+            cache[j] = vals.to(x.dtype)
+        return cache[j]
+
+    def make(start: int, stop: int) -> Tensor:
+        xs = x.repeat(stop - start, *([1] * (x.ndim - 1)))
+        for b, i in enumerate(range(start, stop)):
+            j, s = divmod(i, samples)
+            vals = window_values(j)[s]  # (C, Pw)
+            xs[(b, slice(None)) + grid.slices(j)] = vals.view((x.shape[1],) + window).to(x.device)
+        return xs
+
+    scores = run.scores(make, n_win * samples, probability=True, message="windows").double()
+    p_without = scores.view(n_win, samples).mean(1)
+    we = full - transform(p_without)
+    extras["samples"] = samples
+    return MethodOutput(grid.average(we.tolist()).to(x.dtype)[None], extras)

@@ -1,0 +1,102 @@
+"""``response_backprojection``: deconvnet back-projection of a class's (or a unit's) strongest responses to the
+input, after Kumar et al. (arXiv:1611.06284, "attentive response maps" by fractional-stride convolution) and
+the group's CLEAR maps (arXiv:1704.04133) — **our reconstruction** (methods.md §A1, Part E): the paper's
+layers, units and exact procedure were not available.
+
+Definition used: a fractional-stride convolution is a transposed convolution with the forward stride; with the
+forward weights, max-unpooling through the switches and a ReLU on the backward signal this is the
+Zeiler-Fergus deconvnet. For output unit k (pre-softmax ``y_k``)::
+
+    R_k = D(y_k * e_k)                     deconvnet back-projection of unit k's response
+    R_k(u) = sum_c max(R_k(c, u), 0)       positive part, summed over input channels
+    dominant response R*(u) = max_k R_k(u);  dominant class C*(u) = argmax_k R_k(u)     (CLEAR)
+
+``mode="target"`` (default) back-projects the resolved target's response (segmentation: class k's logits over
+its predicted region, each weighted by its value); ``mode="dominant"`` computes ``R_k`` for every class and
+returns ``R*`` with ``C*`` in ``extras["dominant_class"]`` (-1 where nothing responds) and the per-class maps in
+``extras["per_class"]``. With a ``layer`` and ``channel``, the ``top_n`` (default 9, Zeiler-Fergus) largest
+activations of that channel are seeded alone and back-projected. ``stride_fix=True`` applies Oramas et al.'s fix
+against checkerboards of strided layers. Cost: 1F + 1B per unit (K backward passes for ``dominant``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._errors import MethodError, ParameterError
+from ..targets import predicted_labels
+from ._hooks import activation_rule, capture_layer
+from ._registry import register
+from ._run import MethodOutput, Run, first_output
+
+
+@register(
+    "response_backprojection",
+    label="Response back-projection (reconstruction: deconvnet back-projection of the strongest responses)",
+    family="backward_rule",
+    passes="1F + 1B per unit (K for dominant)",
+    paper="Kumar et al. 2018 (ISBI), arXiv:1611.06284; CLEAR, arXiv:1704.04133 (motivation; reconstruction)",
+    supports_torchscript=False,
+    params={"mode": "target", "channel": None, "top_n": 9, "stride_fix": False},
+    layer_optional=True,
+)
+def response_backprojection(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """Deconvnet back-projection of responses (reconstruction; see the module docstring). Unsigned."""
+    assert run.target is not None
+    mode = params["mode"]
+    if mode not in ("target", "dominant"):
+        raise ParameterError("mode must be 'target' or 'dominant'.")
+    x = run.x.clone().requires_grad_(True)
+    unit = params["channel"] is not None
+    if unit and run.layer is None:
+        raise ParameterError("A unit (channel) is back-projected from a layer: pass layer= as well.")
+    with activation_rule("deconvnet", stride_fix=bool(params["stride_fix"])), torch.enable_grad():
+        if unit:
+            assert run.layer is not None
+            with capture_layer(run.layer, grad=True) as cap:
+                first_output(run.model(x))
+            act = cap.activation
+            if act is None or act.ndim < 3:
+                raise MethodError(f"Layer {run.layer_name!r} has no spatial output to seed.")
+            ch = int(params["channel"])
+            if not 0 <= ch < act.shape[1]:
+                raise ParameterError(f"channel must be in 0..{act.shape[1] - 1} for layer {run.layer_name!r}.")
+            plane = act.detach()[0, ch].flatten()
+            k = max(1, min(int(params["top_n"]), plane.numel()))
+            top = torch.topk(plane, k).indices
+            seed = torch.zeros_like(act)
+            seed[0, ch].view(-1)[top] = plane[top]
+            (g,) = torch.autograd.grad(act, x, grad_outputs=seed)
+            run.advance(1, "back-projection")
+            return MethodOutput(g[0].clamp(min=0).sum(0, keepdim=True), {"unit": (run.layer_name, ch, k)})
+        out = first_output(run.model(x))
+        y = out.detach()
+        if mode == "target":
+            seed = run.target.weights.to(y) * y[0]
+            (g,) = torch.autograd.grad(out, x, grad_outputs=seed[None])
+            run.advance(1, "back-projection")
+            return MethodOutput(g[0].clamp(min=0).sum(0, keepdim=True))
+        n_classes = y.shape[1]
+        run.expected_total(n_classes)
+        maps: list[Tensor] = []
+        labels = predicted_labels(y[0], "logits") if y.ndim > 2 else None
+        for k in range(n_classes):
+            seed = torch.zeros_like(y)
+            if labels is None:
+                seed[0, k] = y[0, k]
+            else:
+                region = (labels == 1) if n_classes == 1 else (labels == k)
+                seed[0, k][region] = y[0, k][region]
+            if not seed.any():
+                maps.append(torch.zeros_like(x[0, 0]))
+            else:
+                (g,) = torch.autograd.grad(out, x, grad_outputs=seed, retain_graph=k < n_classes - 1)
+                maps.append(g[0].clamp(min=0).sum(0))
+            run.advance(1, f"class {k}")
+    per_class = torch.stack(maps)
+    best, cls = per_class.max(0)
+    cls = torch.where(best > 0, cls, torch.full_like(cls, -1))
+    return MethodOutput(best[None], {"dominant_class": cls.cpu().numpy(), "per_class": per_class.cpu().numpy()})

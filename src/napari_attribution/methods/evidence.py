@@ -1,0 +1,49 @@
+"""``evidence``: fast signed evidence for and against a decision, after Zhou & Kainz (arXiv:1801.01693,
+"approximately 10 times faster than previous methods") — **our reconstruction** (methods.md §A4.1, Part E): the
+paper's algorithm was not available.
+
+Definition used: the weight of evidence of prediction difference analysis (``prediction_difference``, Zintgraf
+et al.) with the Monte-Carlo estimate of ``p(c | x without window)`` — 10 conditional samples per window —
+replaced by one deterministic evaluation at the conditional mean of the window given its frame::
+
+    WE_w(c|x) = log2 odds p(c|x) - log2 odds p(c | x with x_w <- mu_{w|frame})
+    map(u)    = mean of WE_w over the windows w that contain u
+
+(``mode="conditional_mean"``, 1 forward pass per window: 10x fewer than PDA at the same window and stride). The
+first-order form ``mode="taylor"``, ``WE_w ~ sum_{u in w} d log2odds/dx(u) (x(u) - mu_{w|frame}(u))``, needs one
+forward and one backward pass in total; with a zero reference it is gradient x input and with an infinitesimal
+window the plain gradient — one coherent reading of the paper's link to gradient visualisations. Signed:
+positive = evidence for the target, negative = against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._errors import ParameterError
+from ._registry import register
+from ._run import MethodOutput, Run
+from ._windows import weight_of_evidence
+
+WINDOW_PARAMS = {"window": None, "stride": None, "padding": 2, "patches": 20000, "patches_from": None,
+                 "train_size": 100000}
+
+
+@register(
+    "evidence",
+    label="Evidence (reconstruction: conditional-mean prediction difference)",
+    family="perturbation",
+    passes="#windows F (taylor: 1F + 1B)",
+    paper="Zhou & Kainz 2018, arXiv:1801.01693 (motivation; reconstruction)",
+    signed=True,
+    params={**WINDOW_PARAMS, "mode": "conditional_mean"},
+)
+def evidence(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """Signed weight of evidence per voxel (reconstruction; see the module docstring). Defaults: window 10
+    (2D) or 5 (3D) voxels, stride half the window, frame 2 voxels, conditional Gaussian fitted on up to 20 000
+    patches of the explained image (``patches_from`` adds training images), Laplace correction with
+    ``train_size`` = 100 000."""
+    mode = params["mode"]
+    if mode not in ("conditional_mean", "taylor"):
+        raise ParameterError("mode must be 'conditional_mean' or 'taylor'.")
+    return weight_of_evidence(run, params, "mean" if mode == "conditional_mean" else "taylor")
