@@ -23,6 +23,7 @@ from ._errors import (
     TargetError,
 )
 from .methods._registry import MethodInfo, get_method, list_methods
+from .metrics import Score, agreement, evaluate
 from .models import LoadedModel, ModelCard, find_layers, load_model
 from .pipeline import compare, explain
 
@@ -41,9 +42,12 @@ __all__ = [
     "ModelLoadError",
     "ParameterError",
     "ReaderError",
+    "Score",
     "TargetError",
     "__version__",
+    "agreement",
     "compare",
+    "evaluate",
     "explain",
     "find_layers",
     "get_method",

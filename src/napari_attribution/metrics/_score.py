@@ -1,0 +1,111 @@
+"""The result type of ``evaluate`` and the scorer that turns perturbed images into target probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._errors import InputShapeError
+from ..methods._hooks import model_guard
+from ..methods._run import first_output
+from ..targets import ResolvedTarget, Target, resolve_target
+
+__all__ = ["Score", "Scorer"]
+
+
+@dataclass
+class Score:
+    """A metric's result.
+
+    Attributes
+    ----------
+    metric : str
+        The metric's name.
+    value : float
+        The headline number.
+    higher_is_better : bool
+        How to read ``value``.
+    details : dict
+        Curves, per-label tables, per-layer values, counts.
+    seconds : float
+        Wall-clock time of the evaluation.
+    """
+
+    metric: str
+    value: float
+    higher_is_better: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        arrow = "higher is better" if self.higher_is_better else "lower is better"
+        return f"Score({self.metric}={self.value:.4g}, {arrow}, {self.seconds:.2f} s)"
+
+
+class Scorer:
+    """Scores images with the model's target probability (or logit).
+
+    The target is resolved once on the unperturbed image and held fixed (methods.md §1.4: the region is frozen
+    at the original prediction). Scores of a segmentation region are the mean probability over the region
+    (the target's score divided by the sum of its weights when the weights are non-negative).
+    """
+
+    def __init__(self, model: Any, image: np.ndarray, target: Target, *, geometry: Any = None,
+                 batch: int = 8) -> None:
+        from ..pipeline import _as_array, _layout, _model_and_card, _target_to_model_grid, _task
+        from .._preprocess import prepare
+        from ..io._geometry import Geometry
+
+        self.module, self.card = _model_and_card(model)
+        arr = _as_array(image)
+        lay = _layout(arr.shape, self.card)
+        if lay.slicewise:
+            raise InputShapeError(
+                "Metrics run on the model's own dimensionality: for a 2D model on a volume, evaluate one slice "
+                "(image[z]) with that slice's attribution."
+            )
+        self.channel_axis = lay.channel_axis
+        self.channels = lay.channels
+        self.geometry = geometry if isinstance(geometry, Geometry) else None
+        self.image = arr
+        self.spatial = arr.shape[1:] if lay.channel_axis else arr.shape
+        self.batch = batch
+        self._prepare = lambda a: prepare(a, self.geometry, self.card, channel_axis=lay.channel_axis)
+        prep = self._prepare(arr)
+        x = self._tensor(prep.data)
+        with model_guard(self.module), torch.no_grad():
+            out = first_output(self.module(x))
+        task = _task(out, x, self.card)
+        self.target: ResolvedTarget = resolve_target(
+            _target_to_model_grid(target, prep), out, task=task, output_kind=self.card.output,
+            background=self.card.background,
+        )
+        w = self.target.weights
+        self.norm = float(w.sum()) if bool((w >= 0).all()) and float(w.sum()) > 0 else 1.0
+        self.task = task
+        self.calls = 0
+
+    def _tensor(self, data: np.ndarray) -> torch.Tensor:
+        shape = data.shape[1:] if self.channel_axis else data.shape
+        return torch.from_numpy(np.ascontiguousarray(data.reshape((1, self.channels) + tuple(shape))))
+
+    def __call__(self, images: np.ndarray, probability: bool = True) -> np.ndarray:
+        """Scores of ``images`` ``(N, *image.shape)`` on the image grid, ``(N,)``."""
+        out = np.empty(len(images), np.float64)
+        with model_guard(self.module), torch.no_grad():
+            for start in range(0, len(images), self.batch):
+                chunk = images[start:start + self.batch]
+                xs = torch.cat([self._tensor(self._prepare(im).data) for im in chunk])
+                y = first_output(self.module(xs))
+                out[start:start + len(chunk)] = (self.target(y, probability) / self.norm).double().numpy()
+                self.calls += len(chunk)
+        return out
+
+    @property
+    def model(self) -> nn.Module:
+        """The guarded module."""
+        return self.module
