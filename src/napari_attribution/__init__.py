@@ -26,6 +26,7 @@ from .methods._registry import MethodInfo, get_method, list_methods
 from .metrics import Score, agreement, evaluate
 from .models import LoadedModel, ModelCard, find_layers, load_model
 from .pipeline import compare, explain
+from .interpretation import RelevantFeatures, fit_relevant_features
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "ModelLoadError",
     "ParameterError",
     "ReaderError",
+    "RelevantFeatures",
     "Score",
     "TargetError",
     "__version__",
@@ -50,6 +52,7 @@ __all__ = [
     "evaluate",
     "explain",
     "find_layers",
+    "fit_relevant_features",
     "get_method",
     "list_methods",
     "load_model",

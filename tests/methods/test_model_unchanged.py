@@ -16,7 +16,7 @@ METHODS = [m.name for m in na.list_methods()] + ["captum:IntegratedGradients", "
                                                  "captum:LayerGradCam", "captum:Occlusion"]
 FAST = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 12},
         "layer_conductance": {"steps": 4}, "prediction_difference": {"window": 4, "samples": 2, "patches": 300},
-        "evidence": {"window": 4, "patches": 300},
+        "evidence": {"window": 4, "patches": 300}, "vebi": {"n_features": 2},
         "captum:IntegratedGradients": {"n_steps": 4}, "captum:Occlusion": {"sliding_window_shapes": (1, 4, 4, 4)}}
 
 
@@ -83,10 +83,16 @@ def models() -> list[tuple[str, nn.Module, tuple[int, ...], str]]:
     return out
 
 
-def _params(method: str, ndim: int) -> dict:
+def _params(method: str, ndim: int, model: nn.Module | None = None, shape: tuple[int, ...] = ()) -> dict:
     p = dict(FAST.get(method, {}))
     if method == "captum:Occlusion":
         p["sliding_window_shapes"] = (1,) + (4,) * ndim
+    if method == "vebi" and model is not None:  # relevant features fitted for this very model, on 4 images
+        from napari_attribution.interpretation import fit_relevant_features
+
+        seg = isinstance(getattr(model, "net", model), TinyUNet)
+        labels = [{0, 1}, {1}, {0}, {0, 1}] if seg else [0, 1, 2, 1]
+        p["features"] = fit_relevant_features(model, [image(shape, seed=s) for s in range(4)], labels)
     return p
 
 
@@ -103,12 +109,13 @@ def test_model_unchanged_shape_and_determinism(method: str) -> None:
         img_copy = img.copy()
         info = na.get_method(method)
         lay = f"net.{layer}" if info.needs_layer else None
-        res = na.explain(model, img, method, 1, layer=lay, params={**_params(method, len(shape)), "seed": 3})
+        fast = _params(method, len(shape), model, shape)
+        res = na.explain(model, img, method, 1, layer=lay, params={**fast, "seed": 3})
         assert res.data.shape == shape and res.data.dtype == np.float32
         assert np.isfinite(res.data).all()
         assert_untouched(model, before)
         np.testing.assert_array_equal(img, img_copy)  # the user's image is untouched
-        again = na.explain(model, img, method, 1, layer=lay, params={**_params(method, len(shape)), "seed": 3})
+        again = na.explain(model, img, method, 1, layer=lay, params={**fast, "seed": 3})
         np.testing.assert_array_equal(res.data, again.data)
         assert_untouched(model, before)
 
@@ -122,9 +129,10 @@ def test_model_unchanged_after_failure_midway(method: str, fail_at: int) -> None
     before = snapshot(model)
     info = na.get_method(method)
     lay = f"net.{layer}" if info.needs_layer else None
+    fast = _params(method, len(shape), model, shape)
     model.boom.countdown = fail_at
     try:
-        na.explain(model, image(shape), method, 1, layer=lay, params=_params(method, len(shape)))
+        na.explain(model, image(shape), method, 1, layer=lay, params=fast)
     except RuntimeError as err:
         assert "boom" in str(err)
     else:  # the method needed fewer forward passes than fail_at

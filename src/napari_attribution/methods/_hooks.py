@@ -4,6 +4,8 @@
   ``training`` flag and every parameter's ``requires_grad`` afterwards, also when the method raises.
 - :func:`capture_layer` records one module's output (a forward hook).
 - :func:`record_module_outputs` records the output shapes of all modules (layer discovery).
+- :func:`record_channel_energy` keeps, per named module, the per-channel sum of squares of its output
+  (``vebi``'s responses) and never the activation itself.
 - :func:`activation_rule` replaces the backward pass of ReLU-like activations (guided backprop, deconvnet) with
   a thread-local :class:`torch.overrides.TorchFunctionMode`: it reaches ``nn.ReLU`` (in-place or not),
   ``F.relu``, ``torch.relu_`` and ``Tensor.relu`` alike, plus PReLU, LeakyReLU, ELU, SELU, CELU, GELU, SiLU and
@@ -25,10 +27,12 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
+    "ChannelEnergy",
     "LayerCapture",
     "activation_rule",
     "capture_layer",
     "model_guard",
+    "record_channel_energy",
     "record_module_outputs",
     "saved_tensor_meter",
 ]
@@ -119,6 +123,54 @@ def record_module_outputs(model: nn.Module) -> Iterator[list[tuple[str, tuple[in
             if name:
                 handles.append(module.register_forward_hook(make(name)))
         yield records
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class ChannelEnergy:
+    """Per-channel energies recorded by :func:`record_channel_energy` in the last forward pass.
+
+    ``values[name]`` is ``(B, K)`` float32 (detached) with ``sum_u A_k(u)^2`` for a ``(B, K, *S)`` output and
+    ``A_k^2`` for a ``(B, K)`` output; ``calls[name]`` counts how often the module ran since the last
+    :meth:`clear` (a module that runs twice in one forward pass keeps its last energies).
+    """
+
+    values: dict[str, Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        """Forget the previous forward pass."""
+        self.values.clear()
+        self.calls.clear()
+
+
+@contextmanager
+def record_channel_energy(modules: dict[str, nn.Module]) -> Iterator[ChannelEnergy]:
+    """Record the per-channel sum of squares of each module's output (``{name: module}``) inside the block.
+
+    Only the ``(B, K)`` energies are kept, so memory does not grow with the activations' size; the hook runs
+    before any later in-place operation can change the output.
+    """
+    record = ChannelEnergy()
+    handles = []
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            t = _first_tensor(output)
+            if t is None or t.ndim < 2:
+                return
+            sq = t.detach().float().pow(2)
+            record.values[name] = sq.flatten(2).sum(2) if sq.ndim > 2 else sq
+            record.calls[name] = record.calls.get(name, 0) + 1
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make(name)))
+        yield record
     finally:
         for h in handles:
             h.remove()

@@ -153,6 +153,7 @@ def _load_builtin() -> None:
     from . import layer_attr  # noqa: F401
     from . import backprojection  # noqa: F401
     from . import evidence  # noqa: F401
+    from . import vebi  # noqa: F401
 
 
 def list_methods() -> list[MethodInfo]:
