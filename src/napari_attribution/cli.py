@@ -4,7 +4,11 @@
 
     napari-attribution methods                   # the registry: family, layer need, sign, cost
     napari-attribution demo --headless -o OUT    # explain a synthetic CT phantom, write aligned NIfTI heatmaps
-    napari-attribution demo                      # the same, opened in napari when the plugin's GUI is installed
+    napari-attribution demo                      # napari with the Explain dock, the phantom and the demo model
+    napari-attribution explain --model M --image SCAN --method NAME [--target T] [--layer L]
+                               [--param key=value ...] [--metric NAME ...] -o OUT.nii.gz
+    napari-attribution batch --model M --images DIR|GLOB|LIST.csv --method NAME [...] -o OUTDIR
+                             [--scheduler ADDRESS | --workers N | --local]
 """
 
 from __future__ import annotations
@@ -48,6 +52,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from ._cli_run import explain_file, parse_params
+
+    def progress(done: int, total: int, message: str) -> None:
+        if not args.quiet:
+            print(f"\r{100 * done // max(total, 1):3d}%  {message[:70]:70s}", end="", file=sys.stderr, flush=True)
+
+    try:
+        res = explain_file(args.model, args.image, args.method, args.output, target=args.target, layer=args.layer,
+                           params=parse_params(args.param), metrics=args.metric or (), overwrite=args.overwrite,
+                           device=args.device, trust=args.trust, progress=progress)
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(file=sys.stderr)
+    for m, path in res.outputs.items():
+        extra = "  ".join(f"{k}={v:.4g}" for k, v in res.metrics.get(m, {}).items())
+        print(f"{m}: {path}  ({res.seconds[m]:.2f} s; {res.description}) {extra}")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from ._cli_run import parse_params, run_batch
+
+    try:
+        results = run_batch(args.model, args.images, args.method, args.output, scheduler=args.scheduler,
+                            workers=args.workers, local=args.local, target=args.target, layer=args.layer,
+                            params=parse_params(args.param), metrics=args.metric or (), overwrite=args.overwrite,
+                            device=args.device, trust=args.trust,
+                            log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a model file (TorchScript, checkpoint + card), a card, a MONAI "
+                   "bundle folder, or demo:<name>")
+    p.add_argument("--method", required=True, action="append", help="a method name (repeat for several)")
+    p.add_argument("--target", help="3, predicted:1, region:1:MASK.nii.gz, voxel:1:z,y,x, contrast:1,2, "
+                   "error:1:TRUTH.nii.gz:fp (default: the predicted class or region)")
+    p.add_argument("--layer", help="dotted layer name for layer methods")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter; VALUE is JSON")
+    p.add_argument("--metric", action="append", help="add a metrics CSV (e.g. deletion, insertion, infidelity)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--trust", action="store_true", help="allow pickled full-model files (they can run code)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(prog="napari-attribution", description=__doc__.split("\n")[1])
@@ -59,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="napari-attribution-demo", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("explain", help="explain one scan; write an aligned NIfTI heatmap")
+    _add_run_options(p)
+    p.add_argument("--image", required=True, help="NIfTI file, DICOM file or series folder, or .npy")
+    p.add_argument("-o", "--output", required=True, help="output heatmap (.nii.gz or .npy)")
+    p.set_defaults(func=_cmd_explain)
+    p = sub.add_parser("batch", help="explain a cohort (Dask: local cluster by default)")
+    _add_run_options(p)
+    p.add_argument("--images", required=True, help="a folder, a glob or a CSV list of scans")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler")
+    p.add_argument("--workers", type=int, help="local Dask workers (default: one per core)")
+    p.add_argument("--local", action="store_true", help="no Dask: one scan after the other in this process")
+    p.set_defaults(func=_cmd_batch)
     return parser
 
 

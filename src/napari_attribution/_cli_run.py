@@ -1,0 +1,305 @@
+"""The headless workhorses behind ``napari-attribution explain`` and ``batch`` (Qt-free).
+
+``explain`` reads one scan (NIfTI, DICOM file or series folder, or .npy), explains it with one or more methods
+and writes each heatmap aligned with the scan (NIfTI with the scan's own affine) plus a JSON sidecar with the
+provenance and, with ``metrics``, a CSV of scores. ``batch`` runs the same over many scans, on a Dask cluster
+(a local one by default, one torch thread per worker) or in-process, and writes a summary CSV. Existing
+outputs are never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._errors import ParameterError, ReaderError, TargetError
+from .targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
+
+__all__ = ["explain_file", "expand_images", "parse_params", "parse_target", "run_batch"]
+
+
+def _read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    from .io import read_image
+
+    data = np.load(path) if path.endswith(".npy") else read_image(path)[0]
+    if data.shape != shape:
+        raise TargetError(f"The mask {path} has shape {data.shape}, but the scan has spatial shape {shape}.")
+    return np.asarray(data)
+
+
+def parse_target(text: str | None, shape: tuple[int, ...]) -> Any:
+    """``3``, ``predicted:1``, ``region:1:MASK.nii.gz``, ``voxel:1:z,y,x``, ``contrast:1,2``,
+    ``error:1:TRUTH.nii.gz:fp`` (masks in the scan's voxel space) -> a target object; None -> None."""
+    if text is None or text == "" or text == "auto":
+        return None
+    parts = text.split(":")
+    try:
+        if len(parts) == 1:
+            return int(parts[0])
+        kind = parts[0].lower()
+        if kind == "class":
+            return Class(int(parts[1]), parts[2] if len(parts) > 2 else "logit")  # type: ignore[arg-type]
+        if kind == "predicted":
+            return Predicted(int(parts[1]))
+        if kind == "region":
+            return Region(int(parts[1]), _read_mask(":".join(parts[2:]), shape).astype(bool))
+        if kind == "voxel":
+            return Voxel(int(parts[1]), tuple(int(v) for v in parts[2].split(",")))
+        if kind == "contrast":
+            k1, k2 = (int(v) for v in parts[1].split(","))
+            return Contrast(k1, k2)
+        if kind == "error":
+            kind_ = parts[-1] if parts[-1] in ("fp", "fn") else "fp"
+            path = ":".join(parts[2:-1] if parts[-1] in ("fp", "fn") else parts[2:])
+            return ErrorRegion(int(parts[1]), _read_mask(path, shape), kind_)  # type: ignore[arg-type]
+    except (ValueError, IndexError) as err:
+        raise TargetError(f"Cannot read the target {text!r}: {err}.") from None
+    raise TargetError(
+        f"Unknown target {text!r}. Use 3, predicted:1, region:1:MASK.nii.gz, voxel:1:z,y,x, contrast:1,2 or "
+        "error:1:TRUTH.nii.gz:fp."
+    )
+
+
+def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["steps=32", "baseline=-1000", "window=[8,8,8]", "mode=taylor"]`` -> dict (values are JSON; a value that is
+    not valid JSON is taken as a string)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ParameterError(f"--param takes key=value, got {item!r}.")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _read_scan(path: str) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    if path.endswith(".npy"):
+        return np.load(path), None, {}
+    from .io import read_image
+
+    return read_image(path)
+
+
+def _outputs(out: str, methods: Sequence[str]) -> dict[str, Path]:
+    p = Path(out)
+    if len(methods) == 1:
+        return {methods[0]: p}
+    name = p.name
+    for suffix in (".nii.gz", ".nii", ".npy"):
+        if name.endswith(suffix):
+            stem, ext = name[: -len(suffix)], suffix
+            break
+    else:
+        stem, ext = name, ".nii.gz"
+    return {m: p.with_name(f"{stem}_{m.replace(':', '-')}{ext}") for m in methods}
+
+
+def _model_hash(source: str) -> str | None:
+    from .layers import sha256_file
+
+    return sha256_file(source) if os.path.isfile(source) else None
+
+
+@dataclass
+class ExplainResult:
+    """What one scan produced."""
+
+    scan: str
+    outputs: dict[str, str]
+    seconds: dict[str, float]
+    metrics: dict[str, dict[str, float]]
+    description: str
+
+
+def explain_file(
+    model_source: str,
+    image_path: str,
+    methods: Sequence[str],
+    output: str,
+    *,
+    target: str | None = None,
+    layer: str | None = None,
+    params: dict[str, Any] | None = None,
+    metrics: Sequence[str] = (),
+    overwrite: bool = False,
+    device: str | None = None,
+    trust: bool = False,
+    model: Any = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ExplainResult:
+    """Explain one scan and write the heatmap(s), a JSON sidecar per heatmap and, with ``metrics``, a CSV."""
+    import napari_attribution as na
+    from .io import write_nifti
+    from .layers import provenance
+
+    outs = _outputs(output, methods)
+    existing = [str(p) for p in outs.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
+    loaded = model if model is not None else na.load_model(model_source, trust=trust)
+    data, geometry, meta = _read_scan(image_path)
+    card = loaded.card
+    spatial = data.shape[1:] if data.ndim == (card.spatial_dims or data.ndim) + 1 and (card.in_channels or 1) > 1 \
+        else data.shape
+    tgt = parse_target(target, tuple(spatial))
+    # like compare: a key goes to every method that takes it; a key that none takes is an error
+    results = na.compare(loaded, data, list(methods), tgt, layer=layer, geometry=geometry, device=device,
+                         progress=progress, params=dict(params or {}))
+    written: dict[str, str] = {}
+    scores: dict[str, dict[str, float]] = {}
+    for m, res in results.items():
+        path = outs[m]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path).endswith(".npy"):
+            np.save(path, res.data)
+        else:
+            write_nifti(path, res.data, geometry, original_affine=meta.get("original_affine"), overwrite=overwrite)
+        side = Path(str(path).replace(".nii.gz", "").replace(".nii", "").replace(".npy", "") + ".json")
+        record = provenance(method=m, params=res.params, target=res.description, seconds=res.seconds,
+                            model=model_source, model_sha256=_model_hash(model_source), layer=res.layer,
+                            device=device, scan=os.path.basename(image_path), signed=res.signed)
+        side.write_text(json.dumps(record, indent=2))
+        written[m] = str(path)
+        for metric in metrics:
+            s = na.evaluate(loaded, data, res, metric, geometry=geometry)
+            scores.setdefault(m, {})[metric] = s.value
+    if metrics:
+        csv_path = Path(str(outs[methods[0]]).replace(".nii.gz", "").replace(".nii", "").replace(".npy", "")
+                        + "_metrics.csv")
+        if csv_path.exists() and not overwrite:
+            raise FileExistsError(f"{csv_path} already exists; pass --overwrite to replace.")
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["scan", "method", *metrics, "seconds"])
+            for m in methods:
+                w.writerow([os.path.basename(image_path), m, *(scores[m][k] for k in metrics),
+                            f"{results[m].seconds:.4f}"])
+    desc = next(iter(results.values())).description
+    return ExplainResult(image_path, written, {m: r.seconds for m, r in results.items()}, scores, desc)
+
+
+def expand_images(spec: str) -> list[str]:
+    """A folder (its NIfTI/DICOM/.npy files and DICOM series subfolders), a glob, or a CSV/TXT list (first column,
+    header optional)."""
+    p = Path(spec)
+    if p.is_dir():
+        items = []
+        for child in sorted(p.iterdir()):
+            name = child.name.lower()
+            if child.is_dir() or name.endswith((".nii", ".nii.gz", ".dcm", ".npy")):
+                items.append(str(child))
+        found = items
+    elif p.suffix.lower() in (".csv", ".txt") and p.is_file():
+        found = []
+        with open(p, newline="") as fh:
+            for row in csv.reader(fh):
+                if row and row[0].strip() and not row[0].strip().lower() in ("image", "path", "scan"):
+                    entry = row[0].strip()
+                    found.append(entry if os.path.isabs(entry) else str(p.parent / entry))
+    else:
+        found = sorted(glob.glob(spec))
+    if not found:
+        raise ReaderError(f"No scans found for {spec!r} (a folder, a glob such as 'scans/*.nii.gz', or a CSV list).")
+    return found
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".npy", ".dcm"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _one(args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    try:
+        res = explain_file(**args)
+        return {"scan": args["image_path"], "status": "ok", "outputs": res.outputs, "seconds": res.seconds,
+                "metrics": res.metrics, "target": res.description, "wall": time.perf_counter() - t0}
+    except Exception as err:  # one scan's failure must not stop the cohort; it is reported in the summary
+        return {"scan": args["image_path"], "status": f"error: {type(err).__name__}: {err}", "outputs": {},
+                "seconds": {}, "metrics": {}, "target": "", "wall": time.perf_counter() - t0}
+
+
+def run_batch(
+    model_source: str,
+    images: str,
+    methods: Sequence[str],
+    outdir: str,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    local: bool = False,
+    log: Callable[[str], None] = print,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Explain every scan of ``images`` into ``outdir`` (one file per scan and method) and write
+    ``outdir/summary.csv``. ``scheduler``: a Dask scheduler address; default: a local Dask cluster with
+    ``workers`` single-threaded processes; ``local=True``: in this process, one scan after the other."""
+    scans = expand_images(images)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "summary.csv"
+    if summary.exists() and not kwargs.get("overwrite"):
+        raise FileExistsError(f"{summary} already exists; pass --overwrite or choose another output folder.")
+    jobs = [dict(model_source=model_source, image_path=s, methods=list(methods),
+                 output=str(out / f"{_stem(s)}.nii.gz"), **kwargs) for s in scans]
+    log(f"batch: {len(jobs)} scans x {len(methods)} method(s)")
+    results: list[dict[str, Any]] = []
+    if local:
+        for i, job in enumerate(jobs):
+            results.append(_one(job))
+            log(f"[{i + 1}/{len(jobs)}] {results[-1]['scan']}: {results[-1]['status']}")
+    else:
+        try:
+            from dask.distributed import Client, LocalCluster, as_completed
+        except ImportError as err:
+            raise ParameterError(
+                "Batch runs use Dask distributed: pip install distributed (or run with --local)."
+            ) from err
+        cluster = None
+        if scheduler is None:
+            n = workers or max(1, (os.cpu_count() or 2) - 0)
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        else:
+            client = Client(scheduler)
+        try:
+            futures = [client.submit(_one, job, pure=False) for job in jobs]
+            for i, fut in enumerate(as_completed(futures)):
+                res = fut.result()
+                results.append(res)
+                log(f"[{i + 1}/{len(jobs)}] {res['scan']}: {res['status']}")
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    results.sort(key=lambda r: r["scan"])
+    metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m})
+    with open(summary, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["scan", "status", "method", "output", "seconds", "target", *metric_names])
+        for r in results:
+            for m in methods:
+                w.writerow([r["scan"], r["status"], m, r["outputs"].get(m, ""),
+                            f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
+                            *(r["metrics"].get(m, {}).get(k, "") for k in metric_names)])
+    failed = sum(1 for r in results if r["status"] != "ok")
+    log(f"wrote {summary} ({len(results) - failed} ok, {failed} failed)")
+    return results
