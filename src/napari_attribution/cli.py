@@ -38,12 +38,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.headless:
         try:
-            import napari  # noqa: F401
-        except ImportError:
-            print("napari is not installed here, so the demo runs headless (pip install 'napari-attribution[napari]' "
-                  "for the viewer).", file=sys.stderr)
+            import napari
+
+            from ._widget._launch import open_demo
+        except ImportError as err:
+            print(f"napari is not installed here ({err}), so the demo runs headless (pip install "
+                  "'napari-attribution[napari]' for the viewer).", file=sys.stderr)
         else:
-            print("The napari widgets arrive with the plugin GUI; running the headless demo.", file=sys.stderr)
+            open_demo()
+            print("napari is open with the lesion phantom and the demo model: press Explain (close the window to "
+                  "quit).", file=sys.stderr)
+            napari.run()
+            return 0
     try:
         run_headless_demo(args.output, overwrite=args.overwrite)
     except FileExistsError as err:

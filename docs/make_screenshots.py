@@ -1,0 +1,164 @@
+"""Regenerate the user guide's screenshots from the real viewer (``viewer.screenshot``).
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py
+
+Writes docs/images/explain_classification.png, explain_segmentation.png, compare_grid.png and
+explain_2d_on_3d.png. Look at them before committing: they are what a new user sees.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parent / "images"
+
+
+def main() -> int:
+    import napari
+    import torch
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication
+    from torch import nn
+
+    from napari_attribution._demo import phantom
+    from napari_attribution._widget._launch import open_demo
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    def wait(cond, timeout: float = 300.0) -> None:
+        t0 = time.perf_counter()
+        while not cond():
+            app.processEvents()
+            time.sleep(0.005)
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError
+        for _ in range(30):
+            app.processEvents()
+            time.sleep(0.01)
+
+    def shot(viewer: napari.Viewer, name: str) -> None:
+        wait(lambda: True)
+        Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(OUT / name)
+        print("wrote", OUT / name)
+
+    def run(dock) -> None:
+        dock.run(confirm=False)
+        wait(lambda: not dock.busy)
+        assert dock.last_outcome.status == "ok", dock.last_outcome.message
+
+    # 1. the demo: Explain a classification (lesion vs no lesion) with integrated gradients
+    viewer = napari.Viewer(title="napari-attribution")
+    viewer.window.resize(1500, 980)
+    viewer, explain = open_demo(viewer)
+    wait(lambda: explain.model_info is not None and not explain.busy)
+    lesion = viewer.layers["lesion (truth)"].data
+    z = int(np.argmax(lesion.sum((1, 2))))
+    viewer.dims.set_current_step(0, z)
+    explain.set_method("integrated_gradients", steps=32)
+    explain.target.set_kind("class")
+    explain.target.k1.setCurrentIndex(1)
+    run(explain)
+    truth = viewer.layers["lesion (truth)"]
+    truth.visible, truth.contour, truth.opacity = True, 1, 1.0
+    viewer.layers.move(viewer.layers.index(truth), len(viewer.layers))  # the lesion outline on top
+    viewer.layers.selection.active = viewer.layers[[la.name for la in viewer.layers].index(
+        next(la.name for la in viewer.layers if la.name.startswith("integrated")))]
+    viewer.reset_view()
+    shot(viewer, "explain_classification.png")
+
+    # 2. a segmentation model from Python (dock.set_model): explain a region drawn as a Labels layer
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv3d(2, 2, 1))
+    with torch.no_grad():  # class 1 where the local mean exceeds ~120 HU: a stand-in lesion segmenter
+        net[0].weight.fill_(1.0 / 27 / 100)
+        net[0].bias.fill_(-1.2)
+        net[2].weight.zero_()
+        net[2].bias.zero_()
+        net[2].weight[1, :, 0, 0, 0] = 1.0
+        net[2].bias[1] = -0.01
+    for la in [la for la in viewer.layers if la.name.startswith("integrated")]:
+        viewer.layers.remove(la)
+    viewer.canvas.overlays.text.visible = False
+    explain.set_model(net.eval(), source="lesion segmenter (Python)")
+    explain.set_method("input_x_gradient")
+    explain.target.set_kind("region from Labels layer")
+    explain.target.labels.setCurrentText("lesion (truth)")
+    explain.target.k1.setCurrentIndex(1)
+    run(explain)
+    viewer.layers["lesion (truth)"].visible = False
+    shot(viewer, "explain_segmentation.png")
+
+    # 3. Compare: four methods side by side, the scan under each map, agreement table
+    for la in [la for la in viewer.layers if la.name not in ("lesion phantom (CT)", "lesion (truth)")]:
+        viewer.layers.remove(la)
+    compare_dock, compare = viewer.window.add_plugin_dock_widget("napari-attribution", "Compare methods")
+    compare_dock.raise_()
+    wait(lambda: compare.model_info is not None and not compare.busy)
+    compare.set_methods(["saliency", "integrated_gradients", "grad_cam", "occlusion"])
+    compare.target.set_kind("class")
+    compare.target.k1.setCurrentIndex(1)
+    run(compare)
+    viewer.reset_view()
+    shot(viewer, "compare_grid.png")
+    compare.side_by_side.setChecked(False)
+    viewer.close()
+
+    # 4. a 2D model on a volume: the current slice, following the slider
+    viewer = napari.Viewer(title="napari-attribution")
+    viewer.window.resize(1500, 980)
+    viewer, explain = open_demo(viewer, compare=False)
+    wait(lambda: explain.model_info is not None and not explain.busy)
+    net2d = train_2d_classifier(phantom)
+    explain.set_model(net2d.eval(), source="2D lesion classifier (Python)")
+    explain.set_method("grad_cam")
+    explain.target.set_kind("class")
+    explain.target.k1.setCurrentIndex(1)
+    truth = viewer.layers["lesion (truth)"]
+    truth.visible, truth.contour, truth.opacity = True, 1, 1.0
+    explain.scope.slices.setCurrentIndex(1)  # follow the slider
+    for zz in (z - 3, z):
+        viewer.dims.set_current_step(0, zz)
+        run(explain)
+    viewer.reset_view()
+    shot(viewer, "explain_2d_on_3d.png")
+    viewer.close()
+    return 0
+
+
+def train_2d_classifier(phantom, seconds: float = 20.0):
+    """A small 2D CNN trained for a few seconds on phantom slices (lesion in the slice or not)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, stride=2),
+                        nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        xs, ys = [], []
+        for _ in range(16):
+            vol, mask = phantom(rng, bool(rng.integers(0, 2)))
+            k = int(rng.integers(0, vol.shape[0]))
+            xs.append(np.clip((vol[k] - 40) / 300, -1, 1))
+            ys.append(int(mask[k].any()))
+        logits = net(torch.from_numpy(np.stack(xs)[:, None].astype(np.float32)))
+        loss = nn.functional.cross_entropy(logits, torch.tensor(ys))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    class Window(nn.Module):  # the soft-tissue window, part of the model (as in the 3D demo)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.clamp((x - 40.0) / 300.0, -1.0, 1.0)
+
+    return nn.Sequential(Window(), net).eval()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

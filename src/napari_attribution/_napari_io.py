@@ -1,0 +1,210 @@
+"""npe2 reader and writers (Qt-free; no napari import): NIfTI / DICOM in, NIfTI out, aligned.
+
+* Reader: ``.nii``, ``.nii.gz``, ``.dcm`` and folders holding a DICOM series, through
+  :func:`napari_attribution.io.read_image`. The layer gets the scan's geometry (``Geometry.to_napari()``: scale =
+  spacing, translate = origin, rotate / affine for oblique scans) and the reader's metadata, which names no
+  patient (no name, ID, birth date or UID); the layer's name comes from the file name, never from DICOM tags.
+  Integer volumes with few values (masks, segmentations) open as Labels layers.
+* Writers: an image or labels layer to ``.nii`` / ``.nii.gz``, with ``metadata["original_affine"]`` when the
+  layer has it (so the file lines up with its source in other tools), else the layer's scale / translate /
+  rotate / affine. An existing file is never overwritten silently: the layer is written under the next free name
+  (``scan-2.nii.gz``) with a warning. Heatmaps made by this plugin get a JSON sidecar with their provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .layers import OWNER_KEY, LayerDataTuple, json_safe
+
+__all__ = ["get_reader", "lesion_phantom_sample", "read", "write_image", "write_labels"]
+
+_NIFTI = (".nii", ".nii.gz")
+_DICOM = (".dcm", ".dicom", ".ima")
+_LABEL_MAX_VALUES = 64
+
+
+def _name_of(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".dcm", ".dicom", ".ima"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+def _is_dicom_folder(path: Path, probe: int = 20) -> bool:
+    from .io._dicom import is_dicom_file
+
+    checked = 0
+    for root, _dirs, files in os.walk(path):
+        for f in sorted(files):
+            if is_dicom_file(Path(root) / f):
+                return True
+            checked += 1
+            if checked >= probe:
+                return False
+    return False
+
+
+def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerDataTuple]] | None:
+    """npe2 ``get_reader``: :func:`read` for NIfTI files, DICOM files and DICOM folders, else None."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        return None
+    for p in map(Path, paths):
+        low = p.name.lower()
+        if p.is_dir():
+            if not _is_dicom_folder(p):
+                return None
+        elif not (low.endswith(_NIFTI) or low.endswith(_DICOM)):
+            return None
+    return read
+
+
+def _looks_like_labels(data: np.ndarray, meta: dict[str, Any]) -> bool:
+    if not np.issubdtype(data.dtype, np.integer) and data.dtype != bool:
+        return False
+    if meta.get("intent") == "label" or data.dtype == bool:
+        return True
+    if meta.get("format") == "dicom" or meta.get("modality"):
+        return False
+    flat = data.ravel()[:: max(1, data.size // 1_000_000)]  # a sample is enough to tell a CT from a mask
+    values = np.unique(flat)
+    return values.size <= _LABEL_MAX_VALUES and values.min() >= 0
+
+
+def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
+    """Read each path into one layer data tuple (image or labels), placed by the scan's geometry."""
+    from .io import read_image
+
+    out: list[LayerDataTuple] = []
+    for p in map(Path, [path] if isinstance(path, (str, os.PathLike)) else path):
+        data, geometry, meta = read_image(p)
+        kwargs = {k: np.asarray(v, dtype=float).tolist() for k, v in geometry.to_napari().items()}
+        extra = data.ndim - geometry.ndim  # a leading channel / time axis
+        if extra:
+            kwargs = _pad_geometry(kwargs, extra)
+        meta = dict(json_safe(meta))
+        meta["source_file"] = p.name
+        kwargs["name"] = _name_of(p)
+        kwargs["metadata"] = meta
+        kind = "labels" if _looks_like_labels(data, meta) else "image"
+        if kind == "labels":
+            data = data.astype(np.int32) if data.dtype == bool or data.dtype.itemsize > 4 else data
+        out.append((data, kwargs, kind))
+    return out
+
+
+def _pad_geometry(kwargs: dict[str, Any], extra: int) -> dict[str, Any]:
+    """Geometry of a scan with ``extra`` leading non-spatial axes (unit scale, no rotation on them)."""
+    out = dict(kwargs)
+    out["scale"] = [1.0] * extra + list(kwargs["scale"])
+    out["translate"] = [0.0] * extra + list(kwargs["translate"])
+    for key in ("rotate", "affine"):
+        if key in kwargs:
+            m = np.asarray(kwargs[key])
+            big = np.eye(m.shape[0] + extra)
+            big[extra:, extra:] = m
+            out[key] = big.tolist()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _free_path(path: Path) -> Path:
+    if not path.exists():
+        return path
+    name = path.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
+    stem = name[: -len(suffix)] if suffix else name
+    i = 2
+    while True:
+        candidate = path.with_name(f"{stem}-{i}{suffix}")
+        if not candidate.exists():
+            return candidate
+        i += 1
+
+
+def _layer_geometry(meta: dict[str, Any], ndim: int) -> Any:
+    """The layer's world transform as a Geometry (scale, then rotate, translate, then the extra affine)."""
+    from .io import Geometry
+
+    scale = np.asarray(meta.get("scale", np.ones(ndim)), dtype=float)[-ndim:]
+    translate = np.asarray(meta.get("translate", np.zeros(ndim)), dtype=float)[-ndim:]
+    rotate = np.asarray(meta.get("rotate", np.eye(ndim)), dtype=float)
+    rotate = rotate[-ndim:, -ndim:] if rotate.shape[0] >= ndim else np.eye(ndim)
+    inner = np.eye(ndim + 1)
+    inner[:ndim, :ndim] = rotate @ np.diag(scale)
+    inner[:ndim, ndim] = translate
+    outer = np.asarray(meta.get("affine", np.eye(ndim + 1)), dtype=float)
+    if outer.shape[0] != ndim + 1:
+        outer = np.eye(ndim + 1)
+    return Geometry.from_affine(outer @ inner)
+
+
+def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    from .io import write_nifti
+
+    target = Path(path)
+    low = target.name.lower()
+    if not low.endswith(_NIFTI):
+        target = target.with_name(target.name + ".nii.gz")
+    array = np.asarray(data)
+    free = _free_path(target)
+    if free != target:
+        warnings.warn(f"'{target.name}' exists and was kept; the layer was saved as '{free.name}'.", UserWarning,
+                      stacklevel=2)
+    layer_md = meta.get("metadata") or {}
+    spatial = array.ndim if array.ndim <= 3 else 3
+    original = layer_md.get("original_affine")
+    if original is not None and np.asarray(original).shape != (4, 4):
+        original = None
+    if original is not None and spatial == 2 and array.ndim == 2:
+        original = None  # a 2-D layer cannot take a volume's affine
+    geometry = _layer_geometry(meta, spatial)
+    write_nifti(free, array, None if original is not None else geometry, original_affine=original)
+    written = [str(free)]
+    info = layer_md.get(OWNER_KEY)
+    if isinstance(info, dict):
+        side = free.with_name(free.name[: -len(".nii.gz") if free.name.lower().endswith(".nii.gz") else -4]
+                              + ".json")
+        side = _free_path(side)
+        record = {"layer": meta.get("name"), "napari_attribution": json_safe(info)}
+        side.write_text(json.dumps(record, indent=1, default=str))
+        written.append(str(side))
+    return written
+
+
+def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for image layers (NIfTI)."""
+    return _write(path, data, meta)
+
+
+def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for labels layers (NIfTI, integer)."""
+    return _write(path, np.asarray(data), meta)
+
+
+# ---------------------------------------------------------------------------------------------- sample data
+
+
+def lesion_phantom_sample() -> list[LayerDataTuple]:
+    """The demo CT phantom with an enhancing lesion (HU, 2 x 0.8 x 0.8 mm voxels) and its lesion mask."""
+    from ._demo import SPACING, phantom
+
+    vol, mask = phantom(np.random.default_rng(7), lesion=True)
+    geo = {"scale": list(SPACING), "translate": [0.0, 0.0, 0.0]}
+    md = {"units": "HU", "modality": "CT", "source_file": "synthetic phantom"}
+    return [
+        (vol, {"name": "lesion phantom (CT)", "contrast_limits": [-200.0, 400.0], "metadata": md, **geo}, "image"),
+        (mask.astype(np.int32), {"name": "lesion (truth)", "opacity": 0.6, "visible": False,
+                                 "colormap": {None: "transparent", 0: "transparent", 1: "lime"}, **geo}, "labels"),
+    ]

@@ -1,0 +1,233 @@
+"""The Compare dock: several methods in one ``na.compare`` run (shared passes), side by side in napari's grid mode
+with the scan under each heatmap (one canvas, so one camera for all), an agreement table (Spearman rank
+correlation and top-k overlap of |map|) and each method's runtime."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QGroupBox,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+import napari_attribution as na
+
+from ..layers import OWNER_KEY
+from ._dock import AttributionDock
+from ._jobs import Outcome
+from ._models import RecentModels
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["CompareWidget"]
+
+DEFAULT_METHODS = ("saliency", "integrated_gradients", "grad_cam", "occlusion")
+
+#: Column headers of the agreement table.
+SHORT = {"saliency": "Sal", "input_x_gradient": "IxG", "integrated_gradients": "IG", "smoothgrad": "SG",
+         "guided_backprop": "GBP", "deconvnet": "Deconv", "cam": "CAM", "grad_cam": "GradCAM",
+         "grad_cam_pp": "GradCAM++", "hires_cam": "HiRes", "score_cam": "ScoreCAM", "guided_grad_cam": "GGCAM",
+         "layer_activation": "Act", "occlusion": "Occl", "rise": "RISE"}
+
+
+class CompareWidget(AttributionDock):
+    """Run several methods at once and look at them side by side."""
+
+    RUN_TEXT = "Compare"
+
+    def __init__(self, viewer: napari.viewer.Viewer, *, recent: RecentModels | None = None,
+                 parent: QWidget | None = None) -> None:
+        self._infos = {m.name: m for m in na.list_methods()}
+        self._hidden: list[str] = []  # names of the layers hidden while the grid is shown
+        super().__init__(viewer, recent=recent, parent=parent)
+        self.side_by_side.toggled.connect(self._toggle_grid)
+
+    # ------------------------------------------------------------------ sections
+    def _method_section(self) -> QWidget:
+        box = QGroupBox("Methods")
+        self.method_list = QListWidget()
+        self.method_list.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        for name, info in self._infos.items():
+            item = QListWidgetItem(f"{name}  ({info.passes})")
+            item.setData(Qt.ItemDataRole.UserRole, name)
+            item.setToolTip(info.label)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if name in DEFAULT_METHODS else Qt.CheckState.Unchecked)
+            self.method_list.addItem(item)
+        self.method_list.setMaximumHeight(120)
+        self.side_by_side = QCheckBox("side by side (grid, scan under each map)")
+        self.side_by_side.setChecked(True)
+        lay = QVBoxLayout(box)
+        lay.addWidget(self.method_list)
+        lay.addWidget(self.side_by_side)
+        return box
+
+    def _result_section(self) -> QWidget:
+        box = QGroupBox("Runtime and agreement")
+        self.runtime_table = QTableWidget(0, 2)
+        self.runtime_table.setHorizontalHeaderLabels(["method", "seconds"])
+        self.table = QTableWidget(0, 0)  # methods x methods: upper Spearman, lower top-k overlap
+        for t in (self.runtime_table, self.table):
+            vertical, horizontal = t.verticalHeader(), t.horizontalHeader()
+            if vertical is not None:
+                vertical.setDefaultSectionSize(22)
+            if horizontal is not None:
+                horizontal.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+            t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+            t.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            t.setFixedHeight(48)
+        vertical = self.runtime_table.verticalHeader()
+        if vertical is not None:
+            vertical.setVisible(False)
+        self.table_note = QLabel("")
+        self.table_note.setWordWrap(True)
+        lay = QVBoxLayout(box)
+        lay.addWidget(self.runtime_table)
+        lay.addWidget(self.table)
+        lay.addWidget(self.table_note)
+        return box
+
+    # ------------------------------------------------------------------ methods
+    def set_methods(self, names: list[str]) -> None:
+        """Check exactly ``names`` (used by scripts and tests)."""
+        unknown = set(names) - set(self._infos)
+        if unknown:
+            raise na.MethodError(f"Unknown methods: {sorted(unknown)}.")
+        for item in self._items():
+            on = item.data(Qt.ItemDataRole.UserRole) in names
+            item.setCheckState(Qt.CheckState.Checked if on else Qt.CheckState.Unchecked)
+
+    def _items(self) -> list[QListWidgetItem]:
+        items = (self.method_list.item(i) for i in range(self.method_list.count()))
+        return [item for item in items if item is not None]
+
+    def methods(self) -> list[str]:
+        out = []
+        for item in self._items():
+            if item.checkState() == Qt.CheckState.Checked and item.flags() & Qt.ItemFlag.ItemIsEnabled:
+                out.append(item.data(Qt.ItemDataRole.UserRole))
+        return out
+
+    def method_params(self) -> dict[str, dict[str, Any]]:
+        # cheap defaults for a side-by-side look; the Explain dock tunes one method
+        cheap = {"integrated_gradients": {"steps": 16}, "smoothgrad": {"samples": 16}, "rise": {"masks": 500}}
+        return {m: dict(cheap.get(m, {})) for m in self.methods()}
+
+    def _model_changed(self) -> None:
+        info = self.model_info
+        assert info is not None
+        for item in self._items():
+            ok = not info.is_script or self._infos[item.data(Qt.ItemDataRole.UserRole)].supports_torchscript
+            flags = item.flags()
+            item.setFlags(flags | Qt.ItemFlag.ItemIsEnabled if ok else flags & ~Qt.ItemFlag.ItemIsEnabled)
+
+    # ------------------------------------------------------------------ results
+    def show_outcome(self, outcome: Outcome, placed: list[Any]) -> None:
+        self._heatmaps = [la for la in placed if self.owner(la).get("role") == "heatmap"]
+        self.runtime_table.setRowCount(len(outcome.results))
+        for r, (name, att) in enumerate(outcome.results.items()):
+            item = QTableWidgetItem(name)
+            if name in self._infos:
+                item.setToolTip(f"cost: {self._infos[name].passes}")
+            self.runtime_table.setItem(r, 0, item)
+            self.runtime_table.setItem(r, 1, QTableWidgetItem(f"{att.seconds:.2f}"))
+        agreement = outcome.agreement or {"methods": list(outcome.results), "spearman": [], "topk": [], "k": 0,
+                                          "voxels": 0}
+        names = agreement["methods"]
+        short = [SHORT.get(n, n[:8]) for n in names]
+        n = len(names)
+        self.table.setRowCount(n)
+        self.table.setColumnCount(n)
+        self.table.setHorizontalHeaderLabels(short)
+        self.table.setVerticalHeaderLabels(short)
+        for i in range(n):
+            for j in range(n):
+                if i == j or not agreement["spearman"]:
+                    text, tip = "—", names[i]
+                elif i < j:
+                    text, tip = f"{agreement['spearman'][i][j]:.2f}", f"Spearman ρ, {names[i]} vs {names[j]}"
+                else:
+                    text, tip = f"{agreement['topk'][i][j]:.2f}", f"top-k overlap, {names[i]} vs {names[j]}"
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip)
+                item.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+                self.table.setItem(i, j, item)
+        for t in (self.runtime_table, self.table):
+            t.setFixedHeight(min(220, 28 + 22 * max(1, t.rowCount())))
+        if agreement["voxels"]:
+            self.table_note.setText(
+                f"Above the diagonal: Spearman rank correlation of |map|; below: overlap (IoU) of the top 5 % "
+                f"voxels (k = {agreement['k']} of {agreement['voxels']}). 1 = same ranking / same voxels.")
+        if self.side_by_side.isChecked():
+            self._steps.append(self.show_grid)
+
+    # ------------------------------------------------------------------ grid
+    def show_grid(self) -> None:
+        """Grid mode: one cell per method, the scan under each heatmap; other layers hidden until the grid is
+        left. Cells share napari's one camera, so zoom and pan stay linked."""
+        heat = [la for la in getattr(self, "_heatmaps", []) if la in self.viewer.layers]
+        if not heat:
+            return
+        self._clear_underlays()
+        source_name = self.owner(heat[0]).get("source")
+        source = self.viewer.layers[source_name] if source_name in self.viewer.layers else None
+        layers = self.viewer.layers
+        for la in reversed(heat):  # the first method ends up top-left
+            if isinstance(source, Image):
+                under = Image(source.data, name=f"{source.name} · under {self.owner(la).get('method')}",
+                              colormap=source.colormap, contrast_limits=source.contrast_limits,
+                              scale=source.scale, translate=source.translate, rotate=source.rotate,
+                              affine=source.affine, metadata={OWNER_KEY: {"role": "underlay"}},
+                              multiscale=source.multiscale)
+                layers.append(under)
+            layers.move(layers.index(la), len(layers))
+        # names, not identities: a plugin gets the viewer (and its layers) through a proxy
+        keep = {la.name for la in heat} | {u.name for u in self.own_layers("underlay")}
+        for la in layers:
+            if la.name not in keep and la.visible:
+                la.visible = False
+                self._hidden.append(la.name)
+        for la in heat:
+            la.visible = True
+            la.colorbar.visible = True
+            la.name_overlay.visible = True  # which method each cell shows
+            la.colorbar.position = "bottom_right"  # the name overlay is at the top
+        grid = self.viewer.canvas.grid
+        grid.stride = -2 if isinstance(source, Image) else -1
+        grid.spacing = 0.03
+        grid.enabled = True
+
+    def hide_grid(self) -> None:
+        self.viewer.canvas.grid.enabled = False
+        self._clear_underlays()
+        for name in self._hidden:
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = True
+        self._hidden = []
+        for la in self.own_layers("heatmap"):
+            la.colorbar.visible = False
+            la.colorbar.position = "top_right"
+            la.name_overlay.visible = False
+
+    def _clear_underlays(self) -> None:
+        for la in self.own_layers("underlay"):
+            self.viewer.layers.remove(la)
+
+    def _toggle_grid(self, on: bool) -> None:
+        if on:
+            self.show_grid()
+        else:
+            self.hide_grid()

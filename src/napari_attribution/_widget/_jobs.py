@@ -1,0 +1,400 @@
+"""What an Explain or Compare click runs in the worker thread. Qt-free and napari-free: a request in, an outcome
+out (layer data tuples, probabilities, agreement), never an exception — so the widget shows exactly one clear
+notification, and a cancelled or failed run adds nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import napari_attribution as na
+from napari_attribution import targets as T
+
+from .. import layers as L
+from ._models import ModelInfo
+
+__all__ = ["Estimate", "ExplainRequest", "Outcome", "estimate_passes", "run_job"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+Cancel = Callable[[], bool]
+
+
+@dataclass
+class ExplainRequest:
+    """Everything a run needs, read from the widget on the main thread (arrays by reference, not copied)."""
+
+    model: ModelInfo
+    image: Any  # the layer's data (numpy or dask), (*S) or (C, *S)
+    source: str  # the image layer's name
+    methods: list[str]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method
+    target: Any = None
+    layer: str | None = None
+    device: str | None = None
+    source_geometry: dict[str, Any] = field(default_factory=dict)
+    source_metadata: dict[str, Any] = field(default_factory=dict)  # e.g. original_affine
+    roi: tuple[tuple[int, int], ...] | None = None  # (start, stop) per spatial axis
+    slices: list[int] | None = None  # a 2D model on a volume: these slices only
+    confirm_above: float | None = None  # seconds: ask before a run estimated to take longer
+    compare: bool = False
+    top_fraction: float = 0.05
+
+
+@dataclass
+class Estimate:
+    passes: float
+    pass_seconds: float
+    upper_bound: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return self.passes * self.pass_seconds
+
+    def text(self) -> str:
+        about = "up to" if self.upper_bound else "about"
+        return (f"{about} {_duration(self.seconds)} ({self.passes:.0f} passes x {self.pass_seconds * 1000:.0f} ms "
+                "measured for one pass)")
+
+
+@dataclass
+class Outcome:
+    status: str  # "ok" | "cancelled" | "failed" | "confirm"
+    message: str = ""
+    layers: list[L.LayerDataTuple] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    probabilities: Any = None
+    agreement: dict[str, Any] | None = None
+    estimate: Estimate | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+
+def spatial_offset(info: ModelInfo, shape: tuple[int, ...]) -> int:
+    """0 when every array axis is spatial, 1 when the first axis holds the model's input channels."""
+    c = info.in_channels or 1
+    dims = info.spatial_dims
+    if c > 1 and shape[0] == c and (dims is None or len(shape) == dims + 1 or len(shape) == 4):
+        return 1
+    if dims == 3 and len(shape) == 4 and shape[0] == 1:
+        return 1
+    return 0
+
+
+def _crop_target(target: Any, roi: tuple[slice, ...], starts: tuple[int, ...]) -> Any:
+    def crop(mask: Any) -> Any:
+        m = np.asarray(mask)
+        return m[roi] if m.ndim == len(roi) else m
+
+    if isinstance(target, T.Region):
+        return T.Region(target.k, crop(target.mask), target.score)
+    if isinstance(target, T.ErrorRegion):
+        return T.ErrorRegion(target.k, crop(target.truth_mask), target.kind, target.score)
+    if isinstance(target, T.Contrast) and target.mask is not None:
+        return T.Contrast(target.k1, target.k2, crop(target.mask), target.score)
+    if isinstance(target, T.Voxel):
+        idx = tuple(int(i) - s for i, s in zip(target.index, starts, strict=False))
+        if any(i < 0 or i >= sl.stop - sl.start for i, sl in zip(idx, roi, strict=False)):
+            raise na.TargetError("The target point lies outside the box (ROI) to explain; move the point or the box.")
+        return T.Voxel(target.k, idx, target.score)
+    return target
+
+
+def _paste(att: Any, full_shape: tuple[int, ...], roi: tuple[slice, ...]) -> Any:
+    data = np.full(full_shape, np.nan, np.float32)
+    data[roi] = att.data
+    pred = att.prediction
+    if isinstance(pred, np.ndarray) and pred.ndim == len(full_shape) and pred.shape == att.data.shape:
+        full = np.zeros(full_shape, pred.dtype)
+        full[roi] = pred
+        pred = full
+    elif isinstance(pred, list) and len(pred) == att.data.shape[0]:
+        new = [None] * full_shape[0]
+        for i, p in enumerate(pred):
+            if p is not None and np.asarray(p).ndim == 2 and np.asarray(p).shape == att.data.shape[1:]:
+                canvas = np.zeros(full_shape[1:], np.asarray(p).dtype)
+                canvas[roi[1:]] = p
+                new[roi[0].start + i] = canvas
+            elif p is not None:
+                new[roi[0].start + i] = p
+        pred = new
+    extras = dict(att.extras)
+    if "slices" in extras:
+        extras["slices"] = [int(s) + roi[0].start for s in extras["slices"]]
+    extras["roi"] = [[sl.start, sl.stop] for sl in roi]
+    return dataclasses.replace(att, data=data, prediction=pred, extras=extras)
+
+
+# ------------------------------------------------------------------------------------------------ cost
+
+
+def estimate_passes(method: str, params: Mapping[str, Any], spatial: tuple[int, ...], *,
+                    layer_channels: int | None = None) -> tuple[float, bool]:
+    """Forward(+backward) passes a method needs on one input of spatial shape ``spatial``; ``(passes, upper)``
+    where ``upper`` says the count is an upper bound (adaptive methods)."""
+    info = na.get_method(method)
+    p = info.resolve_params(params)
+    nd = len(spatial)
+    if method == "integrated_gradients":
+        if p.get("steps") == "auto":
+            return float(p.get("max_steps") or 512), True
+        return float(p.get("steps") or 50), False
+    if method == "smoothgrad":
+        base, upper = estimate_passes(str(p.get("base") or "saliency"), p.get("base_params") or {}, spatial,
+                                      layer_channels=layer_channels)
+        return float(p.get("samples") or 50) * base, upper
+    if method == "occlusion":
+        default = 16 if nd <= 2 else 8
+        window = p.get("window") or tuple(min(default, s) for s in spatial)
+        window = (window,) * nd if isinstance(window, (int, np.integer)) else tuple(window)
+        stride = p.get("stride") or tuple(max(1, w // 2) for w in window)
+        stride = (stride,) * nd if isinstance(stride, (int, np.integer)) else tuple(stride)
+        n = 1
+        for s, w, st in zip(spatial, window, stride, strict=False):
+            n *= int(math.ceil(max(s - w, 0) / st)) + 1
+        return float(n + 1), False
+    if method == "rise":
+        return float(p.get("masks") or (2000 if nd <= 2 else 1000)) + 1, False
+    if method == "score_cam":
+        return float((layer_channels or 64) + 1), layer_channels is None
+    if method == "guided_grad_cam":
+        return 2.0, False
+    return 1.0, False
+
+
+def _pass_seconds(module: Any, x: Any, device: Any) -> float:
+    """Wall time of one forward + input-gradient backward (the model's parameters and .grad are untouched)."""
+    import torch
+
+    xs = x.detach().clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    out = module(xs)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    torch.autograd.grad(out.float().sum(), xs)
+    return time.perf_counter() - t0
+
+
+def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[int, ...]) -> Estimate | None:
+    info = req.model
+    slicewise = info.spatial_dims == 2 and len(spatial) == 3
+    one = spatial[1:] if slicewise else spatial
+    n_slices = (len(req.slices) if req.slices else spatial[0]) if slicewise else 1
+    total, upper, shared = 0.0, False, False
+    for m in req.methods:
+        layer = req.layer or info.default_layer or (info.layers[-1] if info.layers else None)
+        passes, up = estimate_passes(m, req.params.get(m, {}), one, layer_channels=info.layer_channels.get(layer or ""))
+        if passes <= 2 and na.get_method(m).shared_pass:
+            if shared:
+                continue
+            shared = True
+        total += passes
+        upper |= up
+    total *= n_slices
+    if total <= 8:
+        return None  # cheap: no need to measure
+    import torch
+
+    module = info.model.module if isinstance(info.model, na.LoadedModel) else info.model
+    key = (tuple(image.shape), req.device)
+    if key not in info.pass_seconds:
+        sample = image[(slice(None),) * off + (spatial[0] // 2,)] if slicewise else image
+        c = info.in_channels or 1
+        x = torch.from_numpy(np.ascontiguousarray(sample, np.float32).reshape((1, c) + tuple(one)))
+        dev = torch.device(req.device) if req.device else None
+        if dev is not None and dev.type != "cpu":
+            return None  # no timing on accelerators (the model would have to move twice)
+        info.pass_seconds[key] = _pass_seconds(module, x, dev)
+    return Estimate(total, info.pass_seconds[key], upper)
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+#: Niceness of the thread that computes (Linux): when CPU is short, napari's redraws go first.
+JOB_NICENESS = 10
+
+
+def run_job(request: ExplainRequest, progress: Progress | None = None, cancel: Cancel | None = None) -> Outcome:
+    """Run the request and return an :class:`Outcome`; never raises.
+
+    Called in napari's worker thread. On Linux the work runs in a short-lived thread of its own at a lower CPU
+    priority (a thread of napari's pool would keep the lowered priority afterwards: raising it back needs
+    privileges), so that on a busy machine redrawing the viewer wins over computing."""
+    if not (JOB_NICENESS and sys.platform.startswith("linux")):
+        return _run_job(request, progress, cancel)
+    box: list[Outcome] = []
+
+    def target() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)
+        except OSError:
+            pass
+        box.append(_run_job(request, progress, cancel))
+
+    thread = threading.Thread(target=target, name="napari-attribution job", daemon=True)
+    thread.start()
+    thread.join()
+    return box[0] if box else Outcome("failed", "Explain failed: the computation stopped unexpectedly.")
+
+
+def _run_job(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None) -> Outcome:
+    import torch
+
+    torch.set_num_threads(1)  # 2 cores: leave one to the GUI thread
+    t0 = time.perf_counter()
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught_list:
+            warnings.simplefilter("always")
+            outcome = _run(request, progress, cancel)
+            caught = list(caught_list)
+    except na.Cancelled:
+        return Outcome("cancelled", "Explain cancelled: no layer was added.")
+    except na.AttributionError as err:
+        return Outcome("failed", str(err))
+    except MemoryError:
+        return Outcome("failed", "Out of memory. Explain a box (ROI) or a slice, or lower max_batch.")
+    except Exception as err:  # an unexpected failure: one readable line for the user, the traceback in the log
+        log.debug("explain failed", exc_info=True)
+        return Outcome("failed", f"Explain failed ({type(err).__name__}): {err}")
+    outcome.warnings = sorted({str(w.message) for w in caught})
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def _prepare(request: ExplainRequest) -> tuple[np.ndarray, int, tuple[int, ...]]:
+    image = request.image
+    if isinstance(image, (list, tuple)):  # a multiscale layer: the full-resolution level
+        image = image[0]
+    image = np.asarray(image)
+    if image.ndim < 2:
+        raise na.InputShapeError(f"The image layer has shape {image.shape}; a 2D or 3D image is needed.")
+    if not np.issubdtype(image.dtype, np.number) or np.issubdtype(image.dtype, np.complexfloating):
+        raise na.InputShapeError(f"The image layer holds {image.dtype} values; a numeric image is needed.")
+    off = spatial_offset(request.model, image.shape)
+    spatial = tuple(image.shape[off:])
+    dims = request.model.spatial_dims
+    if dims == 3 and len(spatial) == 2:
+        raise na.InputShapeError(
+            f"The model {request.model.label} is a 3D model, but the image layer '{request.source}' is 2D "
+            f"{image.shape}. Pick a volume."
+        )
+    return image, off, spatial
+
+
+def _run(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None) -> Outcome:
+    info = request.model
+    image, off, spatial = _prepare(request)
+    roi: tuple[slice, ...] | None = None
+    target = request.target
+    sub = image
+    if request.roi is not None:
+        roi = tuple(slice(max(0, int(a)), min(int(b), s)) for (a, b), s in zip(request.roi, spatial, strict=True))
+        if any(sl.stop - sl.start < 1 for sl in roi):
+            raise na.InputShapeError("The box (ROI) to explain is empty or lies outside the image.")
+        sub = image[(slice(None),) * off + roi]
+        target = _crop_target(target, roi, tuple(sl.start for sl in roi))
+    if cancel is not None and cancel():
+        raise na.Cancelled("cancelled")
+    sub_spatial = tuple(sub.shape[off:])
+    params = {m: dict(request.params.get(m, {})) for m in request.methods}
+    if request.slices is not None:
+        slices = [s - (roi[0].start if roi else 0) for s in request.slices]
+        slices = [s for s in slices if 0 <= s < sub_spatial[0]]
+        if not slices:
+            raise na.InputShapeError("The slice to explain lies outside the box (ROI).")
+        for m in params:
+            params[m]["slices"] = slices
+    if request.confirm_above is not None:
+        est = _estimate(dataclasses.replace(request, slices=params[request.methods[0]].get("slices")), sub, off,
+                        sub_spatial)
+        if est is not None and est.seconds > request.confirm_above:
+            return Outcome("confirm", f"This run takes {est.text()}.", estimate=est)
+    sub = np.asarray(sub, dtype=np.float32)
+    kw = dict(target=target, layer=request.layer, device=request.device, progress=progress, cancel=cancel)
+    if request.compare or len(request.methods) > 1:
+        shared = {m: p for m, p in params.items()}
+        results = na.compare(info.model, sub, request.methods, params=shared, **kw)
+    else:
+        m = request.methods[0]
+        results = {m: na.explain(info.model, sub, m, params=params[m], **kw)}
+    if roi is not None:
+        results = {m: _paste(a, spatial, roi) for m, a in results.items()}
+    return _outcome(request, results)
+
+
+def agreement_table(results: Mapping[str, Any], top: float, *, max_voxels: int = 1_000_000,
+                    seed: int = 0) -> dict[str, Any]:
+    """``na.agreement`` on |map| over the voxels every map explained, for the Compare table: ``methods``,
+    ``spearman`` and ``topk`` (IoU of the top ``top`` fraction) as nested lists, ``k`` and ``voxels``. Volumes
+    with more than ``max_voxels`` explained voxels are compared on a seeded random subset of them (ranking a
+    512^3 volume for every pair of methods would take minutes)."""
+    maps = {m: np.asarray(getattr(a, "data", a), np.float32) for m, a in results.items()}
+    finite = np.logical_and.reduce([np.isfinite(x) for x in maps.values()])
+    idx = np.flatnonzero(finite)
+    if idx.size > max_voxels:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_voxels, replace=False))
+    sub = {m: x.ravel()[idx] for m, x in maps.items()}
+    agg = na.agreement(sub, top=top, absolute=True)
+    return {
+        "methods": list(agg["methods"]),
+        "spearman": np.asarray(agg["spearman"], float).tolist(),
+        "topk": np.asarray(agg["topk_overlap"], float).tolist(),
+        "k": max(1, int(round(top * idx.size))),
+        "voxels": int(finite.sum()),
+        "seconds": [float(getattr(a, "seconds", 0.0)) for a in results.values()],
+    }
+
+
+def _outcome(request: ExplainRequest, results: dict[str, Any]) -> Outcome:
+    info = request.model
+    names = info.class_names
+    extra_md = {}
+    affine = request.source_metadata.get("original_affine")
+    if affine is not None:
+        extra_md["original_affine"] = affine
+    out = Outcome("ok", results=results)
+    for m, att in results.items():
+        prov = L.provenance(
+            method=m, params=att.params, target=att.target, seconds=att.seconds, model=info.source,
+            model_sha256=info.sha256, layer=att.layer, device=request.device or "cpu", source=request.source,
+            roi=att.extras.get("roi"), target_description=att.description,
+        )
+        out.layers.append(L.attribution_layer(att, source=request.source, source_geometry=request.source_geometry,
+                                              class_names=names, provenance=prov, metadata=extra_md))
+    first = next(iter(results.values()))
+    pred = L.prediction_layer(first, source=request.source, model=info.label, source_geometry=request.source_geometry,
+                              class_names=names, metadata=extra_md)
+    if pred is not None:
+        out.layers.append(pred)
+    out.probabilities = L.class_probabilities(first, names)
+    if len(results) > 1:
+        out.agreement = agreement_table(results, request.top_fraction)
+    secs = sum(a.seconds for a in results.values())
+    out.message = f"{', '.join(results)} in {_duration(secs)}: {first.description}"
+    return out

@@ -1,0 +1,29 @@
+"""Open napari with the plugin docked, the demo scan and the demo model loaded (``napari-attribution demo``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari.layers import Layer
+
+__all__ = ["open_demo"]
+
+
+def open_demo(viewer: Any = None, *, model: str = "demo:lesion3d", compare: bool = True) -> tuple[Any, Any]:
+    """Add the lesion phantom to ``viewer`` (a new one by default), dock Explain (and Compare) with the demo
+    model selected; returns ``(viewer, explain_widget)``."""
+    import napari
+
+    from .._napari_io import lesion_phantom_sample
+
+    if viewer is None:
+        viewer = napari.Viewer(title="napari-attribution demo")
+    layers = [viewer.add_layer(Layer.create(*ldt)) for ldt in lesion_phantom_sample()]
+    if compare:  # Compare first, Explain tabified over it: Explain is the tab in front
+        viewer.window.add_plugin_dock_widget("napari-attribution", "Compare methods")
+    _dock, explain = viewer.window.add_plugin_dock_widget("napari-attribution", "Explain", tabify=compare)
+    viewer.layers.selection.active = layers[0]
+    explain.image.select(layers[0])
+    if explain.model.source() != model:
+        explain.model.set_source(model)
+    return viewer, explain

@@ -1,0 +1,215 @@
+"""Model choices for the widgets: demo models, files, recent models, and what the widget needs to know about a
+loaded model (task, classes, layers). Qt-free; runs in a worker thread.
+
+Uses ``na.load_model`` when the core has it; until then the lesion demo is built from
+:mod:`napari_attribution._demo` and a TorchScript file is read with ``torch.jit.load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import napari_attribution as na
+
+from ..layers import sha256_file
+
+__all__ = ["ModelInfo", "RecentModels", "demo_names", "load_model_info", "model_info"]
+
+DEMO_FALLBACK = "lesion3d"
+MODEL_FILE_FILTER = "Models (*.pt *.pth *.ts *.torchscript *.ckpt *.json *.yaml *.yml);;All files (*)"
+
+
+def demo_names() -> list[str]:
+    """Names of the bundled demo models (``napari_attribution.models.demo.list_demos``), else the lesion demo."""
+    try:
+        from ..models.demo import list_demos  # type: ignore[attr-defined]
+
+        names = [str(getattr(d, "name", d)) for d in list_demos()]
+        return names or [DEMO_FALLBACK]
+    except Exception:  # the demo package is not there yet, or failed to import
+        return [DEMO_FALLBACK]
+
+
+@dataclass
+class ModelInfo:
+    """A loaded model and the facts the widget shows and uses."""
+
+    model: Any  # na.LoadedModel
+    source: str  # "demo:<name>" or a file path
+    label: str
+    task: str | None = None
+    spatial_dims: int | None = None
+    in_channels: int | None = None
+    n_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    layers: list[str] = field(default_factory=list)
+    layer_channels: dict[str, int] = field(default_factory=dict)
+    default_layer: str | None = None
+    weights: str | None = None
+    sha256: str | None = None
+    is_script: bool = False
+    pass_seconds: dict[tuple[Any, ...], float] = field(default_factory=dict)
+
+    def class_label(self, k: int) -> str:
+        if self.class_names and 0 <= k < len(self.class_names):
+            return f"{k}: {self.class_names[k]}"
+        return f"class {k}"
+
+    def summary(self) -> str:
+        dims = f"{self.spatial_dims}D " if self.spatial_dims else ""
+        task = self.task or "task unknown"
+        classes = ""
+        if self.class_names:
+            classes = f", classes: {', '.join(self.class_names)}"
+        elif self.n_classes:
+            classes = f", {self.n_classes} outputs"
+        kind = " (TorchScript: gradient and perturbation methods only)" if self.is_script else ""
+        return f"{self.label}: {dims}{task}{classes}{kind}"
+
+
+def _legacy_demo(name: str) -> Any:
+    """The lesion demo without ``na.load_model`` (the shipped weights of :mod:`napari_attribution._demo`)."""
+    if name != DEMO_FALLBACK:
+        try:
+            from ..models.demo import get_demo  # type: ignore[attr-defined]
+        except Exception as err:
+            raise na.ModelLoadError(f"Unknown demo model {name!r}; available: {', '.join(demo_names())}.") from err
+        got = get_demo(name)
+        return got if isinstance(got, na.LoadedModel) else getattr(got, "model", got)
+    from .._demo import WEIGHTS, load_demo_classifier
+
+    module, _acc = load_demo_classifier()
+    card = na.ModelCard(task="classification", spatial_dims=3, in_channels=1, class_names=("no lesion", "lesion"),
+                        default_layer="features", weights=str(WEIGHTS) if WEIGHTS.exists() else None)
+    return na.LoadedModel(module.eval(), card)
+
+
+def _load(source: str) -> Any:
+    if source.startswith("demo:"):
+        name = source.split(":", 1)[1]
+        if hasattr(na, "load_model"):
+            try:
+                return na.load_model(source)
+            except na.AttributionError:
+                if name != DEMO_FALLBACK:
+                    raise
+        return _legacy_demo(name)
+    if hasattr(na, "load_model"):
+        return na.load_model(source)
+    import torch
+
+    path = Path(source)
+    if not path.is_file():
+        raise na.ModelLoadError(f"No such model file: '{path}'.")
+    load: Any = torch.jit.load  # untyped in torch
+    try:
+        module = load(str(path), map_location="cpu")
+    except Exception as err:
+        raise na.ModelLoadError(
+            f"'{path.name}' is not a TorchScript file. Checkpoints with a model card need na.load_model, which "
+            "this version does not have yet; export the model with torch.jit.script or torch.jit.trace."
+        ) from err
+    return na.LoadedModel(module.eval(), na.ModelCard(weights=str(path), inferred=True))
+
+
+def _probe(info: ModelInfo) -> None:
+    """One forward pass on a small zero input: task, number of outputs, candidate layers."""
+    import torch
+
+    lm = info.model
+    module = lm.module if isinstance(lm, na.LoadedModel) else lm
+    dims = info.spatial_dims or 2
+    c = info.in_channels or 1
+    patch = getattr(getattr(lm, "card", None), "patch_size", None)
+    size = tuple(int(s) for s in patch) if patch else ((32,) * 3 if dims == 3 else (64, 64))
+    x = torch.zeros((1, c) + size)
+    try:
+        with torch.no_grad():
+            out = module(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if info.task is None:
+            info.task = "classification" if out.ndim == 2 else ("segmentation" if out.ndim == x.ndim else None)
+        if info.n_classes is None:
+            info.n_classes = int(out.shape[1])
+    except Exception:  # a model that needs another input size: the widget still works, with fewer hints
+        return
+    if not info.is_script:
+        try:
+            cands = na.find_layers(module, x)
+        except Exception:
+            cands = []
+        info.layers = [c.name for c in cands]
+        info.layer_channels = {c.name: int(c.shape[1]) for c in cands}
+
+
+def load_model_info(source: str) -> ModelInfo:
+    """Load ``source`` (``"demo:<name>"`` or a file) and probe it. Raises ``na.ModelLoadError`` with a readable
+    message."""
+    import torch
+
+    torch.set_num_threads(1)
+    return model_info(_load(source), source)
+
+
+def model_info(model: Any, source: str = "python object") -> ModelInfo:
+    """Describe a model already in memory (``na.LoadedModel`` or ``torch.nn.Module``) for the widget."""
+    import torch
+
+    lm = model if isinstance(model, na.LoadedModel) else na.LoadedModel(model.eval(), na.ModelCard(inferred=True))
+    from ..models import infer_card
+
+    card = infer_card(lm.module, lm.card)
+    if source.startswith("demo:"):
+        label = source.split(":", 1)[1]
+    elif os.path.isfile(source):
+        label = Path(source).name
+    else:
+        label = type(lm.module).__name__ if source == "python object" else source
+    weights = card.weights if card.weights else (source if os.path.isfile(source) else None)
+    info = ModelInfo(
+        model=lm, source=source, label=label, task=card.task, spatial_dims=card.spatial_dims,
+        in_channels=card.in_channels, class_names=tuple(card.class_names) if card.class_names else None,
+        default_layer=card.default_layer, weights=weights,
+        is_script=isinstance(lm.module, torch.jit.ScriptModule),
+    )
+    if info.class_names:
+        info.n_classes = len(info.class_names)
+    if weights and os.path.isfile(weights):
+        info.sha256 = sha256_file(weights)
+    _probe(info)
+    return info
+
+
+class RecentModels:
+    """Recently loaded model files, newest first, kept in a small JSON file in the user's config folder
+    (``$NAPARI_ATTRIBUTION_CONFIG_DIR`` or ``~/.config/napari-attribution``)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, size: int = 8) -> None:
+        if path is None:
+            base = os.environ.get("NAPARI_ATTRIBUTION_CONFIG_DIR") or os.path.join(
+                os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "napari-attribution")
+            path = os.path.join(base, "recent_models.json")
+        self.path = Path(path)
+        self.size = size
+
+    def list(self) -> list[str]:
+        try:
+            items = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [str(i) for i in items if isinstance(i, str)][: self.size]
+
+    def add(self, source: str) -> None:
+        if source.startswith("demo:"):
+            return
+        items = [source] + [i for i in self.list() if i != source]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(items[: self.size], indent=1))
+        except OSError:  # a read-only home: recent models are a convenience
+            pass

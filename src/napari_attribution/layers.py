@@ -1,0 +1,504 @@
+"""Attribution -> napari ``LayerDataTuple``: colormap by sign, contrast limits, blending, geometry, provenance.
+
+The maps stay raw (principle 6): nothing here rescales ``Attribution.data``. What makes a raw map readable is
+display state that napari applies on top of the data:
+
+* **signed** maps (evidence for and against) get a diverging colormap whose centre is *transparent* (blue =
+  against, red = for) with **symmetric** contrast limits ``[-m, m]``, ``m`` the ``percentile`` of ``|data|``;
+* **unsigned** maps get a sequential map that starts transparent (dark red -> yellow) with limits
+  ``[0, percentile]``;
+* both use translucent blending and an opacity that leaves the scan visible; NaN (slices or voxels that were not
+  explained) is drawn transparent by napari and ignored by the limits;
+* the heatmap takes the source layer's ``scale`` / ``translate`` / ``rotate`` / ``affine`` (or, without a
+  source layer, ``Attribution.geometry.to_napari()``), so it lies exactly on the scan;
+* everything needed to trust and reproduce the map goes in ``metadata["napari_attribution"]`` (method, target,
+  params, timing, layer, model file and sha256, seed, versions), JSON-safe so the writer can save it as a sidecar.
+
+No Qt and no napari import here (an import-linter contract checks it): the tuples are plain data, turned into
+layers by napari (``Layer.create(*tuple)``) or by a reader/sample-data contribution.
+
+Examples
+--------
+>>> import numpy as np
+>>> from napari_attribution import Attribution
+>>> from napari_attribution.targets import Class
+>>> att = Attribution(np.array([[-2.0, 1.0], [0.5, 0.0]], np.float32), "integrated_gradients", Class(1), None,
+...                   {"steps": 8, "seed": 0}, True, 0.01)
+>>> data, kwargs, kind = attribution_layer(att, source="scan", source_geometry={"scale": [2.0, 0.5]})
+>>> kind, kwargs["name"], kwargs["contrast_limits"][0] == -kwargs["contrast_limits"][1]
+('image', 'integrated_gradients · class 1 · scan', True)
+>>> kwargs["scale"]
+[2.0, 0.5]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from importlib import metadata as _metadata
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DIVERGING",
+    "GEOMETRY_KEYS",
+    "LABEL_COLOURS",
+    "OWNER_KEY",
+    "SEQUENTIAL",
+    "LayerDataTuple",
+    "attribution_layer",
+    "class_probabilities",
+    "contrast_limits",
+    "geometry_kwargs",
+    "heatmap_name",
+    "json_safe",
+    "prediction_layer",
+    "provenance",
+    "sha256_file",
+    "target_label",
+    "versions",
+]
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+#: Colours of predicted classes 1, 2, ... (class 0, the background, is transparent).
+LABEL_COLOURS = ("cyan", "lime", "magenta", "white", "deepskyblue", "springgreen", "violet", "lightgrey")
+
+#: ``layer.metadata[OWNER_KEY]`` marks layers made by this plugin (so re-runs replace only those).
+OWNER_KEY = "napari_attribution"
+
+#: The layer attributes that place a layer in the world.
+GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine")
+
+#: Diverging, transparent at zero: blue (against the target) -> clear -> red (for the target).
+DIVERGING: dict[str, Any] = {
+    "name": "attribution diverging",
+    "colors": [
+        [0.02, 0.44, 1.0, 1.0],
+        [0.35, 0.70, 1.0, 0.75],
+        [0.60, 0.85, 1.0, 0.0],
+        [1.0, 0.75, 0.55, 0.0],
+        [1.0, 0.45, 0.2, 0.75],
+        [0.9, 0.05, 0.05, 1.0],
+    ],
+    "controls": [0.0, 0.25, 0.5, 0.5, 0.75, 1.0],
+    "interpolation": "linear",
+}
+
+#: Sequential, transparent at zero: clear -> dark red -> orange -> yellow.
+SEQUENTIAL: dict[str, Any] = {
+    "name": "attribution sequential",
+    "colors": [
+        [0.35, 0.0, 0.0, 0.0],
+        [0.7, 0.05, 0.0, 0.6],
+        [1.0, 0.45, 0.0, 0.9],
+        [1.0, 1.0, 0.3, 1.0],
+    ],
+    "controls": [0.0, 0.3, 0.65, 1.0],
+    "interpolation": "linear",
+}
+
+
+# ------------------------------------------------------------------------------------------------ display
+
+
+def contrast_limits(data: Any, signed: bool, percentile: float = 99.5) -> tuple[float, float]:
+    """Display limits from a percentile of the finite values (NaN ignored).
+
+    Parameters
+    ----------
+    data : array
+        The raw map, any shape.
+    signed : bool
+        Symmetric limits ``(-m, m)`` with ``m`` the ``percentile`` of ``|data|``; otherwise
+        ``(0, percentile of data)`` (or ``(low percentile, high percentile)`` when the map has negative values).
+    percentile : float
+        In (0, 100]; 100 means the maximum.
+
+    Returns
+    -------
+    (float, float)
+        ``low < high`` always (an all-zero map gets ``(-1, 1)`` or ``(0, 1)``).
+
+    Examples
+    --------
+    >>> contrast_limits(np.array([-4.0, 1.0, np.nan]), signed=True, percentile=100)
+    (-4.0, 4.0)
+    >>> contrast_limits(np.zeros(3), signed=False)
+    (0.0, 1.0)
+    """
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must lie in (0, 100], got {percentile}.")
+    arr = np.asarray(data, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return (-1.0, 1.0) if signed else (0.0, 1.0)
+    if signed:
+        m = float(np.percentile(np.abs(finite), percentile))
+        if m <= 0:
+            m = float(np.abs(finite).max()) or 1.0
+        return (-m, m)
+    low = 0.0 if finite.min() >= 0 else float(np.percentile(finite, 100 - percentile))
+    high = float(np.percentile(finite, percentile))
+    if high <= low:
+        high = float(finite.max()) if finite.max() > low else low + 1.0
+    return (low, high)
+
+
+def geometry_kwargs(source: Mapping[str, Any] | None = None, geometry: Any = None, *,
+                    ndim: int | None = None) -> dict[str, Any]:
+    """The placement of a new layer: the source layer's geometry keys, else ``geometry.to_napari()``.
+
+    Parameters
+    ----------
+    source : mapping, optional
+        The source layer's attributes (``{"scale": ..., "translate": ..., "rotate": ..., "affine": ...}``, any
+        subset; arrays or lists).
+    geometry : Geometry, optional
+        Used when ``source`` is None (e.g. a map computed from a file outside napari).
+    ndim : int, optional
+        When given, only geometry of that dimensionality is kept (a 2D map cannot take a 3D scale).
+
+    Returns
+    -------
+    dict
+        Plain lists (JSON-safe), ready to pass as layer keyword arguments.
+    """
+    out: dict[str, Any] = {}
+    if source is not None:
+        for key in GEOMETRY_KEYS:
+            value = source.get(key)
+            if value is None:
+                continue
+            arr = np.asarray(value, dtype=np.float64)
+            out[key] = arr.tolist()
+    elif geometry is not None:
+        out = {k: (np.asarray(v, dtype=np.float64).tolist()) for k, v in geometry.to_napari().items()}
+    if ndim is not None:
+        out = {k: v for k, v in ((k, _trim(k, v, ndim)) for k, v in out.items()) if v is not None}
+    return out
+
+
+def _trim(key: str, value: Any, n: int) -> Any:
+    """The part of a layer transform that acts on the last ``n`` axes (a leading channel or time axis of the
+    source is dropped); None when the transform has fewer axes or couples the dropped axes with the kept ones."""
+    arr = np.asarray(value, dtype=np.float64)
+    if key in ("scale", "translate"):
+        return arr[-n:].tolist() if arr.shape[0] >= n else None
+    if key == "rotate":
+        if arr.shape[0] < n:
+            return None
+        k = arr.shape[0] - n
+        if k and not (np.allclose(arr[:k, k:], 0) and np.allclose(arr[k:, :k], 0)):
+            return None
+        return arr[k:, k:].tolist()
+    if key == "affine":
+        m = arr.shape[0] - 1
+        if m < n:
+            return None
+        k = m - n
+        lin = arr[:m, :m]
+        if k and not (np.allclose(lin[:k, k:], 0) and np.allclose(lin[k:, :k], 0)):
+            return None
+        out = np.eye(n + 1)
+        out[:n, :n] = lin[k:, k:]
+        out[:n, n] = arr[k:m, m]
+        return out.tolist()
+    if key == "shear":  # kept only when non-zero and of the map's dimensionality
+        return arr.tolist() if not np.allclose(arr, 0) and _shear_ndim(arr) == n else None
+    return value
+
+
+def _shear_ndim(arr: np.ndarray) -> int:
+    if arr.ndim == 2:
+        return int(arr.shape[0])
+    return int(round((1 + math.sqrt(1 + 8 * arr.shape[0])) / 2))
+
+
+def _class_name(k: int, class_names: Sequence[str] | None) -> str:
+    if class_names and 0 <= k < len(class_names):
+        return str(class_names[k])
+    return f"class {k}"
+
+
+def target_label(target: Any, class_names: Sequence[str] | None = None) -> str:
+    """A short name of a resolved target for layer names (``"lesion"``, ``"predicted tumour"``, ``"a vs b"``).
+
+    Slice-wise results hold a list of per-slice targets; the first one that is set names the layer.
+
+    Examples
+    --------
+    >>> from napari_attribution.targets import Contrast, Predicted
+    >>> target_label(Predicted(1), ["background", "vessel"])
+    'predicted vessel'
+    >>> target_label(Contrast(1, 0), ["no lesion", "lesion"])
+    'lesion vs no lesion'
+    """
+    if isinstance(target, (list, tuple)) and not isinstance(target, str):
+        target = next((t for t in target if t is not None), None)
+    kind = type(target).__name__
+    if target is None:
+        return "predicted"
+    if isinstance(target, (int, np.integer)):
+        return _class_name(int(target), class_names)
+    k = getattr(target, "k", None)
+    name = _class_name(int(k), class_names) if k is not None else ""
+    if kind == "Class":
+        return name
+    if kind == "Predicted":
+        return f"predicted {name}"
+    if kind == "Region":
+        mask = np.asarray(target.mask)
+        return f"{name} in region ({int(mask.astype(bool).sum())} vox)"
+    if kind == "Voxel":
+        return f"{name} at ({','.join(str(int(i)) for i in target.index)})"
+    if kind == "Contrast":
+        return f"{_class_name(int(target.k1), class_names)} vs {_class_name(int(target.k2), class_names)}"
+    if kind == "ErrorRegion":
+        return f"{name} {str(target.kind).upper()}"
+    return str(target)
+
+
+def heatmap_name(method: str, target: str, source: str) -> str:
+    """``"<method> · <target> · <source>"`` — the name a re-run with the same settings replaces."""
+    return f"{method} · {target} · {source}"
+
+
+# ------------------------------------------------------------------------------------------------ provenance
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on (read from the installed metadata, nothing imported)."""
+    out = {"python": platform.python_version()}
+    for dist in ("napari-attribution", "torch", "numpy", "captum", "monai", "napari"):
+        try:
+            out[dist] = _metadata.version(dist)
+        except _metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file (read in chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_safe(obj: Any, *, max_list: int = 64) -> Any:
+    """A JSON-serialisable copy: numpy scalars -> numbers, small arrays -> lists, large arrays -> a summary,
+    dataclasses (targets) -> dicts with their type, anything else -> ``str``. Keys that mention a patient are
+    dropped."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else str(obj)
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    if isinstance(obj, np.ndarray):
+        if obj.size <= max_list:
+            return json_safe(obj.tolist())
+        return {"array": list(obj.shape), "dtype": str(obj.dtype)}
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items() if "patient" not in str(k).lower()}
+    if isinstance(obj, (list, tuple, set)):
+        items = list(obj)
+        if len(items) > max_list * 16:
+            return {"list": len(items)}
+        return [json_safe(v) for v in items]
+    fields = getattr(obj, "__dataclass_fields__", None)
+    if fields is not None:
+        out = {"type": type(obj).__name__}
+        out.update({f: json_safe(getattr(obj, f)) for f in fields})
+        return out
+    return str(obj)
+
+
+def provenance(
+    *,
+    method: str,
+    params: Mapping[str, Any],
+    target: Any,
+    seconds: float,
+    model: str | None = None,
+    model_sha256: str | None = None,
+    layer: str | None = None,
+    device: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything needed to reproduce one map, JSON-safe (the writer saves it as a sidecar).
+
+    ``model`` is the model's source (a file path or ``demo:<name>``), ``model_sha256`` its weights' hash.
+    """
+    out = {
+        "method": method,
+        "params": json_safe(dict(params)),
+        "seed": json_safe(params.get("seed", 0)),
+        "target": json_safe(target),
+        "layer": layer,
+        "seconds": float(seconds),
+        "model": model,
+        "model_sha256": model_sha256,
+        "device": device,
+        "versions": versions(),
+    }
+    out.update({k: json_safe(v) for k, v in extra.items()})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ layers
+
+
+def attribution_layer(
+    att: Any,
+    *,
+    source: str = "image",
+    source_geometry: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    percentile: float = 99.5,
+    name: str | None = None,
+    opacity: float | None = None,
+    blending: str = "translucent",
+    metadata: Mapping[str, Any] | None = None,
+) -> LayerDataTuple:
+    """One :class:`~napari_attribution.Attribution` as an image ``LayerDataTuple``.
+
+    Parameters
+    ----------
+    att : Attribution
+        ``att.data`` ``(*S)`` is passed through unchanged (raw; NaN where nothing was explained).
+    source : str
+        The source layer's name (used in the layer name).
+    source_geometry : mapping, optional
+        The source layer's ``scale`` / ``translate`` / ``rotate`` / ``affine``; default ``att.geometry``.
+    class_names : sequence of str, optional
+        For the target's name.
+    provenance : mapping, optional
+        From :func:`provenance`; stored under ``metadata["napari_attribution"]["provenance"]``.
+    percentile : float
+        Contrast limits from this percentile of ``|data|`` (signed) or ``data`` (unsigned).
+    name : str, optional
+        Default ``"<method> · <target> · <source>"``.
+    opacity, blending : optional
+        Default opacity 0.75 (signed) / 0.7 (unsigned), translucent blending (zero is transparent).
+    metadata : mapping, optional
+        Extra metadata (e.g. the source's ``original_affine`` so the writer saves the map aligned).
+
+    Returns
+    -------
+    (data, kwargs, "image")
+    """
+    data = np.asarray(att.data)
+    signed = bool(att.signed)
+    tname = target_label(att.target, class_names)
+    info: dict[str, Any] = {
+        "role": "heatmap",
+        "method": att.method,
+        "target": tname,
+        "target_description": att.description,
+        "signed": signed,
+        "layer": att.layer,
+        "params": json_safe(dict(att.params)),
+        "seconds": float(att.seconds),
+        "source": source,
+        "contrast_percentile": percentile,
+        "explained_fraction": float(np.isfinite(data).mean()) if data.size else 0.0,
+    }
+    if "slices" in att.extras:
+        info["slices"] = [int(s) for s in att.extras["slices"]]
+    if "completeness" in att.extras and isinstance(att.extras["completeness"], Mapping):
+        info["completeness"] = json_safe(att.extras["completeness"])
+    probs = class_probabilities(att, class_names)
+    if probs is not None:
+        info["probabilities"] = probs
+    if provenance is not None:
+        info["provenance"] = dict(provenance)
+    md = dict(metadata or {})
+    md[OWNER_KEY] = info
+    kwargs: dict[str, Any] = {
+        "name": name or heatmap_name(att.method, tname, source),
+        "colormap": dict(DIVERGING if signed else SEQUENTIAL),
+        "contrast_limits": list(contrast_limits(data, signed, percentile)),
+        "blending": blending,
+        "opacity": opacity if opacity is not None else (0.75 if signed else 0.7),
+        "interpolation2d": "linear",
+        "metadata": md,
+    }
+    kwargs.update(geometry_kwargs(source_geometry, att.geometry, ndim=data.ndim))
+    return data, kwargs, "image"
+
+
+def class_probabilities(att: Any, class_names: Sequence[str] | None = None) -> Any:
+    """Classification probabilities of a result as ``{name: p}`` (a dict per explained slice for slice-wise
+    runs); None for segmentation."""
+
+    def one(p: Any) -> dict[str, float] | None:
+        arr = np.asarray(p)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.floating):
+            return None
+        return {_class_name(i, class_names): float(v) for i, v in enumerate(arr)}
+
+    pred = att.prediction
+    if pred is None:
+        return None
+    if isinstance(pred, list):
+        per = {i: one(p) for i, p in enumerate(pred) if p is not None}
+        if not per or any(v is None for v in per.values()):
+            return None
+        return {str(i): v for i, v in per.items()}
+    return one(pred)
+
+
+def prediction_layer(
+    att: Any,
+    *,
+    source: str = "image",
+    model: str = "model",
+    source_geometry: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> LayerDataTuple | None:
+    """The segmentation the model predicted, as a labels ``LayerDataTuple`` (None for classification, or when
+    the prediction's grid differs from the image's). Slices that were not run are 0."""
+    pred = att.prediction
+    shape = np.asarray(att.data).shape
+    if isinstance(pred, list):
+        if not any(p is not None and np.asarray(p).ndim >= 2 for p in pred):
+            return None
+        labels = np.zeros(shape, np.int32)
+        for i, p in enumerate(pred):
+            if p is not None and np.asarray(p).shape == shape[1:]:
+                labels[i] = np.asarray(p)
+    else:
+        if pred is None or np.asarray(pred).ndim < 2:
+            return None
+        labels = np.asarray(pred).astype(np.int32)
+        if labels.shape != shape:
+            return None
+    md = dict(metadata or {})
+    md[OWNER_KEY] = {
+        "role": "prediction",
+        "model": model,
+        "source": source,
+        "class_names": list(class_names) if class_names else None,
+        "voxels_per_label": {str(int(k)): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)},
+    }
+    present = [int(v) for v in np.unique(labels) if v > 0]
+    kwargs: dict[str, Any] = {
+        "name": name or f"prediction · {model} · {source}",
+        "opacity": 0.8,
+        # colours that stand out on both colormaps of the heatmaps (which use red, blue and yellow)
+        "colormap": {None: "transparent", 0: "transparent",
+                     **{k: LABEL_COLOURS[(k - 1) % len(LABEL_COLOURS)] for k in present}},
+        "metadata": md,
+    }
+    kwargs.update(geometry_kwargs(source_geometry, att.geometry, ndim=labels.ndim))
+    return labels, kwargs, "labels"

@@ -1,0 +1,105 @@
+"""The widget's Qt-free job layer (no viewer): cost estimates, boxes, the agreement table, outcomes never raise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import napari_attribution as na
+from napari_attribution import targets as T
+from napari_attribution._widget._jobs import (
+    ExplainRequest,
+    _crop_target,
+    agreement_table,
+    estimate_passes,
+    run_job,
+)
+from napari_attribution._widget._models import RecentModels, model_info
+
+
+def classifier3d() -> torch.nn.Module:
+    torch.manual_seed(0)
+    from _nets import Classifier
+
+    return Classifier(d=3, classes=2).eval()
+
+
+@pytest.mark.parametrize(("method", "params", "shape", "expected"), [
+    ("saliency", {}, (8, 16, 16), 1),
+    ("integrated_gradients", {"steps": 12}, (8, 16, 16), 12),
+    ("smoothgrad", {"samples": 5, "base": "integrated_gradients", "base_params": {"steps": 4}}, (16, 16), 20),
+    ("occlusion", {"window": 8, "stride": 4}, (16, 16), 3 * 3 + 1),
+    ("rise", {"masks": 100}, (16, 16), 101),
+    ("guided_grad_cam", {}, (16, 16), 2),
+])
+def test_estimate_passes(method: str, params: dict, shape: tuple, expected: float) -> None:
+    passes, upper = estimate_passes(method, params, shape)
+    assert passes == expected and not upper
+
+
+def test_estimate_of_adaptive_ig_is_an_upper_bound() -> None:
+    passes, upper = estimate_passes("integrated_gradients", {"steps": "auto", "max_steps": 64}, (8, 8))
+    assert passes == 64 and upper
+
+
+def test_crop_target_moves_masks_and_voxels_into_the_box() -> None:
+    mask = np.zeros((4, 10, 10), bool)
+    mask[1, 5, 5] = True
+    roi = (slice(0, 4), slice(3, 8), slice(2, 9))
+    region = _crop_target(T.Region(1, mask), roi, (0, 3, 2))
+    assert region.mask.shape == (4, 5, 7) and region.mask[1, 2, 3]
+    assert _crop_target(T.Voxel(1, (1, 5, 5)), roi, (0, 3, 2)).index == (1, 2, 3)
+    with pytest.raises(na.TargetError, match="outside the box"):
+        _crop_target(T.Voxel(1, (1, 0, 0)), roi, (0, 3, 2))
+
+
+def test_agreement_table_subsamples_large_maps_and_matches_on_small_ones() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20, 30, 30)).astype(np.float32)
+    b = a + 0.1 * rng.normal(size=a.shape).astype(np.float32)
+    a[0] = np.nan
+    full = agreement_table({"a": a, "b": b}, 0.05)
+    sub = agreement_table({"a": a, "b": b}, 0.05, max_voxels=5000)
+    assert full["voxels"] == 19 * 900 and full["methods"] == ["a", "b"]
+    assert full["spearman"][0][1] > 0.95 and abs(sub["spearman"][0][1] - full["spearman"][0][1]) < 0.02
+    assert 0 < full["topk"][0][1] <= 1 and full["topk"][0][0] == 1
+
+
+def test_run_job_returns_outcomes_never_raises() -> None:
+    info = model_info(classifier3d(), "test net")
+    img = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
+    ok = run_job(ExplainRequest(model=info, image=img, source="img", methods=["saliency"], target=1))
+    assert ok.status == "ok" and len(ok.layers) == 1 and ok.layers[0][1]["name"] == "saliency · class 1 · img"
+    bad = run_job(ExplainRequest(model=info, image=img[0], source="img", methods=["saliency"]))
+    assert bad.status == "failed" and "3D" in bad.message
+    cancelled = run_job(ExplainRequest(model=info, image=img, source="img", methods=["saliency"]),
+                        cancel=lambda: True)
+    assert cancelled.status == "cancelled" and not cancelled.layers
+    unknown = run_job(ExplainRequest(model=info, image=img, source="img", methods=["gradcam"]))
+    assert unknown.status == "failed" and "Known methods" in unknown.message
+
+
+def test_run_job_box_pastes_into_the_full_grid() -> None:
+    info = model_info(classifier3d(), "test net")
+    img = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
+    out = run_job(ExplainRequest(model=info, image=img, source="img", methods=["saliency"],
+                                 roi=((0, 8), (2, 10), (4, 12))))
+    data = out.layers[0][0]
+    assert data.shape == img.shape and np.isfinite(data[:, 2:10, 4:12]).all() and np.isnan(data[:, :2]).all()
+
+
+def test_run_job_asks_before_a_long_run() -> None:
+    info = model_info(classifier3d(), "test net")
+    img = np.zeros((8, 16, 16), np.float32)
+    out = run_job(ExplainRequest(model=info, image=img, source="img", methods=["occlusion"],
+                                 params={"occlusion": {"window": 2, "stride": 1}}, confirm_above=1e-9))
+    assert out.status == "confirm" and out.estimate is not None and out.estimate.passes > 100
+    assert "passes" in out.message
+
+
+def test_recent_models_keep_files_newest_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    recent = RecentModels(tmp_path / "r.json", size=2)
+    for src in ("a.pt", "demo:x", "b.pt", "a.pt"):
+        recent.add(src)
+    assert recent.list() == ["a.pt", "b.pt"]
