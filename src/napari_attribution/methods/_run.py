@@ -10,6 +10,7 @@ report progress.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,7 @@ class Run:
         self.shared: SharedPasses | None = None
         self.graph: tuple[Tensor, Tensor, Tensor | None] | None = None
         self.sample_bytes = 0
+        self._sec_per_sample: float | None = None
         self.done = 0
         self.total = 1
         self.generator = torch.Generator(device="cpu")
@@ -172,20 +174,34 @@ class Run:
         sub = Run(self.model, x, layer=self.layer, layer_name=self.layer_name, params=params, cancel=self._cancel)
         sub.target = self.target
         sub.sample_bytes = self.sample_bytes
+        sub._sec_per_sample = self._sec_per_sample
         with torch.no_grad():
             sub.output = first_output(self.model(x)).detach()
         return sub
 
     # ---- batched helpers ----------------------------------------------------------------------------
+    #: a chunk's activations are capped at this many bytes (besides the memory budget), so that a chunk is
+    #: short and ``cancel()`` / progress respond quickly; activation bytes are a deterministic proxy of the
+    #: work, so the chunking, and hence the result to the last bit, does not depend on the machine's load
+    RESPONSIVE_BYTES = 64 * 2**20
+
     def batch_size(self, n: int, factor: float = 2.5) -> int:
-        """How many samples fit in one chunk: ``params["max_batch"]`` or the memory budget divided by the
-        measured activation memory of one sample (times ``factor`` for the backward pass)."""
+        """How many samples go in one chunk: ``params["max_batch"]``, or the memory budget divided by the measured
+        activation memory of one sample (times ``factor`` for the backward pass), capped by
+        :attr:`RESPONSIVE_BYTES` of activations per chunk."""
         fixed = self.params.get("max_batch")
         if fixed:
             return max(1, min(n, int(fixed)))
         budget = float(self.params.get("memory_budget") or 512 * 2**20)
         per = max(1.0, self.sample_bytes * factor)
-        return max(1, min(n, int(budget // per)))
+        by_memory = int(budget // per)
+        by_work = int(self.RESPONSIVE_BYTES // max(1.0, float(self.sample_bytes)))
+        return max(1, min(n, by_memory, by_work))
+
+    def _timed(self, count: int, seconds: float) -> None:
+        """Record the measured time per sample (reported in progress estimates; never used for chunking)."""
+        per = seconds / max(count, 1)
+        self._sec_per_sample = per if self._sec_per_sample is None else 0.5 * (self._sec_per_sample + per)
 
     def scores(
         self,
@@ -198,15 +214,18 @@ class Run:
         """Target scores of ``n`` inputs built chunk by chunk: ``make(start, stop) -> (stop-start, C, *S)``.
         Returns ``(n,)``. No gradients."""
         assert self.target is not None
-        bs = self.batch_size(n, factor=1.0)
         out = torch.empty(n, dtype=torch.float32)
+        start = 0
         with torch.no_grad():
-            for start in range(0, n, bs):
-                stop = min(n, start + bs)
+            while start < n:
+                stop = min(n, start + self.batch_size(n - start, factor=1.0))
                 self.check_cancel()
+                t0 = time.perf_counter()
                 y = first_output(self.model(make(start, stop)))
                 out[start:stop] = self.target(y, probability).float().cpu()
+                self._timed(stop - start, time.perf_counter() - t0)
                 self.advance(stop - start, message)
+                start = stop
         return out
 
     def input_gradients(
@@ -220,16 +239,19 @@ class Run:
         """Gradients of the target w.r.t. ``n`` inputs built chunk by chunk. For each chunk calls
         ``consume(start, stop, inputs, grads)`` with ``grads`` of shape ``(stop-start, C, *S)``."""
         assert self.target is not None
-        bs = self.batch_size(n)
-        for start in range(0, n, bs):
-            stop = min(n, start + bs)
+        start = 0
+        while start < n:
+            stop = min(n, start + self.batch_size(n - start))
             self.check_cancel()
+            t0 = time.perf_counter()
             xs = make(start, stop).detach().requires_grad_(True)
             with torch.enable_grad():
                 y = first_output(self.model(xs))
                 (g,) = torch.autograd.grad(self.target(y).sum(), xs, allow_unused=True)
             consume(start, stop, xs.detach(), torch.zeros_like(xs) if g is None else g)
+            self._timed(stop - start, time.perf_counter() - t0)
             self.advance(stop - start, message)
+            start = stop
 
     def expected_total(self, n: int) -> None:
         """Tell the progress reporter how many units of work this run has."""

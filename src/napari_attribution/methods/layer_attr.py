@@ -4,6 +4,7 @@ gradient x activation is ``sam`` with ``variant="layer", reduce="signed"`` (or `
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -45,14 +46,15 @@ def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
     a = torch.as_tensor(alphas, dtype=x.dtype).to(x.device)
     n = len(a)
     run.expected_total(n)
-    bs = run.batch_size(n)
     cond: Tensor | None = None
     prev: tuple[Tensor, Tensor] | None = None
     scores: list[float] = []
     assert run.target is not None
-    for start in range(0, n, bs):
-        stop = min(n, start + bs)
+    start = 0
+    while start < n:
+        stop = min(n, start + run.batch_size(n - start))
         run.check_cancel()
+        t0 = time.perf_counter()
         xs = b + a[start:stop].view((-1,) + (1,) * (x.ndim - 1)) * (x - b)
         with torch.enable_grad(), capture_layer(run.layer, grad=True) as cap:
             out = first_output(run.model(xs))
@@ -70,7 +72,9 @@ def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
             step = (g[:-1] * (acts[1:] - acts[:-1])).sum(0, keepdim=True)
             cond = step if cond is None else cond + step
         prev = (g[-1:], acts[-1:])
+        run._timed(stop - start, time.perf_counter() - t0)
         run.advance(stop - start, "layer conductance")
+        start = stop
     assert cond is not None
     if cond.ndim < 3:
         raise MethodError(f"Layer {run.layer_name!r} has no spatial output; choose a convolutional layer.")

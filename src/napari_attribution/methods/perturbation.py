@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -122,29 +123,34 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
     current: list[Tensor] = []
 
     def make(start: int, stop: int) -> Tensor:
-        m = stop - start
-        grid = (torch.rand((m, 1, *cells), generator=gen) < p).to(x.dtype)
-        big = F.interpolate(grid, size=up_size, mode=mode, align_corners=False)
-        shifts = torch.randint(0, max(cell), (m, nd), generator=gen)
+        # one mask at a time from the seeded generator, so the masks do not depend on the chunking
+        grids, shifts = [], []
+        for _ in range(stop - start):
+            grids.append((torch.rand((1, 1, *cells), generator=gen) < p).to(x.dtype))
+            shifts.append(torch.randint(0, max(cell), (nd,), generator=gen))
+        big = F.interpolate(torch.cat(grids), size=up_size, mode=mode, align_corners=False)
         masks = torch.stack([
-            big[(i, 0) + tuple(slice(int(o) % cs, int(o) % cs + s) for o, cs, s in zip(shifts[i], cell, spatial))]
-            for i in range(m)
+            big[(i, 0) + tuple(slice(int(o) % cs, int(o) % cs + s) for o, cs, s in zip(sh, cell, spatial))]
+            for i, sh in enumerate(shifts)
         ]).unsqueeze(1).to(x.device)
         current.clear()
         current.append(masks)
         return x * masks + b * (1 - masks)
 
-    bs = run.batch_size(n, factor=1.0)
-    for start in range(0, n, bs):
-        stop = min(n, start + bs)
+    start = 0
+    while start < n:
+        stop = min(n, start + run.batch_size(n - start, factor=1.0))
         run.check_cancel()
+        t0 = time.perf_counter()
         xs = make(start, stop)
         with torch.no_grad():
             y = first_output(run.model(xs))
             assert run.target is not None
             s = run.target(y, True).double().cpu()
         acc += (s.view((-1,) + (1,) * nd) * current[0][:, 0].double().cpu()).sum(0)
+        run._timed(stop - start, time.perf_counter() - t0)
         run.advance(stop - start, "rise masks")
+        start = stop
     return MethodOutput((acc / (n * p)).to(x.dtype).unsqueeze(0), {"masks": n, "cells": cells, "p": p})
 
 

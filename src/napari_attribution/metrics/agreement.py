@@ -12,13 +12,14 @@ __all__ = ["agreement"]
 
 
 def agreement(results: dict[str, Attribution] | dict[str, np.ndarray], *, top: float = 0.05,
-              absolute: bool = False) -> dict[str, Any]:
+              absolute: bool = False, max_voxels: int = 1_000_000, seed: int = 0) -> dict[str, Any]:
     """Pairwise agreement of several maps of the same image (the output of ``compare``).
 
     Returns a dict with ``methods`` (names), ``spearman`` (K x K rank correlation over the finite voxels),
     ``topk_overlap`` (K x K IoU of each map's top ``top`` fraction of voxels) and ``seconds`` (each method's
     runtime when Attributions are given). ``absolute=True`` ranks |map| (compare unsigned with signed maps by
-    magnitude).
+    magnitude). Volumes with more than ``max_voxels`` finite voxels are compared on a seeded random subset of
+    that size (rank statistics converge long before; keeps big 3D comparisons interactive).
     """
     from scipy.stats import spearmanr
 
@@ -31,6 +32,9 @@ def agreement(results: dict[str, Attribution] | dict[str, np.ndarray], *, top: f
     rho = np.eye(k)
     overlap = np.eye(k)
     flat = [a[finite] for a in arrays] if finite is not None else []
+    if flat and flat[0].size > max_voxels:
+        pick = np.random.default_rng(seed).choice(flat[0].size, max_voxels, replace=False)
+        flat = [f[pick] for f in flat]
     n = flat[0].size if flat else 0
     m = max(1, int(round(top * n)))
     tops = [set(np.argsort(f, kind="stable")[::-1][:m].tolist()) for f in flat]
