@@ -171,6 +171,26 @@ def log2_odds(p: Tensor, n_train: int, n_classes: int) -> Tensor:
     return torch.log2(q) - torch.log2(1 - q)
 
 
+_FITS: dict[tuple[Any, ...], PatchGaussian] = {}
+
+
+def _fitted(images: list[Tensor], window: tuple[int, ...], pad: int, n_patches: int, seed: int) -> PatchGaussian:
+    """The patch model for these images, fitted once and shared by ``prediction_difference`` and ``evidence``
+    (and by repeated runs on the same image): the fit depends only on the images, the window and the seed."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for im in images:
+        digest.update(str(tuple(im.shape)).encode())
+        digest.update(im.numpy().tobytes())
+    key = (digest.hexdigest(), window, pad, n_patches, seed)
+    if key not in _FITS:
+        if len(_FITS) >= 4:
+            _FITS.pop(next(iter(_FITS)))
+        _FITS[key] = PatchGaussian(images, window, pad, n_patches, torch.Generator().manual_seed(seed))
+    return _FITS[key]
+
+
 def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> Any:
     """Window weight of evidence ``WE_w = log2odds p(c|x) - log2odds p(c|x without w)``, averaged per voxel over
     the windows that cover it. ``mode``: ``"sample"`` (Zintgraf et al.: mean probability over ``samples``
@@ -198,7 +218,7 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> Any:
         for arr in (extra if isinstance(extra, (list, tuple)) else [extra]):
             t = torch.as_tensor(np.asarray(arr), dtype=x.dtype)
             images.append(t if t.ndim == x.ndim - 1 else t[None])
-    gauss = PatchGaussian(images, window, pad, int(params["patches"]), run.generator)
+    gauss = _fitted(images, window, pad, int(params["patches"]), int(params.get("seed") or 0))
     grid = WindowGrid(spatial, window, stride)
     padded = gauss.pad_image(x.detach().cpu())
     target = run.target
@@ -241,15 +261,18 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> Any:
     if samples < 1:
         raise ParameterError("samples must be at least 1.")
     cache: dict[int, Tensor] = {}
+    block = 256  # windows whose replacement values are made together (fixed, so results do not depend on chunks)
 
     def window_values(j: int) -> Tensor:
-        if j not in cache:
-            frames = gauss.frames(padded, [grid.corners[j]])
-            vals = gauss.sample(frames, samples, run.generator)[0] if mode == "sample" else \
-                gauss.conditional_mean(frames)  # (S, C, Pw) / (1, C, Pw)
+        b0 = (j // block) * block
+        if b0 not in cache:
+            corners = grid.corners[b0:b0 + block]
+            frames = gauss.frames(padded, corners)
+            vals = gauss.sample(frames, samples, run.generator) if mode == "sample" else \
+                gauss.conditional_mean(frames)[:, None]  # (n, S, C, Pw)
             cache.clear()
-            cache[j] = vals.to(x.dtype)
-        return cache[j]
+            cache[b0] = vals.to(x.dtype)
+        return cache[b0][j - b0]
 
     def make(start: int, stop: int) -> Tensor:
         xs = x.repeat(stop - start, *([1] * (x.ndim - 1)))
