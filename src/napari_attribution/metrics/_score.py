@@ -105,6 +105,27 @@ class Scorer:
                 self.calls += len(chunk)
         return out
 
+    def log_odds(self, images: np.ndarray) -> np.ndarray:
+        """Log-odds ``log(p / (1 - p))`` of the target's probability, computed from the logits so that saturated
+        models (p = 1.0 in float32) still show changes: exact for a one-class classification target, else from
+        the float64 probability clipped to [1e-12, 1 - 1e-12]."""
+        w = self.target.weights
+        one_hot = self.task == "classification" and w.ndim == 1 and int((w != 0).sum()) == 1 and float(w.max()) == 1
+        if not one_hot or self.target.activation != "softmax":
+            p = np.clip(self(images), 1e-12, 1 - 1e-12)
+            return np.log(p) - np.log1p(-p)
+        k = int(w.argmax())
+        out = np.empty(len(images), np.float64)
+        with model_guard(self.module), torch.no_grad():
+            for start in range(0, len(images), self.batch):
+                chunk = images[start:start + self.batch]
+                xs = torch.cat([self._tensor(self._prepare(im).data) for im in chunk])
+                y = first_output(self.module(xs)).double()
+                others = torch.cat([y[:, :k], y[:, k + 1:]], 1)
+                out[start:start + len(chunk)] = (y[:, k] - torch.logsumexp(others, 1)).numpy()
+                self.calls += len(chunk)
+        return out
+
     @property
     def model(self) -> nn.Module:
         """The guarded module."""

@@ -165,20 +165,27 @@ def randomisation(model: nn.Module, explain_fn: Callable[[nn.Module], np.ndarray
     return value, {"per_layer": table}
 
 
-def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 0.1, eps: float = 0.01,
-                baseline: Any = "mean") -> tuple[float, dict[str, Any]]:
+def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 0.1, eps: float | None = None,
+                baseline: Any = "mean", score: str = "log_odds") -> tuple[float, dict[str, Any]]:
     """Block-level specificity of a map at identifying the voxels the model used (methods.md §A3.2, our
     reconstruction of Philbrick et al.'s evaluation). "Used" blocks: occluding the ``block``-sized cube with the
-    ``baseline`` (default the image mean: neutral tissue rather than air) changes the target probability by more
-    than ``eps`` or flips the prediction. Flagged blocks: the top ``q`` fraction of blocks by mean attribution.
-    Returns specificity TN / (TN + FP) (higher is better); details hold sensitivity and the confusion counts."""
+    ``baseline`` (default the image mean: neutral tissue rather than air) changes the target's score by more
+    than ``eps``: with ``score="log_odds"`` (default, eps 1.0: the odds change by a factor e) the log-odds of the target probability, computed
+    from the logits, so that a confident (saturated) model's changes are still seen; with
+    ``score="probability"`` (eps 0.01, methods.md §A3.2's suggestion) the probability itself. Flagged blocks: the top ``q`` fraction of blocks by mean attribution.
+    Returns specificity TN / (TN + FP) (higher is better); details hold sensitivity, the confusion counts and the
+    threshold-free block-level ROC AUC of the map's block means against the used blocks."""
     image = scorer.image
     spatial = scorer.spatial
     nd = len(spatial)
     grid = [range(0, s, block) for s in spatial]
     corners = list(np.array(np.meshgrid(*grid, indexing="ij")).reshape(nd, -1).T)
     fill = _background(image, baseline)
-    p0 = scorer(image[None])[0]
+    if score not in ("log_odds", "probability"):
+        raise ParameterError("score must be 'log_odds' or 'probability'.")
+    eps = (1.0 if score == "log_odds" else 0.01) if eps is None else float(eps)
+    measure = scorer.log_odds if score == "log_odds" else scorer
+    p0 = measure(image[None])[0]
     imgs = []
     for c in corners:
         sl = tuple(slice(int(o), int(o) + block) for o in c)
@@ -188,7 +195,7 @@ def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 
         else:
             im[sl] = fill[sl]
         imgs.append(im)
-    probs = scorer(np.stack(imgs))
+    probs = measure(np.stack(imgs))
     used = np.abs(p0 - probs) > eps
     clean = np.nan_to_num(data, nan=-np.inf)
     means = np.array([clean[tuple(slice(int(o), int(o) + block) for o in c)].mean() for c in corners])
@@ -201,5 +208,12 @@ def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 
     fn = int((~flagged & used).sum())
     spec = tn / (tn + fp) if tn + fp else 1.0
     sens = tp / (tp + fn) if tp + fn else 0.0
-    return float(spec), {"sensitivity": sens, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "used_blocks": int(used.sum()),
-                         "blocks": len(corners), "block": block, "q": q}
+    auc = float("nan")
+    if used.any() and (~used).any():  # threshold-free: P(a used block outranks an unused one), ties count half
+        from scipy.stats import rankdata
+
+        ranks = rankdata(np.nan_to_num(means, neginf=-1e300))
+        n_pos, n_neg = int(used.sum()), int((~used).sum())
+        auc = float((ranks[used].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(spec), {"sensitivity": sens, "auc": auc, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "used_blocks": int(used.sum()),
+                         "blocks": len(corners), "block": block, "q": q, "score": score, "eps": eps}
