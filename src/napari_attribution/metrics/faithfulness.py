@@ -212,7 +212,7 @@ def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 
     if used.any() and (~used).any():  # threshold-free: P(a used block outranks an unused one), ties count half
         from scipy.stats import rankdata
 
-        ranks = rankdata(np.nan_to_num(means, neginf=-1e300))
+        ranks = rankdata(np.nan_to_num(means.astype(np.float64), neginf=-1e300))
         n_pos, n_neg = int(used.sum()), int((~used).sum())
         auc = float((ranks[used].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
     return float(spec), {"sensitivity": sens, "auc": auc, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "used_blocks": int(used.sum()),
