@@ -1,10 +1,11 @@
-"""The headless demo: a synthetic CT phantom whose evidence is known by construction, a small 3D CNN trained on
-it in seconds, and heatmaps written aligned with the phantom.
+"""The headless demo: a synthetic CT phantom whose evidence is known by construction, the bundled lesion
+classifier ``demo:lesion3d``, and heatmaps written aligned with the phantom.
 
 The phantom is a soft-tissue body (about 40 HU) in air (-1000 HU) with noise; "positive" volumes carry one
 enhancing lesion (about +200 HU sphere). The classifier learns lesion vs no lesion, so a faithful heatmap must
-put its mass on the lesion: the demo reports the fraction of positive attribution inside the lesion mask.
-Until the bundled demo models exist (issue 3) the network is trained on the fly, deterministically.
+put its mass on the lesion: the demo reports how many of each map's top voxels lie inside the lesion mask. The
+phantom generator and the model live in :mod:`napari_attribution.models.demo` (``scripts/train_demo_models.py``
+trains it).
 """
 
 from __future__ import annotations
@@ -17,77 +18,29 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DemoClassifier", "phantom", "run_headless_demo", "train_demo_classifier"]
+from .models.demo import DEMO_MODELS, get_demo, lesion_phantom
+from .models.demo.phantoms import LESION_SHAPE, LESION_SPACING
 
-SHAPE = (16, 28, 28)
-SPACING = (2.0, 0.8, 0.8)  # mm, (z, y, x): anisotropic like a clinical CT
+__all__ = ["WEIGHTS", "load_demo_classifier", "phantom", "run_headless_demo"]
+
+SHAPE = LESION_SHAPE
+SPACING = LESION_SPACING  # mm, (z, y, x): anisotropic like a clinical CT
+WEIGHTS = DEMO_MODELS["lesion3d"].weights
 
 
 def phantom(rng: np.random.Generator, lesion: bool, shape: tuple[int, ...] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic CT volume in HU ``(D, H, W)`` and its lesion mask (all False without a lesion)."""
-    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    body = (yy / 0.8) ** 2 + (xx / 0.9) ** 2 + (zz / 1.1) ** 2 < 1
-    vol = np.where(body, 40.0, -1000.0) + rng.normal(0, 25, shape)
-    mask = np.zeros(shape, bool)
-    if lesion:
-        c = rng.uniform(-0.35, 0.35, 3)
-        r = rng.uniform(0.3, 0.42)
-        mask = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) < r**2
-        vol[mask] += 200.0
-    return vol.astype(np.float32), mask
+    case = lesion_phantom(rng, lesion, shape)
+    return case.image, case.mask
 
 
-class DemoClassifier(nn.Module):
-    """A small 3D CNN with a GAP + linear head (so CAM applies). Input: HU windowed to [-1, 1] inside."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv3d(8, 16, 3, padding=1, stride=2), nn.ReLU(),
-            nn.Conv3d(16, 16, 3, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        x = torch.clamp((x - 40.0) / 300.0, -1.0, 1.0)  # soft-tissue window, part of the model
-        return self.head(self.features(x).mean(dim=(2, 3, 4)))
-
-
-def train_demo_classifier(iterations: int = 300, seed: int = 0) -> tuple[DemoClassifier, float]:
-    """Train :class:`DemoClassifier` on freshly generated phantoms; returns the model and its held-out accuracy."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = DemoClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(iterations):
-        labels = rng.integers(0, 2, 8)
-        x = torch.from_numpy(np.stack([phantom(rng, bool(lab))[0] for lab in labels]))[:, None]
-        loss = nn.functional.cross_entropy(model(x), torch.from_numpy(labels))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    test_rng = np.random.default_rng(seed + 1000)
-    labels = test_rng.integers(0, 2, 40)
-    x = torch.from_numpy(np.stack([phantom(test_rng, bool(lab))[0] for lab in labels]))[:, None]
-    with torch.no_grad():
-        acc = float((model(x).argmax(1).numpy() == labels).mean())
-    return model, acc
-
-
-WEIGHTS = Path(__file__).parent / "models" / "weights" / "demo_lesion3d.pt"
-
-
-def load_demo_classifier() -> tuple[DemoClassifier, float]:
-    """The shipped demo weights (trained by :func:`train_demo_classifier`, see ``python -m
-    napari_attribution._demo --train``) and their held-out accuracy; trains on the fly if they are missing."""
-    if WEIGHTS.exists():
-        blob = torch.load(WEIGHTS, weights_only=True)
-        model = DemoClassifier()
-        model.load_state_dict(blob["state_dict"])
-        return model.eval(), float(blob["accuracy"])
-    return train_demo_classifier()
+def load_demo_classifier() -> tuple[nn.Module, float]:
+    """The bundled ``demo:lesion3d`` classifier (eval mode) and its held-out accuracy."""
+    loaded = get_demo("lesion3d")
+    blob = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    metrics = blob.get("metrics", {}) if isinstance(blob, dict) else {}
+    acc = float(metrics.get("accuracy", metrics.get("test_accuracy", float("nan"))))
+    return loaded.module, acc
 
 
 def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_cam", "integrated_gradients",
@@ -157,13 +110,3 @@ def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, An
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
-
-if __name__ == "__main__":  # regenerate the shipped weights
-    import sys
-
-    if "--train" in sys.argv:
-        torch.set_num_threads(2)
-        trained, accuracy = train_demo_classifier()
-        WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": trained.state_dict(), "accuracy": accuracy}, WEIGHTS)
-        print(f"saved {WEIGHTS} (held-out accuracy {accuracy:.1%})")

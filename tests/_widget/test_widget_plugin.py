@@ -51,8 +51,8 @@ def test_docks_open_through_the_plugin_and_work_on_the_proxy_viewer(phantom_view
 
 def test_sample_reader_and_writer_in_the_viewer(make_napari_viewer: Any, tmp_path: Path) -> None:
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-attribution", "lesion-phantom")
-    scan = viewer.layers["lesion phantom (CT)"]
+    viewer.open_sample("napari-attribution", "lesion-ct")
+    scan = viewer.layers["lesion phantom CT"]
     np.testing.assert_allclose(scan.scale, (2.0, 0.8, 0.8))
     out = tmp_path / "phantom.nii.gz"
     written = scan.save(str(out), plugin="napari-attribution")

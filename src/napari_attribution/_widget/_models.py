@@ -29,7 +29,8 @@ def demo_names() -> list[str]:
         from ..models.demo import list_demos  # type: ignore[attr-defined]
 
         names = [str(getattr(d, "name", d)) for d in list_demos()]
-        return names or [DEMO_FALLBACK]
+        # the lesion demo first: it matches the demo scan that `napari-attribution demo` opens
+        return sorted(names, key=lambda n: n != DEMO_FALLBACK) or [DEMO_FALLBACK]
     except Exception:  # the demo package is not there yet, or failed to import
         return [DEMO_FALLBACK]
 
