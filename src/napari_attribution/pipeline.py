@@ -159,11 +159,22 @@ class _Layout:
     channel_axis: bool = False  # the array's first axis holds channels
 
 
+_INFERRED: weakref.WeakKeyDictionary[nn.Module, ModelCard] = weakref.WeakKeyDictionary()
+
+
 def _model_and_card(model: Any) -> tuple[nn.Module, ModelCard]:
     if isinstance(model, LoadedModel):
         return model.module, infer_card(model.module, model.card)
     if isinstance(model, nn.Module):
-        return model, infer_card(model)
+        try:  # inferring walks all modules: once per model (a card depends only on the architecture)
+            card = _INFERRED[model]
+        except (KeyError, TypeError):
+            card = infer_card(model)
+            try:
+                _INFERRED[model] = card
+            except TypeError:  # pragma: no cover - modules that cannot be weakly referenced
+                pass
+        return model, card
     raise MethodError(
         f"model must be a torch.nn.Module or a napari_attribution LoadedModel, got {type(model).__name__}."
     )
@@ -443,14 +454,17 @@ def _run_methods(
                                   class_names=list(card.class_names) if card.class_names else None)
 
         t0 = time.perf_counter()
+        chunks = not all(infos[n].shared_pass for n in group)  # single-pass methods need no memory estimate
         stride_fix = bool(params[group[0]].get("stride_fix"))
         if first.shared_pass and (first.rule is not None or stride_fix):
             with activation_rule(first.rule, stride_fix=stride_fix):
-                run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure)
+                run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure,
+                               measure=chunks)
         elif first.needs_graph:
             run.first_pass(resolve, backward=False, layer=needs_layer, input_grad=True, keep_graph=True)
         else:
-            run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure)
+            run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure,
+                           measure=chunks)
         shared_seconds = time.perf_counter() - t0
         assert run.target is not None and run.output is not None
         pred = _prediction(run.output, run.target, task_box[0], card)

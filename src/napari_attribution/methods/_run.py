@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,12 +130,13 @@ class Run:
         layer: bool,
         input_grad: bool,
         keep_graph: bool = False,
+        measure: bool = True,
     ) -> SharedPasses:
         """Forward ``x`` once (capturing the layer), fix the target on the output, and if asked backward once
         for the layer and input gradients. Also measures the activation memory of one sample."""
-        x = self.x.clone().requires_grad_(input_grad)
+        x = self.x.detach().requires_grad_(input_grad)  # a new tensor on the same storage: no copy
         need_graph = backward or input_grad
-        with torch.set_grad_enabled(need_graph), saved_tensor_meter() as meter:
+        with torch.set_grad_enabled(need_graph), (saved_tensor_meter() if measure else nullcontext()) as meter:
             if layer and self.layer is not None:
                 with capture_layer(self.layer, grad=backward) as cap:
                     out = first_output(self.model(x))
@@ -144,7 +146,8 @@ class Run:
             else:
                 out = first_output(self.model(x))
                 act = None
-        self.sample_bytes = max(meter.bytes, int(x.numel() * x.element_size() * 8))
+        measured = meter.bytes if meter is not None else 0
+        self.sample_bytes = max(measured, int(x.numel() * x.element_size() * 8))
         self.output = out.detach()
         self.target = resolve(self.output)
         shared = SharedPasses(output=self.output, activation=None if act is None else act.detach())
