@@ -1023,11 +1023,9 @@ def fit_relevant_features(
 
 
 def _device_of(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
+    from .pipeline import _model_device
+
+    return _model_device(module)
 
 
 # ------------------------------------------------------------------------------------------------
