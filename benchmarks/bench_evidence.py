@@ -20,23 +20,14 @@ import torch
 import napari_attribution as na
 
 
-def _model_and_image(name: str | None) -> tuple[Any, np.ndarray, np.ndarray | None, str]:
-    if name:
-        try:
-            from napari_attribution.models import demo  # type: ignore[attr-defined]
+def _model_and_image(name: str) -> tuple[Any, np.ndarray, np.ndarray | None, int, str]:
+    from napari_attribution.models.demo import DEMO_MODELS
 
-            loaded = na.load_model(name)
-            short = name.split(":", 1)[1]
-            sample = demo.sample(short, seed=11) if hasattr(demo, "sample") else None
-            if sample is not None:
-                return loaded, sample[0], sample[1], name
-        except Exception as err:  # noqa: BLE001 - fall back to the built-in phantom
-            print(f"({name} unavailable: {err}; using the lesion phantom)")
-    from napari_attribution._demo import load_demo_classifier, phantom
-
-    model, _ = load_demo_classifier()
-    vol, mask = phantom(np.random.default_rng(7), lesion=True)
-    return model, vol, mask, "lesion3d (3D phantom)"
+    loaded = na.load_model(name)
+    short = name.split(":", 1)[1]
+    case = DEMO_MODELS[short].generator(11)
+    target = int(case.label) if case.label is not None else 1
+    return loaded, case.image, case.mask, target, name
 
 
 def main() -> int:
@@ -45,21 +36,21 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small window count, for a smoke run")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model, image, mask, label = _model_and_image(args.model)
+    model, image, mask, k, label = _model_and_image(args.model)
     nd = image.ndim
     window = 4 if nd == 3 else 8
     stride = (4 if args.quick else 2) if nd == 3 else (8 if args.quick else 4)
     params = {"window": window, "stride": stride, "patches": 5000, "seed": 0}
-    print(f"model {label}, image {image.shape}, window {window}, stride {stride}")
-    na.explain(model, image, "evidence", 1, params=params)  # warm-up (and the patch-model fit path)
+    print(f"model {label}, image {image.shape}, target class {k}, window {window}, stride {stride}")
+    na.explain(model, image, "evidence", k, params=params)  # warm-up (and the patch-model fit path)
     t0 = time.perf_counter()
-    pda = na.explain(model, image, "prediction_difference", 1, params={**params, "samples": 10})
+    pda = na.explain(model, image, "prediction_difference", k, params={**params, "samples": 10})
     t_pda = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ev = na.explain(model, image, "evidence", 1, params=params)
+    ev = na.explain(model, image, "evidence", k, params=params)
     t_ev = time.perf_counter() - t0
     t0 = time.perf_counter()
-    tay = na.explain(model, image, "evidence", 1, params={**params, "mode": "taylor"})
+    tay = na.explain(model, image, "evidence", k, params={**params, "mode": "taylor"})
     t_tay = time.perf_counter() - t0
     from scipy.stats import spearmanr
 
