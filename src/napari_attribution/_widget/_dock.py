@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
 import napari_attribution as na
 
 from ..layers import OWNER_KEY
+from ..models import infer_card
+from ._card import CardEditor
 from ._common import LayerCombo, Runner, is_own, notify, place_layer, source_geometry
 from ._form import ModelPicker, ScopeBox, TargetPicker
 from ._jobs import ExplainRequest, Outcome, run_job, spatial_offset
@@ -96,6 +98,8 @@ class AttributionDock(QWidget):
         self.model = ModelPicker(recent)
         self.model_status = QLabel("no model loaded")
         self.model_status.setWordWrap(True)
+        self.card_editor = CardEditor()
+        self.card_editor.setEnabled(False)
         self.device = QComboBox()
         self.device.addItems(_devices())
         self.target = TargetPicker(viewer)
@@ -138,7 +142,7 @@ class AttributionDock(QWidget):
         outer.addWidget(scroll)
         self.layout_ = QVBoxLayout(content)
         self.layout_.addWidget(_group("Input", ("image", self.image), ("model", self.model), self.model_status,
-                                      ("device", self.device)))
+                                      self.card_editor, ("device", self.device)))
         self.layout_.addWidget(self._method_section())
         self.layout_.addWidget(_group("Target", self.target))
         self.layout_.addWidget(_group("Scope", self.scope))
@@ -159,6 +163,7 @@ class AttributionDock(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.confirm_button.clicked.connect(lambda: self.run(confirm=False))
         self.model.on_chosen = self.load_model
+        self.card_editor.on_apply = self._apply_card
         self.image.currentTextChanged.connect(self._update_scope)
         viewer.layers.selection.events.active.connect(self._follow_active)
         viewer.dims.events.current_step.connect(self._on_step)
@@ -241,6 +246,15 @@ class AttributionDock(QWidget):
             self.model.combo.insertItem(0, source if len(source) < 40 else "python object", source)
         self.model.combo.setCurrentIndex(self.model.combo.findData(source))
 
+    def _apply_card(self, card: na.ModelCard) -> None:
+        """Use the edited card with the loaded module (the module itself is unchanged)."""
+        info = self.model_info
+        if info is None:
+            return
+        self._model_gen += 1
+        self._on_model((model_info(na.LoadedModel(info.model.module, card), info.source), ""), self._model_gen)
+        notify("info", "Model card applied.")
+
     def _on_model(self, result: tuple[ModelInfo | None, str], gen: int) -> None:
         if gen != self._model_gen:  # a newer choice superseded this load
             return
@@ -254,6 +268,8 @@ class AttributionDock(QWidget):
             if info.source.startswith("demo:") or Path(info.source).is_file():
                 self.model.recent.add(info.source)
             self.model_status.setText(info.summary())
+            lm = info.model
+            self.card_editor.set_card(infer_card(lm.module, lm.card) if isinstance(lm, na.LoadedModel) else None)
             self.target.set_model(info)
             self._model_changed()
             self._update_scope()
