@@ -388,6 +388,35 @@ def activation_rule(rule: str | None, *, stride_fix: bool = False) -> Iterator[_
 
 
 @dataclass
+class OutputMeter:
+    """The largest output (bytes) of any leaf module during a forward pass without autograd."""
+
+    largest: int = 0
+
+
+@contextmanager
+def output_meter(model: nn.Module) -> Iterator[OutputMeter]:
+    """Measure a no-grad forward pass's footprint: its peak is about the input plus two consecutive activations,
+    bounded here by three times the largest leaf output (forward hooks on leaf modules, removed on exit)."""
+    meter = OutputMeter()
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        t = _first_tensor(output)
+        if t is not None:
+            meter.largest = max(meter.largest, t.numel() * t.element_size())
+
+    handles = []
+    try:
+        for m in model.modules():
+            if not any(True for _ in m.children()):
+                handles.append(m.register_forward_hook(hook))
+        yield meter
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
 class SavedTensorMeter:
     """Bytes of distinct tensors that autograd saved for backward inside the block."""
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._errors import Cancelled, MethodError
 from ..targets import ResolvedTarget
-from ._hooks import capture_layer, saved_tensor_meter
+from ._hooks import capture_layer, output_meter, saved_tensor_meter
 
 __all__ = ["MethodOutput", "Run", "SharedPasses", "first_output", "upsample"]
 
@@ -136,7 +136,9 @@ class Run:
         for the layer and input gradients. Also measures the activation memory of one sample."""
         x = self.x.detach().requires_grad_(input_grad)  # a new tensor on the same storage: no copy
         need_graph = backward or input_grad
-        with torch.set_grad_enabled(need_graph), (saved_tensor_meter() if measure else nullcontext()) as meter:
+        no_grad_meter = measure and not need_graph and not isinstance(self.model, torch.jit.ScriptModule)
+        with torch.set_grad_enabled(need_graph), (saved_tensor_meter() if measure else nullcontext()) as meter, \
+                (output_meter(self.model) if no_grad_meter else nullcontext()) as out_meter:
             if layer and self.layer is not None:
                 with capture_layer(self.layer, grad=backward) as cap:
                     out = first_output(self.model(x))
@@ -147,6 +149,8 @@ class Run:
                 out = first_output(self.model(x))
                 act = None
         measured = meter.bytes if meter is not None else 0
+        if out_meter is not None:  # forward-only methods: autograd saved nothing, measure the activations
+            measured = max(measured, 3 * out_meter.largest)
         self.sample_bytes = max(measured, int(x.numel() * x.element_size() * 8))
         self.output = out.detach()
         self.target = resolve(self.output)
