@@ -37,18 +37,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_headless_demo
 
     if not args.headless:
-        try:
-            import napari
-
-            from ._widget._launch import open_demo
+        try:  # the viewer lives in _widget/ (the only package that imports napari / Qt)
+            from ._widget._launch import run_demo
         except ImportError as err:
             print(f"napari is not installed here ({err}), so the demo runs headless (pip install "
                   "'napari-attribution[napari]' for the viewer).", file=sys.stderr)
         else:
-            open_demo()
-            print("napari is open with the lesion phantom and the demo model: press Explain (close the window to "
-                  "quit).", file=sys.stderr)
-            napari.run()
+            run_demo()
             return 0
     try:
         run_headless_demo(args.output, overwrite=args.overwrite)

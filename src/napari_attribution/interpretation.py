@@ -790,13 +790,9 @@ def normalise_maps(maps: Tensor, spatial_dims: int) -> Tensor:
 
 
 def _task_of(out: Tensor, x: Tensor, card: ModelCard) -> str:
-    if card.task is not None:
-        return card.task
-    if out.ndim == 2:
-        return "classification"
-    if out.ndim == x.ndim:
-        return "segmentation"
-    raise MethodError(f"Cannot tell the task from the output shape {tuple(out.shape)}; give the model a card.")
+    from .pipeline import _task  # one rule for telling the task from the output shape
+
+    return _task(out, x, card)
 
 
 def _label_row(label: Any, task: str, out: Tensor, card: ModelCard, n_classes: int, name: str) -> FloatArray:

@@ -6,7 +6,7 @@ from typing import Any
 
 from napari.layers import Layer
 
-__all__ = ["open_demo"]
+__all__ = ["open_demo", "run_demo"]
 
 
 def open_demo(viewer: Any = None, *, model: str = "demo:lesion3d", compare: bool = True) -> tuple[Any, Any]:
@@ -27,3 +27,15 @@ def open_demo(viewer: Any = None, *, model: str = "demo:lesion3d", compare: bool
     if explain.model.source() != model:
         explain.model.set_source(model)
     return viewer, explain
+
+
+def run_demo() -> None:
+    """``napari-attribution demo``: open the demo viewer and run napari's event loop until the window closes."""
+    import sys
+
+    import napari
+
+    open_demo()
+    print("napari is open with the lesion phantom and the demo model: press Explain (close the window to quit).",
+          file=sys.stderr)
+    napari.run()

@@ -9,8 +9,6 @@ report progress.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -102,7 +100,6 @@ class Run:
         self.shared: SharedPasses | None = None
         self.graph: tuple[Tensor, Tensor, Tensor | None] | None = None
         self.sample_bytes = 0
-        self._sec_per_sample: float | None = None
         self.done = 0
         self.total = 1
         self.generator = torch.Generator(device="cpu")
@@ -181,7 +178,6 @@ class Run:
         sub = Run(self.model, x, layer=self.layer, layer_name=self.layer_name, params=params, cancel=self._cancel)
         sub.target = self.target
         sub.sample_bytes = self.sample_bytes
-        sub._sec_per_sample = self._sec_per_sample
         with torch.no_grad():
             sub.output = first_output(self.model(x)).detach()
         return sub
@@ -205,11 +201,6 @@ class Run:
         by_work = int(self.RESPONSIVE_BYTES // max(1.0, float(self.sample_bytes)))
         return max(1, min(n, by_memory, by_work))
 
-    def _timed(self, count: int, seconds: float) -> None:
-        """Record the measured time per sample (reported in progress estimates; never used for chunking)."""
-        per = seconds / max(count, 1)
-        self._sec_per_sample = per if self._sec_per_sample is None else 0.5 * (self._sec_per_sample + per)
-
     def scores(
         self,
         make: Callable[[int, int], Tensor],
@@ -227,10 +218,8 @@ class Run:
             while start < n:
                 stop = min(n, start + self.batch_size(n - start, factor=1.0))
                 self.check_cancel()
-                t0 = time.perf_counter()
                 y = first_output(self.model(make(start, stop)))
                 out[start:stop] = self.target(y, probability).float().cpu()
-                self._timed(stop - start, time.perf_counter() - t0)
                 self.advance(stop - start, message)
                 start = stop
         return out
@@ -250,13 +239,11 @@ class Run:
         while start < n:
             stop = min(n, start + self.batch_size(n - start))
             self.check_cancel()
-            t0 = time.perf_counter()
             xs = make(start, stop).detach().requires_grad_(True)
             with torch.enable_grad():
                 y = first_output(self.model(xs))
                 (g,) = torch.autograd.grad(self.target(y).sum(), xs, allow_unused=True)
             consume(start, stop, xs.detach(), torch.zeros_like(xs) if g is None else g)
-            self._timed(stop - start, time.perf_counter() - t0)
             self.advance(stop - start, message)
             start = stop
 
@@ -268,5 +255,3 @@ class Run:
         """The input's spatial shape ``S``."""
         return tuple(self.x.shape[2:])
 
-    def ceil_div(self, a: int, b: int) -> int:  # small helper used by window methods
-        return int(math.ceil(a / b))

@@ -4,7 +4,6 @@ gradient x activation is ``sam`` with ``variant="layer", reduce="signed"`` (or `
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -54,7 +53,6 @@ def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
     while start < n:
         stop = min(n, start + run.batch_size(n - start))
         run.check_cancel()
-        t0 = time.perf_counter()
         xs = b + a[start:stop].view((-1,) + (1,) * (x.ndim - 1)) * (x - b)
         with torch.enable_grad(), capture_layer(run.layer, grad=True) as cap:
             out = first_output(run.model(xs))
@@ -72,7 +70,6 @@ def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
             step = (g[:-1] * (acts[1:] - acts[:-1])).sum(0, keepdim=True)
             cond = step if cond is None else cond + step
         prev = (g[-1:], acts[-1:])
-        run._timed(stop - start, time.perf_counter() - t0)
         run.advance(stop - start, "layer conductance")
         start = stop
     assert cond is not None

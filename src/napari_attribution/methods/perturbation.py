@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -141,14 +140,12 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
     while start < n:
         stop = min(n, start + run.batch_size(n - start, factor=1.0))
         run.check_cancel()
-        t0 = time.perf_counter()
         xs = make(start, stop)
         with torch.no_grad():
             y = first_output(run.model(xs))
             assert run.target is not None
             s = run.target(y, True).double().cpu()
         acc += (s.view((-1,) + (1,) * nd) * current[0][:, 0].double().cpu()).sum(0)
-        run._timed(stop - start, time.perf_counter() - t0)
         run.advance(stop - start, "rise masks")
         start = stop
     return MethodOutput((acc / (n * p)).to(x.dtype).unsqueeze(0), {"masks": n, "cells": cells, "p": p})
