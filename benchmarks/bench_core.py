@@ -1069,8 +1069,8 @@ def render(report: Report, cfg: Config, seconds: float) -> str:
     return "\n".join(out)
 
 
-def run(cfg: Config, allocator_detail: bool = False) -> tuple[Report, str]:
-    """Run every row; return the report and its markdown."""
+def run(cfg: Config, allocator_detail: bool = False, rows: str = "12345m") -> tuple[Report, str]:
+    """Run the ``rows`` (digits 1-5, ``m`` for memory; default all); return the report and its markdown."""
     t0 = time.perf_counter()
     report = Report(machine=machine_info())
     cases = {name: make_case(s) for name, s in settings(cfg).items()}
@@ -1081,22 +1081,29 @@ def run(cfg: Config, allocator_detail: bool = False) -> tuple[Report, str]:
         for c in cases.values()
     ):
         report.details.append(line)
-    log("row 1: single-pass methods")
-    row1_single_pass(cases["2d"], cfg, report)
-    row1_single_pass(cases["3d_small"], cfg, report)
-    log("row 2: multi-pass methods")
-    row2_multi_pass(cases["2d"], cfg, report)
-    log("row 3: compare")
-    row3_compare(cases["2d"], cfg, report)
-    row3_compare(cases["3d_small"], cfg, report)
-    log("row 4: integrated gradients vs Captum")
-    best = row4_integrated_gradients(cases["3d"], cfg, report)
-    log("row 5: grad-cam vs Captum")
-    row5_grad_cam(cases["3d"], cfg, report)
-    log("memory")
-    memory_rows(cases["3d"], cfg, best, report, allocator_detail)
-    if not cfg.quick:
-        memory_perturbation(cases["2d"], cfg, report)
+    best = 2
+    if "1" in rows:
+        log("row 1: single-pass methods")
+        row1_single_pass(cases["2d"], cfg, report)
+        row1_single_pass(cases["3d_small"], cfg, report)
+    if "2" in rows:
+        log("row 2: multi-pass methods")
+        row2_multi_pass(cases["2d"], cfg, report)
+    if "3" in rows:
+        log("row 3: compare")
+        row3_compare(cases["2d"], cfg, report)
+        row3_compare(cases["3d_small"], cfg, report)
+    if "4" in rows:
+        log("row 4: integrated gradients vs Captum")
+        best = row4_integrated_gradients(cases["3d"], cfg, report)
+    if "5" in rows:
+        log("row 5: grad-cam vs Captum")
+        row5_grad_cam(cases["3d"], cfg, report)
+    if "m" in rows:
+        log("memory")
+        memory_rows(cases["3d"], cfg, best, report, allocator_detail)
+        if not cfg.quick:
+            memory_perturbation(cases["2d"], cfg, report)
     report.machine["load_after"] = os.getloadavg()
     return report, render(report, cfg, time.perf_counter() - t0)
 
@@ -1117,6 +1124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also measure the memory cases under glibc's default allocator settings (a detail line)",
     )
+    parser.add_argument("--rows", default="12345m",
+                        help="which rows to run: digits 1-5 and m (memory); default all, e.g. --rows 4m")
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_case is not None:
@@ -1125,7 +1134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    report, text = run(cfg, args.allocator_detail)
+    report, text = run(cfg, args.allocator_detail, args.rows)
     print(text)
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2, default=str))

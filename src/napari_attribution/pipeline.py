@@ -22,7 +22,7 @@ from ._attribution import Attribution
 from ._preprocess import Prepared, prepare
 from .io._geometry import Geometry
 from ._errors import InputShapeError, MethodError, ParameterError, TargetError
-from .methods._hooks import activation_rule, model_guard
+from .methods._hooks import activation_rule, fast_cpu_conv3d, model_guard
 from .methods._registry import COMMON_PARAMS, MethodInfo, get_method
 from .methods._run import MethodOutput, Run
 from .models._card import LoadedModel, ModelCard, infer_card
@@ -308,7 +308,7 @@ def _explain_many(
     try:
         if moved:
             module.to(dev)
-        with model_guard(module):
+        with model_guard(module), fast_cpu_conv3d(module, dev):
             if not lay.slicewise:
                 x = torch.from_numpy(np.ascontiguousarray(arr.reshape((1, lay.channels) + tuple(spatial)))).to(dev)
                 parts = _run_methods(module, card, x, infos, resolved, target, layer, progress, cancel)

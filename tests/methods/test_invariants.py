@@ -159,9 +159,11 @@ def test_region_of_whole_output_equals_channel_sum_gradient() -> None:
     (g,) = torch.autograd.grad(model(x)[:, K].sum(), x)
     whole = na.targets.Region(K, np.ones(shape, bool))
     ours = na.explain(model, img, "input_x_gradient", whole).data
-    np.testing.assert_allclose(ours, (x * g).detach()[0, 0].numpy(), rtol=1e-5, atol=1e-9)
+    ref = (x * g).detach()[0, 0].numpy()
+    # the pipeline's single-sample 3D convolutions run on oneDNN (fast_cpu_conv3d): float32 rounding differs
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
     ours = na.explain(model, img, "input_x_gradient", na.targets.Class(K)).data
-    np.testing.assert_allclose(ours, (x * g).detach()[0, 0].numpy(), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 
 
 def test_segmentation_targets_give_a_real_gradient_signal() -> None:

@@ -162,3 +162,34 @@ def test_seed_changes_stochastic_methods() -> None:
         a = na.explain(net, img, method, 1, params={**p, "seed": 1}).data
         b = na.explain(net, img, method, 1, params={**p, "seed": 2}).data
         assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_activation_outlives_the_call(method: str) -> None:
+    """Every activation tensor of every pass is freed when ``explain`` returns (no graph kept alive by a
+    reference cycle: a saved-tensor hook that returned the saved output itself once leaked a whole forward
+    graph per call)."""
+    import gc
+    import weakref
+
+    name, net, shape, layer = models()[1]
+    alive: list[weakref.ref] = []
+
+    def keep(_m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            alive.append(weakref.ref(out))
+
+    leaves = [m for m in net.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(keep) for m in leaves]
+    try:
+        info = na.get_method(method)
+        lay = layer if info.needs_layer else None
+        res = na.explain(net, image(shape), method, 1, layer=lay, params=_params(method, len(shape), net, shape))
+    finally:
+        for h in handles:
+            h.remove()
+    del res
+    gc.collect()
+    assert alive, "the hooks saw no activation"
+    left = [r() for r in alive if r() is not None]
+    assert not left, f"{len(left)} of {len(alive)} activations still alive, e.g. {tuple(left[0].shape)}"

@@ -46,7 +46,8 @@ def test_sam_voxel_variant_reference_and_layer_variant_is_hires_cam(case: str) -
     m = (a * g.detach()).sum(1).clamp(min=0).sum()
     (gx,) = torch.autograd.grad(m, x)
     ours = na.explain(model, img, "sam", K, layer=name)
-    np.testing.assert_allclose(ours.data, gx.abs()[0, 0].numpy(), rtol=1e-4, atol=1e-8)
+    ref = gx.abs()[0, 0].numpy()  # atol: single-sample 3D convolutions run on oneDNN in the pipeline
+    np.testing.assert_allclose(ours.data, ref, rtol=1e-4, atol=1e-5 * float(ref.max()))
     assert np.abs(ours.data).max() > 0
     lay = na.explain(model, img, "sam", K, layer=name, params={"variant": "layer"}).data
     hires = na.explain(model, img, "hires_cam", K, layer=name).data

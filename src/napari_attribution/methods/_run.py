@@ -187,19 +187,28 @@ class Run:
     #: short and ``cancel()`` / progress respond quickly; activation bytes are a deterministic proxy of the
     #: work, so the chunking, and hence the result to the last bit, does not depend on the machine's load
     RESPONSIVE_BYTES = 64 * 2**20
+    #: on the CPU a gradient pass stops getting cheaper per sample once its activations reach a few MiB, so a
+    #: gradient chunk holds no more samples than needed to reach this (bigger chunks would only cost memory).
+    #: Measured with ``benchmarks/bench_core.py`` (3D 96^3, 11 MiB per sample; one sample per chunk costs the same
+    #: time per sample as two, with single-sample convolutions on oneDNN, see ``fast_cpu_conv3d``).
+    EFFICIENT_BYTES = 8 * 2**20
 
     def batch_size(self, n: int, factor: float = 2.5) -> int:
         """How many samples go in one chunk: ``params["max_batch"]``, or the memory budget divided by the measured
         activation memory of one sample (times ``factor`` for the backward pass), capped by
-        :attr:`RESPONSIVE_BYTES` of activations per chunk."""
+        :attr:`RESPONSIVE_BYTES` of activations per chunk and, for gradient passes on the CPU (``factor > 1``),
+        by :attr:`EFFICIENT_BYTES`."""
         fixed = self.params.get("max_batch")
         if fixed:
             return max(1, min(n, int(fixed)))
         budget = float(self.params.get("memory_budget") or 512 * 2**20)
-        per = max(1.0, self.sample_bytes * factor)
-        by_memory = int(budget // per)
-        by_work = int(self.RESPONSIVE_BYTES // max(1.0, float(self.sample_bytes)))
-        return max(1, min(n, by_memory, by_work))
+        sample = max(1.0, float(self.sample_bytes))
+        by_memory = int(budget // (sample * factor))
+        by_work = int(self.RESPONSIVE_BYTES // sample)
+        size = max(1, min(n, by_memory, by_work))
+        if factor > 1 and self.x.device.type == "cpu":
+            size = min(size, max(1, -int(-self.EFFICIENT_BYTES // sample)))
+        return size
 
     def scores(
         self,
@@ -244,6 +253,7 @@ class Run:
                 y = first_output(self.model(xs))
                 (g,) = torch.autograd.grad(self.target(y).sum(), xs, allow_unused=True)
             consume(start, stop, xs.detach(), torch.zeros_like(xs) if g is None else g)
+            del xs, y, g  # before the next chunk's passes, not after them
             self.advance(stop - start, message)
             start = stop
 

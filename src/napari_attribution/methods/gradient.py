@@ -129,8 +129,8 @@ def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
     ``sum(IG)``, ``T(x) - T(x')``, the relative error and the number of gradient evaluations.
     """
     x = run.x
-    b = baseline_tensor(x, params["baseline"])
-    diff = x - b
+    b = _baseline_value(x, params["baseline"])
+    diff = x - b if isinstance(b, Tensor) or b != 0.0 else x  # x itself for a zero baseline: no copy
     assert run.target is not None and run.output is not None
     full = float(run.target(run.output, probability=False)[0])
     if params["steps"] == "auto":
@@ -139,8 +139,8 @@ def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
         alphas, weights = integration_rule(params["rule"], params["steps"])
         acc = _weighted_gradients(run, b, diff, alphas, weights, total=len(alphas) + 1)
         evals = len(alphas)
-        base_score = float(run.scores(lambda s, e: b, 1, probability=False, message="baseline")[0])
-    maps = (diff * acc)[0]
+        base_score = _baseline_score(run, b)
+    maps = acc.mul_(diff)[0]  # in place: the accumulator becomes the map
     total = float(maps.sum())
     delta = full - base_score
     err = abs(total - delta) / max(abs(delta), 1e-12)
@@ -149,34 +149,64 @@ def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
     )
 
 
+def _baseline_value(x: Tensor, baseline: Any) -> Tensor | float:
+    """The baseline as a number when it is one value everywhere (no input-sized copy), else as a tensor."""
+    if isinstance(baseline, str) and baseline in ("min", "mean"):
+        return float(x.min()) if baseline == "min" else float(x.mean())
+    if isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, bool):
+        return float(baseline)
+    return baseline_tensor(x, baseline)
+
+
+def _baseline_score(run: Run, b: Tensor | float) -> float:
+    """``T(x')``, the target's score at the baseline (one forward pass)."""
+    make = (lambda s, e: b) if isinstance(b, Tensor) else (lambda s, e: torch.full_like(run.x, b))
+    return float(run.scores(make, 1, probability=False, message="baseline")[0])
+
+
 def _weighted_gradients(
-    run: Run, b: Tensor, diff: Tensor, alphas: np.ndarray, weights: np.ndarray, *, total: int | None = None,
+    run: Run, b: Tensor | float, diff: Tensor, alphas: np.ndarray, weights: np.ndarray, *, total: int | None = None,
     scalars: list[float] | None = None,
 ) -> Tensor:
     """``sum_j w_j dT/dx (b + a_j diff)`` over the nodes, in memory-sized chunks; optionally collects each
-    node's directional derivative ``<dT/dx, diff>`` into ``scalars``."""
+    node's directional derivative ``<dT/dx, diff>`` into ``scalars``.
+
+    Memory (written for this project; measured in ``benchmarks/bench_core.py``, row 4b): the path points are
+    written into one chunk buffer that is reused, and each gradient is added to the accumulator in place, so
+    besides the passes themselves only the accumulator, the buffer and (for a non-zero baseline) ``diff`` are
+    input-sized.
+    """
     x = run.x
-    a = torch.as_tensor(np.asarray(alphas), dtype=x.dtype)
-    w = torch.as_tensor(np.asarray(weights), dtype=x.dtype)
+    a = [float(v) for v in np.asarray(alphas)]
+    w = [float(v) for v in np.asarray(weights)]
     acc = torch.zeros_like(x)
     if total is not None:
         run.expected_total(total)
-    shape_of = lambda m: (m,) + (1,) * (x.ndim - 1)  # noqa: E731
+    buffer: list[Tensor] = []
+    flat_diff = diff.reshape(-1)
 
     def make(start: int, stop: int) -> Tensor:
-        return b + a[start:stop].view(shape_of(stop - start)).to(x.device) * diff
+        if not buffer or buffer[0].shape[0] < stop - start:
+            buffer.clear()
+            buffer.append(torch.empty((stop - start,) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device))
+        xs = buffer[0][: stop - start]
+        for j in range(start, stop):
+            torch.mul(diff[0], a[j], out=xs[j - start])
+            xs[j - start].add_(b if isinstance(b, float) else b[0])
+        return xs
 
     def consume(start: int, stop: int, _xs: Tensor, g: Tensor) -> None:
-        acc.add_((g * w[start:stop].view(shape_of(stop - start)).to(g.device)).sum(0, keepdim=True))
-        if scalars is not None:
-            scalars.extend((g * diff).flatten(1).sum(1).tolist())
+        for j in range(start, stop):
+            acc[0].add_(g[j - start], alpha=w[j])
+            if scalars is not None:
+                scalars.append(float(torch.dot(g[j - start].reshape(-1), flat_diff)))
 
     run.input_gradients(make, len(a), consume, message="integrated gradients")
     return acc
 
 
 def _adaptive_ig(
-    run: Run, b: Tensor, diff: Tensor, full: float, tolerance: float, max_steps: int
+    run: Run, b: Tensor | float, diff: Tensor, full: float, tolerance: float, max_steps: int
 ) -> tuple[Tensor, int, float]:
     """Adaptive integrated gradients with an exact error indicator (written for this project).
 
@@ -199,7 +229,7 @@ def _adaptive_ig(
         nonlocal evals
         points = sorted({p for iv in new for p in iv if p not in ends})
         if points:
-            pts = torch.as_tensor(points, dtype=b.dtype).view((-1,) + (1,) * (b.ndim - 1)).to(b.device)
+            pts = torch.as_tensor(points, dtype=diff.dtype).view((-1,) + (1,) * (diff.ndim - 1)).to(diff.device)
             vals = run.scores(lambda s, e: b + pts[s:e] * diff, len(points), probability=False,
                               message="path end points")
             run.done -= len(points)  # forward-only passes are not counted as gradient evaluations
@@ -236,7 +266,7 @@ def _adaptive_ig(
             intervals += [(lo, mid), (mid, hi)]
             new += [(lo, mid), (mid, hi)]
         evaluate(new)
-    acc = torch.zeros_like(b)
+    acc = torch.zeros_like(diff)
     for iv in intervals:
         acc.add_(contrib[iv][0])
     return acc, evals, ends[0.0]
