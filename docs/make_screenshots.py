@@ -1,9 +1,10 @@
 """Regenerate the user guide's screenshots from the real viewer (``viewer.screenshot``).
 
-    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py [landmarks] [sweep]
 
 Writes docs/images/explain_classification.png, explain_segmentation.png, compare_grid.png and
-explain_2d_on_3d.png. Look at them before committing: they are what a new user sees.
+explain_2d_on_3d.png, then explain_landmarks.png and explain_layer_sweep.png; with arguments, only the named
+extra screenshots (``landmarks``, ``sweep``). Look at them before committing: they are what a new user sees.
 """
 
 from __future__ import annotations
@@ -17,7 +18,137 @@ import numpy as np
 OUT = Path(__file__).resolve().parent / "images"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    extra = [a for a in (argv or []) if a in EXTRA]
+    if extra:
+        for name in extra:
+            EXTRA[name]()
+        return 0
+    classic()
+    for fn in EXTRA.values():
+        fn()
+    return 0
+
+
+def _app() -> tuple[object, object, object]:
+    """The Qt application and two helpers: ``wait(cond)`` (processing events) and ``shot(viewer, name)``."""
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    def wait(cond, timeout: float = 300.0) -> None:
+        t0 = time.perf_counter()
+        while not cond():
+            app.processEvents()
+            time.sleep(0.005)
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError
+        for _ in range(30):
+            app.processEvents()
+            time.sleep(0.01)
+
+    def shot(viewer, name: str) -> None:
+        wait(lambda: True)
+        Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(OUT / name)
+        print("wrote", OUT / name)
+
+    return app, wait, shot
+
+
+def _show_results(dock) -> None:
+    """Scroll the dock to its end, where the result tables are."""
+    from qtpy.QtWidgets import QScrollArea
+
+    area = dock.findChild(QScrollArea)
+    bar = area.verticalScrollBar() if area is not None else None
+    if bar is not None:
+        bar.setValue(bar.maximum())
+
+
+def landmarks() -> None:
+    """The 3D contrast-phase demo on the abdominal slab phantom: response back-projection, compared with the
+    evidence structures (aorta, IVC, portal vein, liver, kidney) painted as landmarks."""
+    import napari
+    from napari.layers import Layer
+
+    from napari_attribution._sample_data import contrast_phase_slab
+    from napari_attribution._widget import ExplainWidget
+
+    _app_, wait, shot = _app()
+    viewer = napari.Viewer(title="napari-attribution")
+    viewer.window.resize(1500, 980)
+    for ldt in contrast_phase_slab():
+        viewer.add_layer(Layer.create(*ldt))
+    scan, marks = viewer.layers[0], viewer.layers[1]
+    marks.opacity, marks.contour = 1.0, 1
+    viewer.layers.selection.active = scan
+    dock = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Explain").setMinimumWidth(540)  # room for every column
+    wait(lambda: dock.model_info is not None and not dock.busy)
+    dock.model.set_source("demo:contrast-phase-3d")
+    wait(lambda: dock.model_info is not None and dock.model_info.source.endswith("3d") and not dock.busy)
+    dock.set_method("response_backprojection")
+    dock.run(confirm=False)
+    wait(lambda: not dock.busy)
+    assert dock.last_outcome.status == "ok", dock.last_outcome.message
+    viewer.layers.move(viewer.layers.index(marks), len(viewer.layers))  # the outlines on top
+    dock.landmarks.choose(labels=marks.name)
+    viewer.canvas.overlays.text.visible = False  # the class probabilities: in the dock too
+    z = int(np.argmax((marks.data > 0).sum((1, 2))))
+    viewer.dims.set_current_step(0, z)
+    viewer.reset_view()
+    wait(lambda: True)
+    _show_results(dock)
+    shot(viewer, "explain_landmarks.png")
+    viewer.close()
+
+
+def layer_sweep() -> None:
+    """The vessel segmentation demo: Grad-CAM for the predicted vessels at six layers, shallow to deep, in one
+    layer whose slider moves through the network, with the per-layer table."""
+    import napari
+    from napari.layers import Layer
+
+    from napari_attribution._sample_data import vessel_mra
+    from napari_attribution._widget import ExplainWidget
+
+    _app_, wait, shot = _app()
+    viewer = napari.Viewer(title="napari-attribution")
+    viewer.window.resize(1500, 980)
+    for ldt in vessel_mra():
+        viewer.add_layer(Layer.create(*ldt))
+    scan, truth = viewer.layers[0], viewer.layers[1]
+    truth.visible = False
+    viewer.layers.selection.active = scan
+    dock = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Explain")
+    wait(lambda: dock.model_info is not None and not dock.busy)
+    dock.model.set_source("demo:vessel-seg")
+    wait(lambda: dock.model_info is not None and dock.model_info.source == "demo:vessel-seg" and not dock.busy)
+    dock.set_method("grad_cam")
+    dock.set_sweep(["enc1", "enc2", "bottleneck", "dec2", "dec1.relu1", "dec1"])
+    dock.target.set_kind("predicted region of class")
+    dock.target.k1.setCurrentIndex(1)
+    dock.run(confirm=False)
+    wait(lambda: not dock.busy)
+    assert dock.last_outcome.status == "ok", dock.last_outcome.message
+    pred = next(la for la in viewer.layers if la.name.startswith("prediction"))
+    pred.contour, pred.opacity = 1, 0.5
+    viewer.dims.set_point(0, 4)  # the network layer "dec1.relu1"
+    viewer.dims.set_current_step(1, 24)
+    viewer.reset_view()
+    wait(lambda: True)
+    _show_results(dock)
+    shot(viewer, "explain_layer_sweep.png")
+    viewer.close()
+
+
+EXTRA = {"landmarks": landmarks, "sweep": layer_sweep}
+
+
+def classic() -> int:
     import napari
     import torch
     from PIL import Image
@@ -161,4 +292,4 @@ def train_2d_classifier(phantom, seconds: float = 20.0):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

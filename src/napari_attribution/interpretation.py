@@ -73,17 +73,21 @@ from .models._card import LoadedModel, ModelCard, infer_card
 from .targets import predicted_labels
 
 __all__ = [
+    "DemoCases",
     "Feature",
     "FeatureVisualisation",
     "FeaturesExistError",
     "LassoResult",
     "RelevantFeatures",
     "average_visualisations",
+    "demo_cases",
     "features_file",
     "features_path_for",
     "fit_relevant_features",
     "mu_lasso",
     "project_l1_ball",
+    "read_labels_csv",
+    "save_features_beside",
 ]
 
 Progress = Callable[[int, int, str], None]
@@ -295,6 +299,120 @@ def features_file(path: str | os.PathLike[str]) -> Path:
     """The features file for ``path``: itself when it ends in ``.npz``, else :func:`features_path_for`."""
     p = Path(path)
     return p if p.name.endswith(".npz") else features_path_for(p)
+
+
+def save_features_beside(features: RelevantFeatures, path: str | os.PathLike[str]) -> Path:
+    """Save ``features`` at :func:`features_file` ``(path)`` — next to the model when ``path`` is the model file —
+    without ever replacing a file: when that name is taken, the first free ``<stem>.vebi-2.npz``, ``-3``, … is
+    used. Returns the path written (differs from ``features_file(path)`` when the name was taken). The folder is
+    created if needed; a failed write leaves no partial file.
+
+    Examples
+    --------
+    >>> first = save_features_beside(feats, "model.pt")        # doctest: +SKIP
+    >>> first.name, save_features_beside(feats, "model.pt").name  # doctest: +SKIP
+    ('model.vebi.npz', 'model.vebi-2.npz')
+    """
+    first = features_file(path)
+    first.parent.mkdir(parents=True, exist_ok=True)
+    stem = first.name[: -len(".npz")]
+    for i in range(1, 1000):
+        target = first if i == 1 else first.with_name(f"{stem}-{i}.npz")
+        existed = target.exists()
+        try:
+            return features.save(target)
+        except FeaturesExistError:
+            continue
+        except BaseException:
+            if not existed and target.exists():  # save() created it exclusively: a partial file of ours
+                target.unlink()
+            raise
+    raise FeaturesExistError(f"'{first}' and 998 numbered variants exist; choose another folder.")
+
+
+def read_labels_csv(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> dict[str, int]:
+    """Image-level class labels of a folder of scans from a CSV file: one line per scan, ``file,label``, where
+    ``file`` is the scan's file name (or its name without extension; a DICOM series: its folder's name) and
+    ``label`` a class index or one of ``class_names``. A first line that is not a label (``file,label``) is read
+    as a header. The mapping is what :func:`fit_relevant_features` takes as ``labels``.
+
+    Raises
+    ------
+    ReaderError
+        The file cannot be read, or a line has no valid label (the message names the line).
+    """
+    import csv
+
+    names = [str(n) for n in class_names] if class_names else []
+
+    def label_of(text: str) -> int | None:
+        text = text.strip()
+        if text in names:
+            return names.index(text)
+        try:
+            return int(text)
+        except ValueError:
+            return None
+
+    out: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ReaderError(f"Cannot read the labels file '{path}': {err}") from err
+    for i, row in enumerate(rows, start=1):
+        if len(row) < 2:
+            raise ReaderError(f"{path}, line {i}: expected 'file,label', got {','.join(row)!r}.")
+        k = label_of(row[1])
+        if k is None:
+            if i == 1:
+                continue  # a header
+            choices = f" or one of {', '.join(names)}" if names else ""
+            raise ReaderError(f"{path}, line {i}: the label {row[1].strip()!r} is not a class index{choices}.")
+        out[row[0].strip()] = k
+    if not out:
+        raise ReaderError(f"The labels file '{path}' has no 'file,label' line.")
+    return out
+
+
+class DemoCases(Sequence[Any]):
+    """``n`` cases of a bundled demo model's task, generated one at a time (``DemoSpec.generator(seed + i)``):
+    each a ``Phantom`` with ``.image`` and ``.label`` (classification) or ``.mask`` (segmentation), as
+    :func:`fit_relevant_features` takes them."""
+
+    def __init__(self, model: str, n: int, seed: int = 500_000) -> None:
+        from .models.demo import _spec_for
+
+        self.spec = _spec_for(model)
+        self.n = int(n)
+        self.seed = int(seed)
+        if self.n < 1:
+            raise ParameterError("Generate at least one demo case.")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        j = int(i)
+        if j < 0:
+            j += self.n
+        if not 0 <= j < self.n:
+            raise IndexError(i)
+        return self.spec.generator(self.seed + j)
+
+    def __repr__(self) -> str:
+        return f"DemoCases(demo:{self.spec.name}, n={self.n}, seed={self.seed})"
+
+
+def demo_cases(model: str, n: int, *, seed: int = 500_000) -> DemoCases:
+    """A data set of ``n`` generated cases for the demo model ``model`` (``"demo:lesion3d"`` or ``"lesion3d"``),
+    with their labels (classification) or ground truth (segmentation), to fit relevant features on:
+    ``fit_relevant_features(na.load_model("demo:lesion3d"), demo_cases("demo:lesion3d", 40))``. Case ``i`` is
+    generated from the integer seed ``seed + i`` (the demo weights were trained on the streams of
+    ``numpy.random.default_rng(0)``, so these cases are new to the model)."""
+    return DemoCases(model, n, seed)
 
 
 def _jsonable(value: Any) -> Any:

@@ -49,6 +49,7 @@ __all__ = [
     "LABEL_COLOURS",
     "OWNER_KEY",
     "SEQUENTIAL",
+    "SWEEP_AXES",
     "LayerDataTuple",
     "attribution_layer",
     "class_probabilities",
@@ -56,6 +57,8 @@ __all__ = [
     "geometry_kwargs",
     "heatmap_name",
     "json_safe",
+    "layer_sweep_layer",
+    "prepend_axes",
     "prediction_layer",
     "provenance",
     "sha256_file",
@@ -211,6 +214,39 @@ def _trim(key: str, value: Any, n: int) -> Any:
     if key == "shear":  # kept only when non-zero and of the map's dimensionality
         return arr.tolist() if not np.allclose(arr, 0) and _shear_ndim(arr) == n else None
     return value
+
+
+def prepend_axes(geometry: Mapping[str, Any], k: int = 1) -> dict[str, Any]:
+    """The placement of a layer whose data gets ``k`` new leading axes (e.g. one map per network layer): the
+    new axes have scale 1 and translate 0 and are not rotated, sheared or coupled to the others; the spatial axes
+    keep their geometry.
+
+    Examples
+    --------
+    >>> geo = prepend_axes({"scale": [2.0, 0.5], "translate": [1.0, 3.0], "rotate": [[0.0, -1.0], [1.0, 0.0]]})
+    >>> geo["scale"], geo["translate"]
+    ([1.0, 2.0, 0.5], [0.0, 1.0, 3.0])
+    >>> geo["rotate"]
+    [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]]
+    """
+    out: dict[str, Any] = {}
+    for key, value in geometry.items():
+        arr = np.asarray(value, dtype=np.float64)
+        if key == "scale":
+            out[key] = [1.0] * k + arr.tolist()
+        elif key == "translate":
+            out[key] = [0.0] * k + arr.tolist()
+        elif key in ("rotate", "affine") or (key == "shear" and arr.ndim == 2):
+            n = arr.shape[0]
+            full = np.eye(n + k)
+            full[k:, k:] = arr
+            out[key] = full.tolist()
+        elif key == "shear":  # the upper triangle, row by row: the new rows come first, all zero
+            n = _shear_ndim(arr)
+            out[key] = [0.0] * ((n + k) * (n + k - 1) // 2 - arr.shape[0]) + arr.tolist()
+        else:
+            out[key] = value
+    return out
 
 
 def _shear_ndim(arr: np.ndarray) -> int:
@@ -432,6 +468,80 @@ def attribution_layer(
         "metadata": md,
     }
     kwargs.update(geometry_kwargs(source_geometry, att.geometry, ndim=data.ndim))
+    return data, kwargs, "image"
+
+
+#: Axis names of a layer sweep's heatmap (the first is the network layer).
+SWEEP_AXES = ("layer", "z", "y", "x")
+
+
+def layer_sweep_layer(
+    atts: Sequence[Any],
+    *,
+    source: str = "image",
+    source_geometry: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    percentile: float = 99.5,
+    name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    table: Sequence[Mapping[str, Any]] | None = None,
+) -> LayerDataTuple:
+    """One method's maps at several network layers (same target, same scan) as ONE image ``LayerDataTuple`` with a
+    leading ``"layer"`` axis: ``data`` ``(n_layers, *S)``, the spatial axes placed like the scan (:func:`prepend_axes`),
+    ``axis_labels`` ``("layer", "z", "y", "x")`` so napari's slider moves through the network.
+
+    The maps stay raw. Their magnitudes differ from layer to layer, so ``metadata["napari_attribution"]`` holds
+    ``layer_contrast_limits`` (one pair per network layer, as :func:`contrast_limits` computes them) for a viewer to
+    apply when the slider moves; the initial limits are the first layer's. Also stored: ``layers`` (names, shallow to
+    deep, the order of ``atts``), ``layer_seconds`` and ``table`` (e.g. :func:`~napari_attribution.metrics.tables.
+    layer_sweep_table`).
+
+    Examples
+    --------
+    >>> from napari_attribution import Attribution
+    >>> from napari_attribution.targets import Class
+    >>> maps = [Attribution(np.full((2, 3), v, np.float32), "grad_cam", Class(1), f"l{v}", {}, False, 0.1)
+    ...         for v in (1, 10)]
+    >>> data, kwargs, kind = layer_sweep_layer(maps, source="scan", source_geometry={"scale": [2.0, 0.5]})
+    >>> data.shape, kwargs["axis_labels"], kwargs["scale"], kwargs["name"]
+    ((2, 2, 3), ('layer', 'y', 'x'), [1.0, 2.0, 0.5], 'grad_cam by layer · class 1 · scan')
+    >>> kwargs["metadata"]["napari_attribution"]["layer_contrast_limits"]
+    [[0.0, 1.0], [0.0, 10.0]]
+    """
+    if not atts:
+        raise ValueError("A layer sweep needs at least one attribution.")
+    first = atts[0]
+    shape = np.shape(first.data)
+    if any(np.shape(a.data) != shape for a in atts):
+        raise ValueError("All maps of a layer sweep must have the same shape.")
+    data = np.stack([np.asarray(a.data, dtype=np.float32) for a in atts])
+    _, kwargs, _ = attribution_layer(first, source=source, source_geometry=source_geometry, class_names=class_names,
+                                     provenance=provenance, percentile=percentile, metadata=metadata)
+    signed = bool(first.signed)
+    limits = [list(contrast_limits(a.data, signed, percentile)) for a in atts]
+    md = dict(kwargs["metadata"])
+    info = dict(md[OWNER_KEY])
+    info.update({
+        "sweep": True,
+        "layer": None,
+        "layers": [str(a.layer) for a in atts],
+        "layer_seconds": [float(a.seconds) for a in atts],
+        "layer_contrast_limits": limits,
+        "seconds": float(sum(a.seconds for a in atts)),
+        "explained_fraction": float(np.isfinite(data).mean()) if data.size else 0.0,
+    })
+    if table is not None:
+        info["table"] = json_safe([dict(r) for r in table])
+    md[OWNER_KEY] = info
+    geo = {k: kwargs.pop(k) for k in GEOMETRY_KEYS if k in kwargs}
+    kwargs.update(prepend_axes(geo, 1))
+    kwargs.update({
+        "name": name or f"{first.method} by layer · {info['target']} · {source}",
+        "contrast_limits": limits[0],
+        "metadata": md,
+        "axis_labels": SWEEP_AXES[:1] + SWEEP_AXES[len(SWEEP_AXES) - len(shape):],
+    })
     return data, kwargs, "image"
 
 

@@ -1,6 +1,8 @@
 """The napari docks. The only package of napari-attribution that imports qtpy, magicgui or ``napari.qt``.
 
-* :class:`ExplainWidget` — one method on the selected scan; heatmap + prediction layers, colour bar, cost check.
+* :class:`ExplainWidget` — one method on the selected scan; heatmap + prediction layers, colour bar, cost check;
+  a layer method swept over several network layers (one layer with a "layer" axis), vebi's relevant features
+  (fitted in the worker), and the heatmap compared with landmarks painted as a Labels layer.
 * :class:`CompareWidget` — several methods in one run, side by side in grid mode, with an agreement table.
 
 Both are thin: they read the form into a :class:`~napari_attribution._widget._jobs.ExplainRequest`, run

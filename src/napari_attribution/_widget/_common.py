@@ -104,6 +104,9 @@ class LayerCombo(QComboBox):
     def __init__(self, viewer: napari.Viewer, kinds: tuple[type, ...], *, optional: str | None = None,
                  exclude: Callable[[Layer], bool] | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        # long layer names ("grad_cam · predicted vessel · vessel phantom (MRA)") must not widen the dock
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
         self._viewer = viewer
         self._kinds = kinds
         self._optional = optional

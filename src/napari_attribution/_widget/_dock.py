@@ -92,6 +92,8 @@ class AttributionDock(QWidget):
         self._pending = False
         self._superseded = False
         self._steps: list[Any] = []  # GUI-thread steps after a run, one per event-loop turn
+        self._job = ""  # what the runner runs: "explain" or another job of a subclass (e.g. "fit")
+        self._slices: list[int] | None = None
 
         self.image = LayerCombo(viewer, (Image,), exclude=is_own)
         self.image.setToolTip("The scan to explain (follows the active layer)")
@@ -315,11 +317,21 @@ class AttributionDock(QWidget):
         except na.AttributionError as err:
             notify("error", str(err))
             return
-        self._slices = request.slices
+        self._slices = None if request.sweep_layers else request.slices
+        self.start_job(run_job, request, self._on_outcome)
+
+    def start_job(self, fn: Any, request: Any, returned: Any, *, kind: str = "explain",
+                  text: str = "running …") -> bool:
+        """Run ``fn(request, progress=…, cancel=…)`` in the worker with the dock's progress bar and Cancel button;
+        ``returned(outcome)`` on the GUI thread. False (nothing started) while the dock is busy."""
+        if self.busy:
+            return False
+        self._job = kind
         self.progress.setValue(0)
-        self.status.setText("running …")
-        self.runner.start(run_job, request, returned=self._on_outcome, errored=self._on_error)
+        self.status.setText(text)
+        self.runner.start(fn, request, returned=returned, errored=self._on_error)
         self._update_buttons()
+        return True
 
     def cancel(self) -> None:
         if self.running:
@@ -390,6 +402,8 @@ class AttributionDock(QWidget):
             self._follow_timer.start()
 
     def _follow_run(self) -> None:
+        if self.running and self._job != "explain":
+            return  # another job (e.g. fitting features) is never cancelled by the slider
         if self.running:
             self._pending = True
             self._superseded = True

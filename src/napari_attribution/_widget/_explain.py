@@ -1,4 +1,6 @@
-"""The Explain dock: one method, its parameters (shown only when it has some), the layer for layer methods."""
+"""The Explain dock: one method, its parameters (shown only when it has some), the layer for layer methods — or a
+sweep over several layers —, vebi's relevant features (a file, or a fit over a data set), and under the result a
+comparison of the heatmap with landmarks painted as a Labels layer."""
 
 from __future__ import annotations
 
@@ -9,10 +11,15 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayou
 
 import napari_attribution as na
 
+from ..interpretation import features_file
+from ._common import notify
 from ._dock import AttributionDock
+from ._features import FeaturesBox
 from ._form import ParamsForm, set_row_visible
-from ._jobs import Outcome
+from ._jobs import ExplainRequest, FitOutcome, FitRequest, Outcome, fit_job
+from ._landmarks import LandmarkBox
 from ._models import RecentModels
+from ._sweep import LayerSweepBox, SweepTable, is_sweep, sweep_index, sync_sweep_contrast
 
 if TYPE_CHECKING:
     import napari
@@ -34,11 +41,23 @@ def _probability_text(probs: Any) -> str:
     return " · ".join(f"{name} {p:.2f}" for name, p in ranked[:4])
 
 
-def colour_bar_text(layer: Any) -> str:
-    """The scale and sign of a heatmap layer in words (the colour bar on the canvas shows the same limits)."""
+def colour_bar_text(layer: Any, viewer: Any = None) -> str:
+    """The scale and sign of a heatmap layer in words (the colour bar on the canvas shows the same limits); for a
+    layer sweep, which network layer the slider shows (with ``viewer``)."""
     info = AttributionDock.owner(layer)
     lo, hi = layer.contrast_limits
     pct = info.get("contrast_percentile", 99.5)
+    if info.get("sweep"):
+        names = info.get("layers") or []
+        shown = ""
+        if viewer is not None and names:
+            i = sweep_index(viewer, layer)
+            shown = f"network layer {i + 1} of {len(names)}: {names[i]}. "
+        pct = f"{pct}th percentile of the network layer shown; "
+        if info.get("signed"):
+            return (f"{shown}colour bar: ±{hi:.3g} ({pct}|map|). Red = evidence for the target, blue = against, "
+                    "clear = none.")
+        return f"{shown}colour bar: {lo:.3g} … {hi:.3g} ({pct}unsigned). Brighter = more important."
     if info.get("signed"):
         return (f"colour bar: ±{hi:.3g} ({pct}th percentile of |map|). Red = evidence for the target, blue = "
                 "against, clear = none.")
@@ -53,10 +72,14 @@ class ExplainWidget(AttributionDock):
     def __init__(self, viewer: napari.viewer.Viewer, *, recent: RecentModels | None = None,
                  parent: QWidget | None = None) -> None:
         self._infos = {m.name: m for m in na.list_methods()}
+        self.last_fit: FitOutcome | None = None
+        self._sweep_layer = ""  # name of the layer the sweep table describes
         super().__init__(viewer, recent=recent, parent=parent)
         self.method.currentIndexChanged.connect(self._method_changed)
+        self.sweep.enabled.toggled.connect(self._method_changed)
         self._method_changed()
         viewer.layers.selection.events.active.connect(self._show_colour_bar)
+        viewer.dims.events.current_step.connect(self._sync_sweeps)
 
     # ------------------------------------------------------------------ sections
     def _method_section(self) -> QWidget:
@@ -71,12 +94,17 @@ class ExplainWidget(AttributionDock):
         self.params = ParamsForm()
         self.layer = QComboBox()
         self.layer.setToolTip("The internal layer a layer method (CAM family) looks at")
+        self.sweep = LayerSweepBox()
+        self.features = FeaturesBox()
+        self.features.on_fit = self.fit_features
         form = QFormLayout()
         form.addRow("method", self.method)
         form.addRow(self.method_info)
         form.addRow("layer", self.layer)
         lay = QVBoxLayout(box)
         lay.addLayout(form)
+        lay.addWidget(self.sweep)
+        lay.addWidget(self.features)
         lay.addWidget(self.params)
         self._method_form = form
         return box
@@ -87,20 +115,34 @@ class ExplainWidget(AttributionDock):
         self.prediction.setWordWrap(True)
         self.colour_bar = QLabel("")
         self.colour_bar.setWordWrap(True)
+        self.sweep_table = SweepTable()
+        self.sweep_table.on_row = self.show_network_layer
         lay = QVBoxLayout(box)
         lay.addWidget(self.prediction)
         lay.addWidget(self.colour_bar)
-        return box
+        lay.addWidget(self.sweep_table)
+        self.landmarks = LandmarkBox(self.viewer)
+        both = QWidget()
+        col = QVBoxLayout(both)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addWidget(box)
+        col.addWidget(self.landmarks)
+        return both
 
     # ------------------------------------------------------------------ method state
     def _method_changed(self, *_: Any) -> None:
         info = self._infos.get(self.method.currentData())
-        self.params.set_method(info)
+        if info is None or info.name != self.params.method:
+            self.params.set_method(info)
         if info is None:
             return
         sign = "signed (for / against)" if info.signed else "unsigned"
         self.method_info.setText(f"{info.label}. {sign}; cost {info.passes}.")
-        set_row_visible(self._method_form, self.layer, info.needs_layer)
+        self.sweep.setVisible(info.needs_layer)
+        set_row_visible(self._method_form, self.layer, info.needs_layer and not self.sweep.active)
+        self.features.setVisible(info.name == "vebi")
+        if info.name == "vebi":
+            self.params.drop("features")  # the features box holds the file
 
     def _model_changed(self) -> None:
         info = self.model_info
@@ -110,6 +152,8 @@ class ExplainWidget(AttributionDock):
         self.layer.addItem(f"{AUTO_LAYER[:-1]}: {default})" if default else AUTO_LAYER, None)
         for name in info.layers:
             self.layer.addItem(name, name)
+        self.sweep.set_layers(info.layers, info.layer_channels)
+        self.features.set_model(info)
         model = self.method.model()
         if not isinstance(model, QStandardItemModel):
             return
@@ -125,17 +169,94 @@ class ExplainWidget(AttributionDock):
         if i < 0:
             raise na.MethodError(f"Unknown method {name!r}.")
         self.method.setCurrentIndex(i)
+        if name == "vebi" and "features" in params:
+            self.features.set_features(params.pop("features"))
         self.params.set_values(params)
+
+    def set_sweep(self, layers: list[str] | None) -> None:
+        """Sweep the method over ``layers`` (None: no sweep; used by scripts and tests)."""
+        self.sweep.enabled.setChecked(layers is not None)
+        if layers is not None:
+            unknown = set(layers) - set(self.sweep.names())
+            if unknown:
+                raise na.LayerNotFoundError(f"The model has no spatial layer {sorted(unknown)}.")
+            self.sweep.set_checked(layers)
 
     def methods(self) -> list[str]:
         return [self.method.currentData()]
 
     def method_params(self) -> dict[str, dict[str, Any]]:
-        return {self.method.currentData(): self.params.values()}
+        params = self.params.values()
+        if self.method.currentData() == "vebi" and self.features.features():
+            params["features"] = self.features.features()
+        return {self.method.currentData(): params}
 
     def layer_name(self) -> str | None:
         info = self._infos.get(self.method.currentData())
-        return self.layer.currentData() if info is not None and info.needs_layer else None
+        if info is None or not info.needs_layer or self.sweep.active:
+            return None
+        name = self.layer.currentData()
+        return str(name) if name else None
+
+    def build_request(self, *, confirm: bool = True) -> ExplainRequest:
+        info = self._infos.get(self.method.currentData())
+        if info is not None and info.name == "vebi":
+            path = self.features.features()
+            if not path:
+                raise na.MethodError("vebi explains with the model's relevant features: choose a features file "
+                                     "(Features file…) or fit them over a data set (Fit relevant features…).")
+            if not features_file(path).is_file():
+                raise na.MethodError(f"There is no relevant-features file at '{path}': choose one (Features file…) "
+                                     "or fit them (Fit relevant features…).")
+        request = super().build_request(confirm=confirm)
+        if info is not None and info.needs_layer and self.sweep.active:
+            layers = self.sweep.layers()
+            if not layers:
+                raise na.LayerNotFoundError("Tick at least one network layer to sweep (or 'all spatial layers').")
+            request.sweep_layers = layers
+        return request
+
+    # ------------------------------------------------------------------ vebi: fitting the relevant features
+    def _update_buttons(self) -> None:
+        super()._update_buttons()
+        self.features.fit_button.setEnabled(not self.busy and self.model_info is not None)
+
+    def fit_features(self, data: str = "demo") -> bool:
+        """Fit the loaded model's relevant features over ``data`` ("demo": generated demo cases; else a folder
+        of scans) in the worker, with the dock's progress bar and Cancel; saved next to the model, never over an
+        existing file. False when nothing was started."""
+        info = self.model_info
+        if info is None:
+            notify("error", "Load a model first, then fit its relevant features.")
+            return False
+        if self.busy:
+            notify("info", "Wait until the current run ends (or cancel it), then fit the relevant features.")
+            return False
+        if info.is_script:
+            notify("error", "vebi needs module hooks, which TorchScript models do not support: load the checkpoint "
+                            "with its model card.")
+            return False
+        target = self.features.default
+        if target is None:
+            return False
+        request = FitRequest(model=info, data=data, path=str(target), n_cases=self.features.cases.value(),
+                             mu=self.features.mu.value(), device=self.device.currentText())
+        gen = self._model_gen
+        return self.start_job(fit_job, request, lambda outcome: self._on_fit(outcome, gen), kind="fit",
+                              text="fitting the relevant features …")
+
+    def _on_fit(self, outcome: FitOutcome, gen: int) -> None:
+        self.last_fit = outcome
+        self._update_buttons()
+        self.status.setText(outcome.message)
+        if outcome.status == "ok":
+            self.progress.setValue(1000)
+            if gen == self._model_gen:  # still the model the features were fitted for
+                self.features.set_features(outcome.path)
+            notify("info", outcome.message)
+        else:
+            self.progress.setValue(0)
+            notify("info" if outcome.status == "cancelled" else "error", outcome.message)
 
     # ------------------------------------------------------------------ results
     def show_outcome(self, outcome: Outcome, placed: list[Any]) -> None:
@@ -152,9 +273,40 @@ class ExplainWidget(AttributionDock):
         if outcome.probabilities and text:
             overlay.text = f"{self.model_info.label if self.model_info else 'model'}: {text}"
             overlay.visible = True
+        if outcome.sweep is not None and heat:
+            self._sweep_layer = heat[0].name
+            self.sweep_table.show_rows(outcome.sweep)
+            self.sweep_table.highlight(0)
+        else:
+            self.sweep_table.setVisible(False)
         if heat:  # each in its own event-loop turn (see AttributionDock._next_step)
             self._steps.append(lambda: setattr(self.viewer.layers.selection, "active", heat[-1]))
             self._steps.append(self._show_colour_bar)
+            self._steps.append(self.landmarks.schedule)
+
+    # ------------------------------------------------------------------ layer sweep
+    def _sweep_layers(self) -> list[Any]:
+        return [la for la in self.own_layers("heatmap") if is_sweep(la)]
+
+    def _sync_sweeps(self, event: Any = None) -> None:
+        """The slider moved: each sweep heatmap takes the colour scale of the network layer it shows."""
+        for la in self._sweep_layers():
+            idx = sync_sweep_contrast(self.viewer, la)
+            if la.name == self._sweep_layer:
+                self.sweep_table.highlight(idx)
+        active = self.viewer.layers.selection.active
+        if active is not None and is_sweep(active) and self.owner(active).get("role") == "heatmap":
+            self.colour_bar.setText(colour_bar_text(active, self.viewer))
+
+    def show_network_layer(self, index: int) -> None:
+        """Move the slider of the last sweep's heatmap to network layer ``index`` (a click in the table)."""
+        name = self._sweep_layer
+        if name not in self.viewer.layers:
+            return
+        layer = self.viewer.layers[name]
+        axis = self.viewer.dims.ndim - layer.ndim
+        world = layer.data_to_world([index] + [0] * (layer.ndim - 1))[0]
+        self.viewer.dims.set_point(axis, float(world))
 
     def _show_colour_bar(self, event: Any = None) -> None:
         """The colour bar of the active heatmap only (several would overlap on the canvas)."""
@@ -165,4 +317,6 @@ class ExplainWidget(AttributionDock):
             return
         for la in self.own_layers("heatmap"):  # compare names: a plugin gets the viewer through a proxy
             la.colorbar.visible = la.name == active.name
-        self.colour_bar.setText(colour_bar_text(active))
+        if is_sweep(active):
+            sync_sweep_contrast(self.viewer, active)
+        self.colour_bar.setText(colour_bar_text(active, self.viewer))

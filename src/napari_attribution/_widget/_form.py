@@ -99,12 +99,14 @@ class ParamsForm(QWidget):
         self.form.setContentsMargins(0, 0, 0, 0)
         self.edits: dict[str, QLineEdit] = {}
         self.extra: dict[str, Any] = {}  # common parameters set from a script (max_batch, memory_budget, ...)
+        self.method: str | None = None
 
     def set_method(self, info: na.MethodInfo | None) -> None:
         while self.form.rowCount():
             self.form.removeRow(0)
         self.edits = {}
         self.extra = {}
+        self.method = info.name if info is not None else None
         if info is None:
             return
         params = dict(info.params)
@@ -118,6 +120,13 @@ class ParamsForm(QWidget):
             edit.setToolTip(f"{key} (JSON value; empty = default {json.dumps(default)})")
             self.form.addRow(key, edit)
             self.edits[key] = edit
+        self.setVisible(bool(self.edits))
+
+    def drop(self, key: str) -> None:
+        """Take ``key``'s line out of the form (another widget sets that parameter)."""
+        edit = self.edits.pop(key, None)
+        if edit is not None:
+            self.form.removeRow(edit)
         self.setVisible(bool(self.edits))
 
     def values(self) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from napari_attribution import targets as T
 from .. import layers as L
 from ._models import ModelInfo
 
-__all__ = ["Estimate", "ExplainRequest", "Outcome", "estimate_passes", "run_job"]
+__all__ = ["Estimate", "ExplainRequest", "FitOutcome", "FitRequest", "Outcome", "estimate_passes", "fit_job",
+           "in_low_priority_thread", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class ExplainRequest:
     confirm_above: float | None = None  # seconds: ask before a run estimated to take longer
     compare: bool = False
     top_fraction: float = 0.05
+    sweep_layers: list[str] | None = None  # one method at each of these network layers (shallow to deep)
 
 
 @dataclass
@@ -81,6 +83,7 @@ class Outcome:
     estimate: Estimate | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    sweep: list[dict[str, Any]] | None = None  # a layer sweep: one row per network layer (layer_sweep_table)
 
 
 def _duration(s: float) -> str:
@@ -163,6 +166,8 @@ def estimate_passes(method: str, params: Mapping[str, Any], spatial: tuple[int, 
         if p.get("steps") == "auto":
             return float(p.get("max_steps") or 512), True
         return float(p.get("steps") or 50), False
+    if method == "layer_conductance":
+        return float(p.get("steps") or 50) + 1, False
     if method == "smoothgrad":
         base, upper = estimate_passes(str(p.get("base") or "saliency"), p.get("base_params") or {}, spatial,
                                       layer_channels=layer_channels)
@@ -204,16 +209,19 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
     slicewise = info.spatial_dims == 2 and len(spatial) == 3
     one = spatial[1:] if slicewise else spatial
     n_slices = (len(req.slices) if req.slices else spatial[0]) if slicewise else 1
-    total, upper, shared = 0.0, False, False
-    for m in req.methods:
-        layer = req.layer or info.default_layer or (info.layers[-1] if info.layers else None)
-        passes, up = estimate_passes(m, req.params.get(m, {}), one, layer_channels=info.layer_channels.get(layer or ""))
-        if passes <= 2 and na.get_method(m).shared_pass:
-            if shared:
-                continue
-            shared = True
-        total += passes
-        upper |= up
+    total, upper = 0.0, False
+    default = req.layer or info.default_layer or (info.layers[-1] if info.layers else "")
+    for layer in req.sweep_layers or [default]:
+        shared = False
+        for m in req.methods:
+            passes, up = estimate_passes(m, req.params.get(m, {}), one,
+                                         layer_channels=info.layer_channels.get(layer or ""))
+            if passes <= 2 and na.get_method(m).shared_pass:
+                if shared:
+                    continue
+                shared = True
+            total += passes
+            upper |= up
     total *= n_slices
     if total <= 8:
         return None  # cheap: no need to measure
@@ -245,21 +253,30 @@ def run_job(request: ExplainRequest, progress: Progress | None = None, cancel: C
     Called in napari's worker thread. On Linux the work runs in a short-lived thread of its own at a lower CPU
     priority (a thread of napari's pool would keep the lowered priority afterwards: raising it back needs
     privileges), so that on a busy machine redrawing the viewer wins over computing."""
+    outcome: Outcome = in_low_priority_thread(
+        _run_job, request, progress, cancel,
+        fallback=Outcome("failed", "Explain failed: the computation stopped unexpectedly."))
+    return outcome
+
+
+def in_low_priority_thread(fn: Callable[..., Any], *args: Any, fallback: Any) -> Any:
+    """``fn(*args)`` in a short-lived thread at :data:`JOB_NICENESS` (Linux; elsewhere in this thread); ``fallback``
+    if it returned nothing (it should catch everything itself)."""
     if not (JOB_NICENESS and sys.platform.startswith("linux")):
-        return _run_job(request, progress, cancel)
-    box: list[Outcome] = []
+        return fn(*args)
+    box: list[Any] = []
 
     def target() -> None:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)
         except OSError:
             pass
-        box.append(_run_job(request, progress, cancel))
+        box.append(fn(*args))
 
     thread = threading.Thread(target=target, name="napari-attribution job", daemon=True)
     thread.start()
     thread.join()
-    return box[0] if box else Outcome("failed", "Explain failed: the computation stopped unexpectedly.")
+    return box[0] if box else fallback
 
 
 def _run_job(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None) -> Outcome:
@@ -271,7 +288,7 @@ def _run_job(request: ExplainRequest, progress: Progress | None, cancel: Cancel 
     try:
         with warnings.catch_warnings(record=True) as caught_list:
             warnings.simplefilter("always")
-            outcome = _run(request, progress, cancel)
+            outcome = _run_sweep(request, progress, cancel) if request.sweep_layers else _run(request, progress, cancel)
             caught = list(caught_list)
     except na.Cancelled:
         return Outcome("cancelled", "Explain cancelled: no layer was added.")
@@ -308,6 +325,16 @@ def _prepare(request: ExplainRequest) -> tuple[np.ndarray, int, tuple[int, ...]]
 
 
 def _run(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None) -> Outcome:
+    results = _compute(request, progress, cancel)
+    if isinstance(results, Outcome):
+        return results
+    return _outcome(request, results)
+
+
+def _compute(request: ExplainRequest, progress: Progress | None,
+             cancel: Cancel | None) -> dict[str, Any] | Outcome:
+    """The request's methods on the image (box and slices applied, maps pasted back on the full grid); an
+    ``Outcome("confirm")`` instead when the run is estimated to take longer than ``request.confirm_above``."""
     info = request.model
     image, off, spatial = _prepare(request)
     roi: tuple[slice, ...] | None = None
@@ -345,7 +372,78 @@ def _run(request: ExplainRequest, progress: Progress | None, cancel: Cancel | No
         results = {m: na.explain(info.model, sub, m, params=params[m], **kw)}
     if roi is not None:
         results = {m: _paste(a, spatial, roi) for m, a in results.items()}
-    return _outcome(request, results)
+    return results
+
+
+def _run_sweep(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None) -> Outcome:
+    """One method at each of ``request.sweep_layers`` (same target, same scan): one heatmap layer with a leading
+    "layer" axis, the prediction, and a per-layer table. Progress says which network layer runs; ``cancel`` is
+    polled between layers (and inside each, as for any run)."""
+    layers = list(request.sweep_layers or [])
+    if len(request.methods) != 1:
+        raise na.MethodError("A layer sweep runs one method.")
+    method = request.methods[0]
+    if not na.get_method(method).needs_layer:
+        raise na.MethodError(f"{method} does not look at a network layer; sweep a layer method (e.g. grad_cam).")
+    if not layers:
+        raise na.LayerNotFoundError("Tick at least one network layer to sweep.")
+    n = len(layers)
+    results: dict[str, Any] = {}
+    for i, name in enumerate(layers):
+        if cancel is not None and cancel():
+            raise na.Cancelled("cancelled")
+
+        def step(done: int, total: int, message: str, i: int = i, name: str = name) -> None:
+            if progress is not None:
+                frac = done / max(total, 1)
+                progress(int(1000 * (i + frac)), 1000 * n, f"layer {i + 1} of {n} ({name}): {message}")
+
+        step(0, 1, "starting")
+        # the whole sweep's cost is estimated once, before the first layer (_estimate reads sweep_layers)
+        one = dataclasses.replace(request, layer=name, sweep_layers=layers if i == 0 else None, compare=False,
+                                  confirm_above=request.confirm_above if i == 0 else None,
+                                  params={method: dict(request.params.get(method, {}))})
+        got = _compute(one, step, cancel)
+        if isinstance(got, Outcome):
+            return got
+        results[name] = got[method]
+    if progress is not None:
+        progress(1000 * n, 1000 * n, f"{n} layers done")
+    return _sweep_outcome(request, results)
+
+
+def _sweep_outcome(request: ExplainRequest, results: dict[str, Any]) -> Outcome:
+    from ..metrics import layer_sweep_table, target_region
+
+    info = request.model
+    atts = list(results.values())
+    first = atts[0]
+    full_target = request.target if request.roi is not None and request.target is not None else None
+    region = target_region(first, full_target)  # a box crops the resolved target: use the full one
+    table = layer_sweep_table(results, region)
+    extra_md = {}
+    affine = request.source_metadata.get("original_affine")
+    if affine is not None:
+        extra_md["original_affine"] = affine
+    method = first.method
+    prov = L.provenance(
+        method=method, params=first.params, target=first.target, seconds=sum(a.seconds for a in atts),
+        model=info.source, model_sha256=info.sha256, layer=None, device=request.device or "cpu",
+        source=request.source, roi=first.extras.get("roi"), target_description=first.description,
+        layers=list(results), layer_seconds=[a.seconds for a in atts],
+    )
+    out = Outcome("ok", results=results, sweep=table)
+    out.layers.append(L.layer_sweep_layer(atts, source=request.source, source_geometry=request.source_geometry,
+                                          class_names=info.class_names, provenance=prov, metadata=extra_md,
+                                          table=table))
+    pred = L.prediction_layer(first, source=request.source, model=info.label, source_geometry=request.source_geometry,
+                              class_names=info.class_names, metadata=extra_md)
+    if pred is not None:
+        out.layers.append(pred)
+    out.probabilities = L.class_probabilities(first, info.class_names)
+    secs = sum(a.seconds for a in atts)
+    out.message = f"{method} at {len(atts)} layers in {_duration(secs)}: {first.description}"
+    return out
 
 
 def agreement_table(results: Mapping[str, Any], top: float, *, max_voxels: int = 1_000_000,
@@ -398,3 +496,107 @@ def _outcome(request: ExplainRequest, results: dict[str, Any]) -> Outcome:
     secs = sum(a.seconds for a in results.values())
     out.message = f"{', '.join(results)} in {_duration(secs)}: {first.description}"
     return out
+
+
+# ------------------------------------------------------------------------------------------------ vebi features
+
+
+@dataclass
+class FitRequest:
+    """Fit a model's relevant features (vebi) over a data set and save them without replacing a file."""
+
+    model: ModelInfo
+    data: str  # "demo" (generated cases of a demo model) or the path of a folder of scans
+    path: str  # where to save: the features file (or the model file, next to which it goes)
+    n_cases: int = 40
+    mu: float = 10.0
+    device: str | None = None
+
+
+@dataclass
+class FitOutcome:
+    status: str  # "ok" | "cancelled" | "failed"
+    message: str = ""
+    path: str | None = None
+    features: Any = None
+    seconds: float = 0.0
+
+
+LABELS_CSV = "labels.csv"
+
+
+def _fit_data(req: FitRequest) -> tuple[Any, Any, str]:
+    """``(images, labels, in words)`` for :func:`na.fit_relevant_features`."""
+    from pathlib import Path
+
+    from ..interpretation import demo_cases, read_labels_csv
+
+    if req.data == "demo":
+        if not req.model.source.startswith("demo:"):
+            raise na.ParameterError("Generated cases exist only for the demo models: choose a folder of scans.")
+        return demo_cases(req.model.source, req.n_cases), None, "generated cases of the demo (with their labels)"
+    folder = Path(req.data)
+    if not folder.is_dir():
+        raise na.ReaderError(f"'{folder}' is not a folder: choose the folder that holds the scans.")
+    csv = next((p for p in folder.iterdir() if p.name.lower() == LABELS_CSV), None)
+    if csv is not None:
+        labels = read_labels_csv(csv, req.model.class_names)
+        return str(folder), labels, f"scans of '{folder.name}' (labels from {csv.name})"
+    return str(folder), None, f"scans of '{folder.name}' (labelled by the model's own predictions: no {LABELS_CSV})"
+
+
+def fit_job(request: FitRequest, progress: Progress | None = None, cancel: Cancel | None = None) -> FitOutcome:
+    """Fit and save the relevant features; never raises. A cancelled or failed fit writes no file."""
+    outcome: FitOutcome = in_low_priority_thread(
+        _fit_job, request, progress, cancel,
+        fallback=FitOutcome("failed", "Fitting the relevant features stopped unexpectedly; no file was written."))
+    return outcome
+
+
+def _fit_job(req: FitRequest, progress: Progress | None, cancel: Cancel | None) -> FitOutcome:
+    import torch
+
+    from ..interpretation import features_file, save_features_beside
+
+    torch.set_num_threads(1)  # as for explain jobs: leave a core to the GUI thread
+    t0 = time.perf_counter()
+
+    def relay(done: int, total: int, message: str) -> None:  # responses: 0-80 %, the mu-lasso: 80-100 %
+        if progress is None:
+            return
+        frac = done / max(total, 1)
+        if message.startswith("mu-lasso"):
+            progress(800 + int(200 * frac), 1000, f"selecting the relevant features: {message}")
+        else:
+            progress(int(800 * frac), 1000, message)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            images, labels, what = _fit_data(req)
+            feats = na.fit_relevant_features(req.model.model, images, labels, mu=req.mu, device=req.device,
+                                             progress=relay, cancel=cancel)
+            if cancel is not None and cancel():
+                raise na.Cancelled("cancelled")
+            path = save_features_beside(feats, req.path)
+    except na.Cancelled:
+        return FitOutcome("cancelled", "Fitting the relevant features was cancelled: no file was written.")
+    except na.AttributionError as err:
+        return FitOutcome("failed", f"Fitting the relevant features failed: {err}")
+    except MemoryError:
+        return FitOutcome("failed", "Out of memory while fitting the relevant features; use fewer or smaller scans.")
+    except OSError as err:
+        return FitOutcome("failed", f"The relevant features could not be saved: {err}")
+    except Exception as err:  # unexpected: one line for the user, the traceback in the log
+        log.debug("fit failed", exc_info=True)
+        return FitOutcome("failed", f"Fitting the relevant features failed ({type(err).__name__}): {err}")
+    seconds = time.perf_counter() - t0
+    n = int(feats.info.get("n_images", 0))
+    per_class = ", ".join(f"{name} {k}" for name, k in zip(feats.class_names, feats.info.get("relevant_per_class", []),
+                                                           strict=False))
+    message = (f"Relevant features fitted on {n} {what} in {_duration(seconds)} (relevant features per class: "
+               f"{per_class}); saved as '{path}'.")
+    wanted = features_file(req.path)
+    if path != wanted:
+        message += f" '{wanted.name}' already existed and was kept."
+    return FitOutcome("ok", message, str(path), feats, seconds)

@@ -17,10 +17,32 @@ import napari_attribution as na
 
 from ..layers import sha256_file
 
-__all__ = ["ModelInfo", "RecentModels", "demo_names", "load_model_info", "model_info"]
+__all__ = ["ModelInfo", "RecentModels", "config_dir", "default_features_path", "demo_names", "load_model_info",
+           "model_info"]
 
 DEMO_FALLBACK = "lesion3d"
 MODEL_FILE_FILTER = "Models (*.pt *.pth *.ts *.torchscript *.ckpt *.json *.yaml *.yml);;All files (*)"
+
+
+def config_dir() -> Path:
+    """The plugin's folder for small user files: ``$NAPARI_ATTRIBUTION_CONFIG_DIR``, else
+    ``$XDG_CONFIG_HOME/napari-attribution`` (``~/.config/napari-attribution``)."""
+    base = os.environ.get("NAPARI_ATTRIBUTION_CONFIG_DIR") or os.path.join(
+        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "napari-attribution")
+    return Path(base)
+
+
+def default_features_path(source: str, label: str = "model") -> Path:
+    """Where the relevant features (vebi) of a model live: next to a model file (``model.pt -> model.vebi.npz``);
+    for a demo model or a model handed over from Python, in the config folder's ``features/`` (the package's own
+    folder is not the user's to write in)."""
+    from ..interpretation import features_path_for
+
+    if not source.startswith("demo:") and os.path.isfile(source):
+        return features_path_for(source)
+    name = source.split(":", 1)[1] if source.startswith("demo:") else label
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "model"
+    return config_dir() / "features" / f"{slug}.vebi.npz"
 
 
 def demo_names() -> list[str]:
@@ -192,9 +214,7 @@ class RecentModels:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, size: int = 8) -> None:
         if path is None:
-            base = os.environ.get("NAPARI_ATTRIBUTION_CONFIG_DIR") or os.path.join(
-                os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "napari-attribution")
-            path = os.path.join(base, "recent_models.json")
+            path = config_dir() / "recent_models.json"
         self.path = Path(path)
         self.size = size
 

@@ -15,8 +15,19 @@ from ._score import Score, Scorer
 from .agreement import agreement
 from .faithfulness import deletion_insertion, infidelity, max_sensitivity, randomisation, specificity
 from .localisation import energy_in_mask, pointing_game, topk_iou
+from .tables import LandmarkRow, LandmarkTable, landmark_table, layer_sweep_table, target_region
 
-__all__ = ["METRICS", "Score", "agreement", "evaluate"]
+__all__ = [
+    "METRICS",
+    "LandmarkRow",
+    "LandmarkTable",
+    "Score",
+    "agreement",
+    "evaluate",
+    "landmark_table",
+    "layer_sweep_table",
+    "target_region",
+]
 
 #: metric name -> higher is better
 METRICS = {
