@@ -122,6 +122,22 @@ def test_grad_cam(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_layer_gradient_x_activation(case: str) -> None:
+    model, img, x, score = setup(case)
+    name, layer = layer_of(model, case)
+    ours = na.explain(model, img, "layer_gradient_x_activation", K, layer=name)
+    lgxa = ca.LayerGradientXActivation(score, layer).attribute(x).sum(1, keepdim=True)
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    close(ours.data, ca.LayerAttribution.interpolate(lgxa, tuple(x.shape[2:]), mode))
+    one = na.explain(model, img, "layer_gradient_x_activation", K, layer=name, params={"channel": 1})
+    lgxa1 = ca.LayerGradientXActivation(score, layer).attribute(x)[:, 1:2]
+    close(one.data, ca.LayerAttribution.interpolate(lgxa1, tuple(x.shape[2:]), mode))
+    hires = na.explain(model, img, "hires_cam", K, layer=name)  # HiResCAM is this map with a ReLU
+    np.testing.assert_allclose(hires.extras["layer_map"], np.maximum(ours.extras["layer_map"], 0), rtol=1e-5,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_guided_grad_cam(case: str) -> None:
     model, img, x, score = setup(case)
     name, layer = layer_of(model, case)

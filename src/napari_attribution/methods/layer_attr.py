@@ -1,6 +1,6 @@
 """Layer attributions for segmentation and classification targets (seed 001, TorchEsegeta's use of Captum's
-layer methods): ``layer_conductance``. ``layer_activation`` lives with the CAM family (``cam.py``); layer
-gradient x activation is ``sam`` with ``variant="layer", reduce="signed"`` (or ``hires_cam`` with its ReLU)."""
+layer methods): ``layer_gradient_x_activation`` and ``layer_conductance``. ``layer_activation`` lives with the
+CAM family (``cam.py``)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,49 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._errors import MethodError
+from .._errors import MethodError, ParameterError
 from ._hooks import capture_layer
 from ._registry import register
 from ._run import MethodOutput, Run, first_output, upsample
 from .gradient import baseline_tensor, integration_rule
+
+
+@register(
+    "layer_gradient_x_activation",
+    label="Layer gradient x activation: sum_k dT/dA_k * A_k (signed), upsampled",
+    family="layer",
+    needs_layer=True,
+    shared_pass=True,
+    passes="1F + partial B",
+    paper="Shrikumar et al. 2016, arXiv:1605.01713 (at a layer, as Captum's LayerGradientXActivation)",
+    signed=True,
+    supports_torchscript=False,
+    params={"channel": None},
+)
+def layer_gradient_x_activation(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``L = sum_k G_k * A_k`` at the layer, signed (evidence for the target where positive, against where
+    negative), summed over all channels or over ``channel`` (an int or a list), upsampled (bilinear / trilinear,
+    ``align_corners=False``). Equals ``captum.attr.LayerGradientXActivation(model, layer).attribute(x, target)``
+    summed over channels and passed to ``LayerAttribution.interpolate(..., "bilinear"/"trilinear")``; HiResCAM
+    is this map with a ReLU. Computed from the shared pass (one forward, a backward that stops at the layer), so
+    it is free next to the CAM family in ``compare``. ``extras["per_channel_total"]`` is each channel's sum."""
+    assert run.shared is not None and run.shared.activation is not None and run.shared.grad_activation is not None
+    a, g = run.shared.activation, run.shared.grad_activation
+    if a.ndim < 3:
+        raise MethodError(f"Layer {run.layer_name!r} has no spatial output; choose a convolutional layer.")
+    prod = g * a
+    ch = params["channel"]
+    if ch is not None:
+        idx = [ch] if isinstance(ch, int) else list(ch)
+        if any(not 0 <= i < a.shape[1] for i in idx):
+            raise ParameterError(f"channel must be in 0..{a.shape[1] - 1} for layer {run.layer_name!r}.")
+        m = prod[:, idx].sum(1, keepdim=True)
+    else:
+        m = prod.sum(1, keepdim=True)
+    return MethodOutput(
+        upsample(m, run.spatial())[0],
+        {"layer_map": m[0, 0].cpu().numpy(), "per_channel_total": prod.flatten(2).sum(2)[0].cpu().numpy()},
+    )
 
 
 @register(
