@@ -474,7 +474,7 @@ class _OneDnnConv3d(torch.autograd.Function):
         grad = grad.contiguous()
         gx = None
         k = weight.shape[2:]
-        flipped_pad = [d * (n - 1) - p for d, n, p in zip(dilation, k, padding)]
+        flipped_pad = [d * (n - 1) - p for d, n, p in zip(dilation, k, padding, strict=True)]
         if mask[0] and groups == 1 and all(v == 1 for v in stride) and min(flipped_pad) >= 0:
             # measured on the 96^3 benchmark network: 2.4 ms against 10.7 ms for its three stride-1 layers
             flipped = weight.transpose(0, 1).flip(2, 3, 4).contiguous()

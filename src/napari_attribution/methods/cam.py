@@ -35,6 +35,14 @@ def _spatial_dims(t: Tensor) -> tuple[int, ...]:
     return tuple(range(2, t.ndim))
 
 
+def channel_sum(t: Tensor, channel: int | list[int], layer_name: str | None) -> Tensor:
+    """``t[:, channel]`` summed over the chosen channels (an int or a list), keeping the channel axis."""
+    idx = [channel] if isinstance(channel, int) else list(channel)
+    if any(not 0 <= i < t.shape[1] for i in idx):
+        raise ParameterError(f"channel must be in 0..{t.shape[1] - 1} for layer {layer_name!r}.")
+    return t[:, idx].sum(1, keepdim=True)
+
+
 def _finish(run: Run, m: Tensor, extras: dict[str, Any] | None = None) -> MethodOutput:
     """``m``: ``(1, 1, *S_l)`` at layer resolution -> ``(1, *S)`` on the input grid."""
     return MethodOutput(upsample(m, run.spatial())[0], {"layer_map": m[0, 0].detach().cpu().numpy(), **(extras or {})})
@@ -151,10 +159,7 @@ def layer_activation(run: Run, params: dict[str, Any]) -> MethodOutput:
     a, _ = _layer(run)
     ch = params["channel"]
     if ch is not None:
-        idx = [ch] if isinstance(ch, int) else list(ch)
-        if any(not 0 <= i < a.shape[1] for i in idx):
-            raise ParameterError(f"channel must be in 0..{a.shape[1] - 1} for layer {run.layer_name!r}.")
-        m = a[:, idx].sum(1, keepdim=True)
+        m = channel_sum(a, ch, run.layer_name)
     elif params["reduce"] == "mean":
         m = a.mean(1, keepdim=True)
     elif params["reduce"] == "sum":

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._errors import MethodError, ParameterError
+from .._errors import MethodError
 from ._hooks import capture_layer
 from ._registry import register
 from ._run import MethodOutput, Run, first_output, upsample
+from .cam import channel_sum
 from .gradient import baseline_tensor, integration_rule
 
 
@@ -41,13 +42,7 @@ def layer_gradient_x_activation(run: Run, params: dict[str, Any]) -> MethodOutpu
         raise MethodError(f"Layer {run.layer_name!r} has no spatial output; choose a convolutional layer.")
     prod = g * a
     ch = params["channel"]
-    if ch is not None:
-        idx = [ch] if isinstance(ch, int) else list(ch)
-        if any(not 0 <= i < a.shape[1] for i in idx):
-            raise ParameterError(f"channel must be in 0..{a.shape[1] - 1} for layer {run.layer_name!r}.")
-        m = prod[:, idx].sum(1, keepdim=True)
-    else:
-        m = prod.sum(1, keepdim=True)
+    m = prod.sum(1, keepdim=True) if ch is None else channel_sum(prod, ch, run.layer_name)
     return MethodOutput(
         upsample(m, run.spatial())[0],
         {"layer_map": m[0, 0].cpu().numpy(), "per_channel_total": prod.flatten(2).sum(2)[0].cpu().numpy()},
@@ -114,7 +109,7 @@ def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
     if cond.ndim < 3:
         raise MethodError(f"Layer {run.layer_name!r} has no spatial output; choose a convolutional layer.")
     ch = params["channel"]
-    m = cond[:, [ch] if isinstance(ch, int) else list(ch)].sum(1, keepdim=True) if ch is not None else cond.sum(1, keepdim=True)
+    m = cond.sum(1, keepdim=True) if ch is None else channel_sum(cond, ch, run.layer_name)
     total = float(cond.sum())
     delta = scores[-1] - scores[0]
     return MethodOutput(
