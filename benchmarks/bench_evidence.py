@@ -34,8 +34,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="demo:contrast-phase")
     parser.add_argument("--quick", action="store_true", help="small window count, for a smoke run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method, interleaved; the median")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady ratios on a shared machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     model, image, mask, k, label = _model_and_image(args.model)
     nd = image.ndim
     window = 4 if nd == 3 else 8
@@ -43,15 +46,22 @@ def main() -> int:
     params = {"window": window, "stride": stride, "patches": 5000, "seed": 0}
     print(f"model {label}, image {image.shape}, target class {k}, window {window}, stride {stride}")
     na.explain(model, image, "evidence", k, params=params)  # warm-up (and the patch-model fit path)
-    t0 = time.perf_counter()
-    pda = na.explain(model, image, "prediction_difference", k, params={**params, "samples": 10})
-    t_pda = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ev = na.explain(model, image, "evidence", k, params=params)
-    t_ev = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tay = na.explain(model, image, "evidence", k, params={**params, "mode": "taylor"})
-    t_tay = time.perf_counter() - t0
+    runs = {
+        "pda": lambda: na.explain(model, image, "prediction_difference", k, params={**params, "samples": 10}),
+        "ev": lambda: na.explain(model, image, "evidence", k, params=params),
+        "tay": lambda: na.explain(model, image, "evidence", k, params={**params, "mode": "taylor"}),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    results: dict[str, Any] = {}
+    for r in range(args.repeats):  # interleaved (and reversed every other round): load hits every method alike
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            t0 = time.perf_counter()
+            results[name] = runs[name]()
+            times[name].append(time.perf_counter() - t0)
+    t_pda, t_ev, t_tay = (float(np.median(times[n])) for n in ("pda", "ev", "tay"))
+    pda, ev, tay = results["pda"], results["ev"], results["tay"]
+    print(f"median of {args.repeats} interleaved runs, {torch.get_num_threads()} torch thread(s); all runs (s): "
+          + "; ".join(f"{n} " + ", ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()))
     from scipy.stats import spearmanr
 
     rho = spearmanr(pda.data.ravel(), ev.data.ravel()).statistic

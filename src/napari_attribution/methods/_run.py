@@ -187,17 +187,17 @@ class Run:
     #: short and ``cancel()`` / progress respond quickly; activation bytes are a deterministic proxy of the
     #: work, so the chunking, and hence the result to the last bit, does not depend on the machine's load
     RESPONSIVE_BYTES = 64 * 2**20
-    #: on the CPU a gradient pass stops getting cheaper per sample once its activations reach a few MiB, so a
-    #: gradient chunk holds no more samples than needed to reach this (bigger chunks would only cost memory).
-    #: Measured with ``benchmarks/bench_core.py`` (3D 96^3, 11 MiB per sample; one sample per chunk costs the same
-    #: time per sample as two, with single-sample convolutions on oneDNN, see ``fast_cpu_conv3d``).
+    #: on the CPU a pass stops getting cheaper per sample once its activations reach a few MiB, so a chunk holds no
+    #: more samples than needed to reach this: bigger chunks cost memory and, once they spill out of the caches,
+    #: time. Measured: IG on the 96^3 benchmark network (11 MiB per sample) is as fast per sample in chunks of one
+    #: as of two (single-sample convolutions on oneDNN, see ``fast_cpu_conv3d``); ``evidence`` on the 2D
+    #: contrast-phase demo (529 windows) takes 0.55-0.6 s in chunks of 8-16 windows, 1.6-1.9 s in chunks of 64-256.
     EFFICIENT_BYTES = 8 * 2**20
 
     def batch_size(self, n: int, factor: float = 2.5) -> int:
         """How many samples go in one chunk: ``params["max_batch"]``, or the memory budget divided by the measured
         activation memory of one sample (times ``factor`` for the backward pass), capped by
-        :attr:`RESPONSIVE_BYTES` of activations per chunk and, for gradient passes on the CPU (``factor > 1``),
-        by :attr:`EFFICIENT_BYTES`."""
+        :attr:`RESPONSIVE_BYTES` of activations per chunk and, on the CPU, by :attr:`EFFICIENT_BYTES`."""
         fixed = self.params.get("max_batch")
         if fixed:
             return max(1, min(n, int(fixed)))
@@ -206,7 +206,7 @@ class Run:
         by_memory = int(budget // (sample * factor))
         by_work = int(self.RESPONSIVE_BYTES // sample)
         size = max(1, min(n, by_memory, by_work))
-        if factor > 1 and self.x.device.type == "cpu":
+        if self.x.device.type == "cpu":
             size = min(size, max(1, -int(-self.EFFICIENT_BYTES // sample)))
         return size
 
