@@ -187,14 +187,14 @@ def classic() -> int:
     viewer.window.resize(1500, 980)
     viewer, explain = open_demo(viewer)
     wait(lambda: explain.model_info is not None and not explain.busy)
-    lesion = viewer.layers["lesion (truth)"].data
+    lesion = viewer.layers["lesion mask"].data
     z = int(np.argmax(lesion.sum((1, 2))))
     viewer.dims.set_current_step(0, z)
     explain.set_method("integrated_gradients", steps=32)
     explain.target.set_kind("class")
     explain.target.k1.setCurrentIndex(1)
     run(explain)
-    truth = viewer.layers["lesion (truth)"]
+    truth = viewer.layers["lesion mask"]
     truth.visible, truth.contour, truth.opacity = True, 1, 1.0
     viewer.layers.move(viewer.layers.index(truth), len(viewer.layers))  # the lesion outline on top
     viewer.layers.selection.active = viewer.layers[[la.name for la in viewer.layers].index(
@@ -217,14 +217,14 @@ def classic() -> int:
     explain.set_model(net.eval(), source="lesion segmenter (Python)")
     explain.set_method("input_x_gradient")
     explain.target.set_kind("region from Labels layer")
-    explain.target.labels.setCurrentText("lesion (truth)")
+    explain.target.labels.setCurrentText("lesion mask")
     explain.target.k1.setCurrentIndex(1)
     run(explain)
-    viewer.layers["lesion (truth)"].visible = False
+    viewer.layers["lesion mask"].visible = False
     shot(viewer, "explain_segmentation.png")
 
     # 3. Compare: four methods side by side, the scan under each map, agreement table
-    for la in [la for la in viewer.layers if la.name not in ("lesion phantom (CT)", "lesion (truth)")]:
+    for la in [la for la in viewer.layers if la.name not in ("lesion phantom CT", "lesion mask")]:
         viewer.layers.remove(la)
     compare_dock, compare = viewer.window.add_plugin_dock_widget("napari-attribution", "Compare methods")
     compare_dock.raise_()
@@ -234,6 +234,7 @@ def classic() -> int:
     compare.target.k1.setCurrentIndex(1)
     run(compare)
     viewer.reset_view()
+    _show_results(compare)  # the agreement tables in full (the dock's inputs scroll out at the top)
     shot(viewer, "compare_grid.png")
     compare.side_by_side.setChecked(False)
     viewer.close()
@@ -248,7 +249,7 @@ def classic() -> int:
     explain.set_method("grad_cam")
     explain.target.set_kind("class")
     explain.target.k1.setCurrentIndex(1)
-    truth = viewer.layers["lesion (truth)"]
+    truth = viewer.layers["lesion mask"]
     truth.visible, truth.contour, truth.opacity = True, 1, 1.0
     explain.scope.slices.setCurrentIndex(1)  # follow the slider
     for zz in (z - 3, z):

@@ -24,7 +24,7 @@ import numpy as np
 
 from .layers import OWNER_KEY, LayerDataTuple, json_safe
 
-__all__ = ["get_reader", "lesion_phantom_sample", "read", "write_image", "write_labels"]
+__all__ = ["get_reader", "read", "write_image", "write_labels"]
 
 _NIFTI = (".nii", ".nii.gz")
 _DICOM = (".dcm", ".dicom", ".ima")
@@ -192,19 +192,3 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 single-layer writer for labels layers (NIfTI, integer)."""
     return _write(path, np.asarray(data), meta)
 
-
-# ---------------------------------------------------------------------------------------------- sample data
-
-
-def lesion_phantom_sample() -> list[LayerDataTuple]:
-    """The demo CT phantom with an enhancing lesion (HU, 2 x 0.8 x 0.8 mm voxels) and its lesion mask."""
-    from ._demo import SPACING, phantom
-
-    vol, mask = phantom(np.random.default_rng(7), lesion=True)
-    geo = {"scale": list(SPACING), "translate": [0.0, 0.0, 0.0]}
-    md = {"units": "HU", "modality": "CT", "source_file": "synthetic phantom"}
-    return [
-        (vol, {"name": "lesion phantom (CT)", "contrast_limits": [-200.0, 400.0], "metadata": md, **geo}, "image"),
-        (mask.astype(np.int32), {"name": "lesion (truth)", "opacity": 0.6, "visible": False,
-                                 "colormap": {None: "transparent", 0: "transparent", 1: "lime"}, **geo}, "labels"),
-    ]

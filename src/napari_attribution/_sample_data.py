@@ -139,8 +139,10 @@ def lesion_ct() -> list[LayerDataTuple]:
             "class_names": ["no lesion", "lesion"], "demo_model": "demo:lesion3d"}
     mask_meta = {"source": meta["source"], "label_names": {1: "lesion"},
                  "description": "the enhancing lesion (+200 HU): the only evidence of the class 'lesion'"}
-    return _pair(case.image, case.mask.astype(np.uint8), geometry, "lesion phantom CT", "lesion mask", meta,
-                 mask_meta, (-200.0, 400.0))
+    layers = _pair(case.image, case.mask.astype(np.uint8), geometry, "lesion phantom CT", "lesion mask", meta,
+                   mask_meta, (-200.0, 400.0))
+    layers[1][1]["colormap"] = {None: "transparent", 0: "transparent", 1: "lime"}  # stands out on a red heatmap
+    return layers
 
 
 def _scan(data: np.ndarray, geometry: Geometry, meta: dict[str, Any], name: str, source: str,

@@ -136,9 +136,3 @@ def test_dicom_folder_is_recognised(tmp_path: Path) -> None:
     folder.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "IM0001")
     assert nio.get_reader(str(folder)) is nio.read
-
-
-def test_sample_data_is_the_lesion_phantom() -> None:
-    (vol, kw, kind), (mask, mkw, mkind) = nio.lesion_phantom_sample()
-    assert kind == "image" and mkind == "labels" and vol.shape == mask.shape
-    assert kw["scale"] == mkw["scale"] and mask.any()

@@ -27,8 +27,10 @@ def test_guessed_card_is_marked_and_edits_apply(dock: Any, monkeypatch: pytest.M
     dock.set_model(ThresholdSegmenter.make(), source="threshold segmenter")
     assert editor.card.inferred and "guessed" in editor.title()
     assert editor.card.spatial_dims == 3 and editor.card.in_channels == 1
+    labels = [editor._form.labelForField(w) for w in (editor.task, editor.output, editor.spacing)]
+    assert not editor.isChecked() and not any(la.isVisibleTo(editor) for la in labels)  # collapsed: no rows
     editor.setChecked(True)
-    assert editor.apply_button.isVisible() or editor.isChecked()
+    assert editor.apply_button.isVisibleTo(editor) and all(la.isVisibleTo(editor) for la in labels)
     editor.class_names.setText("tissue, lesion")
     editor.task.setCurrentText("segmentation")
     editor.default_layer.setText("0")

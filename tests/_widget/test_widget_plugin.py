@@ -69,7 +69,8 @@ def test_cli_demo_opens_the_viewer_with_dock_scan_and_model(make_napari_viewer: 
     viewer, explain = open_demo(viewer)
     wait_model(qtbot, explain)
     assert explain.model_info.source == "demo:lesion3d"
-    assert explain.image.currentText() == "lesion phantom (CT)"
+    assert explain.image.currentText() == "lesion phantom CT"  # the manifest sample lesion-ct
+    assert not viewer.layers["lesion mask"].visible
     explain.run()
     wait_idle(qtbot, explain)
     assert explain.last_outcome.status == "ok" and len(heatmaps(viewer)) == 1

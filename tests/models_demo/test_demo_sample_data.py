@@ -60,6 +60,10 @@ def test_phantom_masks_mark_the_evidence():
     assert ct[mask == 1].mean() > 150 and ct[mask == 0].mean() < 0  # enhanced aorta vs air/fat/tissue
     (vessels, _, _), (truth, _, _) = _sample_data.vessel_mra()
     assert vessels[truth == 1].mean() > vessels[truth == 0].mean() + 0.2
+    (lesion_ct, kw, _), (lesion, mkw, _) = _sample_data.lesion_ct()  # the demo's phantom (napari-attribution demo)
+    assert lesion_ct.shape == lesion.shape == (16, 28, 28) and kw["scale"] == mkw["scale"] == [2.0, 0.8, 0.8]
+    assert (kw["name"], mkw["name"]) == ("lesion phantom CT", "lesion mask")
+    assert lesion_ct[lesion == 1].mean() > 150  # the enhancing lesion (soft tissue is about 40 HU)
 
 
 def test_real_scans():

@@ -41,7 +41,7 @@ class CardEditor(QGroupBox):
         self.spacing.setPlaceholderText("mm per voxel in (z, y, x), e.g. 1.5, 1.5, 1.5; empty = none")
         self.apply_button = QPushButton("Apply card")
         self.apply_button.clicked.connect(self.apply)
-        form = QFormLayout(self)
+        self._form = form = QFormLayout(self)
         form.addRow(self.note)
         for label, w in (("task", self.task), ("output", self.output), ("classes", self.class_names),
                          ("layer", self.default_layer), ("preprocess", self.preprocess), ("spacing", self.spacing)):
@@ -51,9 +51,13 @@ class CardEditor(QGroupBox):
         self._show(False)
 
     def _show(self, on: bool) -> None:
+        """Open or collapse the box: the fields and their row labels (a hidden field keeps its label visible)."""
         for w in (self.note, self.task, self.output, self.class_names, self.default_layer, self.preprocess,
                   self.spacing, self.apply_button):
             w.setVisible(on)
+            label = self._form.labelForField(w)
+            if label is not None:
+                label.setVisible(on)
 
     def set_card(self, card: na.ModelCard | None) -> None:
         """Show ``card`` (None: nothing loaded)."""
