@@ -77,12 +77,13 @@ def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_
             f"peak inside: {'yes' if peak else 'no ':3s}   positive mass inside: "
             f"{pos[mask].sum() / max(pos.sum(), 1e-12):4.0%}   -> {path.name}")
     log(f"(the lesion is {mask.mean():.1%} of the volume: a map that ignores it scores about that)")
-    _figure(out / "demo.png", vol, mask, results)
+    _figure(out / "demo.png", vol, mask, results, scores)
     log(f"wrote {out / 'demo.png'}")
     return scores
 
 
-def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, Any]) -> None:
+def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, Any],
+            scores: dict[str, float]) -> None:
     try:
         import matplotlib
 
@@ -91,11 +92,11 @@ def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, An
     except ImportError:  # pragma: no cover - optional
         return
     z = int(np.argmax(mask.sum((1, 2))))
-    fig, axes = plt.subplots(1, len(results) + 1, figsize=(3.2 * (len(results) + 1), 3.4))
+    fig, axes = plt.subplots(1, len(results) + 1, figsize=(3.2 * (len(results) + 1), 3.6), layout="constrained")
     aspect = SPACING[1] / SPACING[2]
     axes[0].imshow(vol[z], cmap="gray", vmin=-200, vmax=400, aspect=aspect)
     axes[0].contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
-    axes[0].set_title(f"phantom CT, slice {z}")
+    axes[0].set_title(f"phantom CT, slice {z}\n(lesion outlined)", fontsize=10)
     for ax, (name, res) in zip(axes[1:], results.items()):
         data = res.data[z]
         lim = float(np.nanpercentile(np.abs(res.data), 99.5)) or 1.0
@@ -103,10 +104,9 @@ def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, An
         cmap, vmin = ("RdBu_r", -lim) if res.signed else ("inferno", 0.0)
         ax.imshow(data, cmap=cmap, vmin=vmin, vmax=lim, alpha=0.6, aspect=aspect)
         ax.contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
-        ax.set_title(name)
+        ax.set_title(f"{name}\ntop voxels in lesion: {scores[name]:.0%}", fontsize=10)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
 
