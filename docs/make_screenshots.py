@@ -151,31 +151,12 @@ EXTRA = {"landmarks": landmarks, "sweep": layer_sweep}
 def classic() -> int:
     import napari
     import torch
-    from PIL import Image
-    from qtpy.QtWidgets import QApplication
     from torch import nn
 
     from napari_attribution._demo import phantom
     from napari_attribution._widget._launch import open_demo
 
-    app = QApplication.instance() or QApplication(sys.argv)
-    OUT.mkdir(parents=True, exist_ok=True)
-
-    def wait(cond, timeout: float = 300.0) -> None:
-        t0 = time.perf_counter()
-        while not cond():
-            app.processEvents()
-            time.sleep(0.005)
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError
-        for _ in range(30):
-            app.processEvents()
-            time.sleep(0.01)
-
-    def shot(viewer: napari.Viewer, name: str) -> None:
-        wait(lambda: True)
-        Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(OUT / name)
-        print("wrote", OUT / name)
+    app, wait, shot = _app()
 
     def run(dock) -> None:
         dock.run(confirm=False)

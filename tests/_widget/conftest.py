@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _widget_helpers import PHANTOM_SCALE, PHANTOM_TRANSLATE
+from _widget_helpers import PHANTOM_SCALE, PHANTOM_TRANSLATE, wait_model
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -48,3 +48,14 @@ def phantom_viewer(make_napari_viewer: Any) -> Any:
     viewer.add_labels(mask.astype(np.int32), name="lesion", scale=PHANTOM_SCALE, translate=PHANTOM_TRANSLATE)
     viewer.layers.selection.active = viewer.layers["phantom"]
     return viewer
+
+
+@pytest.fixture
+def dock(phantom_viewer: Any, qtbot: Any) -> Any:
+    """The Explain dock, docked in the phantom viewer, with its default demo model loaded."""
+    from napari_attribution._widget import ExplainWidget
+
+    widget = ExplainWidget(phantom_viewer)
+    phantom_viewer.window.add_dock_widget(widget, name="Explain")
+    wait_model(qtbot, widget)
+    return widget

@@ -16,16 +16,6 @@ from napari_attribution.layers import OWNER_KEY
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def dock(phantom_viewer: Any, qtbot: Any) -> Any:
-    from napari_attribution._widget import ExplainWidget
-
-    widget = ExplainWidget(phantom_viewer)
-    phantom_viewer.window.add_dock_widget(widget, name="Explain")
-    wait_model(qtbot, widget)
-    return widget
-
-
 def run(qtbot: Any, dock: Any, **kw: Any) -> Any:
     dock.run(**kw)
     wait_idle(qtbot, dock)

@@ -18,16 +18,6 @@ from napari_attribution.io import Geometry
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def dock(phantom_viewer: Any, qtbot: Any) -> Any:
-    from napari_attribution._widget import ExplainWidget
-
-    widget = ExplainWidget(phantom_viewer)
-    phantom_viewer.window.add_dock_widget(widget, name="Explain")
-    wait_model(qtbot, widget)
-    return widget
-
-
 def explain(qtbot: Any, dock: Any, method: str) -> Any:
     dock.set_method(method)
     dock.target.set_kind("class")

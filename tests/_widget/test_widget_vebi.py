@@ -18,12 +18,9 @@ pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def dock(phantom_viewer: Any, qtbot: Any) -> Any:
-    from napari_attribution._widget import ExplainWidget
-
-    widget = ExplainWidget(phantom_viewer)
-    phantom_viewer.window.add_dock_widget(widget, name="Explain")
-    wait_model(qtbot, widget)
+def dock(dock: Any) -> Any:
+    """The conftest's Explain dock, with vebi selected."""
+    widget = dock
     assert widget.model_info.source == "demo:lesion3d"
     widget.set_method("vebi")
     return widget
