@@ -304,3 +304,16 @@ def test_card_preprocessing_and_resampling_map_back_exactly() -> None:
     # without a geometry there is nothing to resample from: intensity only, same grid
     plain = na.explain(loaded, img, "saliency", 1)
     assert plain.data.shape == img.shape
+
+
+def test_channel_argmax_equals_torch_argmax_including_ties() -> None:
+    import torch
+
+    from napari_attribution.targets import channel_argmax
+
+    g = torch.Generator().manual_seed(0)
+    for k in (2, 3, 7):
+        t = torch.randint(0, 3, (k, 5, 6, 4), generator=g).float()  # many ties
+        assert torch.equal(channel_argmax(t), t.argmax(0))
+    t = torch.randn(1, 4, 4, generator=g)
+    assert torch.equal(channel_argmax(t), torch.zeros(4, 4, dtype=torch.long))

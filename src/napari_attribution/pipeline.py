@@ -35,6 +35,7 @@ from .targets import (
     ResolvedTarget,
     Target,
     Voxel,
+    channel_argmax,
     predicted_labels,
     resolve_target,
 )
@@ -503,8 +504,8 @@ def _reduce(maps: Tensor, signed: bool) -> Tensor:
         return maps[0]
     if signed:
         return maps.sum(0)
-    idx = maps.abs().argmax(0, keepdim=True)
-    return maps.gather(0, idx)[0]
+    idx = channel_argmax(maps.abs())
+    return maps.gather(0, idx[None])[0]
 
 
 def _finish(part: _Part, info: MethodInfo, params: dict[str, Any], geometry: Any) -> Attribution:

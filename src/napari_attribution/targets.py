@@ -176,7 +176,19 @@ def predicted_labels(out: Tensor, output_kind: str) -> Tensor:
     if out.shape[0] == 1:
         thr = 0.5 if output_kind == "probabilities" else 0.0
         return (out[0] > thr).long()
-    return out.argmax(0)
+    return channel_argmax(out)
+
+
+def channel_argmax(t: Tensor) -> Tensor:
+    """``t.argmax(0)`` of a ``(K, *S)`` tensor as ``K - 1`` element-wise passes. PyTorch's CPU argmax over a leading
+    axis is a strided reduction: measured on 96^3, 122 ms against 6 ms for K = 2 and 157 ms against 47 ms for
+    K = 14 (one thread). Ties go to the first channel, as with ``argmax``."""
+    best = t[0]
+    idx = torch.zeros(best.shape, dtype=torch.long, device=t.device)
+    for k in range(1, t.shape[0]):
+        idx.masked_fill_(t[k] > best, k)
+        best = torch.maximum(best, t[k])
+    return idx
 
 
 def resolve_target(
