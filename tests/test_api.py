@@ -9,10 +9,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _nets import MODELS, Classifier, TinyUNet, image, seeded
 from torch import nn
 
 import napari_attribution as na
-from _nets import MODELS, Classifier, TinyUNet, image, seeded
 
 CANONICAL = ["saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "deconvnet",
              "cam", "grad_cam", "grad_cam_pp", "hires_cam", "score_cam", "guided_grad_cam", "layer_activation",

@@ -12,11 +12,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from _nets import MODELS, Classifier, FunctionalClassifier, image, seeded
 from captum import attr as ca
 from torch import nn
 
 import napari_attribution as na
-from _nets import MODELS, Classifier, FunctionalClassifier, TinyUNet, image, seeded
 
 CASES = ["cnn2d", "cnn3d", "unet3d"]
 K = 1

@@ -9,11 +9,11 @@ from contextlib import contextmanager
 import pytest
 import torch
 import torch.nn.functional as F
+from _nets import Classifier, image, seeded
 from torch import nn
 
 import napari_attribution as na
 from napari_attribution.methods._hooks import fast_cpu_conv3d
-from _nets import Classifier, image, seeded
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not in this torch build")
 

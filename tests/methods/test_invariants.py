@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _nets import MODELS, Classifier, TinyUNet, image, seeded
 from torch import nn
 
 import napari_attribution as na
-from _nets import MODELS, Classifier, TinyUNet, image, seeded
 
 K = 1
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _nets import Classifier, TinyUNet, image, seeded
 from torch import nn
 
 import napari_attribution as na
-from _nets import Classifier, TinyUNet, image, seeded
 
 METHODS = [m.name for m in na.list_methods()] + ["captum:IntegratedGradients", "captum:DeepLift",
                                                  "captum:LayerGradCam", "captum:Occlusion"]

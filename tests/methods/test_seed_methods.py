@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _nets import MODELS, image
 from captum import attr as ca
 from torch import nn
 
 import napari_attribution as na
-from _nets import MODELS, image
 
 K = 1
 

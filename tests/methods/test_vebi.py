@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _nets import Classifier, TinyUNet, conv, image, seeded
 from scipy.optimize import brentq, minimize
 from torch import nn
 
 import napari_attribution as na
-from _nets import Classifier, TinyUNet, conv, image, seeded
 from napari_attribution.interpretation import (
     FeaturesExistError,
     RelevantFeatures,

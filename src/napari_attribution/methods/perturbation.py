@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._errors import ParameterError
-from .gradient import baseline_tensor
 from ._registry import register
 from ._run import MethodOutput, Run, first_output
+from .gradient import baseline_tensor
 
 
 def _per_axis(value: Any, nd: int, name: str) -> tuple[int, ...]:
