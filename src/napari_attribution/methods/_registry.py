@@ -145,7 +145,7 @@ def register(
 
 def _load_builtin() -> None:
     # importing the family modules registers their methods, in this order
-    from . import gradient  # noqa: F401
+    from . import gradient  # noqa: F401, I001 (the order is the registry order)
     from . import backward_rules  # noqa: F401
     from . import cam  # noqa: F401
     from . import perturbation  # noqa: F401
