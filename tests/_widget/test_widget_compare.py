@@ -1,5 +1,6 @@
 """The Compare dock in a real viewer: one layer per method, grid mode with the scan under each map, the
-agreement and runtime tables, leaving the grid restores the user's layers."""
+agreement and runtime tables, leaving the grid restores the user's layers; the landmark table (one row per
+method) matches the core metrics and refuses another grid or an empty layer with one notification."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 from _widget_helpers import PHANTOM_SCALE, PHANTOM_TRANSLATE, heatmaps, wait_idle, wait_model
+from qtpy.QtWidgets import QApplication
 
+from napari_attribution._widget._compare import SHORT
 from napari_attribution.layers import OWNER_KEY
+from napari_attribution.metrics import landmark_table
 
 pytestmark = pytest.mark.gui
 
@@ -94,3 +98,101 @@ def test_compare_without_methods_notifies(compare: Any, qtbot: Any, notes: list[
     compare.run()
     wait_idle(qtbot, compare)
     assert len(compare.viewer.layers) == n and len(notes) == 1 and "method" in notes[0][1].lower()
+
+
+def cells(table: Any) -> list[list[str]]:
+    return [[table.item(r, c).text() for c in range(table.columnCount())] for r in range(table.rowCount())]
+
+
+def headers(table: Any) -> list[str]:
+    return [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+
+
+def run_compare(qtbot: Any, compare: Any, methods: list[str]) -> dict[str, Any]:
+    compare.set_methods(methods)
+    compare.target.set_kind("class")
+    compare.target.k1.setCurrentIndex(1)
+    compare.run()
+    wait_idle(qtbot, compare)
+    assert compare.last_outcome.status == "ok", compare.last_outcome.message
+    return {la.metadata[OWNER_KEY]["method"]: la for la in heatmaps(compare.viewer)}
+
+
+def test_compare_landmark_table_has_a_row_per_method_matching_landmark_table(compare: Any, qtbot: Any,
+                                                                             notes: list[Any]) -> None:
+    viewer = compare.viewer
+    box = compare.landmarks
+    assert box.isVisibleTo(compare) and box.result is None and "Press Compare" in box.summary.text()
+    # two landmarks: the lesion and a box in a corner, named in the layer's metadata
+    marks = viewer.layers["lesion"].data.astype(np.int32)
+    marks[0, :6, :6] = 2
+    viewer.add_labels(marks, name="landmarks", scale=PHANTOM_SCALE, translate=PHANTOM_TRANSLATE,
+                      metadata={"label_names": {"1": "lesion", "2": "corner"}})
+    assert box.choose(labels="landmarks") is None  # nothing compared yet: a hint, no notification
+    methods = ["saliency", "input_x_gradient", "grad_cam"]
+    heat = run_compare(qtbot, compare, methods)
+    qtbot.waitUntil(lambda: box.result is not None, timeout=5000)
+    assert box.labels.currentText() == "landmarks"
+    rows = cells(box.table)
+    assert sorted(r.name for r in box.result.rows) == sorted(methods)
+    assert [r[0] for r in rows] == [SHORT[r.name] for r in box.result.rows]  # short names, as the agreement table's
+    assert [box.table.item(i, 0).toolTip() for i in range(len(rows))] == [r.name for r in box.result.rows]
+    head = headers(box.table)
+    assert head[0] == "method" and head[-2:] == ["peak in", "peak dist. mm"] and len(head) == 2 + 3
+    for text, row in zip(rows, box.result.rows, strict=True):
+        ref = landmark_table(heat[row.name].data, marks, spacing=PHANTOM_SCALE)
+        assert [r.label for r in ref.rows] == [1, 2]
+        # the numbers shown are landmark_table's, per method
+        assert row.energy == pytest.approx([r.energy for r in ref.rows], rel=1e-6)
+        assert text[1:3] == [f"{100 * r.energy:.1f} %" for r in ref.rows]
+        inside = [r for r in ref.rows if r.peak_inside]
+        assert text[3] == (f"{inside[0].label} · {'lesion' if inside[0].label == 1 else 'corner'}" if inside
+                           else "none")
+        nearest = min(r.distance_mm for r in ref.rows)
+        assert row.distance_mm == pytest.approx(nearest) and text[4] == f"{nearest:.1f}"
+        assert box.tables[row.name].peak == ref.peak
+    # the chance share of each landmark in its column's header
+    ref = landmark_table(heat["grad_cam"].data, marks, spacing=PHANTOM_SCALE)
+    for c, (r, name) in enumerate(zip(ref.rows, ["lesion", "corner"], strict=True), start=1):
+        assert head[c].startswith(f"{r.label} · {name}\n") and f"{100 * r.volume_fraction:.2g} %" in head[c]
+
+    # painting a third landmark adds a column
+    viewer.layers["landmarks"].paint((2, 22, 4), 3, refresh=True)
+    qtbot.waitUntil(lambda: box.result is not None and box.result.labels == [1, 2, 3], timeout=5000)
+    assert box.table.columnCount() == 2 + 3 + 1
+
+    # copy as CSV
+    text = box.copy_csv()
+    assert QApplication.clipboard().text() == text
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("map,energy_fraction 1 (lesion),energy_fraction 2 (corner),energy_fraction 3,")
+    assert lines[1].startswith("chance,") and len(lines) == 2 + len(methods)
+    assert "Copied 3 rows" in box.summary.text()
+    assert not notes
+
+
+def test_compare_landmarks_of_another_grid_or_empty_give_one_notification(compare: Any, qtbot: Any,
+                                                                          notes: list[Any]) -> None:
+    viewer = compare.viewer
+    box = compare.landmarks
+    compare.side_by_side.setChecked(False)
+    run_compare(qtbot, compare, ["saliency", "input_x_gradient"])
+    qtbot.waitUntil(lambda: box.result is not None, timeout=5000)  # the phantom's lesion: one landmark
+    assert box.labels.currentText() == "lesion" and box.table.rowCount() == 2
+    viewer.add_labels(np.ones((3, 3, 3), np.int32), name="small")
+    for _ in range(2):  # picking it twice: still one notification
+        assert box.choose(labels="small") is None
+    assert box.table.rowCount() == 0 and not box.copy_button.isEnabled() and box.copy_csv() == ""
+    assert len(notes) == 1 and notes[0][0] == "warning"
+    message = notes[0][1]
+    assert "shape (3, 3, 3)" in message and "compared heatmaps" in message and "New Labels" in message
+    assert "Traceback" not in message and message in box.summary.text()
+    # a new comparison with the bad choice kept: the message stays under the table, no second notification
+    run_compare(qtbot, compare, ["saliency", "input_x_gradient"])
+    qtbot.waitUntil(lambda: not box._timer.isActive(), timeout=5000)
+    assert box.result is None and message in box.summary.text() and len(notes) == 1
+    viewer.add_labels(np.zeros(viewer.layers["phantom"].data.shape, np.int32), name="blank",
+                      scale=PHANTOM_SCALE, translate=PHANTOM_TRANSLATE)
+    assert box.choose(labels="blank") is None
+    assert len(notes) == 2 and "no landmark" in notes[1][1] and "paint" in notes[1][1]
+    assert box.choose(labels="lesion") is not None and box.table.rowCount() == 2 and box.copy_button.isEnabled()

@@ -1,5 +1,6 @@
 """metrics.tables: the per-landmark table agrees with energy_in_mask and pointing_game, handles bad input with a
-clear error, and is fast enough to run on the GUI thread; target regions and the layer-sweep table."""
+clear error, and is fast enough to run on the GUI thread; several heatmaps' landmark tables side by side; target
+regions and the layer-sweep table."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 import napari_attribution as na
 from napari_attribution import Attribution
-from napari_attribution.metrics import landmark_table, layer_sweep_table, target_region
+from napari_attribution.metrics import landmark_comparison, landmark_table, layer_sweep_table, target_region
 from napari_attribution.metrics.localisation import energy_in_mask, pointing_game
 from napari_attribution.targets import Class, ErrorRegion, Predicted, Region, Voxel
 
@@ -101,6 +102,53 @@ def test_landmark_table_is_fast_on_a_128_cube() -> None:
     landmark_table(heat, labels, spacing=(1.0, 0.8, 0.8))
     best = min(_timed(lambda: landmark_table(heat, labels, spacing=(1.0, 0.8, 0.8))) for _ in range(3))
     assert best < 0.5  # measured ~30-60 ms on the 2-core test machine; generous for a loaded CI
+
+
+def test_landmark_comparison_one_row_per_map_from_the_landmark_tables() -> None:
+    heat, labels = _volume()
+    spacing = (2.5, 0.7, 0.9)
+    inside = heat.copy()
+    inside[11, 22, 30] = 50.0  # peak in landmark 7
+    outside = heat.copy()
+    outside[0, 29, 0] = 50.0  # peak outside every landmark
+    negative = -np.abs(heat)  # no positive energy
+    names = {3: "liver", 7: "aorta"}
+    tables = {m: landmark_table(h, labels, spacing=spacing, names=names)
+              for m, h in (("sal", inside), ("ig", outside), ("neg", negative))}
+    cmp = landmark_comparison(tables)
+    assert cmp.labels == [3, 7, 12] and cmp.names == ["liver", "aorta", ""]
+    assert cmp.chance == [r.volume_fraction for r in tables["sal"].rows]
+    assert [r.name for r in cmp.rows] == ["sal", "ig", "neg"]
+    for row in cmp.rows:
+        table = tables[row.name]
+        assert row.energy == [r.energy for r in table.rows]
+        assert row.energy_in_landmarks == table.energy_in_landmarks
+        assert row.distance_mm == min(r.distance_mm for r in table.rows)
+        assert row.nearest == min(table.rows, key=lambda r: r.distance_mm).label
+    sal, ig, neg = cmp.rows
+    assert sal.peak_in == 7 and sal.distance_mm == 0.0 and sal.nearest == 7
+    assert ig.peak_in is None and ig.distance_mm > 0
+    assert neg.energy == [None, None, None] and neg.energy_in_landmarks is None
+    assert cmp.label_text(7) == "7 · aorta" and cmp.label_text(12) == "12" and cmp.label_text(None) == "none"
+    lines = cmp.csv().splitlines()
+    assert lines[0] == ("map,energy_fraction 3 (liver),energy_fraction 7 (aorta),energy_fraction 12,"
+                        "energy_in_landmarks,peak_in,peak_in_name,peak_distance_mm,nearest_landmark")
+    chance = lines[1].split(",")
+    assert chance[0] == "chance" and [float(c) for c in chance[1:4]] == cmp.chance
+    first = lines[2].split(",")
+    assert first[0] == "sal" and [float(c) for c in first[1:4]] == sal.energy and first[5:8] == ["7", "aorta", "0.0"]
+    assert lines[3].split(",")[5:7] == ["none", ""] and lines[4].split(",")[1:5] == ["", "", "", ""]
+    assert len(lines) == 5
+
+
+def test_landmark_comparison_needs_tables_of_one_label_map() -> None:
+    heat, labels = _volume()
+    other = labels.copy()
+    other[15, 6, 5] = 12  # one voxel more in landmark 12
+    with pytest.raises(na.ParameterError, match="other landmarks"):
+        landmark_comparison({"a": landmark_table(heat, labels), "b": landmark_table(heat, other)})
+    with pytest.raises(na.ParameterError, match="No landmark table"):
+        landmark_comparison({})
 
 
 def _timed(fn: object) -> float:

@@ -1,6 +1,7 @@
 """The Compare dock: several methods in one ``na.compare`` run (shared passes), side by side in napari's grid mode
 with the scan under each heatmap (one canvas, so one camera for all), an agreement table (Spearman rank
-correlation and top-k overlap of |map|) and each method's runtime."""
+correlation and top-k overlap of |map|), each method's runtime, and each method's map against landmarks painted
+as a Labels layer (:class:`~napari_attribution._widget._landmarks.MethodLandmarkBox`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import napari_attribution as na
 from ..layers import OWNER_KEY
 from ._dock import AttributionDock
 from ._jobs import Outcome
+from ._landmarks import MethodLandmarkBox
 from ._models import RecentModels
 
 if TYPE_CHECKING:
@@ -98,7 +100,13 @@ class CompareWidget(AttributionDock):
         lay.addWidget(self.runtime_table)
         lay.addWidget(self.table)
         lay.addWidget(self.table_note)
-        return box
+        self.landmarks = MethodLandmarkBox(self.viewer, short=SHORT)
+        both = QWidget()
+        col = QVBoxLayout(both)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addWidget(box)
+        col.addWidget(self.landmarks)
+        return both
 
     # ------------------------------------------------------------------ methods
     def set_methods(self, names: list[str]) -> None:
@@ -171,6 +179,8 @@ class CompareWidget(AttributionDock):
             self.table_note.setText(
                 f"Above the diagonal: Spearman rank correlation of |map|; below: overlap (IoU) of the top 5 % "
                 f"voxels (k = {agreement['k']} of {agreement['voxels']}). 1 = same ranking / same voxels.")
+        heat = list(self._heatmaps)
+        self._steps.append(lambda: self.landmarks.set_heatmaps(heat))  # its own event-loop turn
         if self.side_by_side.isChecked():
             self._steps.append(self.show_grid)
 

@@ -15,15 +15,27 @@ from ._score import Score, Scorer
 from .agreement import agreement
 from .faithfulness import deletion_insertion, infidelity, max_sensitivity, randomisation, specificity
 from .localisation import energy_in_mask, pointing_game, topk_iou
-from .tables import LandmarkRow, LandmarkTable, landmark_table, layer_sweep_table, target_region
+from .tables import (
+    LandmarkComparison,
+    LandmarkRow,
+    LandmarkTable,
+    MapLandmarks,
+    landmark_comparison,
+    landmark_table,
+    layer_sweep_table,
+    target_region,
+)
 
 __all__ = [
     "METRICS",
+    "LandmarkComparison",
     "LandmarkRow",
     "LandmarkTable",
+    "MapLandmarks",
     "Score",
     "agreement",
     "evaluate",
+    "landmark_comparison",
     "landmark_table",
     "layer_sweep_table",
     "target_region",

@@ -6,6 +6,8 @@ They reuse the localisation metrics' definitions (:func:`~napari_attribution.met
 and :func:`~napari_attribution.metrics.localisation.pointing_game`) but compute all landmarks in one pass over the
 volume (``np.bincount`` and a distance to the peak per labelled voxel instead of one mask and one distance
 transform per label), so that a 128^3 volume with several landmarks takes milliseconds.
+:func:`landmark_comparison` puts the landmark tables of several heatmaps (e.g. the methods of a comparison) side
+by side, one row per heatmap.
 
 >>> import numpy as np
 >>> heat = np.zeros((4, 4), np.float32); heat[1, 1] = 3.0; heat[2, 3] = 1.0
@@ -31,7 +33,8 @@ import numpy.typing as npt
 from .._errors import ParameterError
 from .localisation import energy_in_mask
 
-__all__ = ["LandmarkRow", "LandmarkTable", "landmark_table", "layer_sweep_table", "target_region"]
+__all__ = ["LandmarkComparison", "LandmarkRow", "LandmarkTable", "MapLandmarks", "landmark_comparison",
+           "landmark_table", "layer_sweep_table", "target_region"]
 
 
 @dataclass
@@ -189,6 +192,107 @@ def landmark_table(heatmap: Any, labels: Any, *, spacing: Sequence[float] | None
         ))
     rows.sort(key=lambda r: r.label)
     return LandmarkTable(rows, peak, float(flat[peak_flat]), total, sp, time.perf_counter() - t0)
+
+
+@dataclass
+class MapLandmarks:
+    """One heatmap (e.g. one method of a comparison) against all landmarks: a row of :class:`LandmarkComparison`.
+
+    Attributes
+    ----------
+    name : str
+        The heatmap's name (e.g. the method).
+    energy : list of float or None
+        Share of the map's positive energy inside each landmark, in the order of ``LandmarkComparison.labels``
+        (None when the map has no positive value).
+    energy_in_landmarks : float or None
+        Share inside any landmark.
+    peak_in : int or None
+        The label of the landmark holding the map's maximum, None if it lies outside every landmark.
+    distance_mm : float
+        Distance from the map's maximum to the nearest landmark in mm (0 inside one).
+    nearest : int
+        The label of that nearest landmark (the lowest label if tied).
+    """
+
+    name: str
+    energy: list[float | None]
+    energy_in_landmarks: float | None
+    peak_in: int | None
+    distance_mm: float
+    nearest: int
+
+
+@dataclass
+class LandmarkComparison:
+    """:func:`landmark_comparison`'s result: the landmarks (columns) and one row per heatmap."""
+
+    labels: list[int]
+    names: list[str]
+    chance: list[float]  # each landmark's share of the volume (what an even map would give)
+    rows: list[MapLandmarks]
+
+    def label_text(self, label: int | None) -> str:
+        """``"2 · aorta"`` (the name when known), ``"none"`` for None."""
+        if label is None:
+            return "none"
+        name = self.names[self.labels.index(label)] if label in self.labels else ""
+        return f"{label} · {name}" if name else str(label)
+
+    def csv(self) -> str:
+        """The table as CSV text: a header, a ``chance`` line (each landmark's share of the volume), one line per
+        heatmap (numbers unrounded)."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        marks = [f"energy_fraction {lab}" + (f" ({name})" if name else "") for lab, name in
+                 zip(self.labels, self.names, strict=True)]
+        writer.writerow(["map", *marks, "energy_in_landmarks", "peak_in", "peak_in_name", "peak_distance_mm",
+                         "nearest_landmark"])
+        writer.writerow(["chance", *(repr(c) for c in self.chance), repr(float(sum(self.chance))), "", "", "", ""])
+        for r in self.rows:
+            name = "" if r.peak_in is None else self.names[self.labels.index(r.peak_in)]
+            writer.writerow([r.name, *("" if e is None else repr(e) for e in r.energy),
+                             "" if r.energy_in_landmarks is None else repr(r.energy_in_landmarks),
+                             "none" if r.peak_in is None else r.peak_in, name, repr(r.distance_mm), r.nearest])
+        return buf.getvalue()
+
+
+def landmark_comparison(tables: Mapping[str, LandmarkTable]) -> LandmarkComparison:
+    """Put several heatmaps' :func:`landmark_table` results (``{name: table}``, all made with one label map, e.g.
+    one per method of a comparison) side by side: one row per heatmap with its energy share per landmark, the
+    landmark holding its peak and the distance from its peak to the nearest landmark.
+
+    >>> import numpy as np
+    >>> labels = np.zeros((4, 4), np.int32); labels[0, 0] = 1; labels[3, 3] = 2
+    >>> a = np.zeros((4, 4)); a[0, 0] = 3.0; a[3, 3] = 1.0
+    >>> b = np.zeros((4, 4)); b[1, 2] = 1.0
+    >>> cmp = landmark_comparison({"a": landmark_table(a, labels), "b": landmark_table(b, labels)})
+    >>> [(r.name, r.energy, r.peak_in, round(r.distance_mm, 3), r.nearest) for r in cmp.rows]
+    [('a', [0.75, 0.25], 1, 0.0, 1), ('b', [0.0, 0.0], None, 2.236, 1)]
+
+    Raises
+    ------
+    ParameterError
+        No table, or tables made with different landmarks (label values or voxel counts differ).
+    """
+    items = list(tables.items())
+    if not items:
+        raise ParameterError("No landmark table to compare.")
+    first = items[0][1]
+    key = [(r.label, r.voxels, r.volume_fraction) for r in first.rows]
+    out = []
+    for name, table in items:
+        if [(r.label, r.voxels, r.volume_fraction) for r in table.rows] != key:
+            raise ParameterError(f"The landmark table of {name!r} was made with other landmarks than that of "
+                                 f"{items[0][0]!r}: compare tables of one label map.")
+        inside = [r.label for r in table.rows if r.peak_inside]
+        nearest = min(table.rows, key=lambda r: r.distance_mm)
+        out.append(MapLandmarks(name=str(name), energy=[r.energy for r in table.rows],
+                                energy_in_landmarks=table.energy_in_landmarks,
+                                peak_in=inside[0] if inside else None, distance_mm=nearest.distance_mm,
+                                nearest=nearest.label))
+    return LandmarkComparison(labels=[r.label for r in first.rows], names=[r.name for r in first.rows],
+                              chance=[r.volume_fraction for r in first.rows], rows=out)
 
 
 def target_region(att: Any, target: Any = None) -> npt.NDArray[np.bool_] | None:
