@@ -14,7 +14,7 @@ from napari.layers import Layer
 from napari.qt.threading import create_worker
 from napari.utils import notifications
 from qtpy.QtCore import QObject
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtWidgets import QComboBox, QVBoxLayout, QWidget
 from superqt.utils import ensure_main_thread
 
 from ..layers import OWNER_KEY, contrast_limits
@@ -22,7 +22,17 @@ from ..layers import OWNER_KEY, contrast_limits
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LayerCombo", "Runner", "find_own", "is_own", "notify", "place_layer", "source_geometry"]
+__all__ = ["LayerCombo", "Runner", "column", "find_own", "is_own", "notify", "place_layer", "source_geometry"]
+
+
+def column(*widgets: QWidget) -> QWidget:
+    """The widgets stacked vertically in one widget without margins (a dock section made of several boxes)."""
+    both = QWidget()
+    col = QVBoxLayout(both)
+    col.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        col.addWidget(w)
+    return both
 
 
 def notify(level: str, message: str) -> None:

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 import napari_attribution as na
 
 from ..layers import OWNER_KEY
+from ._common import column
 from ._dock import AttributionDock
 from ._jobs import Outcome
 from ._landmarks import MethodLandmarkBox
@@ -101,12 +102,7 @@ class CompareWidget(AttributionDock):
         lay.addWidget(self.table)
         lay.addWidget(self.table_note)
         self.landmarks = MethodLandmarkBox(self.viewer, short=SHORT)
-        both = QWidget()
-        col = QVBoxLayout(both)
-        col.setContentsMargins(0, 0, 0, 0)
-        col.addWidget(box)
-        col.addWidget(self.landmarks)
-        return both
+        return column(box, self.landmarks)
 
     # ------------------------------------------------------------------ methods
     def set_methods(self, names: list[str]) -> None:

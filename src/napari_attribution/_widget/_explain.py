@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayou
 import napari_attribution as na
 
 from ..interpretation import features_file
-from ._common import notify
+from ._common import column, notify
 from ._dock import AttributionDock
 from ._features import FeaturesBox
 from ._form import ParamsForm, set_row_visible
@@ -122,12 +122,7 @@ class ExplainWidget(AttributionDock):
         lay.addWidget(self.colour_bar)
         lay.addWidget(self.sweep_table)
         self.landmarks = LandmarkBox(self.viewer)
-        both = QWidget()
-        col = QVBoxLayout(both)
-        col.setContentsMargins(0, 0, 0, 0)
-        col.addWidget(box)
-        col.addWidget(self.landmarks)
-        return both
+        return column(box, self.landmarks)
 
     # ------------------------------------------------------------------ method state
     def _method_changed(self, *_: Any) -> None:
