@@ -130,7 +130,7 @@ def explain_file(
     output: str,
     *,
     target: str | None = None,
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     params: dict[str, Any] | None = None,
     metrics: Sequence[str] = (),
     overwrite: bool = False,
@@ -139,13 +139,26 @@ def explain_file(
     model: Any = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ExplainResult:
-    """Explain one scan and write the heatmap(s), a JSON sidecar per heatmap and, with ``metrics``, a CSV."""
-    import napari_attribution as na
-    from .io import write_nifti
-    from .layers import provenance
+    """Explain one scan and write the heatmap(s), a JSON sidecar per heatmap and, with ``metrics``, a CSV.
 
-    outs = _outputs(output, methods)
-    existing = [str(p) for p in outs.values() if p.exists()]
+    ``layer``: one dotted layer name, or several to sweep layer methods over them (seed 001's per-layer view): one
+    heatmap per method and layer (keys ``method@layer``) and ``<output stem>_layers.csv`` with, per method and layer,
+    the seconds, the share of positive attribution inside the target region (segmentation targets) and the peak."""
+    import napari_attribution as na
+
+    layers = [layer] if isinstance(layer, str) else list(layer or [])
+    if len(layers) > 1:
+        not_layer = [m for m in methods if not na.get_method(m).needs_layer]
+        if not_layer:
+            raise ParameterError(f"Several --layer values sweep layer methods; {', '.join(not_layer)} look(s) at no "
+                                 "network layer: explain it in a separate run.")
+    runs = [(m, lay) for lay in (layers or [None]) for m in methods]
+    keys = [m if len(layers) <= 1 else f"{m}@{lay}" for m, lay in runs]
+    outs = _outputs(output, [k.replace("@", "_") for k in keys])
+    outs = dict(zip(keys, outs.values(), strict=True))
+    tables = {"metrics": Path(_strip(str(next(iter(outs.values())))) + "_metrics.csv") if metrics else None,
+              "layers": Path(_strip(output) + "_layers.csv") if len(layers) > 1 else None}
+    existing = [str(p) for p in [*outs.values(), *tables.values()] if p is not None and p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
     loaded = model if model is not None else na.load_model(model_source, trust=trust)
@@ -154,40 +167,69 @@ def explain_file(
     spatial = data.shape[1:] if data.ndim == (card.spatial_dims or data.ndim) + 1 and (card.in_channels or 1) > 1 \
         else data.shape
     tgt = parse_target(target, tuple(spatial))
-    # like compare: a key goes to every method that takes it; a key that none takes is an error
-    results = na.compare(loaded, data, list(methods), tgt, layer=layer, geometry=geometry, device=device,
+    results: dict[str, Any] = {}
+    for lay in layers or [None]:
+        # like compare: a key goes to every method that takes it; a key that none takes is an error
+        got = na.compare(loaded, data, list(methods), tgt, layer=lay, geometry=geometry, device=device,
                          progress=progress, params=dict(params or {}))
-    written: dict[str, str] = {}
+        results.update({(m if len(layers) <= 1 else f"{m}@{lay}"): r for m, r in got.items()})
     scores: dict[str, dict[str, float]] = {}
-    for m, res in results.items():
-        path = outs[m]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if str(path).endswith(".npy"):
-            np.save(path, res.data)
-        else:
-            write_nifti(path, res.data, geometry, original_affine=meta.get("original_affine"), overwrite=overwrite)
-        side = Path(str(path).replace(".nii.gz", "").replace(".nii", "").replace(".npy", "") + ".json")
-        record = provenance(method=m, params=res.params, target=res.description, seconds=res.seconds,
-                            model=model_source, model_sha256=_model_hash(model_source), layer=res.layer,
-                            device=device, scan=os.path.basename(image_path), signed=res.signed)
-        side.write_text(json.dumps(record, indent=2))
-        written[m] = str(path)
+    for key, res in results.items():
+        _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite)
         for metric in metrics:
-            s = na.evaluate(loaded, data, res, metric, geometry=geometry)
-            scores.setdefault(m, {})[metric] = s.value
-    if metrics:
-        csv_path = Path(str(outs[methods[0]]).replace(".nii.gz", "").replace(".nii", "").replace(".npy", "")
-                        + "_metrics.csv")
-        if csv_path.exists() and not overwrite:
-            raise FileExistsError(f"{csv_path} already exists; pass --overwrite to replace.")
-        with open(csv_path, "w", newline="") as fh:
+            scores.setdefault(key, {})[metric] = na.evaluate(loaded, data, res, metric, geometry=geometry).value
+    scan = os.path.basename(image_path)
+    if tables["metrics"] is not None:
+        with open(tables["metrics"], "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["scan", "method", *metrics, "seconds"])
-            for m in methods:
-                w.writerow([os.path.basename(image_path), m, *(scores[m][k] for k in metrics),
-                            f"{results[m].seconds:.4f}"])
+            for key in keys:
+                w.writerow([scan, key, *(scores[key][k] for k in metrics), f"{results[key].seconds:.4f}"])
+    if tables["layers"] is not None:
+        _write_layer_table(tables["layers"], scan, methods, layers, results)
     desc = next(iter(results.values())).description
-    return ExplainResult(image_path, written, {m: r.seconds for m, r in results.items()}, scores, desc)
+    return ExplainResult(image_path, {k: str(outs[k]) for k in keys}, {k: r.seconds for k, r in results.items()},
+                         scores, desc)
+
+
+def _strip(path: str) -> str:
+    for suffix in (".nii.gz", ".nii", ".npy"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+def _write_heatmap(path: Path, res: Any, geometry: Any, meta: dict[str, Any], model_source: str, image_path: str,
+                   device: str | None, overwrite: bool) -> None:
+    """The heatmap (NIfTI aligned with the scan, or .npy) and its JSON provenance sidecar."""
+    from .io import write_nifti
+    from .layers import provenance
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if str(path).endswith(".npy"):
+        np.save(path, res.data)
+    else:
+        write_nifti(path, res.data, geometry, original_affine=meta.get("original_affine"), overwrite=overwrite)
+    record = provenance(method=res.method, params=res.params, target=res.description, seconds=res.seconds,
+                        model=model_source, model_sha256=_model_hash(model_source), layer=res.layer,
+                        device=device, scan=os.path.basename(image_path), signed=res.signed)
+    Path(_strip(str(path)) + ".json").write_text(json.dumps(record, indent=2))
+
+
+def _write_layer_table(path: Path, scan: str, methods: Sequence[str], layers: Sequence[str],
+                       results: dict[str, Any]) -> None:
+    """Per method and layer (shallow to deep as given): seconds, energy inside the target region, peak."""
+    from .metrics import layer_sweep_table, target_region
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["scan", "method", "layer", "seconds", "energy_in_target_region", "peak"])
+        for m in methods:
+            per_layer = {lay: results[f"{m}@{lay}"] for lay in layers}
+            region = target_region(next(iter(per_layer.values())))
+            for row in layer_sweep_table(per_layer, region):
+                energy = "" if row["energy"] is None else f"{row['energy']:.6g}"
+                w.writerow([scan, m, row["layer"], f"{row['seconds']:.4f}", energy, f"{row['peak']:.6g}"])
 
 
 def expand_images(spec: str) -> list[str]:
@@ -296,7 +338,7 @@ def run_batch(
         w = csv.writer(fh)
         w.writerow(["scan", "status", "method", "output", "seconds", "target", *metric_names])
         for r in results:
-            for m in methods:
+            for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
                 w.writerow([r["scan"], r["status"], m, r["outputs"].get(m, ""),
                             f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
                             *(r["metrics"].get(m, {}).get(k, "") for k in metric_names)])

@@ -5,7 +5,7 @@
     napari-attribution methods                   # the registry: family, layer need, sign, cost
     napari-attribution demo --headless -o OUT    # explain a synthetic CT phantom, write aligned NIfTI heatmaps
     napari-attribution demo                      # napari with the Explain dock, the phantom and the demo model
-    napari-attribution explain --model M --image SCAN --method NAME [--target T] [--layer L]
+    napari-attribution explain --model M --image SCAN --method NAME [--target T] [--layer L ...]
                                [--param key=value ...] [--metric NAME ...] -o OUT.nii.gz
     napari-attribution batch --model M --images DIR|GLOB|LIST.csv --method NAME [...] -o OUTDIR
                              [--scheduler ADDRESS | --workers N | --local]
@@ -96,7 +96,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, action="append", help="a method name (repeat for several)")
     p.add_argument("--target", help="3, predicted:1, region:1:MASK.nii.gz, voxel:1:z,y,x, contrast:1,2, "
                    "error:1:TRUTH.nii.gz:fp (default: the predicted class or region)")
-    p.add_argument("--layer", help="dotted layer name for layer methods")
+    p.add_argument("--layer", action="append", help="dotted layer name for layer methods; repeat it to sweep "
+                   "several layers (one heatmap per layer and a <output>_layers.csv table)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="a method parameter; VALUE is JSON")
     p.add_argument("--metric", action="append", help="add a metrics CSV (e.g. deletion, insertion, infidelity)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the model's)")

@@ -73,6 +73,42 @@ def test_explain_writes_an_aligned_heatmap_sidecar_and_metrics(model_and_scans, 
                  "-o", str(tmp_path / "out" / "heat_saliency.nii.gz"), "-q", "--overwrite"]) == 0
 
 
+def test_explain_sweeps_layers_into_one_heatmap_each_and_a_layer_table(model_and_scans, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    model, scans = model_and_scans
+    out = tmp_path / "sweep" / "heat.nii.gz"
+    layers = ["model.0", "model.1.submodule"]
+    argv = ["explain", "--model", str(model), "--image", str(scans[0]), "--method", "grad_cam", "--method",
+            "layer_gradient_x_activation", "--target", "predicted:1", "-o", str(out), "-q"]
+    for name in layers:
+        argv += ["--layer", name]
+    assert main(argv) == 0
+    scan = read_nifti(scans[0])[0]
+    for m in ("grad_cam", "layer_gradient_x_activation"):
+        for name in layers:
+            path = tmp_path / "sweep" / f"heat_{m}_{name}.nii.gz"
+            heat = read_nifti(path)[0]
+            assert heat.shape == scan.shape
+            side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+            assert side["method"] == m and side["layer"] == name
+            # the map is the one explain gives at that layer
+            import napari_attribution as na
+            from napari_attribution.targets import Predicted
+            ref = na.explain(na.load_model(str(model)), scan, m, Predicted(1), layer=name)
+            np.testing.assert_allclose(heat, ref.data, rtol=1e-5, atol=1e-6 * float(np.abs(ref.data).max()))
+    rows = (tmp_path / "sweep" / "heat_layers.csv").read_text().splitlines()
+    assert rows[0] == "scan,method,layer,seconds,energy_in_target_region,peak"
+    body = [r.split(",") for r in rows[1:]]
+    assert [(r[1], r[2]) for r in body] == [(m, n) for m in ("grad_cam", "layer_gradient_x_activation")
+                                           for n in layers]
+    assert all(0.0 <= float(r[4]) <= 1.0 for r in body)  # a predicted-region target: the energy inside it
+    # a method that looks at no layer cannot be swept
+    argv = ["explain", "--model", str(model), "--image", str(scans[0]), "--method", "saliency", "--layer",
+            layers[0], "--layer", layers[1], "-o", str(tmp_path / "s2" / "x.nii.gz"), "-q"]
+    assert main(argv) == 2 and "separate run" in capsys.readouterr().err
+    assert not (tmp_path / "s2").exists()  # nothing written
+
+
 def test_explain_bad_input_is_one_clear_line(model_and_scans, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     model, scans = model_and_scans
