@@ -247,7 +247,7 @@ def expand_images(spec: str) -> list[str]:
         found = []
         with open(p, newline="") as fh:
             for row in csv.reader(fh):
-                if row and row[0].strip() and not row[0].strip().lower() in ("image", "path", "scan"):
+                if row and row[0].strip() and row[0].strip().lower() not in ("image", "path", "scan"):
                     entry = row[0].strip()
                     found.append(entry if os.path.isabs(entry) else str(p.parent / entry))
     else:
