@@ -26,7 +26,8 @@ def main() -> int:
     ]
     infos = na.list_methods()
     for m in infos:
-        lines.append(f"| [`{m.name}`](#{m.name}) | {m.family} | {'yes' if m.needs_layer else ('optional' if m.layer_optional else '')} "
+        lines.append(f"| [`{m.name}`](#{m.name}) | {m.family} "
+                     f"| {'yes' if m.needs_layer else ('optional' if m.layer_optional else '')} "
                      f"| {'yes' if m.signed else ''} | {m.passes} | {'yes' if m.supports_torchscript else 'no'} |")
     lines.append("")
     for m in infos:

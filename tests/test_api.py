@@ -78,7 +78,8 @@ def test_empty_predicted_region_suggests_region_or_voxel() -> None:
     with pytest.raises(na.TargetError, match="Region"):
         na.explain(Background(), np.zeros((8, 8, 8), np.float32), "saliency")
     with pytest.raises(na.TargetError, match="empty"):
-        na.explain(Background(), np.zeros((8, 8, 8), np.float32), "saliency", na.targets.Region(1, np.zeros((8, 8, 8), bool)))
+        na.explain(Background(), np.zeros((8, 8, 8), np.float32), "saliency",
+                   na.targets.Region(1, np.zeros((8, 8, 8), bool)))
 
 
 def test_default_target_and_prediction() -> None:

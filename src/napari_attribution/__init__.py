@@ -22,11 +22,11 @@ from ._errors import (
     ReaderError,
     TargetError,
 )
+from .interpretation import RelevantFeatures, fit_relevant_features
 from .methods._registry import MethodInfo, get_method, list_methods
 from .metrics import Score, agreement, evaluate
 from .models import LoadedModel, ModelCard, find_layers, load_model
 from .pipeline import compare, explain
-from .interpretation import RelevantFeatures, fit_relevant_features
 
 __version__ = "0.1.0"
 

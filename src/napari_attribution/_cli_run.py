@@ -152,7 +152,8 @@ def explain_file(
         if not_layer:
             raise ParameterError(f"Several --layer values sweep layer methods; {', '.join(not_layer)} look(s) at no "
                                  "network layer: explain it in a separate run.")
-    runs = [(m, lay) for lay in (layers or [None]) for m in methods]
+    sweep: list[str | None] = [*layers] or [None]  # the layers, or one run with the default layer
+    runs = [(m, lay) for lay in sweep for m in methods]
     keys = [m if len(layers) <= 1 else f"{m}@{lay}" for m, lay in runs]
     outs = _outputs(output, [k.replace("@", "_") for k in keys])
     outs = dict(zip(keys, outs.values(), strict=True))
@@ -168,7 +169,7 @@ def explain_file(
         else data.shape
     tgt = parse_target(target, tuple(spatial))
     results: dict[str, Any] = {}
-    for lay in layers or [None]:
+    for lay in sweep:
         # like compare: a key goes to every method that takes it; a key that none takes is an error
         got = na.compare(loaded, data, list(methods), tgt, layer=lay, geometry=geometry, device=device,
                          progress=progress, params=dict(params or {}))
@@ -318,18 +319,19 @@ def run_batch(
         cluster = None
         if scheduler is None:
             n = workers or max(1, (os.cpu_count() or 2) - 0)
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-            client = Client(cluster)
+            cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)  # type: ignore[no-untyped-call]
         else:
-            client = Client(scheduler)
+            client = Client(scheduler)  # type: ignore[no-untyped-call]
         try:
             futures = [client.submit(_one, job, pure=False) for job in jobs]
-            for i, fut in enumerate(as_completed(futures)):
+            for i, fut in enumerate(as_completed(futures)):  # type: ignore[no-untyped-call]
                 res = fut.result()
                 results.append(res)
                 log(f"[{i + 1}/{len(jobs)}] {res['scan']}: {res['status']}")
         finally:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
             if cluster is not None:
                 cluster.close()
     results.sort(key=lambda r: r["scan"])

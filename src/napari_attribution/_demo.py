@@ -97,7 +97,7 @@ def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, An
     axes[0].imshow(vol[z], cmap="gray", vmin=-200, vmax=400, aspect=aspect)
     axes[0].contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
     axes[0].set_title(f"phantom CT, slice {z}\n(lesion outlined)", fontsize=10)
-    for ax, (name, res) in zip(axes[1:], results.items()):
+    for ax, (name, res) in zip(axes[1:], results.items(), strict=True):
         data = res.data[z]
         lim = float(np.nanpercentile(np.abs(res.data), 99.5)) or 1.0
         ax.imshow(vol[z], cmap="gray", vmin=-200, vmax=400, aspect=aspect)

@@ -28,7 +28,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         rows.append((m.name, m.family, "yes" if m.needs_layer else "-", "yes" if m.signed else "-", m.passes, m.label))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
     print("\nAlso: captum:<ClassName> for any captum.attr primary or layer attribution class.")
     return 0
 

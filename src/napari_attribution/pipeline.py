@@ -208,9 +208,11 @@ def _layout(shape: tuple[int, ...], card: ModelCard) -> _Layout:
     if n == d + 2 and d == 2 and c is not None and shape[0] == c:
         return _Layout(c, True, True)
     kind = {2: "2D", 3: "3D"}.get(d, f"{d}D")
+    forms = ("(H, W), (C, H, W) or a volume (D, H, W) explained slice by slice" if d == 2
+             else "(D, H, W) or (C, D, H, W)")
     raise InputShapeError(
         f"An image of shape {shape} does not fit this {kind} model with {want}. A {kind} model takes "
-        f"{'(H, W), (C, H, W) or a volume (D, H, W) explained slice by slice' if d == 2 else '(D, H, W) or (C, D, H, W)'}."
+        f"{forms}."
         " If the model's dimensionality was guessed wrong, pass a LoadedModel with a ModelCard."
     )
 
@@ -448,9 +450,9 @@ def _run_methods(
         measure = first.family in ("gradient", "backward_rule", "captum") and not needs_backward
         task_box: list[str] = []
 
-        def resolve(out: Tensor) -> ResolvedTarget:
+        def resolve(out: Tensor, _task_box: list[str] = task_box) -> ResolvedTarget:
             task = _task(out, x, card)
-            task_box.append(task)
+            _task_box.append(task)
             return resolve_target(target, out, task=task, output_kind=card.output, background=card.background,
                                   class_names=list(card.class_names) if card.class_names else None)
 
@@ -579,8 +581,9 @@ def _run_slicewise(
         for n in names:
             att = _finish(parts[n], infos[n], params[n], None)
             data[n][s] = att.data
-            if per_ch[n] is not None and att.per_channel is not None:
-                per_ch[n][:, s] = att.per_channel
+            pc = per_ch[n]
+            if pc is not None and att.per_channel is not None:
+                pc[:, s] = att.per_channel
             targets[n][s] = att.target
             seconds[n] += att.seconds
             layers[n] = att.layer

@@ -25,7 +25,7 @@ Perturbation methods and metrics score the same weights on probabilities (``prob
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -104,7 +104,7 @@ class ErrorRegion:
     score: Score = "logit"
 
 
-Target = Union[int, Class, Region, Voxel, Predicted, Contrast, ErrorRegion, None]
+Target = int | Class | Region | Voxel | Predicted | Contrast | ErrorRegion | None
 
 
 @dataclass
@@ -290,7 +290,7 @@ def resolve_target(
     if isinstance(target, Voxel):
         k = _check_class(target.k, n, class_names)
         idx = tuple(int(i) for i in target.index)
-        if len(idx) != len(spatial) or any(not 0 <= i < s for i, s in zip(idx, spatial)):
+        if len(idx) != len(spatial) or any(not 0 <= i < s for i, s in zip(idx, spatial, strict=True)):
             raise TargetError(f"Voxel {idx} lies outside the output grid {spatial}.")
         w[(k, *idx)] = 1
         return done(target, f"class {_name(k, class_names)} at voxel {idx}", target.score)

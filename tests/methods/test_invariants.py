@@ -59,7 +59,8 @@ def test_ig_completeness_gauss_legendre_64(case: str) -> None:
         assert abs(total - delta) / abs(delta) < 0.01, (total, delta)
 
 
-@pytest.mark.parametrize("base", ["saliency", "input_x_gradient", "guided_backprop", "deconvnet", "integrated_gradients"])
+@pytest.mark.parametrize("base", ["saliency", "input_x_gradient", "guided_backprop", "deconvnet",
+                                  "integrated_gradients"])
 def test_smoothgrad_sigma_zero_equals_base(base: str) -> None:
     make, shape = MODELS["cnn2d"]
     model = make()
@@ -247,7 +248,8 @@ def test_adaptive_ig_reaches_its_completeness_tolerance(case: str) -> None:
         assert c["relative_error"] <= tol or abs(c["sum"] - c["delta"]) <= tol * 1e-2, c
         assert abs(float(res.data.sum()) - c["sum"]) <= 1e-4 * max(1.0, abs(c["sum"]))
     # a tight budget stops early and says so through the reported error
-    res = na.explain(model, img, "integrated_gradients", K, params={"steps": "auto", "tolerance": 1e-9, "max_steps": 12})
+    res = na.explain(model, img, "integrated_gradients", K,
+                     params={"steps": "auto", "tolerance": 1e-9, "max_steps": 12})
     assert res.extras["completeness"]["steps"] <= 12
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _nets import MODELS, image
 from torch import nn
 
 import napari_attribution as na
-from _nets import MODELS, image
 
 
 class Quadrant(nn.Module):
@@ -101,8 +101,10 @@ def test_max_sensitivity_zero_for_a_constant_map_method() -> None:
 def test_specificity_of_a_map_that_flags_the_used_quadrant() -> None:
     good = MASK.astype(np.float32)
     bad = 1 - good
-    s_good = na.evaluate(Quadrant(), IMG * 0.5, good, "specificity", target=1, block=4, q=0.25, baseline=0.0, score="probability")
-    s_bad = na.evaluate(Quadrant(), IMG * 0.5, bad, "specificity", target=1, block=4, q=0.25, baseline=0.0, score="probability")
+    s_good = na.evaluate(Quadrant(), IMG * 0.5, good, "specificity", target=1, block=4, q=0.25, baseline=0.0,
+                         score="probability")
+    s_bad = na.evaluate(Quadrant(), IMG * 0.5, bad, "specificity", target=1, block=4, q=0.25, baseline=0.0,
+                        score="probability")
     assert s_good.details["used_blocks"] == 4
     assert s_good.value == 1.0 and s_good.details["sensitivity"] == 1.0
     assert s_bad.value < s_good.value

@@ -48,7 +48,7 @@ def default_features_path(source: str, label: str = "model") -> Path:
 def demo_names() -> list[str]:
     """Names of the bundled demo models (``napari_attribution.models.demo.list_demos``), else the lesion demo."""
     try:
-        from ..models.demo import list_demos  # type: ignore[attr-defined]
+        from ..models.demo import list_demos
 
         names = [str(getattr(d, "name", d)) for d in list_demos()]
         # the lesion demo first: it matches the demo scan that `napari-attribution demo` opens
@@ -98,7 +98,7 @@ def _legacy_demo(name: str) -> Any:
     """The lesion demo without ``na.load_model`` (the shipped weights of :mod:`napari_attribution._demo`)."""
     if name != DEMO_FALLBACK:
         try:
-            from ..models.demo import get_demo  # type: ignore[attr-defined]
+            from ..models.demo import get_demo
         except Exception as err:
             raise na.ModelLoadError(f"Unknown demo model {name!r}; available: {', '.join(demo_names())}.") from err
         got = get_demo(name)

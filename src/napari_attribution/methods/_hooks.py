@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -236,7 +236,7 @@ class _StrideFixConv(torch.autograd.Function):
         nd = weight.ndim - 2
         pad = _per_dim(padding, nd)
         dil = _per_dim(dilation, nd)
-        size = [_stride1_size(n, k, p, d) for n, k, p, d in zip(shape, weight.shape[2:], pad, dil)]
+        size = [_stride1_size(n, k, p, d) for n, k, p, d in zip(shape, weight.shape[2:], pad, dil, strict=False)]
         g = F.interpolate(grad, size=size, mode="nearest")
         convt = F.conv_transpose2d if nd == 2 else F.conv_transpose3d
         gx = convt(g, weight, stride=1, padding=pad, dilation=dil, groups=groups)
@@ -252,7 +252,7 @@ def _per_dim(value: Any, nd: int) -> tuple[int, ...]:
 def _conv_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     defaults = (None, None, None, 1, 0, 1, 1)
-    values = list(args) + [kwargs.get(n, d) for n, d in zip(names[len(args):], defaults[len(args):])]
+    values = list(args) + [kwargs.get(n, d) for n, d in zip(names[len(args):], defaults[len(args):], strict=True)]
     return tuple(values)
 
 
@@ -280,7 +280,8 @@ _ALWAYS_INPLACE = {torch.relu_, Tensor.relu_, getattr(F, "relu_", None), getattr
                    getattr(F, "elu_", None), getattr(torch, "selu_", None), getattr(torch, "celu_", None)}
 for _f in [getattr(F, "relu_", None), getattr(F, "leaky_relu_", None), getattr(F, "elu_", None)]:
     if _f is not None:
-        _OUT_OF_PLACE[_f] = {F.relu_: F.relu, F.leaky_relu_: F.leaky_relu, F.elu_: F.elu}[_f]
+        _OUT_OF_PLACE[_f] = cast("Callable[..., Any]",
+                                 {F.relu_: F.relu, F.leaky_relu_: F.leaky_relu, F.elu_: F.elu}[_f])
 _ALWAYS_INPLACE.discard(None)
 
 
@@ -337,7 +338,8 @@ class _ActivationRuleMode(TorchFunctionMode):
             strided = any(s > 1 for s in _per_dim(stride, weight.ndim - 2))
             if strided and isinstance(x, Tensor) and x.requires_grad and not isinstance(padding, str):
                 self.fixed_convs += 1
-                return _StrideFixConv.apply(x, weight, bias, stride, padding, dilation, groups)
+                return _StrideFixConv.apply(  # type: ignore[no-untyped-call]
+                    x, weight, bias, stride, padding, dilation, groups)
             return func(*args, **kwargs)
         plain = _OUT_OF_PLACE.get(func) if self.rule is not None else None
         if plain is None:
@@ -357,15 +359,15 @@ class _ActivationRuleMode(TorchFunctionMode):
             self.count += 1
             fn = _DeconvReLU if self.rule == "deconvnet" else _GuidedReLU
             if inplace and not x.is_leaf:
-                return fn.apply(x, True)
-            y = fn.apply(x, False)
+                return fn.apply(x, True)  # type: ignore[no-untyped-call]
+            y = fn.apply(x, False)  # type: ignore[no-untyped-call]
             return x.copy_(y) if inplace else y
         elif self.rule == "deconvnet":
             with torch.no_grad():
                 value = plain(x.detach(), *rest, **kwargs)
-            y = _Deconv.apply(x, value)
+            y = _Deconv.apply(x, value)  # type: ignore[no-untyped-call]
         else:  # guided backprop: positive part of the incoming gradient, then the activation's own derivative
-            y = _PositiveGrad.apply(plain(x, *rest, **kwargs))
+            y = _PositiveGrad.apply(plain(x, *rest, **kwargs))  # type: ignore[no-untyped-call]
         self.count += 1
         if inplace:
             return x.copy_(y)
@@ -463,7 +465,7 @@ class _OneDnnConv3d(torch.autograd.Function):
                 dilation: list[int], groups: int) -> Tensor:  # noqa: D102
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, dilation, groups, None if bias is None else list(bias.shape))
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
+        return cast(Tensor, torch.ops.aten.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -505,14 +507,14 @@ class _FastConv3dMode(TorchFunctionMode):
                 self.count += 1
                 if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                                 or (bias is not None and bias.requires_grad)):
-                    return _OneDnnConv3d.apply(x, weight, bias, *conf)
+                    return _OneDnnConv3d.apply(x, weight, bias, *conf)  # type: ignore[no-untyped-call]
                 stride_, padding_, dilation_, groups_ = conf
                 return torch.ops.aten.mkldnn_convolution(x, weight, bias, padding_, stride_, dilation_, groups_)
         return func(*args, **kwargs)
 
 
 def _onednn_usable() -> bool:
-    return bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    return bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)  # type: ignore[no-untyped-call]
 
 
 @contextmanager

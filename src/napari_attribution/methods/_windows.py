@@ -16,7 +16,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._errors import ParameterError
+
+if TYPE_CHECKING:
+    from ._run import MethodOutput
 
 __all__ = ["PatchGaussian", "WindowGrid", "log2_odds"]
 
@@ -44,17 +47,17 @@ class WindowGrid:
     stride: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if any(w > s for w, s in zip(self.window, self.spatial)):
+        if any(w > s for w, s in zip(self.window, self.spatial, strict=True)):
             raise ParameterError(f"The window {self.window} is larger than the image {self.spatial}.")
         self.corners = list(itertools.product(*[_starts(s, w, st) for s, w, st in
-                                                zip(self.spatial, self.window, self.stride)]))
+                                                zip(self.spatial, self.window, self.stride, strict=True)]))
 
     def __len__(self) -> int:
         return len(self.corners)
 
     def slices(self, i: int) -> tuple[slice, ...]:
         """The spatial slices of window ``i``."""
-        return tuple(slice(c, c + w) for c, w in zip(self.corners[i], self.window))
+        return tuple(slice(c, c + w) for c, w in zip(self.corners[i], self.window, strict=True))
 
     def average(self, values: Sequence[float]) -> Tensor:
         """Per-voxel mean of the window values over the windows that cover the voxel."""
@@ -191,7 +194,7 @@ def _fitted(images: list[Tensor], window: tuple[int, ...], pad: int, n_patches: 
     return _FITS[key]
 
 
-def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> Any:
+def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOutput:
     """Window weight of evidence ``WE_w = log2odds p(c|x) - log2odds p(c|x without w)``, averaged per voxel over
     the windows that cover it. ``mode``: ``"sample"`` (Zintgraf et al.: mean probability over ``samples``
     conditional samples of the window), ``"mean"`` (one evaluation with the window set to its conditional mean)
@@ -275,7 +278,7 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> Any:
         return cache[b0][j - b0]
 
     def make(start: int, stop: int) -> Tensor:
-        xs = x.repeat(stop - start, *([1] * (x.ndim - 1)))
+        xs: Tensor = x.repeat(stop - start, *([1] * (x.ndim - 1)))
         for b, i in enumerate(range(start, stop)):
             j, s = divmod(i, samples)
             vals = window_values(j)[s]  # (C, Pw)

@@ -2,9 +2,10 @@
 
 Both are one forward and one backward pass in which every ReLU-like activation gets a modified backward
 (``_hooks.activation_rule``): guided backprop keeps ``1[a_in > 0] 1[R_out > 0] R_out``; the deconvnet
-passes ``max(R_out, 0)`` and ignores the forward mask. ``stride_fix=True`` replaces the backward of strided convolutions by Oramas et al.'s
-nearest-resize + stride-1 transposed convolution (methods.md §A5.3). Max-pooling keeps its switches (autograd), convolutions
-become transposed convolutions with the same weights and stride (autograd). The rule reaches ``nn.ReLU``
+passes ``max(R_out, 0)`` and ignores the forward mask. ``stride_fix=True`` replaces the backward of strided
+convolutions by Oramas et al.'s nearest-resize + stride-1 transposed convolution (methods.md §A5.3). Max-pooling
+keeps its switches (autograd), convolutions become transposed convolutions with the same weights and stride
+(autograd). The rule reaches ``nn.ReLU``
 (also in-place), ``F.relu`` / ``torch.relu_`` calls, and MONAI's activation modules; PReLU (MONAI's UNet
 default), LeakyReLU, ELU, GELU and SiLU get the same treatment of the incoming gradient (guided: positive
 part of the incoming gradient times the activation's own derivative; deconvnet: positive part only).

@@ -48,7 +48,7 @@ def _finish(run: Run, m: Tensor, extras: dict[str, Any] | None = None) -> Method
     return MethodOutput(upsample(m, run.spatial())[0], {"layer_map": m[0, 0].detach().cpu().numpy(), **(extras or {})})
 
 
-_LAYER = dict(family="cam", needs_layer=True, shared_pass=True)
+_LAYER: dict[str, Any] = dict(family="cam", needs_layer=True, shared_pass=True)
 
 
 @register(

@@ -42,7 +42,8 @@ def _captum_class(class_name: str) -> type:
         raise MethodError("captum methods need the captum package: pip install captum") from err
     cls = getattr(ca, class_name, None)
     if not isinstance(cls, type) or not issubclass(cls, ca.Attribution):
-        names = sorted(n for n in dir(ca) if isinstance(getattr(ca, n), type) and issubclass(getattr(ca, n), ca.Attribution))
+        names = sorted(n for n in dir(ca)
+                       if isinstance(getattr(ca, n), type) and issubclass(getattr(ca, n), ca.Attribution))
         raise MethodError(f"captum.attr has no attribution class {class_name!r}. Available: {', '.join(names)}.")
     if issubclass(cls, ca.NeuronAttribution) or class_name in ("NoiseTunnel", "LRP", "LayerLRP"):
         raise MethodError(

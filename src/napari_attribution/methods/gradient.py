@@ -233,7 +233,7 @@ def _adaptive_ig(
             vals = run.scores(lambda s, e: b + pts[s:e] * diff, len(points), probability=False,
                               message="path end points")
             run.done -= len(points)  # forward-only passes are not counted as gradient evaluations
-            ends.update(zip(points, vals.tolist()))
+            ends.update(zip(points, vals.tolist(), strict=True))
         for lo, hi in new:
             nodes = lo + (hi - lo) * 0.5 * (gl_x + 1)
             weights = (hi - lo) * 0.5 * gl_w

@@ -55,11 +55,11 @@ def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     nd = len(spatial)
     default = 16 if nd <= 2 else 8
     window = _per_axis(params["window"] or tuple(min(default, s) for s in spatial), nd, "window")
-    if any(w > s for w, s in zip(window, spatial)):
+    if any(w > s for w, s in zip(window, spatial, strict=True)):
         raise ParameterError(f"The occlusion window {window} is larger than the image {spatial}.")
     stride = _per_axis(params["stride"] or tuple(max(1, w // 2) for w in window), nd, "stride")
     b = baseline_tensor(x, params["baseline"])
-    starts = [window_starts(s, w, st) for s, w, st in zip(spatial, window, stride)]
+    starts = [window_starts(s, w, st) for s, w, st in zip(spatial, window, stride, strict=True)]
     corners = list(itertools.product(*starts))
     n = len(corners)
     run.expected_total(n + 1)
@@ -67,7 +67,8 @@ def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     full = float(run.target(run.output, probability=True)[0])
 
     def region(c: tuple[int, ...]) -> tuple[slice, ...]:
-        return (slice(None), slice(None)) + tuple(slice(o, min(o + w, s)) for o, w, s in zip(c, window, spatial))
+        return (slice(None), slice(None)) + tuple(slice(o, min(o + w, s))
+                                                  for o, w, s in zip(c, window, spatial, strict=True))
 
     def make(start: int, stop: int) -> Tensor:
         xs = x.repeat(stop - start, *([1] * (x.ndim - 1)))
@@ -79,7 +80,7 @@ def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     scores = run.scores(make, n, probability=True, message="occlusion windows")
     total = torch.zeros(spatial, dtype=torch.float64)
     count = torch.zeros(spatial, dtype=torch.float64)
-    for c, s in zip(corners, scores.tolist()):
+    for c, s in zip(corners, scores.tolist(), strict=True):
         sl = region(c)[2:]
         total[sl] += full - s
         count[sl] += 1
@@ -113,8 +114,8 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
     if not 0 < p <= 1 or n < 1:
         raise ParameterError("rise needs masks >= 1 and 0 < p <= 1.")
     b = baseline_tensor(x, params["baseline"])
-    cell = tuple(int(math.ceil(s / c)) for s, c in zip(spatial, cells))
-    up_size = tuple((c + 1) * cs for c, cs in zip(cells, cell))
+    cell = tuple(int(math.ceil(s / c)) for s, c in zip(spatial, cells, strict=True))
+    up_size = tuple((c + 1) * cs for c, cs in zip(cells, cell, strict=True))
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
     gen = run.generator
     run.expected_total(n)
@@ -129,7 +130,7 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
             shifts.append(torch.randint(0, max(cell), (nd,), generator=gen))
         big = F.interpolate(torch.cat(grids), size=up_size, mode=mode, align_corners=False)
         masks = torch.stack([
-            big[(i, 0) + tuple(slice(int(o) % cs, int(o) % cs + s) for o, cs, s in zip(sh, cell, spatial))]
+            big[(i, 0) + tuple(slice(int(o) % cs, int(o) % cs + s) for o, cs, s in zip(sh, cell, spatial, strict=True))]
             for i, sh in enumerate(shifts)
         ]).unsqueeze(1).to(x.device)
         current.clear()

@@ -97,7 +97,7 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
         from ..pipeline import _model_and_card, explain
 
         module, card = _model_and_card(model)
-        kwargs = {"layer": att.layer, "params": {k: v for k, v in att.params.items() if v is not None}}
+        kwargs: dict[str, Any] = {"layer": att.layer, "params": {k: v for k, v in att.params.items() if v is not None}}
         if metric == "randomisation":
             from ..models._card import LoadedModel
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,6 +14,9 @@ from .._errors import InputShapeError
 from ..methods._hooks import model_guard
 from ..methods._run import first_output
 from ..targets import ResolvedTarget, Target, resolve_target
+
+if TYPE_CHECKING:
+    from .._preprocess import Prepared
 
 __all__ = ["Score", "Scorer"]
 
@@ -56,9 +60,9 @@ class Scorer:
 
     def __init__(self, model: Any, image: np.ndarray, target: Target, *, geometry: Any = None,
                  batch: int = 8) -> None:
-        from ..pipeline import _as_array, _layout, _model_and_card, _target_to_model_grid, _task
         from .._preprocess import prepare
         from ..io._geometry import Geometry
+        from ..pipeline import _as_array, _layout, _model_and_card, _target_to_model_grid, _task
 
         self.module, self.card = _model_and_card(model)
         arr = _as_array(image)
@@ -74,7 +78,8 @@ class Scorer:
         self.image = arr
         self.spatial = arr.shape[1:] if lay.channel_axis else arr.shape
         self.batch = batch
-        self._prepare = lambda a: prepare(a, self.geometry, self.card, channel_axis=lay.channel_axis)
+        self._prepare: Callable[[np.ndarray], Prepared] = lambda a: prepare(a, self.geometry, self.card,
+                                                                             channel_axis=lay.channel_axis)
         prep = self._prepare(arr)
         x = self._tensor(prep.data)
         with model_guard(self.module), torch.no_grad():
@@ -113,7 +118,8 @@ class Scorer:
         one_hot = self.task == "classification" and w.ndim == 1 and int((w != 0).sum()) == 1 and float(w.max()) == 1
         if not one_hot or self.target.activation != "softmax":
             p = np.clip(self(images), 1e-12, 1 - 1e-12)
-            return np.log(p) - np.log1p(-p)
+            result: np.ndarray = np.log(p) - np.log1p(-p)
+            return result
         k = int(w.argmax())
         out = np.empty(len(images), np.float64)
         with model_guard(self.module), torch.no_grad():

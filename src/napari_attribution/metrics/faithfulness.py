@@ -170,9 +170,10 @@ def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 
     """Block-level specificity of a map at identifying the voxels the model used (methods.md §A3.2, our
     reconstruction of Philbrick et al.'s evaluation). "Used" blocks: occluding the ``block``-sized cube with the
     ``baseline`` (default the image mean: neutral tissue rather than air) changes the target's score by more
-    than ``eps``: with ``score="log_odds"`` (default, eps 1.0: the odds change by a factor e) the log-odds of the target probability, computed
-    from the logits, so that a confident (saturated) model's changes are still seen; with
-    ``score="probability"`` (eps 0.01, methods.md §A3.2's suggestion) the probability itself. Flagged blocks: the top ``q`` fraction of blocks by mean attribution.
+    than ``eps``: with ``score="log_odds"`` (default, eps 1.0: the odds change by a factor e) the log-odds of the
+    target probability, computed from the logits, so that a confident (saturated) model's changes are still seen;
+    with ``score="probability"`` (eps 0.01, methods.md §A3.2's suggestion) the probability itself. Flagged blocks:
+    the top ``q`` fraction of blocks by mean attribution.
     Returns specificity TN / (TN + FP) (higher is better); details hold sensitivity, the confusion counts and the
     threshold-free block-level ROC AUC of the map's block means against the used blocks."""
     image = scorer.image
@@ -215,5 +216,6 @@ def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 
         ranks = rankdata(np.nan_to_num(means.astype(np.float64), neginf=-1e300))
         n_pos, n_neg = int(used.sum()), int((~used).sum())
         auc = float((ranks[used].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return float(spec), {"sensitivity": sens, "auc": auc, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "used_blocks": int(used.sum()),
-                         "blocks": len(corners), "block": block, "q": q, "score": score, "eps": eps}
+    return float(spec), {"sensitivity": sens, "auc": auc, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+                         "used_blocks": int(used.sum()), "blocks": len(corners), "block": block, "q": q,
+                         "score": score, "eps": eps}

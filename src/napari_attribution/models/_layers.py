@@ -55,7 +55,7 @@ def find_layers(model: nn.Module, x: Tensor) -> list[LayerCandidate]:
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule at dotted path ``name`` (``"features.3"``); :class:`LayerNotFoundError` otherwise."""
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     if name in modules and name:
         return modules[name]
     names = [n for n in modules if n]
