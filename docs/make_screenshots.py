@@ -67,14 +67,13 @@ def _show_results(dock) -> None:
         bar.setValue(bar.maximum())
 
 
-def landmarks() -> None:
-    """The 3D contrast-phase demo on the abdominal slab phantom: response back-projection, compared with the
-    evidence structures (aorta, IVC, portal vein, liver, kidney) painted as landmarks."""
+def _slab_with_dock(dock_class, name: str, width: int):
+    """A viewer with the abdominal slab phantom (its evidence structures as outlined landmarks) and a dock of
+    ``dock_class`` set to the 3D contrast-phase demo model."""
     import napari
     from napari.layers import Layer
 
     from napari_attribution._sample_data import contrast_phase_slab
-    from napari_attribution._widget import ExplainWidget
 
     _app_, wait, shot = _app()
     viewer = napari.Viewer(title="napari-attribution")
@@ -84,11 +83,20 @@ def landmarks() -> None:
     scan, marks = viewer.layers[0], viewer.layers[1]
     marks.opacity, marks.contour = 1.0, 1
     viewer.layers.selection.active = scan
-    dock = ExplainWidget(viewer)
-    viewer.window.add_dock_widget(dock, name="Explain").setMinimumWidth(540)  # room for every column
+    dock = dock_class(viewer)
+    viewer.window.add_dock_widget(dock, name=name).setMinimumWidth(width)
     wait(lambda: dock.model_info is not None and not dock.busy)
     dock.model.set_source("demo:contrast-phase-3d")
     wait(lambda: dock.model_info is not None and dock.model_info.source.endswith("3d") and not dock.busy)
+    return viewer, scan, marks, dock, wait, shot
+
+
+def landmarks() -> None:
+    """The 3D contrast-phase demo on the abdominal slab phantom: response back-projection, compared with the
+    evidence structures (aorta, IVC, portal vein, liver, kidney) painted as landmarks."""
+    from napari_attribution._widget import ExplainWidget
+
+    viewer, scan, marks, dock, wait, shot = _slab_with_dock(ExplainWidget, "Explain", 540)  # room for every column
     dock.set_method("response_backprojection")
     dock.run(confirm=False)
     wait(lambda: not dock.busy)
@@ -148,25 +156,9 @@ def layer_sweep() -> None:
 def compare_landmarks() -> None:
     """The 3D contrast-phase demo on the abdominal slab: four methods compared side by side and against the evidence
     structures painted as landmarks (seed 000's comparison, across methods)."""
-    import napari
-    from napari.layers import Layer
-
-    from napari_attribution._sample_data import contrast_phase_slab
     from napari_attribution._widget import CompareWidget
 
-    _app_, wait, shot = _app()
-    viewer = napari.Viewer(title="napari-attribution")
-    viewer.window.resize(1500, 980)
-    for ldt in contrast_phase_slab():
-        viewer.add_layer(Layer.create(*ldt))
-    scan, marks = viewer.layers[0], viewer.layers[1]
-    marks.opacity, marks.contour = 1.0, 1
-    viewer.layers.selection.active = scan
-    dock = CompareWidget(viewer)
-    viewer.window.add_dock_widget(dock, name="Compare methods").setMinimumWidth(560)
-    wait(lambda: dock.model_info is not None and not dock.busy)
-    dock.model.set_source("demo:contrast-phase-3d")
-    wait(lambda: dock.model_info is not None and dock.model_info.source.endswith("3d") and not dock.busy)
+    viewer, scan, marks, dock, wait, shot = _slab_with_dock(CompareWidget, "Compare methods", 560)
     dock.set_methods(["response_backprojection", "grad_cam", "integrated_gradients", "occlusion"])
     dock.run(confirm=False)
     wait(lambda: not dock.busy)
