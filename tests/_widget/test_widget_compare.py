@@ -196,3 +196,12 @@ def test_compare_landmarks_of_another_grid_or_empty_give_one_notification(compar
     assert box.choose(labels="blank") is None
     assert len(notes) == 2 and "no landmark" in notes[1][1] and "paint" in notes[1][1]
     assert box.choose(labels="lesion") is not None and box.table.rowCount() == 2 and box.copy_button.isEnabled()
+
+
+def test_every_registered_method_has_a_short_table_name() -> None:
+    """The agreement and landmark tables name methods by short names; a new method needs one."""
+    import napari_attribution as na
+
+    missing = [m.name for m in na.list_methods() if m.name not in SHORT]
+    assert not missing, f"add short names for {missing} in _widget/_compare.py SHORT"
+    assert len(set(SHORT.values())) == len(SHORT)

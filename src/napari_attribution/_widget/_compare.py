@@ -43,7 +43,9 @@ DEFAULT_METHODS = ("saliency", "integrated_gradients", "grad_cam", "occlusion")
 SHORT = {"saliency": "Sal", "input_x_gradient": "IxG", "integrated_gradients": "IG", "smoothgrad": "SG",
          "guided_backprop": "GBP", "deconvnet": "Deconv", "cam": "CAM", "grad_cam": "GradCAM",
          "grad_cam_pp": "GradCAM++", "hires_cam": "HiRes", "score_cam": "ScoreCAM", "guided_grad_cam": "GGCAM",
-         "layer_activation": "Act", "occlusion": "Occl", "rise": "RISE"}
+         "layer_activation": "Act", "occlusion": "Occl", "rise": "RISE", "prediction_difference": "PDA",
+         "sam": "SAM", "layer_gradient_x_activation": "LayerGxA", "layer_conductance": "LayerCond",
+         "response_backprojection": "RespBP", "evidence": "Evidence", "vebi": "VEBI"}
 
 
 class CompareWidget(AttributionDock):
