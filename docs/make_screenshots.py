@@ -67,28 +67,35 @@ def _show_results(dock) -> None:
         bar.setValue(bar.maximum())
 
 
-def _slab_with_dock(dock_class, name: str, width: int):
-    """A viewer with the abdominal slab phantom (its evidence structures as outlined landmarks) and a dock of
-    ``dock_class`` set to the 3D contrast-phase demo model."""
+def _sample_with_dock(sample, model: str, dock_class, name: str, width: int | None = None):
+    """A viewer with a sample's layers (scan first, its mask second) and a dock of ``dock_class`` set to ``model``."""
     import napari
     from napari.layers import Layer
-
-    from napari_attribution._sample_data import contrast_phase_slab
 
     _app_, wait, shot = _app()
     viewer = napari.Viewer(title="napari-attribution")
     viewer.window.resize(1500, 980)
-    for ldt in contrast_phase_slab():
+    for ldt in sample():
         viewer.add_layer(Layer.create(*ldt))
     scan, marks = viewer.layers[0], viewer.layers[1]
-    marks.opacity, marks.contour = 1.0, 1
     viewer.layers.selection.active = scan
     dock = dock_class(viewer)
-    viewer.window.add_dock_widget(dock, name=name).setMinimumWidth(width)
+    widget = viewer.window.add_dock_widget(dock, name=name)
+    if width is not None:
+        widget.setMinimumWidth(width)
     wait(lambda: dock.model_info is not None and not dock.busy)
-    dock.model.set_source("demo:contrast-phase-3d")
-    wait(lambda: dock.model_info is not None and dock.model_info.source.endswith("3d") and not dock.busy)
+    dock.model.set_source(model)
+    wait(lambda: dock.model_info is not None and dock.model_info.source == model and not dock.busy)
     return viewer, scan, marks, dock, wait, shot
+
+
+def _slab_with_dock(dock_class, name: str, width: int):
+    """The abdominal slab phantom (its evidence structures as outlined landmarks) with the 3D contrast-phase demo."""
+    from napari_attribution._sample_data import contrast_phase_slab
+
+    out = _sample_with_dock(contrast_phase_slab, "demo:contrast-phase-3d", dock_class, name, width)
+    out[2].opacity, out[2].contour = 1.0, 1
+    return out
 
 
 def landmarks() -> None:
@@ -116,25 +123,11 @@ def landmarks() -> None:
 def layer_sweep() -> None:
     """The vessel segmentation demo: Grad-CAM for the predicted vessels at six layers, shallow to deep, in one
     layer whose slider moves through the network, with the per-layer table."""
-    import napari
-    from napari.layers import Layer
-
     from napari_attribution._sample_data import vessel_mra
     from napari_attribution._widget import ExplainWidget
 
-    _app_, wait, shot = _app()
-    viewer = napari.Viewer(title="napari-attribution")
-    viewer.window.resize(1500, 980)
-    for ldt in vessel_mra():
-        viewer.add_layer(Layer.create(*ldt))
-    scan, truth = viewer.layers[0], viewer.layers[1]
+    viewer, scan, truth, dock, wait, shot = _sample_with_dock(vessel_mra, "demo:vessel-seg", ExplainWidget, "Explain")
     truth.visible = False
-    viewer.layers.selection.active = scan
-    dock = ExplainWidget(viewer)
-    viewer.window.add_dock_widget(dock, name="Explain")
-    wait(lambda: dock.model_info is not None and not dock.busy)
-    dock.model.set_source("demo:vessel-seg")
-    wait(lambda: dock.model_info is not None and dock.model_info.source == "demo:vessel-seg" and not dock.busy)
     dock.set_method("grad_cam")
     dock.set_sweep(["enc1", "enc2", "bottleneck", "dec2", "dec1.relu1", "dec1"])
     dock.target.set_kind("predicted region of class")
