@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,17 +40,32 @@ def _starts(size: int, window: int, stride: int) -> list[int]:
 
 @dataclass
 class WindowGrid:
-    """All ``window``-sized windows inside the image at ``stride`` (the last one flush with the border)."""
+    """All ``window``-sized windows inside the image at ``stride`` (the last one flush with the border).
+
+    Windows are addressed by flat voxel indices (the offset of the window's corner plus the offsets of its voxels
+    in C order), so that pasting replacement values into a chunk of images, reading windows out of a map and
+    averaging window values into a map are each one indexed tensor operation rather than one Python slice per
+    window. Measured on the 3D lesion demo (1183 windows of 4^3): the average took 72 ms as a loop of slices and
+    pasting 120 ms over a whole ``evidence`` run, out of about 1 s.
+    """
 
     spatial: tuple[int, ...]
     window: tuple[int, ...]
     stride: tuple[int, ...]
+
+    #: windows per step of :meth:`average` (bounds its index memory on large grids)
+    _CHUNK = 4096
 
     def __post_init__(self) -> None:
         if any(w > s for w, s in zip(self.window, self.spatial, strict=True)):
             raise ParameterError(f"The window {self.window} is larger than the image {self.spatial}.")
         self.corners = list(itertools.product(*[_starts(s, w, st) for s, w, st in
                                                 zip(self.spatial, self.window, self.stride, strict=True)]))
+        nd = len(self.spatial)
+        strides = torch.tensor([math.prod(self.spatial[a + 1:]) for a in range(nd)])
+        self._corner_flat = (torch.tensor(self.corners, dtype=torch.long).view(-1, nd) * strides).sum(1)
+        offsets = torch.stack(torch.meshgrid(*[torch.arange(w) for w in self.window], indexing="ij"), -1)
+        self._offsets = (offsets.view(-1, nd) * strides).sum(1)  # (P,) window voxels in C order
 
     def __len__(self) -> int:
         return len(self.corners)
@@ -59,15 +74,36 @@ class WindowGrid:
         """The spatial slices of window ``i``."""
         return tuple(slice(c, c + w) for c, w in zip(self.corners[i], self.window, strict=True))
 
-    def average(self, values: Sequence[float]) -> Tensor:
+    def flat_index(self, windows: Tensor) -> Tensor:
+        """Flat spatial voxel indices ``(n, P)`` of the windows numbered ``windows`` ``(n,)``."""
+        return self._corner_flat[windows][:, None] + self._offsets[None]
+
+    def paste(self, xs: Tensor, windows: Tensor, values: Tensor) -> Tensor:
+        """Write ``values`` ``(B, C, P)`` into window ``windows[b]`` of image ``b`` of the contiguous batch ``xs``
+        ``(B, C, *S)``, in place; returns ``xs``."""
+        b, c = xs.shape[:2]
+        idx = self.flat_index(windows.cpu()).to(xs.device)[:, None, :].expand(b, c, -1)
+        xs.view(b, c, -1).scatter_(2, idx, values.to(device=xs.device, dtype=xs.dtype))
+        return xs
+
+    def take(self, image: Tensor, start: int, stop: int) -> Tensor:
+        """The voxels of windows ``start:stop`` of ``image`` ``(C, *S)`` as ``(n, C, P)``."""
+        idx = self.flat_index(torch.arange(start, stop))  # (n, P)
+        return image.reshape(image.shape[0], -1)[:, idx].transpose(0, 1)
+
+    def average(self, values: Sequence[float] | Tensor) -> Tensor:
         """Per-voxel mean of the window values over the windows that cover the voxel."""
-        total = torch.zeros(self.spatial, dtype=torch.float64)
-        count = torch.zeros(self.spatial, dtype=torch.float64)
-        for i, v in enumerate(values):
-            sl = self.slices(i)
-            total[sl] += v
-            count[sl] += 1
-        return total / count.clamp(min=1)
+        vals = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        n, p = len(self), len(self._offsets)
+        total = torch.zeros(math.prod(self.spatial), dtype=torch.float64)
+        count = torch.zeros_like(total)
+        ones = torch.ones(min(n, self._CHUNK) * p, dtype=torch.float64)
+        for start in range(0, n, self._CHUNK):
+            stop = min(n, start + self._CHUNK)
+            idx = self.flat_index(torch.arange(start, stop)).reshape(-1)
+            total.index_add_(0, idx, vals[start:stop].repeat_interleave(p))
+            count.index_add_(0, idx, ones[: idx.numel()])
+        return (total / count.clamp(min=1)).view(self.spatial)
 
 
 def per_axis(value: Any, nd: int, name: str) -> tuple[int, ...]:
@@ -204,7 +240,7 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
     segmentation region), so log-odds apply; targets with negative weights (contrasts) use the plain
     difference of probability scores, as Zintgraf et al. do for non-probability units.
     """
-    from ._run import MethodOutput, first_output
+    from ._run import MethodOutput
 
     x = run.x
     spatial = tuple(x.shape[2:])
@@ -239,54 +275,108 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
     n_win = len(grid)
     extras: dict[str, Any] = {"windows": n_win, "window": window, "stride": stride, "padding": pad,
                               "fit_patches": gauss.n_fit, "log_odds": logodds}
-    if mode == "taylor":
-        run.expected_total(n_win + 1)
-        xg = x.clone().requires_grad_(True)
-        with torch.enable_grad():
-            lo = transform(target(first_output(run.model(xg)), probability=True).double()).sum()
-            (g,) = torch.autograd.grad(lo, xg)
-        run.advance(1, "gradient")
-        we = torch.empty(n_win, dtype=torch.float64)
-        chunk = 4096
-        for start in range(0, n_win, chunk):
-            stop = min(n_win, start + chunk)
-            corners = grid.corners[start:stop]
-            mu = gauss.conditional_mean(gauss.frames(padded, corners))  # (n, C, Pw)
-            wins = torch.stack([x[(0, slice(None)) + grid.slices(i)].reshape(x.shape[1], -1)
-                                for i in range(start, stop)]).double()  # (n, C, Pw)
-            gw = torch.stack([g[(0, slice(None)) + grid.slices(i)].reshape(x.shape[1], -1)
-                              for i in range(start, stop)]).double()
-            we[start:stop] = (gw * (wins - mu)).flatten(1).sum(1)
-            run.advance(stop - start, "windows")
-        return MethodOutput(grid.average(we.tolist()).to(x.dtype)[None], extras)
+    if mode in ("taylor", "screened"):
+        screen = float(params.get("screen", 0.5)) if mode == "screened" else 0.0
+        if mode == "screened" and not 0.0 < screen <= 1.0:
+            raise ParameterError(f"screen (the fraction of windows evaluated exactly) must be in (0, 1], got {screen}.")
+        n_exact = max(1, math.ceil(screen * n_win)) if mode == "screened" else 0
+        run.expected_total(1 + n_win + n_exact)
+        we_taylor = _taylor_evidence(run, grid, gauss, padded, transform)
+        if mode == "taylor":
+            return MethodOutput(grid.average(we_taylor).to(x.dtype)[None], extras)
+        # screened: the exact (conditional-mean) evidence of the windows with the largest first-order |WE|; the
+        # others keep their first-order value, rescaled by the least-squares factor between the two on the
+        # evaluated windows
+        order = torch.sort(torch.argsort(we_taylor.abs(), descending=True, stable=True)[:n_exact]).values
+        exact = full - transform(run.scores(_window_maker(run, grid, gauss, padded, "mean", 1, order), n_exact,
+                                            probability=True, message="screened windows").double())
+        t_sel = we_taylor[order]
+        denom = float((t_sel * t_sel).sum())
+        scale = float((t_sel * exact).sum()) / denom if denom > 0 else 0.0
+        we = we_taylor * scale
+        we[order] = exact
+        extras.update(evaluated=n_exact, screen=screen, taylor_scale=scale,
+                      screen_rank_correlation=_spearman(t_sel, exact))
+        return MethodOutput(grid.average(we).to(x.dtype)[None], extras)
 
     samples = int(params["samples"]) if mode == "sample" else 1
     if samples < 1:
         raise ParameterError("samples must be at least 1.")
-    cache: dict[int, Tensor] = {}
-    block = 256  # windows whose replacement values are made together (fixed, so results do not depend on chunks)
-
-    def window_values(j: int) -> Tensor:
-        b0 = (j // block) * block
-        if b0 not in cache:
-            corners = grid.corners[b0:b0 + block]
-            frames = gauss.frames(padded, corners)
-            vals = gauss.sample(frames, samples, run.generator) if mode == "sample" else \
-                gauss.conditional_mean(frames)[:, None]  # (n, S, C, Pw)
-            cache.clear()
-            cache[b0] = vals.to(x.dtype)
-        return cache[b0][j - b0]
-
-    def make(start: int, stop: int) -> Tensor:
-        xs: Tensor = x.repeat(stop - start, *([1] * (x.ndim - 1)))
-        for b, i in enumerate(range(start, stop)):
-            j, s = divmod(i, samples)
-            vals = window_values(j)[s]  # (C, Pw)
-            xs[(b, slice(None)) + grid.slices(j)] = vals.view((x.shape[1],) + window).to(x.device)
-        return xs
-
+    run.expected_total(n_win * samples)
+    make = _window_maker(run, grid, gauss, padded, mode, samples, torch.arange(n_win))
     scores = run.scores(make, n_win * samples, probability=True, message="windows").double()
     p_without = scores.view(n_win, samples).mean(1)
     we = full - transform(p_without)
     extras["samples"] = samples
-    return MethodOutput(grid.average(we.tolist()).to(x.dtype)[None], extras)
+    return MethodOutput(grid.average(we).to(x.dtype)[None], extras)
+
+
+def _taylor_evidence(run: Any, grid: WindowGrid, gauss: PatchGaussian, padded: Tensor,
+                     transform: Callable[[Tensor], Tensor]) -> Tensor:
+    """First-order window evidence ``sum_{u in w} d log2odds / dx(u) (x(u) - mu_{w|f}(u))`` of every window of
+    ``grid`` from one forward and one backward pass; ``(n_windows,)`` float64."""
+    from ._run import first_output
+
+    x = run.x
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        lo = transform(run.target(first_output(run.model(xg)), probability=True).double()).sum()
+        (g,) = torch.autograd.grad(lo, xg)
+    run.advance(1, "gradient")
+    n_win = len(grid)
+    we = torch.empty(n_win, dtype=torch.float64)
+    image, grad = x[0].detach().cpu(), g[0].cpu()
+    chunk = 4096
+    for start in range(0, n_win, chunk):
+        stop = min(n_win, start + chunk)
+        mu = gauss.conditional_mean(gauss.frames(padded, grid.corners[start:stop]))  # (n, C, Pw)
+        wins = grid.take(image, start, stop).double()  # (n, C, Pw)
+        gw = grid.take(grad, start, stop).double()
+        we[start:stop] = (gw * (wins - mu)).flatten(1).sum(1)
+        run.advance(stop - start, "windows")
+    return we
+
+
+def _window_maker(run: Any, grid: WindowGrid, gauss: PatchGaussian, padded: Tensor, mode: str, samples: int,
+                  order: Tensor) -> Callable[[int, int], Tensor]:
+    """``make(start, stop)`` for :meth:`Run.scores`: item ``i`` is the image with window ``order[i // samples]``
+    replaced by its conditional mean (``mode="mean"``) or by conditional sample ``i % samples``
+    (``mode="sample"``). ``order`` must be increasing: replacement values are made in blocks of windows (a fixed
+    block size, so results do not depend on the chunking), each block once."""
+    x = run.x
+    cache: dict[int, Tensor] = {}
+    block = 256
+
+    def block_values(b0: int) -> Tensor:
+        """Replacement values ``(n, S, C, Pw)`` of windows ``b0:b0 + block`` (the last block made is kept)."""
+        if b0 not in cache:
+            frames = gauss.frames(padded, grid.corners[b0:b0 + block])
+            vals = gauss.sample(frames, samples, run.generator) if mode == "sample" else \
+                gauss.conditional_mean(frames)[:, None]
+            cache.clear()
+            cache[b0] = vals.to(x.dtype)
+        return cache[b0]
+
+    def make(start: int, stop: int) -> Tensor:
+        xs: Tensor = x.repeat(stop - start, *([1] * (x.ndim - 1)))
+        idx = torch.arange(start, stop)
+        windows, which = order[idx // samples], idx % samples
+        parts = []
+        for b0 in range(int(windows[0]) // block * block, int(windows[-1]) + 1, block):
+            sel = (windows >= b0) & (windows < b0 + block)
+            if bool(sel.any()):
+                parts.append(block_values(b0)[windows[sel] - b0, which[sel]])
+        return grid.paste(xs, windows, torch.cat(parts))
+
+    return make
+
+
+def _spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two 1D tensors (ties broken by position); nan for fewer than 3 values."""
+    if a.numel() < 3:
+        return float("nan")
+    ra = torch.argsort(torch.argsort(a)).double()
+    rb = torch.argsort(torch.argsort(b)).double()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / den if den > 0 else float("nan")
