@@ -12,6 +12,15 @@ from pathlib import Path
 import napari_attribution as na
 
 
+def _param(m: na.MethodInfo, key: str, default: object) -> str:
+    """``key=default``, followed by the listed choices when the method declares some."""
+    listed, open_ = m.choice_list(key)
+    if not listed:
+        return f"`{key}={default!r}`"
+    values = " / ".join(f"`{v!r}`" for v in listed)
+    return f"`{key}={default!r}` ({values} or another value)" if open_ else f"`{key}={default!r}` (one of {values})"
+
+
 def main() -> int:
     out = Path(__file__).resolve().parents[1] / "docs" / "methods" / "reference.md"
     lines = [
@@ -36,7 +45,7 @@ def main() -> int:
         lines += [f"## {m.name}", "", f"**{m.label}**", "", f"Reference: {m.paper}.", ""]
         params = {k: v for k, v in m.params.items() if k != "*"}
         if params:
-            lines.append("Parameters (defaults): " + ", ".join(f"`{k}={v!r}`" for k, v in params.items()) + ".")
+            lines.append("Parameters (defaults): " + ", ".join(_param(m, k, v) for k, v in params.items()) + ".")
             lines.append("")
         doc = inspect.getdoc(m.fn) or ""
         lines += [doc, ""]

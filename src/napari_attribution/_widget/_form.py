@@ -30,7 +30,7 @@ from ._models import MODEL_FILE_FILTER, ModelInfo, RecentModels, demo_names
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["ModelPicker", "ParamsForm", "ScopeBox", "TargetPicker", "set_row_visible", "voxel_of"]
+__all__ = ["ChoiceCombo", "ModelPicker", "ParamsForm", "ScopeBox", "TargetPicker", "set_row_visible", "voxel_of"]
 
 BROWSE = "Browse for a model file…"
 
@@ -88,8 +88,93 @@ class ModelPicker(QWidget):
         self._emit(source)
 
 
+def _shown(value: Any) -> str:
+    """How a parameter value reads in the form: a plain string as is (unless it would read as JSON), else JSON."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
+
+
+def _parsed(text: str) -> Any:
+    """The value typed as ``text``: JSON when it parses, else the string itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class ChoiceCombo(QComboBox):
+    """A parameter with listed values (``MethodInfo.choices``): the first item is the method's default (sends
+    nothing), then the choices; editable when the method also takes values that are not listed (a number, an
+    array), typed as JSON or as a plain string."""
+
+    def __init__(self, key: str, default: Any, choices: tuple[Any, ...], open_: bool,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.default = default
+        self.choices: list[Any] = list(choices)
+        self.addItem(f"default ({'automatic' if default is None else _shown(default)})")
+        for value in self.choices:
+            self.addItem(_shown(value))
+        listed = ", ".join(_shown(v) for v in self.choices)
+        if open_:  # the default item shows as an empty, greyed line, like a free parameter's
+            self.setEditable(True)
+            self.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+            line = self.lineEdit()
+            assert line is not None
+            line.setPlaceholderText(self.itemText(0))
+            self.setEditText("")
+            self.activated.connect(self._clear_default)
+            self.currentIndexChanged.connect(self._clear_default)
+            self.setToolTip(f"{key}: {listed}, or type a JSON value (first item = default {json.dumps(default)})")
+        else:
+            self.setToolTip(f"{key}: one of {listed} (first item = default {json.dumps(default)})")
+
+    def _clear_default(self, index: int) -> None:
+        if index == 0:
+            self.setEditText("")
+
+    def has_value(self) -> bool:
+        """Whether a value other than the default item is chosen or typed."""
+        if self.isEditable():
+            text = self.currentText().strip()
+            return bool(text) and text != self.itemText(0)
+        return self.currentIndex() > 0
+
+    def value(self) -> Any:
+        """The chosen (or typed) value; only meaningful when :meth:`has_value`."""
+        if self.isEditable():
+            text = self.currentText().strip()
+            for i, choice in enumerate(self.choices, start=1):
+                if self.itemText(i) == text:
+                    return choice
+            return _parsed(text)
+        return self.choices[self.currentIndex() - 1]
+
+    def set_value(self, value: Any) -> None:
+        """Select ``value``: its item, else the typed text (editable), else a new item (the method checks it)."""
+        for i, choice in enumerate(self.choices, start=1):
+            if type(choice) is type(value) and choice == value:
+                self.setCurrentIndex(i)
+                return
+        if self.isEditable():
+            self.setCurrentIndex(0)
+            self.setEditText(_shown(value))
+            return
+        self.choices.append(value)
+        self.addItem(_shown(value))
+        self.setCurrentIndex(self.count() - 1)
+
+
 class ParamsForm(QWidget):
-    """One line edit per parameter of the selected method; empty = the default (shown greyed)."""
+    """One row per parameter of the selected method: a drop-down for a parameter with listed values (its first
+    item = the default), else a JSON line edit (empty = the default, shown greyed).
+
+    ``edits`` holds the line edits and ``combos`` the drop-downs, by parameter name; :meth:`field` finds either.
+    """
 
     SHOW_SEED = ("smoothgrad", "rise")
 
@@ -98,6 +183,7 @@ class ParamsForm(QWidget):
         self.form = QFormLayout(self)
         self.form.setContentsMargins(0, 0, 0, 0)
         self.edits: dict[str, QLineEdit] = {}
+        self.combos: dict[str, ChoiceCombo] = {}
         self.extra: dict[str, Any] = {}  # common parameters set from a script (max_batch, memory_budget, ...)
         self.method: str | None = None
 
@@ -105,6 +191,7 @@ class ParamsForm(QWidget):
         while self.form.rowCount():
             self.form.removeRow(0)
         self.edits = {}
+        self.combos = {}
         self.extra = {}
         self.method = info.name if info is not None else None
         if info is None:
@@ -115,36 +202,50 @@ class ParamsForm(QWidget):
         for key, default in params.items():
             if key == "*":
                 continue
+            listed, open_ = info.choice_list(key)
+            if listed:
+                combo = ChoiceCombo(key, default, listed, open_)
+                self.form.addRow(key, combo)
+                self.combos[key] = combo
+                continue
             edit = QLineEdit()
             edit.setPlaceholderText(f"default: {json.dumps(default)}")
             edit.setToolTip(f"{key} (JSON value; empty = default {json.dumps(default)})")
             self.form.addRow(key, edit)
             self.edits[key] = edit
-        self.setVisible(bool(self.edits))
+        self.setVisible(bool(self.edits or self.combos))
+
+    def field(self, key: str) -> QWidget | None:
+        """The line edit or drop-down of ``key`` (None when the form has no such row)."""
+        edit = self.edits.get(key)
+        return edit if edit is not None else self.combos.get(key)
 
     def drop(self, key: str) -> None:
-        """Take ``key``'s line out of the form (another widget sets that parameter)."""
-        edit = self.edits.pop(key, None)
-        if edit is not None:
-            self.form.removeRow(edit)
-        self.setVisible(bool(self.edits))
+        """Take ``key``'s row out of the form (another widget sets that parameter)."""
+        widget: QWidget | None = self.edits.pop(key, None)
+        if widget is None:
+            widget = self.combos.pop(key, None)
+        if widget is not None:
+            self.form.removeRow(widget)
+        self.setVisible(bool(self.edits or self.combos))
 
     def values(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
         for key, edit in self.edits.items():
             text = edit.text().strip()
-            if not text:
-                continue
-            try:
-                out[key] = json.loads(text)
-            except ValueError:
-                out[key] = text
+            if text:
+                out[key] = _parsed(text)
+        for key, combo in self.combos.items():
+            if combo.has_value():
+                out[key] = combo.value()
         return out
 
     def set_values(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
             if key in self.edits:
                 self.edits[key].setText(json.dumps(value))
+            elif key in self.combos:
+                self.combos[key].set_value(value)
             else:
                 self.extra[key] = value
 

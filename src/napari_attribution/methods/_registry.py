@@ -51,6 +51,13 @@ class MethodInfo:
         Works on TorchScript models (which take no module hooks).
     params : Mapping[str, Any]
         The method's own parameters and their defaults (the common ones are in ``COMMON_PARAMS``).
+    choices : Mapping[str, tuple]
+        The values some parameters take, e.g. ``{"mode": ("conditional_mean", "taylor", "screened")}`` (the GUI
+        shows them as a drop-down, the method reference lists them). A tuple that ends with ``...``
+        (Ellipsis) is open: the listed values are the usual ones, but the method also takes others (a number, an
+        array), e.g. ``{"baseline": ("min", "mean", ...)}``; without ``...`` the set is closed. A parameter's
+        default is one of its listed choices, except a default of None ("automatic"), which need not be listed.
+        Use :meth:`choice_list` to read it.
     shared_pass : bool
         Computed from the one shared forward + backward pass (activations, layer and input gradients), so
         ``compare`` computes several such methods for the price of one.
@@ -73,6 +80,7 @@ class MethodInfo:
     paper: str
     supports_torchscript: bool = True
     params: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=lambda: MappingProxyType({}))
     shared_pass: bool = False
     needs_input_grad: bool = False
     needs_grad: bool = True
@@ -80,6 +88,24 @@ class MethodInfo:
     needs_graph: bool = False
     layer_optional: bool = False
     fn: MethodFn | None = field(default=None, repr=False, compare=False)
+
+    def choice_list(self, key: str) -> tuple[tuple[Any, ...], bool]:
+        """``key``'s listed choices (without the ``...`` marker) and whether it also takes other values.
+
+        A parameter without choices gives ``((), True)``.
+
+        Examples
+        --------
+        >>> import napari_attribution as na
+        >>> na.get_method("evidence").choice_list("mode")
+        (('conditional_mean', 'taylor', 'screened'), False)
+        >>> na.get_method("occlusion").choice_list("baseline")
+        (('min', 'mean'), True)
+        """
+        listed = self.choices.get(key, (...,))
+        if listed and listed[-1] is Ellipsis:
+            return listed[:-1], True
+        return listed, False
 
     def resolve_params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """Merge ``params`` with the defaults; unknown keys raise :class:`ParameterError`."""
@@ -108,6 +134,7 @@ def register(
     signed: bool = False,
     supports_torchscript: bool = True,
     params: Mapping[str, Any] | None = None,
+    choices: Mapping[str, tuple[Any, ...]] | None = None,
     shared_pass: bool = False,
     needs_input_grad: bool = False,
     needs_grad: bool = True,
@@ -115,7 +142,13 @@ def register(
     needs_graph: bool = False,
     layer_optional: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Register ``fn`` as the method ``name`` (decorator)."""
+    """Register ``fn`` as the method ``name`` (decorator); the keywords are :class:`MethodInfo`'s attributes.
+
+    ``choices`` is checked here: each key is one of ``params``, ``...`` appears only last, and the default is one
+    of the listed choices (or None); a mistake raises ``ValueError`` at import time.
+    """
+    frozen_params = MappingProxyType(dict(params or {}))
+    frozen_choices = MappingProxyType(_check_choices(name, frozen_params, choices or {}))
 
     def decorate(fn: MethodFn) -> MethodFn:
         if name in _REGISTRY:
@@ -129,7 +162,8 @@ def register(
             passes=passes,
             paper=paper,
             supports_torchscript=supports_torchscript,
-            params=MappingProxyType(dict(params or {})),
+            params=frozen_params,
+            choices=frozen_choices,
             shared_pass=shared_pass,
             needs_input_grad=needs_input_grad,
             needs_grad=needs_grad,
@@ -141,6 +175,31 @@ def register(
         return fn
 
     return decorate
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same type (so ``1``, ``1.0`` and ``True`` stay apart)."""
+    return type(a) is type(b) and bool(a == b)
+
+
+def _check_choices(
+    name: str, params: Mapping[str, Any], choices: Mapping[str, tuple[Any, ...]]
+) -> dict[str, tuple[Any, ...]]:
+    """``choices`` as a dict of tuples, after checking it against ``params`` (see :func:`register`)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for key, values in choices.items():
+        listed = tuple(values)
+        where = f"method {name!r}, choices of {key!r}"
+        if key not in params or key == "*":
+            raise ValueError(f"{where}: {key!r} is not a parameter of the method.")
+        bare = listed[:-1] if listed and listed[-1] is Ellipsis else listed
+        if not bare or any(v is Ellipsis for v in bare):
+            raise ValueError(f"{where}: list at least one value; ... may only come last.")
+        default = params[key]
+        if default is not None and not any(_same(default, v) for v in bare):
+            raise ValueError(f"{where}: the default {default!r} is not among the choices {bare!r}.")
+        out[key] = listed
+    return out
 
 
 def _load_builtin() -> None:

@@ -41,6 +41,7 @@ from ._run import MethodOutput, Run, first_output
     paper="Kumar et al. 2018 (ISBI), arXiv:1611.06284; CLEAR, arXiv:1704.04133 (motivation; reconstruction)",
     supports_torchscript=False,
     params={"mode": "target", "channel": None, "top_n": 9, "stride_fix": False},
+    choices={"mode": ("target", "dominant")},
     layer_optional=True,
 )
 def response_backprojection(run: Run, params: dict[str, Any]) -> MethodOutput:

@@ -149,6 +149,7 @@ def cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     signed=True,
     supports_torchscript=False,
     params={"channel": None, "reduce": "mean"},
+    choices={"reduce": ("mean", "sum", "max")},
     needs_grad=False,
     **_LAYER,
 )

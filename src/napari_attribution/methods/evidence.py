@@ -46,6 +46,7 @@ WINDOW_PARAMS = {"window": None, "stride": None, "padding": 2, "patches": 20000,
     paper="Zhou & Kainz 2018, arXiv:1801.01693 (motivation; reconstruction)",
     signed=True,
     params={**WINDOW_PARAMS, "mode": "conditional_mean", "screen": 0.5},
+    choices={"mode": ("conditional_mean", "taylor", "screened")},
 )
 def evidence(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Signed weight of evidence per voxel (reconstruction; see the module docstring). Defaults: window 10

@@ -116,6 +116,8 @@ def baseline_tensor(x: Tensor, baseline: Any) -> Tensor:
     paper="Sundararajan et al. 2017, arXiv:1703.01365",
     signed=True,
     params={"steps": 50, "baseline": "min", "rule": "gausslegendre", "tolerance": 0.01, "max_steps": 512},
+    choices={"steps": (50, "auto", ...), "baseline": ("min", "mean", ...),
+             "rule": ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")},
 )
 def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``IG_i = (x_i - x'_i) * int_0^1 dT(x' + a (x - x'))/dx_i da``.
@@ -282,6 +284,8 @@ _GRADIENT_BASES = {"saliency", "input_x_gradient", "guided_backprop", "deconvnet
     passes="samples x base",
     paper="Smilkov et al. 2017, arXiv:1706.03825",
     params={"base": "saliency", "samples": 50, "sigma": 0.15, "squared": False, "base_params": None},
+    choices={"base": ("saliency", "input_x_gradient", "integrated_gradients", "guided_backprop", "deconvnet",
+                      "response_backprojection", ...)},
 )
 def smoothgrad(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``M_hat(x) = (1/n) sum_j M(x + e_j)``, ``e_j ~ N(0, s^2)``, ``s = sigma * (x_max - x_min)``.

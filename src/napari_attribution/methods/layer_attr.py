@@ -59,6 +59,8 @@ def layer_gradient_x_activation(run: Run, params: dict[str, Any]) -> MethodOutpu
     signed=True,
     supports_torchscript=False,
     params={"steps": 50, "baseline": "min", "rule": "riemann_trapezoid", "channel": None},
+    choices={"baseline": ("min", "mean", ...),
+             "rule": ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")},
 )
 def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``Cond_j = sum_i dT/dA_j(x_{a_i}) * (A_j(x_{a_{i+1}}) - A_j(x_{a_i}))`` over ``steps + 1`` path points

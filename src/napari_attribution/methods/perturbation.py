@@ -42,6 +42,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     paper="Zeiler & Fergus 2013, arXiv:1311.2901",
     signed=True,
     params={"window": None, "stride": None, "baseline": "min"},
+    choices={"baseline": ("min", "mean", ...)},
 )
 def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``R(u) = mean_{w contains u} [s(x) - s(x with window w <- baseline)]`` with ``s`` the target's probability.
@@ -95,6 +96,7 @@ def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     passes="masks F",
     paper="Petsiuk et al. 2018, arXiv:1806.07421",
     params={"masks": None, "cells": None, "p": 0.5, "baseline": "min"},
+    choices={"baseline": ("min", "mean", ...)},
 )
 def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``S(u) = (1 / (N p)) sum_i s(x * M_i + b * (1 - M_i)) M_i(u)``, ``s`` the target's probability.

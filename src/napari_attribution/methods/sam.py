@@ -33,6 +33,7 @@ from ._run import MethodOutput, Run, upsample
     paper="Philbrick et al. 2018, AJR 211(6):1184, doi:10.2214/AJR.18.20331 (motivation; reconstruction)",
     supports_torchscript=False,
     params={"variant": "voxel", "reduce": "relu"},
+    choices={"variant": ("voxel", "layer"), "reduce": ("relu", "abs", "signed")},
     needs_graph=True,
 )
 def sam(run: Run, params: dict[str, Any]) -> MethodOutput:
