@@ -26,7 +26,7 @@ from .interpretation import RelevantFeatures, fit_relevant_features
 from .methods._registry import MethodInfo, get_method, list_methods
 from .metrics import Score, agreement, evaluate
 from .models import LoadedModel, ModelCard, find_layers, load_model
-from .pipeline import compare, explain
+from .pipeline import compare, explain, explain_layers
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "compare",
     "evaluate",
     "explain",
+    "explain_layers",
     "find_layers",
     "fit_relevant_features",
     "get_method",

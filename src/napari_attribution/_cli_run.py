@@ -169,11 +169,20 @@ def explain_file(
         else data.shape
     tgt = parse_target(target, tuple(spatial))
     results: dict[str, Any] = {}
-    for lay in sweep:
+    if len(layers) > 1:
+        # a sweep: each method at every layer with na.explain_layers (one pass for the shared-pass methods); the
+        # parameters are distributed as compare does
+        from .pipeline import split_params
+
+        for m, own in split_params(list(methods), params).items():
+            got = na.explain_layers(loaded, data, m, layers, tgt, params=own, geometry=geometry, device=device,
+                                    progress=progress)
+            results.update({f"{m}@{lay}": r for lay, r in got.items()})
+    for lay in sweep if len(layers) <= 1 else []:
         # like compare: a key goes to every method that takes it; a key that none takes is an error
         got = na.compare(loaded, data, list(methods), tgt, layer=lay, geometry=geometry, device=device,
                          progress=progress, params=dict(params or {}))
-        results.update({(m if len(layers) <= 1 else f"{m}@{lay}"): r for m, r in got.items()})
+        results.update(got)
     scores: dict[str, dict[str, float]] = {}
     for key, res in results.items():
         _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite)

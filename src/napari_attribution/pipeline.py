@@ -23,7 +23,7 @@ from ._errors import InputShapeError, MethodError, ParameterError, TargetError
 from ._preprocess import Prepared, prepare
 from .io._geometry import Geometry
 from .methods._hooks import activation_rule, fast_cpu_conv3d, model_guard
-from .methods._registry import COMMON_PARAMS, MethodInfo, get_method
+from .methods._registry import COMMON_PARAMS, MethodInfo, get_method, list_methods
 from .methods._run import MethodOutput, Run
 from .models._card import LoadedModel, ModelCard, infer_card
 from .models._layers import resolve_layer
@@ -130,6 +130,17 @@ def compare(
     names = list(dict.fromkeys(methods))
     if not names:
         raise MethodError("compare needs at least one method.")
+    per = split_params(names, params)
+    return _explain_many(
+        model, image, names, target, layer=layer, params=per, geometry=geometry, device=device,
+        progress=progress, cancel=cancel,
+    )
+
+
+def split_params(names: Sequence[str], params: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """One parameter dict for several methods, as :func:`compare` takes it: a key named after a method holds that
+    method's parameters, any other key goes to every method that takes it; a key that none takes is a
+    :class:`ParameterError`."""
     infos = {n: get_method(n) for n in names}
     per: dict[str, dict[str, Any]] = {n: {} for n in names}
     for key, value in (params or {}).items():
@@ -140,13 +151,69 @@ def compare(
             continue
         takers = [n for n, i in infos.items() if key in i.params or key in COMMON_PARAMS or "*" in i.params]
         if not takers:
-            raise ParameterError(f"No method in {names} takes the parameter {key!r}.")
+            raise ParameterError(f"No method in {list(names)} takes the parameter {key!r}.")
         for n in takers:
             per[n].setdefault(key, value)
-    return _explain_many(
-        model, image, names, target, layer=layer, params=per, geometry=geometry, device=device,
-        progress=progress, cancel=cancel,
-    )
+    return per
+
+
+def explain_layers(
+    model: nn.Module | LoadedModel,
+    image: Any,
+    method: str,
+    layers: Sequence[str],
+    target: Target = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    geometry: Any = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> dict[str, Attribution]:
+    """Explain one image with one layer method at several network layers (a layer sweep, e.g. shallow to deep).
+
+    Methods computed from the shared pass (``grad_cam``, ``hires_cam``, ``grad_cam_pp``, ``cam``,
+    ``layer_activation``, ``layer_gradient_x_activation``) get every layer from one forward pass that captures
+    all of them and one backward pass that stops at the shallowest: a sweep costs about one explanation, not one
+    per layer. Other layer methods (``sam``, ``layer_conductance``, ``score_cam``, ``response_backprojection``,
+    Captum layer classes) run once per layer. Each result's ``seconds`` includes the shared pass.
+
+    Parameters
+    ----------
+    layers : sequence of str
+        Dotted layer names (:func:`napari_attribution.find_layers`), each at most once.
+    model, image, target, params, geometry, device, progress, cancel
+        As for :func:`explain`.
+
+    Returns
+    -------
+    dict of str to Attribution
+        Keyed by layer name, in the order given; each ``.layer`` is that layer.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, napari_attribution as na
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+    ...                           torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(),
+    ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    >>> maps = na.explain_layers(net, np.zeros((32, 32), np.float32), "grad_cam", ["1", "3"], 1)
+    >>> [(name, a.layer, a.data.shape) for name, a in maps.items()]
+    [('1', '1', (32, 32)), ('3', '3', (32, 32))]
+    """
+    info = get_method(method)
+    names = [str(n) for n in layers]
+    if not names:
+        raise ParameterError("explain_layers needs at least one layer name.")
+    if len(set(names)) != len(names):
+        raise ParameterError(f"Each layer may appear once; got {names}.")
+    if not (info.needs_layer or info.layer_optional):
+        raise MethodError(f"{method} does not work on an internal layer; choose a layer method "
+                          f"({', '.join(m.name for m in list_methods() if m.needs_layer)}).")
+    keys = {f"{method}@{n}": (method, n) for n in names}
+    results = _explain_many(model, image, list(keys), target, layer=None,
+                            params={k: dict(params or {}) for k in keys}, geometry=geometry, device=device,
+                            progress=progress, cancel=cancel, sweep=keys)
+    return {keys[k][1]: results[k] for k in keys}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -279,11 +346,14 @@ def _explain_many(
     progress: Progress | None,
     cancel: Cancel | None,
     _card: ModelCard | None = None,
+    sweep: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, Attribution]:
+    """``names`` are method names, or with ``sweep`` (key -> (method, layer)) the keys of a layer sweep."""
     module, card = _model_and_card(model)
     if _card is not None:
         card = _card
-    infos = {n: get_method(n) for n in names}
+    infos = {n: get_method(sweep[n][0] if sweep else n) for n in names}
+    layer_of: dict[str, str | None] = {n: (sweep[n][1] if sweep else layer) for n in names}
     resolved = {n: infos[n].resolve_params(params.get(n)) for n in names}
     is_script = isinstance(module, torch.jit.ScriptModule)
     for n, info in infos.items():
@@ -301,7 +371,7 @@ def _explain_many(
         inner = dict(params)
         results = _explain_many(module, prep.data, names, _target_to_model_grid(target, prep), layer=layer,
                                 params=inner, geometry=None, device=device, progress=progress, cancel=cancel,
-                                _card=replace(card, preprocess=None, spacing=None))
+                                _card=replace(card, preprocess=None, spacing=None), sweep=sweep)
         return {n: _back_to_image_grid(r, prep, geometry) for n, r in results.items()}
     arr = prep.data  # intensity preprocessing only (or nothing): same grid
     spatial = arr.shape[1:] if lay.channel_axis else arr.shape
@@ -314,10 +384,10 @@ def _explain_many(
         with model_guard(module), fast_cpu_conv3d(module, dev):
             if not lay.slicewise:
                 x = torch.from_numpy(np.ascontiguousarray(arr.reshape((1, lay.channels) + tuple(spatial)))).to(dev)
-                parts = _run_methods(module, card, x, infos, resolved, target, layer, progress, cancel)
+                parts = _run_methods(module, card, x, infos, resolved, target, layer_of, progress, cancel)
                 return {n: _finish(parts[n], infos[n], resolved[n], geometry) for n in names}
-            return _run_slicewise(module, card, arr, lay, tuple(spatial), infos, resolved, target, layer, geometry,
-                                  dev, progress, cancel)
+            return _run_slicewise(module, card, arr, lay, tuple(spatial), infos, resolved, target, layer_of,
+                                  geometry, dev, progress, cancel)
     finally:
         if moved:
             module.to(home)
@@ -406,17 +476,20 @@ def _run_methods(
     infos: dict[str, MethodInfo],
     params: dict[str, dict[str, Any]],
     target: Target,
-    layer: str | None,
+    layer_of: Mapping[str, str | None],
     progress: Progress | None,
     cancel: Cancel | None,
 ) -> dict[str, _Part]:
-    """Run every method on one input ``x`` ``(1, C, *S)``; methods that share a pass share it."""
-    layer_name: str | None = None
-    layer_module: nn.Module | None = None
-    if any(i.needs_layer for i in infos.values()):
-        layer_name, layer_module = _layer_for(module, card, x, layer)
-    elif layer is not None and any(i.layer_optional for i in infos.values()):
-        layer_name, layer_module = _layer_for(module, card, x, layer)
+    """Run every method on one input ``x`` ``(1, C, *S)``; methods that share a pass share it, also across
+    layers (a layer sweep of a shared-pass method is one forward and one backward pass)."""
+    no_layer: tuple[str | None, nn.Module | None] = (None, None)
+    at: dict[str, tuple[str | None, nn.Module | None]] = {}
+    for n, info in infos.items():
+        want = layer_of.get(n)
+        if info.needs_layer or (want is not None and info.layer_optional):
+            at[n] = _layer_for(module, card, x, want)
+        else:
+            at[n] = no_layer
 
     groups: list[list[str]] = []
     shared: dict[str, list[str]] = {}
@@ -440,6 +513,9 @@ def _run_methods(
                 progress(_gi * 1000 + int(1000 * done / max(total, 1)), n_groups * 1000, f"{_label}: {message}")
 
         first = infos[group[0]]
+        group_layers = {name: mod for name, mod in (at[n] for n in group) if name is not None and mod is not None}
+        layer_name, layer_module = next((at[n] for n in group if at[n][0] is not None), no_layer)
+        sweep = group_layers if len(group_layers) > 1 else None
         run = Run(module, x, layer=layer_module, layer_name=layer_name, params=params[group[0]],
                   progress=report if progress else None, cancel=cancel)
         run.check_cancel()
@@ -462,12 +538,12 @@ def _run_methods(
         if first.shared_pass and (first.rule is not None or stride_fix):
             with activation_rule(first.rule, stride_fix=stride_fix):
                 run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure,
-                               measure=chunks)
+                               measure=chunks, layers=sweep)
         elif first.needs_graph:
             run.first_pass(resolve, backward=False, layer=needs_layer, input_grad=True, keep_graph=True)
         else:
             run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure,
-                           measure=chunks)
+                           measure=chunks, layers=sweep)
         shared_seconds = time.perf_counter() - t0
         assert run.target is not None and run.output is not None
         pred = _prediction(run.output, run.target, task_box[0], card)
@@ -476,14 +552,16 @@ def _run_methods(
             if run.params is not params[n]:
                 run.params = params[n]
                 run.generator.manual_seed(int(params[n].get("seed") or 0))
+            name_n, module_n = at[n]
+            if sweep is not None and name_n is not None and module_n is not None:
+                run.use_layer(name_n, module_n)
             t1 = time.perf_counter()
             assert info.fn is not None
             out = info.fn(run, params[n])
             run.check_cancel()
             seconds = shared_seconds + time.perf_counter() - t1
-            used = info.needs_layer or (info.layer_optional and layer_name is not None)
-            parts[n] = _Part(out, run.target, seconds, layer_name if used else None, pred,
-                             x.shape[1])
+            used = info.needs_layer or (info.layer_optional and name_n is not None)
+            parts[n] = _Part(out, run.target, seconds, name_n if used else None, pred, x.shape[1])
         if progress is not None:
             progress((gi + 1) * 1000, n_groups * 1000, f"{label}: done")
     return parts
@@ -539,7 +617,7 @@ def _run_slicewise(
     infos: dict[str, MethodInfo],
     params: dict[str, dict[str, Any]],
     target: Target,
-    layer: str | None,
+    layer_of: Mapping[str, str | None],
     geometry: Any,
     dev: torch.device,
     progress: Progress | None,
@@ -571,7 +649,7 @@ def _run_slicewise(
         sl = arr[:, s] if lay.channels > 1 else arr[s]
         x = torch.from_numpy(np.ascontiguousarray(sl.reshape((1, lay.channels) + sl.shape[-2:]))).to(dev)
         try:
-            parts = _run_methods(module, card, x, infos, params, _slice_target(target, s), layer, report, cancel)
+            parts = _run_methods(module, card, x, infos, params, _slice_target(target, s), layer_of, report, cancel)
         except TargetError as err:
             # a slice without the predicted structure has nothing to explain: leave it NaN, say why
             if len(slices) == 1 or not _skippable(target):
@@ -599,7 +677,7 @@ def _run_slicewise(
     done = [s for s in slices if s not in skipped]
     return {
         n: Attribution(
-            data=data[n], method=n, target=targets[n], layer=layers[n], params=dict(params[n]),
+            data=data[n], method=infos[n].name, target=targets[n], layer=layers[n], params=dict(params[n]),
             signed=infos[n].signed, seconds=seconds[n], prediction=preds, per_channel=per_ch[n],
             geometry=geometry, extras={**extras[n], "slices": done, "skipped_slices": skipped},
             description=f"{descriptions.get(n, '')} (slice-wise, {len(done)} slices)",

@@ -80,7 +80,7 @@ def test_sweep_job_runs_each_layer_and_tables_energy_in_the_target() -> None:
     out = run_job(req, progress=lambda d, t, m: seen.append(m))
     assert out.status == "ok", out.message
     assert list(out.results) == ["0", "1"] and [r["layer"] for r in out.sweep] == ["0", "1"]
-    assert any(m.startswith("layer 1 of 2 (0)") for m in seen) and any(m.startswith("layer 2 of 2 (1)") for m in seen)
+    assert any(m.startswith("2 layers in one pass") for m in seen)  # grad_cam: both layers from one pass
     for name, row in zip(out.results, out.sweep, strict=True):
         single = na.explain(info.model, vol.astype(np.float32), "grad_cam", T.Predicted(1), layer=name)
         np.testing.assert_allclose(out.results[name].data, single.data, rtol=1e-5, atol=1e-6)
@@ -113,9 +113,15 @@ def test_sweep_job_cancels_between_layers_and_refuses_non_layer_methods() -> Non
     def cancel() -> bool:  # True once the second layer starts
         return any(m.startswith("layer 2 of") for m in calls)
 
-    req = ExplainRequest(model=info, image=vol, source="phantom", methods=["grad_cam"], target=T.Predicted(1),
+    # sam runs once per layer: cancelling between layers stops the sweep
+    req = ExplainRequest(model=info, image=vol, source="phantom", methods=["sam"], target=T.Predicted(1),
                          sweep_layers=["0", "1"])
     out = run_job(req, progress=lambda d, t, m: calls.append(m), cancel=cancel)
+    assert out.status == "cancelled" and not out.layers
+    assert any(m.startswith("layer 1 of 2 (0)") for m in calls)
+    # grad_cam takes every layer from one pass, which stops on cancel as any run does
+    req.methods = ["grad_cam"]
+    out = run_job(req, cancel=lambda: True)
     assert out.status == "cancelled" and not out.layers
     req.methods = ["saliency"]
     out = run_job(req)

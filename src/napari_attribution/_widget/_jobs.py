@@ -211,8 +211,8 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
     n_slices = (len(req.slices) if req.slices else spatial[0]) if slicewise else 1
     total, upper = 0.0, False
     default = req.layer or info.default_layer or (info.layers[-1] if info.layers else "")
+    shared = False  # shared-pass methods compute every swept layer from the same pass
     for layer in req.sweep_layers or [default]:
-        shared = False
         for m in req.methods:
             passes, up = estimate_passes(m, req.params.get(m, {}), one,
                                          layer_channels=info.layer_channels.get(layer or ""))
@@ -331,10 +331,12 @@ def _run(request: ExplainRequest, progress: Progress | None, cancel: Cancel | No
     return _outcome(request, results)
 
 
-def _compute(request: ExplainRequest, progress: Progress | None,
-             cancel: Cancel | None) -> dict[str, Any] | Outcome:
+def _compute(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None, *,
+             sweep: bool = False) -> dict[str, Any] | Outcome:
     """The request's methods on the image (box and slices applied, maps pasted back on the full grid); an
-    ``Outcome("confirm")`` instead when the run is estimated to take longer than ``request.confirm_above``."""
+    ``Outcome("confirm")`` instead when the run is estimated to take longer than ``request.confirm_above``.
+    With ``sweep``: the one method at every layer of ``request.sweep_layers`` (``na.explain_layers``), keyed by
+    layer name."""
     info = request.model
     image, off, spatial = _prepare(request)
     roi: tuple[slice, ...] | None = None
@@ -364,7 +366,11 @@ def _compute(request: ExplainRequest, progress: Progress | None,
             return Outcome("confirm", f"This run takes {est.text()}.", estimate=est)
     sub = np.asarray(sub, dtype=np.float32)
     kw = dict(target=target, layer=request.layer, device=request.device, progress=progress, cancel=cancel)
-    if request.compare or len(request.methods) > 1:
+    if sweep:
+        m = request.methods[0]
+        del kw["layer"]
+        results = na.explain_layers(info.model, sub, m, list(request.sweep_layers or []), params=params[m], **kw)
+    elif request.compare or len(request.methods) > 1:
         shared = {m: p for m, p in params.items()}
         results = na.compare(info.model, sub, request.methods, params=shared, **kw)
     else:
@@ -388,6 +394,19 @@ def _run_sweep(request: ExplainRequest, progress: Progress | None, cancel: Cance
     if not layers:
         raise na.LayerNotFoundError("Tick at least one network layer to sweep.")
     n = len(layers)
+    if na.get_method(method).shared_pass:
+        # every layer from one forward and one backward pass (na.explain_layers)
+        def shared(done: int, total: int, message: str) -> None:
+            if progress is not None:
+                progress(done, total, f"{n} layers in one pass: {message}")
+
+        one = dataclasses.replace(request, compare=False, params={method: dict(request.params.get(method, {}))})
+        got = _compute(one, shared, cancel, sweep=True)
+        if isinstance(got, Outcome):
+            return got
+        if progress is not None:
+            progress(1000, 1000, f"{n} layers done")
+        return _sweep_outcome(request, got)
     results: dict[str, Any] = {}
     for i, name in enumerate(layers):
         if cancel is not None and cancel():

@@ -1,0 +1,107 @@
+"""``na.explain_layers``: one layer method at several network layers. Shared-pass methods get every layer from
+one forward and one backward pass, and each map equals ``na.explain`` at that layer; the others run per layer;
+the model is left as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _nets import MODELS, image
+from test_model_unchanged import assert_untouched, snapshot
+from torch import nn
+
+import napari_attribution as na
+from napari_attribution.targets import Region
+
+SHARED = ["grad_cam", "hires_cam", "grad_cam_pp", "layer_activation", "layer_gradient_x_activation"]
+
+
+class _Counting(nn.Module):
+    """Counts forward passes of the wrapped model and backward passes through its input conv."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.forwards = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += 1
+        return self.net(x)
+
+
+def _layers(net: nn.Module, shape: tuple[int, ...]) -> list[str]:
+    x = torch.from_numpy(image(shape))[None, None]
+    return [c.name for c in na.find_layers(net, x)]
+
+
+def _target(case: str, net: nn.Module, img: np.ndarray):
+    if case != "unet3d":
+        return 1
+    with torch.no_grad():
+        pred = net(torch.from_numpy(img)[None, None]).argmax(1)[0].numpy()
+    return Region(1, pred == 1)
+
+
+@pytest.mark.parametrize("case", ["cnn2d", "cnn3d", "unet3d"])
+@pytest.mark.parametrize("method", SHARED)
+def test_sweep_equals_explain_at_each_layer_from_one_pass(case: str, method: str) -> None:
+    make, shape = MODELS[case]
+    net, img = make(), image(shape)
+    layers = _layers(net, shape)
+    assert len(layers) >= 4
+    target = _target(case, net, img)
+    counted = _Counting(net)
+    before = snapshot(counted)
+    swept = na.explain_layers(counted, img, method, [f"net.{n}" for n in layers], target)
+    assert counted.forwards == 1  # every layer from the one shared forward pass
+    assert_untouched(counted, before)
+    assert list(swept) == [f"net.{n}" for n in layers]
+    for name in layers:
+        ref = na.explain(net, img, method, target, layer=name)
+        got = swept[f"net.{name}"]
+        assert got.layer == f"net.{name}" and got.method == method
+        scale = float(np.abs(ref.data).max()) or 1.0
+        np.testing.assert_allclose(got.data, ref.data, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("method,params", [("sam", {}), ("layer_conductance", {"steps": 4})])
+def test_sweep_of_a_per_layer_method_equals_explain(method: str, params: dict) -> None:
+    make, shape = MODELS["cnn2d"]
+    net, img = make(), image(shape)
+    layers = _layers(net, shape)[:3]
+    swept = na.explain_layers(net, img, method, layers, 1, params=params)
+    for name in layers:
+        ref = na.explain(net, img, method, 1, layer=name, params=params)
+        np.testing.assert_allclose(swept[name].data, ref.data, rtol=1e-5, atol=1e-7)
+        assert swept[name].layer == name
+
+
+def test_sweep_of_a_2d_model_on_a_volume_runs_slice_by_slice() -> None:
+    make, shape = MODELS["cnn2d"]
+    net = make()
+    vol = np.stack([image(shape, seed=s) for s in range(3)])
+    layers = _layers(net, shape)[-2:]
+    swept = na.explain_layers(net, vol, "grad_cam", layers, 1, params={"slices": [0, 2]})
+    for name in layers:
+        ref = na.explain(net, vol, "grad_cam", 1, layer=name, params={"slices": [0, 2]})
+        assert swept[name].method == "grad_cam" and swept[name].data.shape == vol.shape
+        np.testing.assert_allclose(swept[name].data, ref.data, rtol=1e-5, atol=1e-7, equal_nan=True)
+        assert np.isnan(swept[name].data[1]).all()
+
+
+def test_sweep_errors_are_clear() -> None:
+    make, shape = MODELS["cnn2d"]
+    net, img = make(), image(shape)
+    with pytest.raises(na.ParameterError, match="at least one"):
+        na.explain_layers(net, img, "grad_cam", [], 1)
+    with pytest.raises(na.ParameterError, match="once"):
+        na.explain_layers(net, img, "grad_cam", ["features.1", "features.1"], 1)
+    with pytest.raises(na.MethodError, match="internal layer"):
+        na.explain_layers(net, img, "saliency", ["features.1"], 1)
+    with pytest.raises(na.LayerNotFoundError):
+        na.explain_layers(net, img, "grad_cam", ["features.1", "no.such.layer"], 1)
+    before = snapshot(net)
+    with pytest.raises(na.ParameterError):
+        na.explain_layers(net, img, "grad_cam", ["features.1"], 1, params={"no_such_param": 1})
+    assert_untouched(net, before)
