@@ -105,3 +105,38 @@ def test_sweep_errors_are_clear() -> None:
     with pytest.raises(na.ParameterError):
         na.explain_layers(net, img, "grad_cam", ["features.1"], 1, params={"no_such_param": 1})
     assert_untouched(net, before)
+
+
+class _Residual(nn.Module):
+    """conv -> residual unit (convolution branch + nn.Identity branch) -> GAP -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.identity = nn.Identity()
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        h = self.branch(h) + self.identity(h)
+        return self.head(h.mean((2, 3)))
+
+
+def test_a_layer_that_returns_its_input_gets_its_own_gradient() -> None:
+    """nn.Identity returns its input tensor, which also feeds the sibling branch: the gradient at the identity
+    layer is the one through the layer's output only (as when it is explained alone), not the input's total."""
+    torch.manual_seed(0)
+    net = _Residual().eval()
+    img = image((16, 16))
+    layers = ["stem", "branch.0", "identity", "branch"]
+    swept = na.explain_layers(net, img, "layer_gradient_x_activation", layers, 1)
+    for name in layers:
+        ref = na.explain(net, img, "layer_gradient_x_activation", 1, layer=name)
+        np.testing.assert_allclose(swept[name].data, ref.data, rtol=1e-5, atol=1e-7, err_msg=name)
+    # reference: the identity output's gradient is d logit / d(identity output) = W_head[1] / (H W) per channel
+    x = torch.from_numpy(img)[None, None]
+    with torch.no_grad():
+        h = torch.relu(net.stem(x))
+    expected = (h * (net.head.weight[1] / 256)[None, :, None, None]).sum(1)[0].detach().numpy()
+    np.testing.assert_allclose(swept["identity"].data, expected, rtol=1e-4, atol=1e-7)

@@ -90,12 +90,17 @@ def capture_layer(layer: nn.Module, *, grad: bool = True) -> Iterator[LayerCaptu
     """
     holder = LayerCapture()
 
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+    def hook(_module: nn.Module, inputs: Any, output: Any) -> Any:
         act = _first_tensor(output)
         if act is None:
             return None
         if grad and torch.is_grad_enabled() and not act.requires_grad:
             act = act.detach().requires_grad_(True)
+        elif grad and act.requires_grad and any(act is t for t in inputs):
+            # the layer returned its input (nn.Identity, eval-mode dropout): that tensor also feeds the layer's
+            # siblings (a residual unit's identity branch and its convolutions), so its gradient would include
+            # theirs. A view is the layer's own output node: its gradient comes from the layer's consumers only.
+            act = act.view_as(act)
         holder.activation = act
         copy = act.clone()
         if isinstance(output, Tensor):
