@@ -3,6 +3,7 @@
 ::
 
     napari-attribution methods                   # the registry: family, layer need, sign, cost
+    napari-attribution methods evidence          # one method's parameters, defaults and choices
     napari-attribution demo --headless -o OUT    # explain a synthetic CT phantom, write aligned NIfTI heatmaps
     napari-attribution demo                      # napari with the Explain dock, the phantom and the demo model
     napari-attribution explain --model M --image SCAN --method NAME [--target T] [--layer L ...]
@@ -20,9 +21,45 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+def _describe(name: str) -> int:
+    """One method: what it computes, its paper and cost, and each parameter with its default and choices."""
+    import inspect
+    import json
+
+    import napari_attribution as na
+
+    from .methods._registry import COMMON_PARAMS
+
+    try:
+        m = na.get_method(name)
+    except na.MethodError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{m.name}: {m.label}")
+    print(f"  family {m.family}; layer {'required' if m.needs_layer else ('optional' if m.layer_optional else 'no')}; "
+          f"{'signed' if m.signed else 'unsigned'}; cost {m.passes}")
+    print(f"  paper: {m.paper}")
+    print("  parameters (--param key=value, value as JSON):")
+    for key, default in {**m.params, **COMMON_PARAMS}.items():
+        if key == "*":
+            continue
+        listed, other = m.choice_list(key)
+        choices = ""
+        if key in m.choices:
+            choices = "; one of " + ", ".join(json.dumps(v) for v in listed) + (", or another value" if other else "")
+        print(f"    {key} = {json.dumps(default)}{choices}")
+    doc = inspect.getdoc(m.fn) if m.fn is not None else None
+    if doc:
+        print()
+        print("\n".join("  " + line for line in doc.split("\n\n")[0].splitlines()))
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     import napari_attribution as na
 
+    if args.name:
+        return _describe(args.name)
     rows = [("name", "family", "layer", "signed", "passes", "what it computes")]
     for m in na.list_methods():
         rows.append((m.name, m.family, "yes" if m.needs_layer else "-", "yes" if m.signed else "-", m.passes, m.label))
@@ -30,6 +67,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
     print("\nAlso: captum:<ClassName> for any captum.attr primary or layer attribution class.")
+    print("`napari-attribution methods NAME` lists one method's parameters, defaults and choices.")
     return 0
 
 
@@ -110,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(prog="napari-attribution", description=__doc__.split("\n")[1])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("methods", help="list the attribution methods")
+    p = sub.add_parser("methods", help="list the attribution methods (or one, with its parameters)")
+    p.add_argument("name", nargs="?", help="a method name: its parameters, defaults and choices")
     p.set_defaults(func=_cmd_methods)
     p = sub.add_parser("demo", help="explain a synthetic CT phantom with a small 3D CNN")
     p.add_argument("--headless", action="store_true", help="no viewer: write NIfTI heatmaps and a PNG")

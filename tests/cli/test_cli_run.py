@@ -46,6 +46,17 @@ def test_methods_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert "grad_cam" in out and "evidence" in out and "captum:<ClassName>" in out
 
 
+def test_methods_name_lists_parameters_defaults_and_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["methods", "evidence"]) == 0
+    out = capsys.readouterr().out
+    assert 'mode = "conditional_mean"; one of "conditional_mean", "taylor", "screened"' in out
+    assert "screen = 0.5" in out and "max_batch = null" in out and "Zhou & Kainz" in out
+    assert main(["methods", "occlusion"]) == 0
+    assert 'baseline = "min"; one of "min", "mean", or another value' in capsys.readouterr().out
+    assert main(["methods", "no_such_method"]) == 2
+    assert "Unknown method" in capsys.readouterr().err
+
+
 def test_explain_writes_an_aligned_heatmap_sidecar_and_metrics(model_and_scans, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     model, scans = model_and_scans
