@@ -174,10 +174,8 @@ EXTRA = {"landmarks": landmarks, "sweep": layer_sweep, "compare_landmarks": comp
 
 def classic() -> int:
     import napari
-    import torch
-    from torch import nn
 
-    from napari_attribution._demo import phantom
+    from napari_attribution._demo import phantom, threshold_segmenter
     from napari_attribution._widget._launch import open_demo
 
     app, wait, shot = _app()
@@ -208,18 +206,11 @@ def classic() -> int:
     shot(viewer, "explain_classification.png")
 
     # 2. a segmentation model from Python (dock.set_model): explain a region drawn as a Labels layer
-    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv3d(2, 2, 1))
-    with torch.no_grad():  # class 1 where the local mean exceeds ~120 HU: a stand-in lesion segmenter
-        net[0].weight.fill_(1.0 / 27 / 100)
-        net[0].bias.fill_(-1.2)
-        net[2].weight.zero_()
-        net[2].bias.zero_()
-        net[2].weight[1, :, 0, 0, 0] = 1.0
-        net[2].bias[1] = -0.01
+    net = threshold_segmenter()  # class 1 where the local mean exceeds ~120 HU: a stand-in lesion segmenter
     for la in [la for la in viewer.layers if la.name.startswith("integrated")]:
         viewer.layers.remove(la)
     viewer.canvas.overlays.text.visible = False
-    explain.set_model(net.eval(), source="lesion segmenter (Python)")
+    explain.set_model(net, source="lesion segmenter (Python)")
     explain.set_method("input_x_gradient")
     explain.target.set_kind("region from Labels layer")
     explain.target.labels.setCurrentText("lesion mask")

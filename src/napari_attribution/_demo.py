@@ -43,6 +43,18 @@ def load_demo_classifier() -> tuple[nn.Module, float]:
     return loaded.module, acc
 
 
+def threshold_segmenter() -> nn.Module:
+    """A tiny 3D lesion segmenter with a known answer, for the docs' screenshots and the tests: class 1 where the
+    local 3x3x3 mean exceeds about 120 HU (the phantom's lesion), class 0 elsewhere. Conv -> ReLU -> 1x1 conv, so
+    gradient and CAM methods apply; hand-set weights, no training."""
+    mean, head = nn.Conv3d(1, 2, 3, padding=1), nn.Conv3d(2, 2, 1)
+    weight = torch.zeros(2, 2, 1, 1, 1)
+    weight[1] = 1.0
+    mean.load_state_dict({"weight": torch.full((2, 1, 3, 3, 3), 1.0 / 27 / 100), "bias": torch.full((2,), -1.2)})
+    head.load_state_dict({"weight": weight, "bias": torch.tensor([0.0, -0.01])})
+    return nn.Sequential(mean, nn.ReLU(), head).eval()
+
+
 def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_cam", "integrated_gradients",
                       "saliency"), overwrite: bool = False, log: Any = print) -> dict[str, float]:
     """Load the demo model, explain one positive phantom, write the scan and heatmaps as NIfTI (aligned, same

@@ -176,7 +176,8 @@ def explain_layers(
     ``layer_activation``, ``layer_gradient_x_activation``) get every layer from one forward pass that captures
     all of them and one backward pass that stops at the shallowest: a sweep costs about one explanation, not one
     per layer. Other layer methods (``sam``, ``layer_conductance``, ``score_cam``, ``response_backprojection``,
-    Captum layer classes) run once per layer. Each result's ``seconds`` includes the shared pass.
+    Captum layer classes) run once per layer. Each result's ``seconds`` is its own work plus an even share of
+    the shared pass, so they add up to the sweep's time.
 
     Parameters
     ----------
@@ -559,7 +560,8 @@ def _run_methods(
             assert info.fn is not None
             out = info.fn(run, params[n])
             run.check_cancel()
-            seconds = shared_seconds + time.perf_counter() - t1
+            # in a sweep the layers split the shared pass evenly, so their seconds add up to the sweep's time
+            seconds = shared_seconds / (len(group) if sweep is not None else 1) + time.perf_counter() - t1
             used = info.needs_layer or (info.layer_optional and name_n is not None)
             parts[n] = _Part(out, run.target, seconds, name_n if used else None, pred, x.shape[1])
         if progress is not None:

@@ -24,20 +24,11 @@ def heatmaps(viewer: Any) -> list[Any]:
 
 
 class ThresholdSegmenter:
-    """Factory of a tiny 3D segmenter with a known answer: class 1 where the local mean exceeds ~120 HU (the
-    phantom's lesion), class 0 elsewhere; conv -> ReLU -> 1x1 conv, so gradient and CAM methods apply."""
+    """Factory of the tiny 3D segmenter with a known answer (:func:`napari_attribution._demo.threshold_segmenter`):
+    class 1 where the local mean exceeds ~120 HU (the phantom's lesion), class 0 elsewhere."""
 
     @staticmethod
     def make() -> Any:
-        import torch
-        from torch import nn
+        from napari_attribution._demo import threshold_segmenter
 
-        net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv3d(2, 2, 1))
-        with torch.no_grad():
-            net[0].weight.fill_(1.0 / 27 / 100)
-            net[0].bias.fill_(-1.2)
-            net[2].weight.zero_()
-            net[2].bias.zero_()
-            net[2].weight[1, :, 0, 0, 0] = 1.0
-            net[2].bias[1] = -0.01
-        return net.eval()
+        return threshold_segmenter()

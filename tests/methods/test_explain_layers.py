@@ -140,3 +140,16 @@ def test_a_layer_that_returns_its_input_gets_its_own_gradient() -> None:
         h = torch.relu(net.stem(x))
     expected = (h * (net.head.weight[1] / 256)[None, :, None, None]).sum(1)[0].detach().numpy()
     np.testing.assert_allclose(swept["identity"].data, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_sweep_seconds_add_up_to_the_sweep() -> None:
+    """Each layer carries its own work plus an even share of the shared pass, not the whole pass each."""
+    import time
+
+    make, shape = MODELS["cnn3d"]
+    net, img = make(), image(shape)
+    layers = _layers(net, shape)
+    t0 = time.perf_counter()
+    swept = na.explain_layers(net, img, "grad_cam", layers, 1)
+    wall = time.perf_counter() - t0
+    assert 0 < sum(a.seconds for a in swept.values()) <= wall
