@@ -46,6 +46,18 @@ def test_a_closed_set_is_a_drop_down(dock: Any, qtbot: Any) -> None:
     assert mode.currentText() == "taylor" and form.values() == {"mode": "taylor", "window": 6}
 
 
+def test_a_switch_is_a_false_true_drop_down(dock: Any, qtbot: Any) -> None:
+    choose(dock, "guided_backprop")
+    form = dock.params
+    fix = form.combos["stride_fix"]
+    assert items(fix) == ["default (false)", "false", "true"] and not fix.isEditable()
+    assert form.values() == {}
+    fix.setCurrentIndex(fix.findText("true"))
+    assert form.values() == {"stride_fix": True}
+    dock.set_method("guided_backprop", stride_fix=False)
+    assert fix.currentText() == "false" and form.values() == {"stride_fix": False}
+
+
 def test_an_open_set_is_an_editable_drop_down(dock: Any, qtbot: Any) -> None:
     choose(dock, "occlusion")
     form = dock.params

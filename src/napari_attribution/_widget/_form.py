@@ -170,8 +170,8 @@ class ChoiceCombo(QComboBox):
 
 
 class ParamsForm(QWidget):
-    """One row per parameter of the selected method: a drop-down for a parameter with listed values (its first
-    item = the default), else a JSON line edit (empty = the default, shown greyed).
+    """One row per parameter of the selected method: a drop-down for a parameter with listed values or a true /
+    false switch (its first item = the default), else a JSON line edit (empty = the default, shown greyed).
 
     ``edits`` holds the line edits and ``combos`` the drop-downs, by parameter name; :meth:`field` finds either.
     """
@@ -203,6 +203,8 @@ class ParamsForm(QWidget):
             if key == "*":
                 continue
             listed, open_ = info.choice_list(key)
+            if not listed and isinstance(default, bool):  # a switch (stride_fix, ...): false / true
+                listed, open_ = (False, True), False
             if listed:
                 combo = ChoiceCombo(key, default, listed, open_)
                 self.form.addRow(key, combo)
