@@ -32,10 +32,40 @@ def classifier3d() -> torch.nn.Module:
     ("occlusion", {"window": 8, "stride": 4}, (16, 16), 3 * 3 + 1),
     ("rise", {"masks": 100}, (16, 16), 101),
     ("guided_grad_cam", {}, (16, 16), 2),
+    ("evidence", {"window": 6, "stride": 3}, (16, 16), 5 * 5 + 1),  # starts 0, 3, 6, 9 and 10 (flush)
+    ("evidence", {"window": 6, "stride": 3, "mode": "taylor"}, (16, 16), 2),
+    ("evidence", {"window": 6, "stride": 3, "mode": "screened", "screen": 0.5}, (16, 16), 2 + 13),
+    ("prediction_difference", {"window": 6, "stride": 3, "samples": 4}, (16, 16), 1 + 25 * 4),
+    ("evidence", {}, (8, 16, 16), 3 * 7 * 7 + 1),  # default 5^3 windows at stride 2, plus the flush ones
 ])
 def test_estimate_passes(method: str, params: dict, shape: tuple, expected: float) -> None:
     passes, upper = estimate_passes(method, params, shape)
     assert passes == expected and not upper
+
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("evidence", {}), ("evidence", {"mode": "screened", "screen": 0.3}), ("prediction_difference", {"samples": 3}),
+])
+def test_estimate_of_window_methods_counts_the_passes_they_run(method: str, params: dict) -> None:
+    """The estimate (which decides whether the dock asks before a long run) is the number of images the method
+    really sends through the model."""
+    from _nets import image
+
+    seen: list[int] = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = classifier3d()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.shape[0])
+            return self.net(x)
+
+    shape = (8, 12, 12)
+    na.explain(Counting(), image(shape), method, 1, params={"patches": 2000, **params})
+    passes, upper = estimate_passes(method, params, shape)
+    assert passes == sum(seen) and not upper
 
 
 def test_estimate_of_adaptive_ig_is_an_upper_bound() -> None:

@@ -182,6 +182,16 @@ def estimate_passes(method: str, params: Mapping[str, Any], spatial: tuple[int, 
         for s, w, st in zip(spatial, window, stride, strict=False):
             n *= int(math.ceil(max(s - w, 0) / st)) + 1
         return float(n + 1), False
+    if method in ("prediction_difference", "evidence"):
+        from ..methods._windows import count_windows
+
+        n = count_windows(p, spatial)
+        mode = p.get("mode", "sample")
+        if mode == "taylor":
+            return 2.0, False
+        if mode == "screened":
+            return 2.0 + math.ceil(float(p.get("screen", 0.5)) * n), False
+        return 1.0 + n * (int(p.get("samples") or 10) if method == "prediction_difference" else 1), False
     if method == "rise":
         return float(p.get("masks") or (2000 if nd <= 2 else 1000)) + 1, False
     if method == "score_cam":

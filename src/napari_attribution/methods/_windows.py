@@ -106,6 +106,24 @@ class WindowGrid:
         return (total / count.clamp(min=1)).view(self.spatial)
 
 
+def window_and_stride(params: dict[str, Any], spatial: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The window and stride of ``prediction_difference`` / ``evidence``: ``params["window"]`` or 10 (2D) / 5 (3D)
+    voxels clipped to the image, ``params["stride"]`` or half the window."""
+    nd = len(spatial)
+    default_k = 10 if nd <= 2 else 5
+    window = per_axis(params.get("window") or tuple(min(default_k, s) for s in spatial), nd, "window")
+    stride = per_axis(params.get("stride") or tuple(max(1, w // 2) for w in window), nd, "stride")
+    return window, stride
+
+
+def count_windows(params: dict[str, Any], spatial: tuple[int, ...]) -> int:
+    """How many windows ``prediction_difference`` / ``evidence`` evaluate on an image of shape ``spatial``."""
+    window, stride = window_and_stride(params, spatial)
+    if any(w > s for w, s in zip(window, spatial, strict=True)):
+        raise ParameterError(f"The window {window} is larger than the image {spatial}.")
+    return math.prod(len(_starts(s, w, st)) for s, w, st in zip(spatial, window, stride, strict=True))
+
+
 def per_axis(value: Any, nd: int, name: str) -> tuple[int, ...]:
     """An int or one int per spatial axis, validated."""
     vals = (value,) * nd if isinstance(value, (int, np.integer)) else tuple(value)
@@ -244,10 +262,7 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
 
     x = run.x
     spatial = tuple(x.shape[2:])
-    nd = len(spatial)
-    default_k = 10 if nd <= 2 else 5
-    window = per_axis(params["window"] or tuple(min(default_k, s) for s in spatial), nd, "window")
-    stride = per_axis(params["stride"] or tuple(max(1, w // 2) for w in window), nd, "stride")
+    window, stride = window_and_stride(params, spatial)
     pad = int(params["padding"])
     if pad < 1:
         raise ParameterError("padding (the frame width l) must be at least 1.")
