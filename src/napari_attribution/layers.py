@@ -109,7 +109,30 @@ SEQUENTIAL: dict[str, Any] = {
 # ------------------------------------------------------------------------------------------------ display
 
 
-def contrast_limits(data: Any, signed: bool, percentile: float = 99.5) -> tuple[float, float]:
+#: mantissas the colour bar's limits are rounded up to (times a power of ten). napari's colour bar (vispy's axis)
+#: labels only ticks inside the limits and picks its tick step by itself: at limits of +-4.62 or +-8 it chooses a
+#: step of 5 or 10, so the only label is "0". At these mantissas it labels the ends or a round tick near them
+#: (checked in a real viewer for each); rounding up enlarges the limits by at most 1.43x (7 -> 10).
+NICE_MANTISSAS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 10.0)
+
+
+def nice_limit(value: float) -> float:
+    """The smallest ``mantissa x 10^k`` (:data:`NICE_MANTISSAS`) at least ``value`` (> 0); ``value`` otherwise.
+
+    >>> nice_limit(4.62), nice_limit(0.00556), nice_limit(8.0), nice_limit(0.157)
+    (5.0, 0.006, 10.0, 0.2)
+    """
+    if not np.isfinite(value) or value <= 0:
+        return float(value)
+    exp = math.floor(math.log10(value))
+    for mant in NICE_MANTISSAS:
+        nice = float(f"{mant * 10.0 ** exp:.12g}")  # no 0.30000000000000004 in the colour bar
+        if nice >= value * (1 - 1e-12):
+            return nice
+    return float(f"{10.0 ** (exp + 1):.12g}")
+
+
+def contrast_limits(data: Any, signed: bool, percentile: float = 99.5, *, nice: bool = False) -> tuple[float, float]:
     """Display limits from a percentile of the finite values (NaN ignored).
 
     Parameters
@@ -121,6 +144,8 @@ def contrast_limits(data: Any, signed: bool, percentile: float = 99.5) -> tuple[
         ``(0, percentile of data)`` (or ``(low percentile, high percentile)`` when the map has negative values).
     percentile : float
         In (0, 100]; 100 means the maximum.
+    nice : bool
+        Round the limits outward to :func:`nice_limit` values, so that napari's colour bar labels them.
 
     Returns
     -------
@@ -144,11 +169,15 @@ def contrast_limits(data: Any, signed: bool, percentile: float = 99.5) -> tuple[
         m = float(np.percentile(np.abs(finite), percentile))
         if m <= 0:
             m = float(np.abs(finite).max()) or 1.0
+        m = nice_limit(m) if nice else m
         return (-m, m)
     low = 0.0 if finite.min() >= 0 else float(np.percentile(finite, 100 - percentile))
     high = float(np.percentile(finite, percentile))
     if high <= low:
         high = float(finite.max()) if finite.max() > low else low + 1.0
+    if nice:
+        low = -nice_limit(-low) if low < 0 else low
+        high = nice_limit(high) if high > 0 else high
     return (low, high)
 
 
@@ -461,7 +490,7 @@ def attribution_layer(
     kwargs: dict[str, Any] = {
         "name": name or heatmap_name(att.method, tname, source),
         "colormap": dict(DIVERGING if signed else SEQUENTIAL),
-        "contrast_limits": list(contrast_limits(data, signed, percentile)),
+        "contrast_limits": list(contrast_limits(data, signed, percentile, nice=True)),
         "blending": blending,
         "opacity": opacity if opacity is not None else (0.75 if signed else 0.7),
         "interpolation2d": "linear",
@@ -519,7 +548,7 @@ def layer_sweep_layer(
     _, kwargs, _ = attribution_layer(first, source=source, source_geometry=source_geometry, class_names=class_names,
                                      provenance=provenance, percentile=percentile, metadata=metadata)
     signed = bool(first.signed)
-    limits = [list(contrast_limits(a.data, signed, percentile)) for a in atts]
+    limits = [list(contrast_limits(a.data, signed, percentile, nice=True)) for a in atts]
     md = dict(kwargs["metadata"])
     info = dict(md[OWNER_KEY])
     info.update({

@@ -33,7 +33,8 @@ def test_signed_map_gets_diverging_colormap_and_symmetric_limits() -> None:
     data = rng.normal(0, 1, (8, 8)) + 0.5
     _, kw, kind = L.attribution_layer(att(data, True), source="ct")
     lo, hi = kw["contrast_limits"]
-    assert kind == "image" and lo == -hi and hi == pytest.approx(np.percentile(np.abs(data), 99.5), rel=1e-5)
+    m = np.percentile(np.abs(data), 99.5)
+    assert kind == "image" and lo == -hi and hi == pytest.approx(L.nice_limit(m)) and m <= hi <= 1.43 * m
     assert kw["colormap"]["name"] == L.DIVERGING["name"]
     # the centre of the diverging map is transparent: zero adds nothing over the scan
     centre = [c for c, x in zip(kw["colormap"]["colors"], kw["colormap"]["controls"], strict=True) if x == 0.5]
@@ -147,3 +148,16 @@ def test_prediction_layer_for_segmentation_and_slicewise() -> None:
     data, _, _ = L.prediction_layer(sw)
     assert data[1].all() and not data[0].any()
     assert L.prediction_layer(att(np.zeros((2, 2)), True, prediction=np.array([0.1, 0.9]))) is None
+
+
+def test_nice_limits_round_up_to_labelled_values_by_at_most_1_43x() -> None:
+    """Colour-bar limits are rounded up to mantissas napari's colour bar labels (each checked in a real viewer)."""
+    rng = np.random.default_rng(0)
+    for v in np.concatenate([10.0 ** rng.uniform(-9, 6, 2000), [1.0, 4.62, 8.0, 9.99, 10.0, 1e-7]]):
+        nice = L.nice_limit(float(v))
+        mant = nice / 10.0 ** np.floor(np.log10(nice) + 1e-12)
+        assert v * (1 - 1e-9) <= nice <= 1.43 * v, (v, nice)
+        assert any(np.isclose(mant, m) for m in L.NICE_MANTISSAS), (v, nice)
+    assert L.contrast_limits(np.array([-4.62, 1.0]), True, 100, nice=True) == (-5.0, 5.0)
+    assert L.contrast_limits(np.array([-0.3, 8.3]), False, 100, nice=True) == (-0.3, 10.0)
+    assert L.nice_limit(0.0) == 0.0

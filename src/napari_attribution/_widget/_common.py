@@ -94,7 +94,7 @@ def place_layer(viewer: napari.Viewer, ldt: tuple[Any, dict[str, Any], str], *,
         info["slices"] = sorted(set(old_slices) | set(idx))
         if kind == "image":
             kwargs["contrast_limits"] = list(contrast_limits(data, bool(info.get("signed")),
-                                                             info.get("contrast_percentile", 99.5)))
+                                                             info.get("contrast_percentile", 99.5), nice=True))
             info["explained_fraction"] = float(np.isfinite(data).mean())
     md[OWNER_KEY] = info
     kwargs["metadata"] = md

@@ -53,15 +53,16 @@ def colour_bar_text(layer: Any, viewer: Any = None) -> str:
         if viewer is not None and names:
             i = sweep_index(viewer, layer)
             shown = f"network layer {i + 1} of {len(names)}: {names[i]}. "
-        pct = f"{pct}th percentile of the network layer shown; "
+        pct = f"{pct}th percentile of the network layer shown, rounded up; "
         if info.get("signed"):
             return (f"{shown}colour bar: ±{hi:.3g} ({pct}|map|). Red = evidence for the target, blue = against, "
                     "clear = none.")
         return f"{shown}colour bar: {lo:.3g} … {hi:.3g} ({pct}unsigned). Brighter = more important."
     if info.get("signed"):
-        return (f"colour bar: ±{hi:.3g} ({pct}th percentile of |map|). Red = evidence for the target, blue = "
-                "against, clear = none.")
-    return f"colour bar: {lo:.3g} … {hi:.3g} ({pct}th percentile). Unsigned: brighter = more important."
+        return (f"colour bar: ±{hi:.3g} ({pct}th percentile of |map|, rounded up). Red = evidence for the target, "
+                "blue = against, clear = none.")
+    return (f"colour bar: {lo:.3g} … {hi:.3g} ({pct}th percentile, rounded up). Unsigned: brighter = more "
+            "important.")
 
 
 class ExplainWidget(AttributionDock):
