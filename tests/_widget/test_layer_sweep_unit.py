@@ -113,9 +113,9 @@ def test_sweep_job_cancels_between_layers_and_refuses_non_layer_methods() -> Non
     def cancel() -> bool:  # True once the second layer starts
         return any(m.startswith("layer 2 of") for m in calls)
 
-    # sam runs once per layer: cancelling between layers stops the sweep
-    req = ExplainRequest(model=info, image=vol, source="phantom", methods=["sam"], target=T.Predicted(1),
-                         sweep_layers=["0", "1"])
+    # layer conductance runs once per layer: cancelling between layers stops the sweep
+    req = ExplainRequest(model=info, image=vol, source="phantom", methods=["layer_conductance"],
+                         target=T.Predicted(1), sweep_layers=["0", "1"], params={"layer_conductance": {"steps": 2}})
     out = run_job(req, progress=lambda d, t, m: calls.append(m), cancel=cancel)
     assert out.status == "cancelled" and not out.layers
     assert any(m.startswith("layer 1 of 2 (0)") for m in calls)

@@ -14,7 +14,8 @@ from torch import nn
 import napari_attribution as na
 from napari_attribution.targets import Region
 
-SHARED = ["grad_cam", "hires_cam", "grad_cam_pp", "layer_activation", "layer_gradient_x_activation"]
+SHARED = ["grad_cam", "hires_cam", "grad_cam_pp", "layer_activation", "layer_gradient_x_activation", "sam",
+          "sam:layer"]
 
 
 class _Counting(nn.Module):
@@ -46,6 +47,8 @@ def _target(case: str, net: nn.Module, img: np.ndarray):
 @pytest.mark.parametrize("case", ["cnn2d", "cnn3d", "unet3d"])
 @pytest.mark.parametrize("method", SHARED)
 def test_sweep_equals_explain_at_each_layer_from_one_pass(case: str, method: str) -> None:
+    method, _, variant = method.partition(":")
+    params = {"variant": variant} if variant else {}
     make, shape = MODELS[case]
     net, img = make(), image(shape)
     layers = _layers(net, shape)
@@ -53,19 +56,19 @@ def test_sweep_equals_explain_at_each_layer_from_one_pass(case: str, method: str
     target = _target(case, net, img)
     counted = _Counting(net)
     before = snapshot(counted)
-    swept = na.explain_layers(counted, img, method, [f"net.{n}" for n in layers], target)
-    assert counted.forwards == 1  # every layer from the one shared forward pass
+    swept = na.explain_layers(counted, img, method, [f"net.{n}" for n in layers], target, params=params)
+    assert counted.forwards == 1  # every layer from the one shared forward pass (sam: its kept graph)
     assert_untouched(counted, before)
     assert list(swept) == [f"net.{n}" for n in layers]
     for name in layers:
-        ref = na.explain(net, img, method, target, layer=name)
+        ref = na.explain(net, img, method, target, layer=name, params=params)
         got = swept[f"net.{name}"]
         assert got.layer == f"net.{name}" and got.method == method
         scale = float(np.abs(ref.data).max()) or 1.0
         np.testing.assert_allclose(got.data, ref.data, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("method,params", [("sam", {}), ("layer_conductance", {"steps": 4})])
+@pytest.mark.parametrize("method,params", [("layer_conductance", {"steps": 4}), ("score_cam", {})])
 def test_sweep_of_a_per_layer_method_equals_explain(method: str, params: dict) -> None:
     make, shape = MODELS["cnn2d"]
     net, img = make(), image(shape)

@@ -404,8 +404,9 @@ def _run_sweep(request: ExplainRequest, progress: Progress | None, cancel: Cance
     if not layers:
         raise na.LayerNotFoundError("Tick at least one network layer to sweep.")
     n = len(layers)
-    if na.get_method(method).shared_pass:
-        # every layer from one forward and one backward pass (na.explain_layers)
+    info = na.get_method(method)
+    if info.shared_pass or info.needs_graph:
+        # every layer from one forward pass (and one backward, or sam's per-layer ones) with na.explain_layers
         def shared(done: int, total: int, message: str) -> None:
             if progress is not None:
                 progress(done, total, f"{n} layers in one pass: {message}")

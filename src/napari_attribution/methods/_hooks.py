@@ -96,7 +96,7 @@ def capture_layer(layer: nn.Module, *, grad: bool = True) -> Iterator[LayerCaptu
             return None
         if grad and torch.is_grad_enabled() and not act.requires_grad:
             act = act.detach().requires_grad_(True)
-        elif grad and act.requires_grad and any(act is t for t in inputs):
+        elif act.requires_grad and any(act is t for t in inputs):
             # the layer returned its input (nn.Identity, eval-mode dropout): that tensor also feeds the layer's
             # siblings (a residual unit's identity branch and its convolutions), so its gradient would include
             # theirs. A view is the layer's own output node: its gradient comes from the layer's consumers only.

@@ -129,6 +129,9 @@ class Run:
         self.shared: SharedPasses | None = None
         self.shared_layers: dict[str, SharedPasses] = {}
         self.graph: tuple[Tensor, Tensor, Tensor | None] | None = None
+        #: a sweep's kept forward graph, per layer; while several layers use it, methods must retain it
+        self.graphs: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self.shares_graph = False
         self.sample_bytes = 0
         self.done = 0
         self.total = 1
@@ -164,8 +167,9 @@ class Run:
         for the layer and input gradients. Also measures the activation memory of one sample.
 
         ``layers`` (name -> module, for a layer sweep): capture all of them in the same forward pass and get
-        all their gradients from the same backward pass (it stops at the shallowest); :meth:`use_layer` then
-        selects the one the next method sees. Measured on the 2D contrast-phase demo: grad_cam at its 6
+        all their gradients from the same backward pass (it stops at the shallowest), or with ``keep_graph``
+        keep the one forward graph for all of them; :meth:`use_layer` then selects the one the next method
+        sees. Measured on the 2D contrast-phase demo: grad_cam at its 6
         convolution and ReLU layers in 1 forward + 1 backward instead of 6 of each."""
         x = self.x.detach().requires_grad_(input_grad)  # a new tensor on the same storage: no copy
         need_graph = backward or input_grad
@@ -214,6 +218,8 @@ class Run:
         self.shared_layers = per_layer
         if keep_graph:
             self.graph = (x, out, act)
+            self.graphs = {name: (x, out, a) for name, a in acts.items()}
+            self.shares_graph = len(self.graphs) > 1
         return shared
 
     def use_layer(self, name: str, module: nn.Module) -> None:
@@ -221,6 +227,8 @@ class Run:
         next method sees that layer's activation and gradients."""
         self.layer, self.layer_name = module, name
         self.shared = self.shared_layers[name]
+        if name in self.graphs:
+            self.graph = self.graphs[name]
 
     def derive(self, x: Tensor, params: dict[str, Any]) -> Run:
         """A run on another input ``x`` with the same model, layer, target and cancellation (no progress

@@ -44,7 +44,7 @@ def sam(run: Run, params: dict[str, Any]) -> MethodOutput:
     if act is None or act.ndim < 3:
         raise MethodError(f"SAM needs a layer with spatial output; {run.layer_name!r} has none.")
     score = run.target(out).sum()
-    (g,) = torch.autograd.grad(score, act, retain_graph=params["variant"] == "voxel")
+    (g,) = torch.autograd.grad(score, act, retain_graph=params["variant"] == "voxel" or run.shares_graph)
     run.advance(1, "layer gradient")
     prod = act * g.detach()
     if params["reduce"] == "relu":
@@ -62,7 +62,7 @@ def sam(run: Run, params: dict[str, Any]) -> MethodOutput:
         raise ParameterError("variant must be 'voxel' (default) or 'layer'.")
     if not x.requires_grad:
         raise MethodError("The input does not require a gradient; SAM's voxel variant cannot run.")
-    (gx,) = torch.autograd.grad(m.sum(), x, allow_unused=True)
+    (gx,) = torch.autograd.grad(m.sum(), x, allow_unused=True, retain_graph=run.shares_graph)
     run.advance(1, "input gradient")
     gx = torch.zeros_like(x) if gx is None else gx
     return MethodOutput(gx[0].abs(), {"layer_map": layer_map})
