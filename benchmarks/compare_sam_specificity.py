@@ -69,9 +69,8 @@ def main() -> int:
                 used.append(s.details["used_blocks"])
             for frac in (0.01, 0.05):
                 drops[m][frac].append(_drop(model, case.image, res[m].data, k, frac))
-        for ly in layers:
-            for m in ("sam", "grad_cam"):
-                r = na.explain(loaded, case.image, m, k, layer=ly)
+        for m in ("sam", "grad_cam"):
+            for ly, r in na.explain_layers(loaded, case.image, m, layers, k).items():  # one pass for all layers
                 per_layer[ly][m].append(
                     na.evaluate(loaded, case.image, r, "specificity", block=8, q=0.1, baseline="mean").value)
         print(f"case {i + 1}/{n} ({spec.card.class_names[k]}) done", flush=True)
