@@ -1,10 +1,11 @@
 """Regenerate the user guide's screenshots from the real viewer (``viewer.screenshot``).
 
-    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py [landmarks] [sweep]
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py [landmarks] [sweep] [trust]
 
 Writes docs/images/explain_classification.png, explain_segmentation.png, compare_grid.png and
 explain_2d_on_3d.png, then explain_landmarks.png and explain_layer_sweep.png; with arguments, only the named
-extra screenshots (``landmarks``, ``sweep``). Look at them before committing: they are what a new user sees.
+extra screenshots (``landmarks``, ``sweep``, ``trust``: explain_trust.png). Look at them before committing: they
+are what a new user sees.
 """
 
 from __future__ import annotations
@@ -169,7 +170,44 @@ def compare_landmarks() -> None:
     viewer.close()
 
 
-EXTRA = {"landmarks": landmarks, "sweep": layer_sweep, "compare_landmarks": compare_landmarks}
+def trust() -> None:
+    """The vessel segmentation demo: integrated gradients for the predicted vessels, then "Check this map" with
+    every check — deletion and insertion against a random order of the voxels, the randomisation sanity check,
+    max-sensitivity — and the completeness integrated gradients reports."""
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_attribution._sample_data import vessel_mra
+    from napari_attribution._widget import ExplainWidget
+    from napari_attribution._widget._trust import CHECKS
+
+    viewer, scan, truth, dock, wait, shot = _sample_with_dock(vessel_mra, "demo:vessel-seg", ExplainWidget, "Explain",
+                                                              560)  # room for the verdicts
+    truth.visible = False
+    dock.set_method("integrated_gradients", steps=16)
+    dock.target.set_kind("predicted region of class")
+    dock.target.k1.setCurrentIndex(1)
+    dock.run(confirm=False)
+    wait(lambda: not dock.busy)
+    assert dock.last_outcome.status == "ok", dock.last_outcome.message
+    pred = next(la for la in viewer.layers if la.name.startswith("prediction"))
+    pred.contour, pred.opacity = 1, 0.5  # the predicted vessels outlined over the heatmap
+    dock.trust.choose(checks=list(CHECKS))
+    assert dock.trust.run()
+    wait(lambda: not dock.busy)
+    assert dock.trust.last is not None and dock.trust.last.status == "ok", dock.trust.message
+    print(f"checks in {dock.trust.last.seconds:.1f} s\n{dock.trust.csv()}")
+    viewer.dims.set_current_step(0, 24)
+    viewer.reset_view()
+    wait(lambda: True)
+    area = dock.findChild(QScrollArea)
+    if area is not None:  # the whole box in view, down to the line under its table
+        area.ensureWidgetVisible(dock.trust.summary, 0, 10)
+        area.ensureWidgetVisible(dock.trust, 0, 0)
+    shot(viewer, "explain_trust.png")
+    viewer.close()
+
+
+EXTRA = {"landmarks": landmarks, "sweep": layer_sweep, "compare_landmarks": compare_landmarks, "trust": trust}
 
 
 def classic() -> int:

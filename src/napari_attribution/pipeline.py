@@ -177,8 +177,8 @@ def explain_layers(
     all of them and one backward pass that stops at the shallowest: a sweep costs about one explanation, not one
     per layer. ``sam`` keeps that one forward graph and runs its own backward passes per layer (29 layers of the
     vessel demo: 1.7 s instead of 3.4 s). Other layer methods (``layer_conductance``, ``score_cam``,
-    ``response_backprojection``, Captum layer classes) run once per layer. Each result's ``seconds`` is its own work plus an even share of
-    the shared pass, so they add up to the sweep's time.
+    ``response_backprojection``, Captum layer classes) run once per layer. Each result's ``seconds`` is its own
+    work plus an even share of the shared pass, so they add up to the sweep's time.
 
     Parameters
     ----------

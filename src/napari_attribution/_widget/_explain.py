@@ -1,6 +1,6 @@
 """The Explain dock: one method, its parameters (shown only when it has some), the layer for layer methods — or a
-sweep over several layers —, vebi's relevant features (a file, or a fit over a data set), and under the result a
-comparison of the heatmap with landmarks painted as a Labels layer."""
+sweep over several layers —, vebi's relevant features (a file, or a fit over a data set), and under the result the
+checks of a heatmap ("Check this map") and a comparison of the heatmap with landmarks painted as a Labels layer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ._jobs import ExplainRequest, FitOutcome, FitRequest, Outcome, fit_job
 from ._landmarks import LandmarkBox
 from ._models import RecentModels
 from ._sweep import LayerSweepBox, SweepTable, is_sweep, sweep_index, sync_sweep_contrast
+from ._trust import TrustBox, explained_from
 
 if TYPE_CHECKING:
     import napari
@@ -75,6 +76,7 @@ class ExplainWidget(AttributionDock):
         self._infos = {m.name: m for m in na.list_methods()}
         self.last_fit: FitOutcome | None = None
         self._sweep_layer = ""  # name of the layer the sweep table describes
+        self._request: ExplainRequest | None = None  # the last request started (for "Check this map")
         super().__init__(viewer, recent=recent, parent=parent)
         self.method.currentIndexChanged.connect(self._method_changed)
         self.sweep.enabled.toggled.connect(self._method_changed)
@@ -122,8 +124,16 @@ class ExplainWidget(AttributionDock):
         lay.addWidget(self.prediction)
         lay.addWidget(self.colour_bar)
         lay.addWidget(self.sweep_table)
+        self.trust = TrustBox(self.viewer, is_busy=lambda: self.busy, current_model=lambda: self.model_info,
+                              on_state=self._update_buttons)
         self.landmarks = LandmarkBox(self.viewer)
-        return column(box, self.landmarks)
+        return column(box, self.trust, self.landmarks)
+
+    @property
+    def busy(self) -> bool:
+        """Also while "Check this map" runs (it uses the same model)."""
+        trust = getattr(self, "trust", None)
+        return super().busy or (trust is not None and trust.running)
 
     # ------------------------------------------------------------------ method state
     def _method_changed(self, *_: Any) -> None:
@@ -210,6 +220,7 @@ class ExplainWidget(AttributionDock):
             if not layers:
                 raise na.LayerNotFoundError("Tick at least one network layer to sweep (or 'all spatial layers').")
             request.sweep_layers = layers
+        self._request = request
         return request
 
     # ------------------------------------------------------------------ vebi: fitting the relevant features
@@ -275,6 +286,10 @@ class ExplainWidget(AttributionDock):
             self.sweep_table.highlight(0)
         else:
             self.sweep_table.setVisible(False)
+        for la in heat:  # what "Check this map" needs to check them
+            att = outcome.results.get(str(self.owner(la).get("method"))) or next(iter(outcome.results.values()))
+            if self._request is not None:
+                self.trust.remember(la, explained_from(att, self._request, la.name))
         if heat:  # each in its own event-loop turn (see AttributionDock._next_step)
             self._steps.append(lambda: setattr(self.viewer.layers.selection, "active", heat[-1]))
             self._steps.append(self._show_colour_bar)

@@ -5,12 +5,13 @@ agreement between methods. ``napari_attribution.evaluate`` is the one entry poin
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .._attribution import Attribution
-from .._errors import ParameterError
+from .._errors import Cancelled, ParameterError
 from ._score import Score, Scorer
 from .agreement import agreement
 from .faithfulness import deletion_insertion, infidelity, max_sensitivity, randomisation, specificity
@@ -48,7 +49,8 @@ METRICS = {
 }
 
 
-def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metric: str, target: Any = None,
+def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metric: str, target: Any = None, *,
+             progress: Callable[[int, int, str], None] | None = None, cancel: Callable[[], bool] | None = None,
              **params: Any) -> Score:
     """Score one attribution of ``image`` with ``metric``.
 
@@ -63,6 +65,13 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
         ``"insertion"``, ``"randomisation"``, ``"infidelity"``, ``"max_sensitivity"``, ``"specificity"``.
     target : optional
         Defaults to the attribution's resolved target.
+    progress : callable, optional
+        ``progress(done, total, message)``, called as the metric runs: per batch of model calls (deletion,
+        insertion, infidelity, specificity) or per re-run of the method (randomisation, max_sensitivity, with
+        the re-run's own progress in between).
+    cancel : callable, optional
+        Polled between batches and re-runs; when it returns True the metric raises
+        :class:`~napari_attribution.Cancelled` (the model is left as it was, nothing is returned).
     **params
         Metric parameters (see each function in ``napari_attribution.metrics``); ``geometry=`` gives the voxel
         spacing for mm tolerances and blurs.
@@ -70,7 +79,21 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
     Returns
     -------
     Score
-        ``.value``, ``.details`` (curves, per-label tables), ``.seconds``, ``.higher_is_better``.
+        ``.value``, ``.details`` (curves, per-label tables), ``.seconds``, ``.higher_is_better``. Deletion and
+        insertion also give ``details["random_auc"]`` (and ``"random_curve"``): the same curve for a random
+        order of the voxels (seeded by ``seed``, default 0), the AUC a map that knows nothing gets;
+        ``reference=False`` skips it (half the model calls).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> import napari_attribution as na
+    >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
+    >>> image = np.random.default_rng(0).random((8, 8), dtype=np.float32)
+    >>> res = na.explain(net, image, "input_x_gradient", 1)
+    >>> score = na.evaluate(net, image, res, "deletion", steps=8, progress=lambda done, total, message: None)
+    >>> sorted(k for k in score.details if k.startswith("random"))
+    ['random_auc', 'random_curve']
     """
     if metric not in METRICS:
         raise ParameterError(f"Unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
@@ -81,6 +104,8 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
         target = att.target
     geometry = params.pop("geometry", None) or (att.geometry if att is not None else None)
     spacing = tuple(geometry.spacing) if geometry is not None and hasattr(geometry, "spacing") else None
+    if cancel is not None and cancel():
+        raise Cancelled(f"The {metric} check was cancelled; no score was produced.")
     if metric in ("energy_in_mask", "pointing_game", "topk_iou"):
         mask = params.pop("mask", None)
         if mask is None:
@@ -91,33 +116,56 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
             value, details = pointing_game(data, mask, spacing=spacing, **params)
         else:
             value, details = topk_iou(data, mask, **params)
+        if progress is not None:  # no model calls: one step
+            progress(1, 1, f"{metric}: done")
     elif metric in ("randomisation", "max_sensitivity"):
         if att is None:
             raise ParameterError(f"{metric} re-runs the method: pass the Attribution returned by explain().")
         from ..pipeline import _model_and_card, explain
 
         module, card = _model_and_card(model)
+        target = _frozen_target(model, image, target, geometry)
         kwargs: dict[str, Any] = {"layer": att.layer, "params": {k: v for k, v in att.params.items() if v is not None}}
         if metric == "randomisation":
             from ..models._card import LoadedModel
 
-            def run_on(m: Any) -> np.ndarray:
-                return explain(LoadedModel(m, card), image, att.method, target, **kwargs).data
+            def run_on(m: Any, **run: Any) -> np.ndarray:
+                return explain(LoadedModel(m, card), image, att.method, target, **kwargs, **run).data
 
-            value, details = randomisation(module, run_on, data, **params)
+            value, details = randomisation(module, run_on, data, progress=progress, cancel=cancel, **params)
         else:
-            def run_at(im: np.ndarray) -> np.ndarray:
-                return explain(model, im, att.method, target, geometry=geometry, **kwargs).data
+            def run_at(im: np.ndarray, **run: Any) -> np.ndarray:
+                return explain(model, im, att.method, target, geometry=geometry, **kwargs, **run).data
 
-            value, details = max_sensitivity(run_at, np.asarray(image, np.float32), data, **params)
+            value, details = max_sensitivity(run_at, np.asarray(image, np.float32), data, progress=progress,
+                                             cancel=cancel, **params)
     else:
         scorer = Scorer(model, np.asarray(image, np.float32), target, geometry=geometry,
                         batch=int(params.pop("batch", 8)))
         if metric in ("deletion", "insertion"):
-            value, details = deletion_insertion(scorer, data, kind=metric, spacing=spacing, **params)
+            value, details = deletion_insertion(scorer, data, kind=metric, spacing=spacing, progress=progress,
+                                                cancel=cancel, **params)
         elif metric == "infidelity":
-            value, details = infidelity(scorer, data, **params)
+            value, details = infidelity(scorer, data, progress=progress, cancel=cancel, **params)
         else:
-            value, details = specificity(scorer, data, **params)
+            value, details = specificity(scorer, data, progress=progress, cancel=cancel, **params)
         details["model_calls"] = scorer.calls
     return Score(metric, float(value), METRICS[metric], details, time.perf_counter() - t0)
+
+
+def _frozen_target(model: Any, image: Any, target: Any, geometry: Any) -> Any:
+    """A target whose region comes from the model's prediction (``Predicted``, ``ErrorRegion``, ``Contrast``
+    without a mask) as the fixed region it has on the original model and image, so that the re-runs of
+    randomisation and max-sensitivity explain the same voxels (a randomised model predicts other regions, often
+    none). Other targets, and outputs on another grid than the image's, are returned unchanged."""
+    from ..targets import Contrast, ErrorRegion, Predicted, Region
+
+    if not (isinstance(target, (Predicted, ErrorRegion)) or (isinstance(target, Contrast) and target.mask is None)):
+        return target
+    scorer = Scorer(model, np.asarray(image, np.float32), target, geometry=geometry)
+    weights = scorer.target.weights
+    if scorer.task != "segmentation" or tuple(weights.shape[1:]) != tuple(scorer.spatial):
+        return target
+    if isinstance(target, Contrast):
+        return Contrast(target.k1, target.k2, (weights[target.k1] != 0).cpu().numpy(), target.score)
+    return Region(target.k, (weights[target.k] != 0).cpu().numpy(), target.score)
