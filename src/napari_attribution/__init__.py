@@ -14,6 +14,7 @@ from ._attribution import Attribution
 from ._errors import (
     AttributionError,
     Cancelled,
+    CompletenessWarning,
     InputShapeError,
     LayerNotFoundError,
     MethodError,
@@ -34,6 +35,7 @@ __all__ = [
     "Attribution",
     "AttributionError",
     "Cancelled",
+    "CompletenessWarning",
     "InputShapeError",
     "LayerNotFoundError",
     "LoadedModel",

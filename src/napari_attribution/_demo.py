@@ -74,7 +74,7 @@ def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_
     write_nifti(out / "phantom.nii.gz", vol, geometry, overwrite=overwrite)
     write_nifti(out / "lesion_mask.nii.gz", mask.astype(np.uint8), geometry, overwrite=overwrite)
     results = na.compare(model, vol, list(methods), target=1, geometry=geometry,
-                         params={"integrated_gradients": {"steps": 32, "baseline": -1000.0}})
+                         params={"integrated_gradients": {"steps": "auto", "baseline": -1000.0}})
     scores = {}
     n_lesion = int(mask.sum())
     for name, res in results.items():
@@ -89,6 +89,11 @@ def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_
             f"peak inside: {'yes' if peak else 'no ':3s}   positive mass inside: "
             f"{pos[mask].sum() / max(pos.sum(), 1e-12):4.0%}   -> {path.name}")
     log(f"(the lesion is {mask.mean():.1%} of the volume: a map that ignores it scores about that)")
+    ig = results.get("integrated_gradients")
+    if ig is not None:
+        c = ig.extras["completeness"]
+        log(f"integrated gradients: {c['steps']} adaptive steps, completeness error {c['relative_error']:.2%} (the map "
+            "adds up to the score change from the baseline)")
     _figure(out / "demo.png", vol, mask, results, scores)
     log(f"wrote {out / 'demo.png'}")
     return scores

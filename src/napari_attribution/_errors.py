@@ -12,6 +12,8 @@ what to do next::
      ├── ModelLoadError       a model file or card that cannot be loaded
      ├── ReaderError          a scan that cannot be read
      └── Cancelled            the caller's ``cancel()`` returned True; nothing was produced
+
+Warnings: :class:`CompletenessWarning` (a path method's map does not add up to the score change it explains).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "AttributionError",
     "Cancelled",
+    "CompletenessWarning",
     "InputShapeError",
     "LayerNotFoundError",
     "MethodError",
@@ -66,3 +69,8 @@ class ReaderError(AttributionError):
 
 class Cancelled(AttributionError):
     """The run was cancelled by the caller; no result was produced."""
+
+
+class CompletenessWarning(UserWarning):
+    """Integrated gradients' map does not add up to the score change from the baseline (completeness error above
+    5 %): too few steps for this model and path. The message says how far off it is and what to do."""

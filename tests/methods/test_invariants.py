@@ -263,3 +263,24 @@ def test_adaptive_ig_equals_fixed_rule_on_a_linear_model() -> None:
     np.testing.assert_allclose(auto.data, fixed.data, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(auto.data, img * lin[1].weight[1].detach().numpy().reshape(4, 4), rtol=1e-5, atol=1e-7)
     assert auto.extras["completeness"]["steps"] == 8
+
+
+def test_integrated_gradients_warns_when_its_map_is_incomplete() -> None:
+    """f(x) = sum(clamp(x, 0.9, 1)) changes only for alpha in [0.9, 1] on the path from 0 to 1: a few fixed steps miss
+    most of it (CompletenessWarning, with the error), the adaptive rule does not."""
+
+    class Clamp(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = x.clamp(0.9, 1.0).flatten(1).sum(1)
+            return torch.stack([-s, s], 1)
+
+    img = np.ones((6, 6), np.float32)
+    with pytest.warns(na.CompletenessWarning, match=r"completeness error \d+%; 4 steps; use steps='auto'"):
+        res = na.explain(Clamp(), img, "integrated_gradients", 1, params={"steps": 4, "baseline": 0.0})
+    assert res.extras["completeness"]["relative_error"] > 0.05
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", na.CompletenessWarning)
+        auto = na.explain(Clamp(), img, "integrated_gradients", 1, params={"steps": "auto", "baseline": 0.0})
+    assert auto.extras["completeness"]["relative_error"] < 0.01

@@ -393,7 +393,10 @@ class AttributionDock(QWidget):
 
     def _finish(self, outcome: Outcome, placed: list[Any]) -> None:
         self.progress.setValue(1000)
-        self.status.setText(outcome.message)
+        note = " ".join(outcome.warnings)
+        self.status.setText(f"{outcome.message}. Warning: {note}" if note else outcome.message)
+        if note:
+            notify("warning", note)
         self.show_outcome(outcome, placed)
 
     # ------------------------------------------------------------------ following the slider

@@ -309,7 +309,14 @@ def _run_job(request: ExplainRequest, progress: Progress | None, cancel: Cancel 
     except Exception as err:  # an unexpected failure: one readable line for the user, the traceback in the log
         log.debug("explain failed", exc_info=True)
         return Outcome("failed", f"Explain failed ({type(err).__name__}): {err}")
-    outcome.warnings = sorted({str(w.message) for w in caught})
+    # what this package warns about (incomplete maps, scans read with a caveat) reaches the user; other libraries'
+    # deprecation chatter goes to the log only
+    ours = [w for w in caught if issubclass(w.category, UserWarning)
+            and (issubclass(w.category, na.CompletenessWarning) or "napari_attribution" in str(w.filename))]
+    for w in caught:
+        if w not in ours:
+            log.debug("warning during explain: %s", w.message)
+    outcome.warnings = sorted({str(w.message) for w in ours})
     outcome.seconds = time.perf_counter() - t0
     return outcome
 

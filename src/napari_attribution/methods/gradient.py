@@ -6,16 +6,20 @@ for an ``int`` class, methods.md §1.1).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .._errors import MethodError, ParameterError
+from .._errors import CompletenessWarning, MethodError, ParameterError
 from ._hooks import activation_rule
 from ._registry import get_method, register
 from ._run import MethodOutput, Run
+
+#: integrated gradients warns (CompletenessWarning) when its completeness error is above this
+INCOMPLETE = 0.05
 
 __all__ = ["baseline_tensor", "integration_rule"]
 
@@ -146,6 +150,13 @@ def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
     total = float(maps.sum())
     delta = full - base_score
     err = abs(total - delta) / max(abs(delta), 1e-12)
+    if err > INCOMPLETE and abs(delta) > 1e-6:
+        how = (f"max_steps={params['max_steps']} was reached" if params["steps"] == "auto"
+               else f"{evals} steps; use steps='auto' (adaptive: stops below {float(params['tolerance']):.0%}) or more "
+               "steps")
+        warnings.warn(CompletenessWarning(
+            f"Integrated gradients: the map adds up to {total:.4g} but the score changes by {delta:.4g} from the "
+            f"baseline (completeness error {err:.0%}; {how}). The map is incomplete."), stacklevel=2)
     return MethodOutput(
         maps, {"completeness": {"sum": total, "delta": delta, "relative_error": err, "steps": evals}}
     )

@@ -5,13 +5,14 @@ agreement between methods. ``napari_attribution.evaluate`` is the one entry poin
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .._attribution import Attribution
-from .._errors import Cancelled, ParameterError
+from .._errors import Cancelled, CompletenessWarning, ParameterError
 from ._score import Score, Scorer
 from .agreement import agreement
 from .faithfulness import deletion_insertion, infidelity, max_sensitivity, randomisation, specificity
@@ -130,12 +131,16 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
             from ..models._card import LoadedModel
 
             def run_on(m: Any, **run: Any) -> np.ndarray:
-                return explain(LoadedModel(m, card), image, att.method, target, **kwargs, **run).data
+                with warnings.catch_warnings():  # a randomised model's IG map is incomplete: no news
+                    warnings.simplefilter("ignore", CompletenessWarning)
+                    return explain(LoadedModel(m, card), image, att.method, target, **kwargs, **run).data
 
             value, details = randomisation(module, run_on, data, progress=progress, cancel=cancel, **params)
         else:
             def run_at(im: np.ndarray, **run: Any) -> np.ndarray:
-                return explain(model, im, att.method, target, geometry=geometry, **kwargs, **run).data
+                with warnings.catch_warnings():  # the check compares maps; the original run already warned
+                    warnings.simplefilter("ignore", CompletenessWarning)
+                    return explain(model, im, att.method, target, geometry=geometry, **kwargs, **run).data
 
             value, details = max_sensitivity(run_at, np.asarray(image, np.float32), data, progress=progress,
                                              cancel=cancel, **params)
