@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,7 @@ def _write_heatmap(path: Path, res: Any, geometry: Any, meta: dict[str, Any], mo
                    device: str | None, overwrite: bool) -> None:
     """The heatmap (NIfTI aligned with the scan, or .npy) and its JSON provenance sidecar."""
     from .io import write_nifti
-    from .layers import provenance
+    from .layers import json_safe, provenance
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if str(path).endswith(".npy"):
@@ -223,6 +224,8 @@ def _write_heatmap(path: Path, res: Any, geometry: Any, meta: dict[str, Any], mo
     record = provenance(method=res.method, params=res.params, target=res.description, seconds=res.seconds,
                         model=model_source, model_sha256=_model_hash(model_source), layer=res.layer,
                         device=device, scan=os.path.basename(image_path), signed=res.signed)
+    if isinstance(res.extras.get("completeness"), dict):  # integrated gradients: does the map add up?
+        record["completeness"] = json_safe(res.extras["completeness"])
     Path(_strip(str(path)) + ".json").write_text(json.dumps(record, indent=2))
 
 
@@ -279,14 +282,21 @@ def _one(args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
+    from ._errors import own_warnings
+
     t0 = time.perf_counter()
-    try:
-        res = explain_file(**args)
-        return {"scan": args["image_path"], "status": "ok", "outputs": res.outputs, "seconds": res.seconds,
-                "metrics": res.metrics, "target": res.description, "wall": time.perf_counter() - t0}
-    except Exception as err:  # one scan's failure must not stop the cohort; it is reported in the summary
-        return {"scan": args["image_path"], "status": f"error: {type(err).__name__}: {err}", "outputs": {},
-                "seconds": {}, "metrics": {}, "target": "", "wall": time.perf_counter() - t0}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = explain_file(**args)
+            out = {"scan": args["image_path"], "status": "ok", "outputs": res.outputs, "seconds": res.seconds,
+                   "metrics": res.metrics, "target": res.description}
+        except Exception as err:  # one scan's failure must not stop the cohort; it is reported in the summary
+            out = {"scan": args["image_path"], "status": f"error: {type(err).__name__}: {err}", "outputs": {},
+                   "seconds": {}, "metrics": {}, "target": ""}
+    # what the library warned about for this scan (an incomplete integrated-gradients map, a scan read with a
+    # caveat) goes into the summary next to it
+    return {**out, "warnings": " | ".join(own_warnings(list(caught))), "wall": time.perf_counter() - t0}
 
 
 def run_batch(
@@ -347,12 +357,12 @@ def run_batch(
     metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m})
     with open(summary, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["scan", "status", "method", "output", "seconds", "target", *metric_names])
+        w.writerow(["scan", "status", "method", "output", "seconds", "target", *metric_names, "warnings"])
         for r in results:
             for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
                 w.writerow([r["scan"], r["status"], m, r["outputs"].get(m, ""),
                             f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
-                            *(r["metrics"].get(m, {}).get(k, "") for k in metric_names)])
+                            *(r["metrics"].get(m, {}).get(k, "") for k in metric_names), r.get("warnings", "")])
     failed = sum(1 for r in results if r["status"] != "ok")
     log(f"wrote {summary} ({len(results) - failed} ok, {failed} failed)")
     return results

@@ -18,6 +18,8 @@ Warnings: :class:`CompletenessWarning` (a path method's map does not add up to t
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AttributionError",
     "Cancelled",
@@ -29,6 +31,7 @@ __all__ = [
     "ParameterError",
     "ReaderError",
     "TargetError",
+    "own_warnings",
 ]
 
 
@@ -74,3 +77,12 @@ class Cancelled(AttributionError):
 class CompletenessWarning(UserWarning):
     """Integrated gradients' map does not add up to the score change from the baseline (completeness error above
     5 %): too few steps for this model and path. The message says how far off it is and what to do."""
+
+
+def own_warnings(caught: list[Any]) -> list[str]:
+    """The messages of the warnings this package raised (incomplete maps, scans read with a caveat) among
+    ``warnings.catch_warnings(record=True)`` records, sorted and without repeats; other libraries' warnings
+    (deprecations, ...) are left out: they are not about the user's result."""
+    ours = {str(w.message) for w in caught if issubclass(w.category, UserWarning)
+            and (issubclass(w.category, CompletenessWarning) or "napari_attribution" in str(w.filename))}
+    return sorted(ours)

@@ -73,7 +73,9 @@ def test_methods_and_classification_targets(dock: Any, qtbot: Any, notes: list[A
     if na.get_method(method).signed:
         lo, hi = heat.contrast_limits
         assert lo == pytest.approx(-hi)
-    assert not notes
+    # the only note: integrated gradients' own warning when 8 steps leave the map incomplete (5 % or more)
+    complete = info.get("completeness", {}).get("relative_error", 0.0) <= 0.05
+    assert notes == ([] if complete else [("warning", out.warnings[0])])
 
 
 def test_rerun_replaces_own_layer_and_never_a_user_layer(dock: Any, qtbot: Any) -> None:

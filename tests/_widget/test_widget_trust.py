@@ -115,7 +115,8 @@ def test_integrated_gradients_adds_its_completeness(dock: Any, qtbot: Any, notes
                          baseline=40.0)
     assert rows["deletion"]["value"] == pytest.approx(direct.value, rel=1e-6)
     assert cells(dock.trust.table)[1][0] == "IG completeness" and "%" in cells(dock.trust.table)[1][1]
-    assert not notes
+    # the only note: the Explain run's own warning when 8 steps leave the map incomplete
+    assert [m for _, m in notes] == ([] if comp["relative_error"] <= 0.05 else dock.last_outcome.warnings)
 
 
 class Slow(nn.Module):

@@ -151,3 +151,28 @@ def test_batch_local_and_dask(model_and_scans, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     rows = (tmp_path / "b2" / "summary.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",ok," in r for r in rows[1:])
+
+
+def test_batch_summary_carries_each_scans_warnings_and_sidecars_the_completeness(model_and_scans,
+                                                                                  tmp_path: Path) -> None:
+    """Integrated gradients with 2 left-Riemann steps on a random UNet is incomplete: the summary says so on that
+    scan's row (the library's own warnings only) and the heatmap's sidecar records the completeness error."""
+    import csv
+
+    model, scans = model_and_scans
+    rc = main(["batch", "--model", str(model), "--images", str(scans[0].parent), "--method", "integrated_gradients",
+               "--param", "steps=2", "--param", "rule=riemann_left", "-o", str(tmp_path / "b"), "--local", "-q"])
+    assert rc == 0
+    with open(tmp_path / "b" / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3
+    for row in rows:
+        side = json.loads((tmp_path / "b" / (Path(row["output"]).name[: -len(".nii.gz")] + ".json")).read_text())
+        error = side["completeness"]["relative_error"]
+        assert side["completeness"]["steps"] == 2
+        if error > 0.05:
+            assert "completeness error" in row["warnings"] and f"{error:.0%}" in row["warnings"]
+        else:
+            assert row["warnings"] == ""
+    assert any(row["warnings"] for row in rows)
+    assert not any("Deprecat" in row["warnings"] for row in rows)

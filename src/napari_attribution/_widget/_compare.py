@@ -130,8 +130,8 @@ class CompareWidget(AttributionDock):
     def method_params(self) -> dict[str, dict[str, Any]]:
         # cheap defaults for a side-by-side look; the Explain dock tunes one method. Integrated gradients: adaptive
         # steps until complete (error < 1 %), at most 128 (16 fixed steps left 39 % on the demo lesion model)
-        cheap = {"integrated_gradients": {"steps": "auto", "max_steps": 128}, "smoothgrad": {"samples": 16},
-                 "rise": {"masks": 500}}
+        cheap: dict[str, dict[str, Any]] = {"integrated_gradients": {"steps": "auto", "max_steps": 128},
+                                            "smoothgrad": {"samples": 16}, "rise": {"masks": 500}}
         return {m: dict(cheap.get(m, {})) for m in self.methods()}
 
     def _model_changed(self) -> None:

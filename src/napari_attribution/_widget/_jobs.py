@@ -23,6 +23,7 @@ import napari_attribution as na
 from napari_attribution import targets as T
 
 from .. import layers as L
+from .._errors import own_warnings
 from ._models import ModelInfo
 
 __all__ = ["Estimate", "ExplainRequest", "FitOutcome", "FitRequest", "Outcome", "estimate_passes", "fit_job",
@@ -311,12 +312,9 @@ def _run_job(request: ExplainRequest, progress: Progress | None, cancel: Cancel 
         return Outcome("failed", f"Explain failed ({type(err).__name__}): {err}")
     # what this package warns about (incomplete maps, scans read with a caveat) reaches the user; other libraries'
     # deprecation chatter goes to the log only
-    ours = [w for w in caught if issubclass(w.category, UserWarning)
-            and (issubclass(w.category, na.CompletenessWarning) or "napari_attribution" in str(w.filename))]
+    outcome.warnings = own_warnings(caught)
     for w in caught:
-        if w not in ours:
-            log.debug("warning during explain: %s", w.message)
-    outcome.warnings = sorted({str(w.message) for w in ours})
+        log.debug("warning during explain: %s", w.message)
     outcome.seconds = time.perf_counter() - t0
     return outcome
 
