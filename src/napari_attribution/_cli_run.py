@@ -188,14 +188,18 @@ def explain_file(
     for key, res in results.items():
         _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite)
         for metric in metrics:
-            scores.setdefault(key, {})[metric] = na.evaluate(loaded, data, res, metric, geometry=geometry).value
+            score = na.evaluate(loaded, data, res, metric, geometry=geometry)
+            scores.setdefault(key, {})[metric] = score.value
+            if "random_auc" in score.details:  # deletion / insertion: what a random voxel order scores
+                scores[key][f"{metric}_random"] = float(score.details["random_auc"])
+    columns = list(next(iter(scores.values()))) if scores else []
     scan = os.path.basename(image_path)
     if tables["metrics"] is not None:
         with open(tables["metrics"], "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["scan", "method", *metrics, "seconds"])
+            w.writerow(["scan", "method", *columns, "seconds"])
             for key in keys:
-                w.writerow([scan, key, *(scores[key][k] for k in metrics), f"{results[key].seconds:.4f}"])
+                w.writerow([scan, key, *(scores[key][k] for k in columns), f"{results[key].seconds:.4f}"])
     if tables["layers"] is not None:
         _write_layer_table(tables["layers"], scan, methods, layers, results)
     desc = next(iter(results.values())).description

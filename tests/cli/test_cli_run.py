@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import napari_attribution as na
 from napari_attribution.cli import main
 from napari_attribution.io import Geometry, read_nifti, write_nifti
 
@@ -75,7 +76,15 @@ def test_explain_writes_an_aligned_heatmap_sidecar_and_metrics(model_and_scans, 
         assert side["method"] == m and side["model_sha256"] and "voxel" in side["target"]
         assert side["versions"]["python"]
     rows = (tmp_path / "out" / "heat_saliency_metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("scan,method,deletion") and len(rows) == 3
+    assert rows[0] == "scan,method,deletion,deletion_random,seconds" and len(rows) == 3
+    # the random-order reference is the one na.evaluate computes
+    ig = na.explain(na.load_model(str(model)), read_nifti(scans[0])[0], "integrated_gradients",
+                    na.targets.Voxel(1, (4, 6, 6)), params={"steps": 8})
+    ref = na.evaluate(na.load_model(str(model)), read_nifti(scans[0])[0], ig, "deletion")
+    row = rows[2].split(",")
+    assert row[1] == "integrated_gradients"
+    assert float(row[2]) == pytest.approx(ref.value, rel=1e-5)
+    assert float(row[3]) == pytest.approx(ref.details["random_auc"], rel=1e-5)
     # an existing output is kept unless --overwrite
     rc = main(["explain", "--model", str(model), "--image", str(scans[0]), "--method", "saliency",
                "-o", str(tmp_path / "out" / "heat_saliency.nii.gz"), "-q"])
