@@ -217,4 +217,141 @@ def test_a_box_run_is_checked_on_the_box_and_failures_are_one_line() -> None:
     assert bad.status == "failed" and bad.message == "The checks failed: steps must be at least 1." and not bad.rows
     sliced = explained_from(pasted, ExplainRequest(model=info, image=scan, source="scan", methods=["saliency"],
                                                    slices=[3]), "heat")
-    assert "slice by slice" in sliced.note
+    assert sliced.note == "" and sliced.kind == "slice" and not sliced.parts  # no explained slice to check
+
+
+# ------------------------------------------------------------------------------------------------ layer sweeps
+
+
+def test_a_sweep_is_checked_at_the_network_layer_the_slider_shows(dock: Any, qtbot: Any, notes: list[Any]) -> None:
+    viewer, box = dock.viewer, dock.trust
+    names = [dock.model_info.layers[0], dock.model_info.layers[-1]]  # a shallow and the deepest
+    dock.set_sweep(names)
+    heat = explain(qtbot, dock, "grad_cam")
+    assert heat.metadata[OWNER_KEY]["sweep"] and heat.metadata[OWNER_KEY]["layers"] == names
+    results = dock.last_outcome.results
+    assert [results[n].layer for n in names] == names  # each map knows its network layer: the re-runs use it
+    dock.show_network_layer(1)
+    assert box.view(heat) == ("network layer", names[1]) and box.table.rowCount() == 0
+    assert f"network layer 2 of 2: {names[1]}" in box.view_label.text()
+    outcome = check(qtbot, dock, checks=["deletion", "randomisation", "max_sensitivity"])
+    assert outcome.status == "ok", outcome.message
+    checks = heat.metadata[OWNER_KEY]["checks"]
+    assert list(checks) == [names[1]] and list(checks[names[1]]) == ["deletion", "randomisation", "max_sensitivity"]
+    assert names[1] in box.summary.text() and "stored" in box.summary.text()
+
+    model, image = dock.model_info.model, viewer.layers["phantom"].data
+    rows = checks[names[1]]
+    for c, row in rows.items():
+        direct = na.evaluate(model, image, results[names[1]], c, **row["params"])
+        assert row["value"] == pytest.approx(direct.value, rel=1e-6, abs=1e-9), c
+    # the randomisation re-runs are at that network layer: the map at the other layer gives other numbers
+    other = na.evaluate(model, image, results[names[0]], "max_sensitivity", **rows["max_sensitivity"]["params"])
+    assert other.value != pytest.approx(rows["max_sensitivity"]["value"], rel=1e-6)
+    shown = cells(box.table)
+    assert [r[0] for r in shown] == ["deletion", "randomisation", "max-sensitivity"]
+
+    # the slider shows the other network layer: its (empty) table, and a hint
+    dock.show_network_layer(0)
+    assert box.table.rowCount() == 0 and names[0] in box.view_label.text()
+    assert "No checks of network layer" in box.summary.text() and names[0] in box.summary.text()
+    assert check(qtbot, dock, checks=["deletion"]).status == "ok"
+    checks = heat.metadata[OWNER_KEY]["checks"]
+    assert set(checks) == set(names) and list(checks[names[0]]) == ["deletion"]
+    direct = na.evaluate(model, image, results[names[0]], "deletion", **checks[names[0]]["deletion"]["params"])
+    assert checks[names[0]]["deletion"]["value"] == pytest.approx(direct.value, rel=1e-6)
+    assert [r[0] for r in cells(box.table)] == ["deletion"]
+    assert box.csv().splitlines()[1].startswith(f"{heat.name} (network layer 1 of 2: {names[0]}),deletion,")
+    dock.show_network_layer(1)
+    assert cells(box.table) == shown
+    assert not notes
+
+
+# ------------------------------------------------------------------------------------------------ slice-wise maps
+
+
+def plane(att: Any, z: int) -> Any:
+    """The 2D Attribution of slice ``z`` of a slice-wise map, as a user would build it."""
+    return dataclasses.replace(att, data=att.data[z], target=att.target[z], prediction=att.prediction[z],
+                               per_channel=None, extras={})
+
+
+def test_a_slice_wise_map_is_checked_on_the_slice_shown(dock: Any, qtbot: Any, notes: list[Any]) -> None:
+    from _nets import Classifier
+
+    torch.manual_seed(0)
+    viewer, box = dock.viewer, dock.trust
+    net = Classifier(d=2, classes=2).eval()
+    dock.set_model(net, source="2d classifier")
+    viewer.dims.set_current_step(0, 5)
+    heat = explain(qtbot, dock, "grad_cam")
+    att = dock.last_outcome.results["grad_cam"]
+    assert att.extras["slices"] == [5] and att.geometry is None
+    assert box.view(heat) == ("slice", "slice 5") and "slice 5" in box.view_label.text()
+    outcome = check(qtbot, dock, checks=["deletion", "insertion", "randomisation"])
+    assert outcome.status == "ok", outcome.message
+    checks = heat.metadata[OWNER_KEY]["checks"]
+    assert list(checks) == ["slice 5"] and list(checks["slice 5"]) == ["deletion", "insertion", "randomisation"]
+    assert "slice 5" in box.summary.text()
+    image = np.asarray(viewer.layers["phantom"].data)
+    for c, row in checks["slice 5"].items():
+        direct = na.evaluate(net, image[5], plane(att, 5), c, **row["params"])
+        assert row["value"] == pytest.approx(direct.value, rel=1e-6, abs=1e-9), c
+    shown = cells(box.table)
+    assert len(shown) == 3
+
+    # a slice without explained values: one clear message, nothing runs
+    viewer.dims.set_current_step(0, 2)
+    assert box.table.rowCount() == 0 and "move the slider to an explained slice (5)" in box.summary.text()
+    assert not box.run() and not box.running
+    assert len(notes) == 1 and "Slice 2" in notes[0][1] and "explained slice (5)" in notes[0][1]
+
+    # explain slice 9 too (the slices join one heatmap): slice 5 keeps its checks, slice 9 is checked on its own
+    viewer.dims.set_current_step(0, 9)
+    heat = explain(qtbot, dock, "grad_cam")
+    assert heat.metadata[OWNER_KEY]["slices"] == [5, 9]
+    assert box.table.rowCount() == 0 and "No checks of slice 9" in box.summary.text()
+    assert check(qtbot, dock, checks=["deletion"]).status == "ok"
+    checks = heat.metadata[OWNER_KEY]["checks"]
+    assert set(checks) == {"slice 5", "slice 9"} and list(checks["slice 9"]) == ["deletion"]
+    att9 = dock.last_outcome.results["grad_cam"]
+    direct = na.evaluate(net, image[9], plane(att9, 9), "deletion", **checks["slice 9"]["deletion"]["params"])
+    assert checks["slice 9"]["deletion"]["value"] == pytest.approx(direct.value, rel=1e-6)
+    viewer.dims.set_current_step(0, 5)
+    assert cells(box.table) == shown
+    assert len(notes) == 1
+
+
+def test_slice_wise_maps_of_a_box_are_cut_per_slice() -> None:
+    """Qt-free: a slice-wise map of a box (ROI) gives one 2D part per explained slice — the box's slice of the map
+    and of the scan, that slice's target — and a map on the model's resampled grid keeps a clear note."""
+    from _nets import Classifier
+
+    from napari_attribution._widget._jobs import ExplainRequest, _paste
+    from napari_attribution._widget._models import model_info
+    from napari_attribution._widget._trust import CheckRequest, check_job, explained_from
+
+    torch.manual_seed(0)
+    net = Classifier(d=2, classes=2).eval()
+    info = model_info(net, "2d")
+    scan = np.random.default_rng(0).normal(size=(10, 24, 24)).astype(np.float32)
+    roi = (slice(2, 8), slice(4, 20), slice(4, 20))
+    sub = scan[roi]
+    att = na.explain(net, sub, "saliency", 1, params={"slices": [1, 3]})
+    pasted = _paste(att, scan.shape, roi)
+    assert pasted.extras["slices"] == [3, 5]
+    request = ExplainRequest(model=info, image=scan, source="scan", methods=["saliency"], roi=roi, slices=[3, 5])
+    ex = explained_from(pasted, request, "heat")
+    assert ex.note == "" and ex.kind == "slice" and list(ex.parts) == ["slice 3", "slice 5"]
+    part = ex.parts["slice 5"]
+    np.testing.assert_array_equal(part.image, sub[3])
+    np.testing.assert_array_equal(part.attribution.data, att.data[3])
+    assert part.attribution.target == att.target[3]
+    out = check_job(CheckRequest(part, ["deletion"], {"deletion": {"steps": 10}}))
+    assert out.status == "ok", out.message
+    assert out.rows["deletion"]["value"] == na.evaluate(net, sub[3], plane(att, 3), "deletion", steps=10).value
+
+    resampled = dataclasses.replace(pasted, extras={**pasted.extras, "model_grid_shape": (6, 8, 8)})
+    assert "resampled grid" in explained_from(resampled, request, "heat").note
+    sweep = explained_from(pasted, dataclasses.replace(request, sweep_layers=["a"]), "heat", {"a": pasted})
+    assert "layer sweep" in sweep.note and "slice by slice" in sweep.note

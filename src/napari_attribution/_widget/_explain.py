@@ -289,7 +289,7 @@ class ExplainWidget(AttributionDock):
         for la in heat:  # what "Check this map" needs to check them
             att = outcome.results.get(str(self.owner(la).get("method"))) or next(iter(outcome.results.values()))
             if self._request is not None:
-                self.trust.remember(la, explained_from(att, self._request, la.name))
+                self.trust.remember(la, explained_from(att, self._request, la.name, outcome.results))
         if heat:  # each in its own event-loop turn (see AttributionDock._next_step)
             self._steps.append(lambda: setattr(self.viewer.layers.selection, "active", heat[-1]))
             self._steps.append(self._show_colour_bar)

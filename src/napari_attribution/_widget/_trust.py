@@ -6,6 +6,12 @@ The checks are :func:`napari_attribution.evaluate` calls, run in a worker thread
 bar, Run becomes Cancel; a cancelled run stores nothing). The results go into the heatmap layer's
 ``metadata["napari_attribution"]["checks"]`` (so they travel with the layer) and copy to the clipboard as CSV.
 
+A layer sweep is checked one network layer at a time (the one the "layer" slider shows, with its own
+Attribution, so randomisation and max-sensitivity re-run the method at that layer), and a map a 2D model made
+slice by slice on a volume one slice at a time (the slice the slider shows: the 2D model on that slice of the
+scan and of the map). Their checks are stored per part: ``checks = {network layer: {check: row}}`` or
+``{"slice <k>": {check: row}}``; an ordinary heatmap keeps the flat ``{check: row}``.
+
 The Qt-free part — :class:`Explained`, :func:`check_job`, :func:`verdict` — knows nothing of the widget; the
 :class:`TrustBox` only reads its choices, starts the job and shows the rows.
 """
@@ -51,12 +57,13 @@ from ..layers import OWNER_KEY, json_safe
 from ._common import LayerCombo, Runner, is_own, notify
 from ._jobs import ExplainRequest, in_low_priority_thread, spatial_offset
 from ._models import ModelInfo
+from ._sweep import is_sweep, sweep_index
 
 if TYPE_CHECKING:
     import napari
 
 __all__ = ["CHECKS", "DEFAULT_CHECKS", "PARAMS", "CheckOutcome", "CheckRequest", "Explained", "TrustBox",
-           "check_job", "explained_from", "rows_from", "verdict"]
+           "check_job", "explained_from", "rows_from", "slice_key", "verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -98,32 +105,111 @@ RUN_TEXT = "Run checks"
 @dataclass
 class Explained:
     """A heatmap this dock made: the attribution on the image it was computed on (cropped to the explained box),
-    the model it came from, and ``note``, why it cannot be checked ("" when it can)."""
+    the model it came from, and ``note``, why it cannot be checked ("" when it can).
+
+    A layer sweep (``kind`` "network layer") or a slice-wise map (``kind`` "slice") is checked one part at a
+    time: ``parts`` maps the key its checks are stored under (the network layer's name, ``"slice <k>"``) to that
+    part as an ordinary :class:`Explained` (its own Attribution and image). ``accumulates``: the run explained
+    chosen slices, which join the layer's earlier ones (see :meth:`TrustBox.remember`)."""
 
     attribution: Any  # na.Attribution
     model: ModelInfo
     image: Any  # the layer's array (numpy or dask: read in the worker), cropped to the box
     note: str = ""
+    kind: str = ""  # "" (one map), "network layer" (a layer sweep) or "slice" (slice by slice)
+    parts: dict[str, Explained] = field(default_factory=dict)
+    accumulates: bool = False
 
 
-def explained_from(attribution: Any, request: ExplainRequest, name: str) -> Explained:
-    """What :func:`check_job` needs for the heatmap ``name`` made by ``request``: a box (ROI) run is checked on
-    the box, as it was explained."""
-    note = ""
-    image = request.image[0] if isinstance(request.image, (list, tuple)) else request.image  # multiscale: level 0
-    if request.sweep_layers:
-        note = (f"'{name}' is a layer sweep. Run Explain at one network layer (without the sweep) and check that "
-                "heatmap.")
-    elif request.slices is not None or attribution.extras.get("slices") is not None:
-        note = (f"'{name}' was explained slice by slice with a 2D model; the checks need a map the model computed "
-                "in one pass (a 2D model on a 2D image, or a 3D model), so they cannot check it.")
+def slice_key(index: int) -> str:
+    """The key a slice-wise map's checks of slice ``index`` (of the scan) are stored under."""
+    return f"slice {int(index)}"
+
+
+def _box(attribution: Any) -> tuple[slice, ...] | None:
     roi = attribution.extras.get("roi")
-    if roi is not None and not note:
-        box = tuple(slice(int(a), int(b)) for a, b in roi)
-        off = spatial_offset(request.model, tuple(np.shape(image)))
+    return None if roi is None else tuple(slice(int(a), int(b)) for a, b in roi)
+
+
+def _cropped(attribution: Any, model: ModelInfo, image: Any, off: int) -> Explained:
+    """``attribution`` and ``image`` cropped to the box (ROI) the map was explained on, if any."""
+    box = _box(attribution)
+    if box is not None:
         image = image[(slice(None),) * off + box]
         attribution = dataclasses.replace(attribution, data=np.asarray(attribution.data)[box])
-    return Explained(attribution, request.model, image, note)
+    return Explained(attribution, model, image)
+
+
+def _plane_geometry(geometry: Any) -> Any:
+    """The geometry of one slice (the last two axes) of a volume's ``geometry`` (None stays None)."""
+    spacing = getattr(geometry, "spacing", None)
+    if spacing is None or len(spacing) < 3:
+        return geometry
+    from ..io import Geometry
+
+    return Geometry(spacing=tuple(spacing)[-2:], origin=tuple(geometry.origin)[-2:])
+
+
+def _slice_parts(attribution: Any, model: ModelInfo, image: Any, off: int) -> dict[str, Explained]:
+    """One 2D :class:`Explained` per explained slice of a slice-wise map: the slice of the map (a 2D Attribution
+    with that slice's target, prediction and extras) and the same slice of the scan (of the box, for a box run)."""
+    data = np.asarray(attribution.data)
+    box = _box(attribution)
+    z0 = box[0].start if box is not None else 0
+    plane = box[1:] if box is not None else (slice(None), slice(None))
+    targets = attribution.target if isinstance(attribution.target, list) else None
+    preds = attribution.prediction if isinstance(attribution.prediction, list) else None
+    geometry = _plane_geometry(attribution.geometry)
+    parts: dict[str, Explained] = {}
+    for z in sorted(int(s) for s in attribution.extras.get("slices") or []):
+        i = z - z0  # per-slice targets and extras are indexed in the explained box
+        if not 0 <= z < data.shape[0]:
+            continue
+        values = data[z][plane]  # a view: the slices listed were explained (no scan of the volume here)
+        target = targets[i] if targets is not None and 0 <= i < len(targets) else attribution.target
+        pred = preds[z] if preds is not None and z < len(preds) else attribution.prediction
+        if box is not None and isinstance(pred, np.ndarray) and pred.ndim == 2:
+            pred = pred[plane]
+        extras = {k: v[i] for k, v in attribution.extras.items()
+                  if k not in ("skipped_slices", "slices", "roi") and isinstance(v, Mapping) and i in v}
+        att = dataclasses.replace(attribution, data=values, target=target, prediction=pred, per_channel=None,
+                                  geometry=geometry, extras=extras)
+        parts[slice_key(z)] = Explained(att, model, image[(slice(None),) * off + (z, *plane)])
+    return parts
+
+
+def explained_from(attribution: Any, request: ExplainRequest, name: str,
+                   results: Mapping[str, Any] | None = None) -> Explained:
+    """What :func:`check_job` needs for the heatmap ``name`` made by ``request``: a box (ROI) run is checked on
+    the box, as it was explained. For a layer sweep, ``results`` are the sweep's maps ({network layer: its
+    Attribution}); a slice-wise map is cut into its explained slices."""
+    image = request.image[0] if isinstance(request.image, (list, tuple)) else request.image  # multiscale: level 0
+    off = spatial_offset(request.model, tuple(np.shape(image)))
+    slicewise = request.slices is not None or attribution.extras.get("slices") is not None
+    if request.sweep_layers:
+        maps = dict(results or {})
+        if slicewise or not maps or any(a.extras.get("slices") is not None for a in maps.values()):
+            note = (f"'{name}' is a layer sweep of maps explained slice by slice with a 2D model. Run Explain at "
+                    "one network layer (without the sweep) and check that heatmap slice by slice."
+                    if maps or slicewise else
+                    f"'{name}' is a layer sweep whose maps are not known here: run the sweep again, then check it.")
+            return Explained(attribution, request.model, image, note)
+        parts = {str(layer): _cropped(att, request.model, image, off) for layer, att in maps.items()}
+        first = next(iter(parts.values()))
+        return Explained(first.attribution, request.model, first.image, kind="network layer", parts=parts)
+    if slicewise:
+        data_shape = tuple(np.shape(attribution.data))
+        box = _box(attribution)
+        shape = tuple(b.stop - b.start for b in box) if box is not None else data_shape
+        grid = attribution.extras.get("model_grid_shape")
+        if grid is not None and tuple(int(g) for g in grid) != shape:
+            note = (f"'{name}' was explained slice by slice on the model's resampled grid, whose slices are not "
+                    "the scan's, so the checks cannot check it slice by slice.")
+            return Explained(attribution, request.model, image, note)
+        return Explained(attribution, request.model, image, kind="slice",
+                         parts=_slice_parts(attribution, request.model, image, off),
+                         accumulates=request.slices is not None)
+    return _cropped(attribution, request.model, image, off)
 
 
 @dataclass
@@ -319,6 +405,11 @@ class TrustBox(QGroupBox):
         self._on_state = on_state or (lambda: None)
         self._explained: weakref.WeakKeyDictionary[Layer, Explained] = weakref.WeakKeyDictionary()
         self._target: weakref.ReferenceType[Layer] | None = None  # the layer being checked
+        self._target_key: str | None = None  # ... and its part (network layer, "slice <k>"), None for one map
+        # slice-wise heatmaps, by layer key: the model, the explained slices and their stored checks (a heatmap
+        # explained one slice at a time is a new layer after each slice: the earlier slices carry over)
+        self._slice_parts: dict[str, tuple[ModelInfo, dict[str, Explained], dict[str, Any]]] = {}
+        self._shown_key: str | None = None  # the part the table shows
         self.message = ""
         self.last: CheckOutcome | None = None
         self.runner = Runner(self._on_progress, self)
@@ -342,6 +433,9 @@ class TrustBox(QGroupBox):
         self.progress = QProgressBar()
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
+        self.view_label = QLabel("")  # which network layer / slice the table is about (sweeps, slice-wise maps)
+        self.view_label.setWordWrap(True)
+        self.view_label.setVisible(False)
         self.table = QTableWidget(0, len(HEADERS))
         self.table.setHorizontalHeaderLabels(list(HEADERS))
         for c, tip in enumerate(HEADER_TIPS):
@@ -380,6 +474,7 @@ class TrustBox(QGroupBox):
         lay.addLayout(grid)
         lay.addLayout(buttons)
         lay.addWidget(self.progress)
+        lay.addWidget(self.view_label)
         lay.addWidget(self.table)
         lay.addWidget(self.summary)
         outer = QVBoxLayout(self)
@@ -390,13 +485,39 @@ class TrustBox(QGroupBox):
         self.copy_button.clicked.connect(self.copy_csv)
         self.heatmap.currentTextChanged.connect(lambda *_: self.show_checks())
         viewer.layers.selection.events.active.connect(self._follow_active)
+        viewer.dims.events.current_step.connect(self._on_slider)
         self.show_checks()
 
     # ------------------------------------------------------------------ what the dock tells the box
     def remember(self, layer: Layer, explained: Explained) -> None:
-        """``layer`` is a heatmap the dock just made (from ``explained``)."""
-        self._explained[getattr(layer, "__wrapped__", layer)] = explained
+        """``layer`` is a heatmap the dock just made (from ``explained``). Slices explained one at a time (a 2D
+        model following the slider) join the slices explained before into the same heatmap: their parts are kept
+        together, for the slices the layer still holds."""
+        layer = getattr(layer, "__wrapped__", layer)
+        alive = {self._layer_key(la) for la in self.heatmap.layers()}
+        self._slice_parts = {k: v for k, v in self._slice_parts.items() if k in alive}
+        if explained.kind == "slice":
+            info = dict(layer.metadata.get(OWNER_KEY) or {})
+            key = self._layer_key(layer)
+            parts = dict(explained.parts)
+            checks: dict[str, Any] = {}
+            earlier = self._slice_parts.get(key)
+            if explained.accumulates and earlier is not None and earlier[0] is explained.model:
+                held = {slice_key(int(z)) for z in info.get("slices") or []} - set(parts)  # kept, not re-explained
+                parts = {**{k: v for k, v in earlier[1].items() if k in held}, **parts}
+                checks = {k: v for k, v in earlier[2].items() if k in held}
+                if checks and not info.get("checks"):
+                    info["checks"] = checks
+                    layer.metadata[OWNER_KEY] = info
+            self._slice_parts[key] = (explained.model, parts, checks)
+            explained = dataclasses.replace(explained, parts=dict(sorted(parts.items(),
+                                                                         key=lambda kv: int(kv[0].split()[-1]))))
+        self._explained[layer] = explained
         self.show_checks()
+
+    @staticmethod
+    def _layer_key(layer: Layer) -> str:
+        return str((layer.metadata.get(OWNER_KEY) or {}).get("key") or layer.name)
 
     def explained(self, layer: Layer) -> Explained | None:
         return self._explained.get(getattr(layer, "__wrapped__", layer))
@@ -406,6 +527,40 @@ class TrustBox(QGroupBox):
         return self.runner.running
 
     # ------------------------------------------------------------------ following the viewer
+    def view(self, layer: Layer | None = None) -> tuple[str, str | None]:
+        """What of ``layer`` (default: the chosen heatmap) the viewer shows: ``("", None)`` for an ordinary heatmap,
+        ``("network layer", name)`` for a layer sweep (the "layer" slider), ``("slice", "slice <k>")`` for a
+        slice-wise map (the slider of the first spatial axis)."""
+        layer = layer if layer is not None else self.heatmap.layer()
+        if layer is None:
+            return "", None
+        info = layer.metadata.get(OWNER_KEY) or {}
+        ex = self.explained(layer)
+        if is_sweep(layer):
+            names = [str(n) for n in info.get("layers") or (list(ex.parts) if ex is not None else [])]
+            return "network layer", (names[sweep_index(self.viewer, layer)] if names else None)
+        if (ex is not None and ex.kind == "slice") or info.get("slices") is not None:
+            world = np.asarray(self.viewer.dims.point, dtype=float)[-layer.ndim:]
+            z = int(np.round(np.asarray(layer.world_to_data(world), dtype=float)[0]))
+            return "slice", slice_key(z)
+        return "", None
+
+    def view_text(self, layer: Layer | None = None) -> str:
+        """The part shown in words ("network layer 2 of 4: enc2", "slice 5"; "" for an ordinary heatmap)."""
+        layer = layer if layer is not None else self.heatmap.layer()
+        kind, key = self.view(layer)
+        if kind == "network layer" and layer is not None and key is not None:
+            names = [str(n) for n in (layer.metadata.get(OWNER_KEY) or {}).get("layers") or []]
+            where = f" {names.index(key) + 1} of {len(names)}:" if key in names else ""
+            return f"network layer{where} {key}"
+        return key or ""
+
+    def _on_slider(self, event: Any = None) -> None:
+        """The slider moved: a sweep or slice-wise heatmap shows the stored checks of the part now shown."""
+        kind, key = self.view()
+        if kind and key != self._shown_key:
+            self.show_checks(keep_message=self.running)
+
     def _follow_active(self, event: Any = None) -> None:
         layer = self.viewer.layers.selection.active
         if layer is not None and isinstance(layer, Image) and is_own(layer, "heatmap"):
@@ -443,6 +598,15 @@ class TrustBox(QGroupBox):
         if ex.model is not self._current_model():
             return (f"'{layer.name}' was made with {ex.model.label}, which is no longer the dock's model: re-run "
                     "Explain on it first (with the current model), then check the new heatmap.")
+        if ex.kind:
+            _, key = self.view(layer)
+            if key is None or key not in ex.parts:
+                if ex.kind == "slice":
+                    done = ", ".join(k.split()[-1] for k in ex.parts) or "none"
+                    return (f"{(key or 'this slice').capitalize()} of '{layer.name}' has no explained values: "
+                            f"move the slider to an explained slice ({done}), then run the checks.")
+                return (f"The network layer shown ({key}) is not one '{layer.name}' was swept over: move the "
+                        "\"layer\" slider to one of its network layers.")
         return ""
 
     # ------------------------------------------------------------------ running
@@ -487,10 +651,14 @@ class TrustBox(QGroupBox):
         assert layer is not None
         ex = self.explained(layer)
         assert ex is not None
+        key = self.view(layer)[1] if ex.kind else None
+        part = ex.parts[key] if key is not None else ex
         self._target = weakref.ref(getattr(layer, "__wrapped__", layer))
+        self._target_key = key
         self.progress.setValue(0)
-        self._say(f"checking '{layer.name}' …")
-        self.runner.start(check_job, CheckRequest(ex, checks, params), returned=self._on_outcome,
+        shown = self.view_text(layer)
+        self._say(f"checking {shown} of '{layer.name}' …" if shown else f"checking '{layer.name}' …")
+        self.runner.start(check_job, CheckRequest(part, checks, params), returned=self._on_outcome,
                           errored=self._on_error)
         self.run_button.setText("Cancel")
         self.run_button.setToolTip("Stop the checks (nothing is stored)")
@@ -532,11 +700,24 @@ class TrustBox(QGroupBox):
         self.progress.setValue(1000)
         info = dict(layer.metadata.get(OWNER_KEY) or {})
         stored = dict(info.get("checks") or {})
-        stored.update(outcome.rows)
+        key = self._target_key
+        if key is None:
+            stored.update(outcome.rows)
+        else:  # a sweep's network layer, a slice-wise map's slice: {key: {check: row}}
+            stored[key] = {**dict(stored.get(key) or {}), **outcome.rows}
         info["checks"] = stored
         layer.metadata[OWNER_KEY] = info
+        record = self._slice_parts.get(self._layer_key(layer))
+        if key is not None and record is not None and not is_sweep(layer):
+            self._slice_parts[self._layer_key(layer)] = (record[0], record[1], dict(stored))
         self.heatmap.select(layer)
-        self.show_checks(f"{outcome.message} Stored in the layer's metadata.")
+        what = ""
+        if key is not None:
+            what = f" ({'network layer ' if is_sweep(layer) else ''}{key})"
+            if key != self.view(layer)[1]:
+                what += "; the slider has moved since: move it back to see them"
+        self.show_checks(f"{outcome.message} Checked{what}: stored in the layer's metadata." if key is not None
+                         else f"{outcome.message} Stored in the layer's metadata.")
 
     # ------------------------------------------------------------------ showing
     def _say(self, message: str, *, error: bool = False, level: str = "warning", notified: bool = False) -> None:
@@ -548,20 +729,31 @@ class TrustBox(QGroupBox):
         if error or notified:
             notify(level, message)
 
-    def stored(self, layer: Layer | None = None) -> dict[str, dict[str, Any]]:
-        """The checks stored in ``layer``'s metadata (default: the chosen heatmap), in table order."""
+    def stored(self, layer: Layer | None = None, key: str | None = None) -> dict[str, dict[str, Any]]:
+        """The checks stored in ``layer``'s metadata (default: the chosen heatmap), in table order; for a layer
+        sweep or a slice-wise map, those of the part ``key`` (default: the one the viewer shows)."""
         layer = layer if layer is not None else self.heatmap.layer()
         if layer is None:
             return {}
         rows = dict((layer.metadata.get(OWNER_KEY) or {}).get("checks") or {})
+        kind, shown = self.view(layer)
+        if kind:
+            key = key if key is not None else shown
+            rows = dict(rows.get(key) or {}) if key is not None else {}
         order = [*CHECKS, "completeness"]
         return {c: rows[c] for c in sorted(rows, key=lambda c: order.index(c) if c in order else len(order))}
 
-    def show_checks(self, message: str | None = None) -> None:
-        """Fill the table with the chosen heatmap's stored checks; ``message`` (default: what to do) under it."""
+    def show_checks(self, message: str | None = None, *, keep_message: bool = False) -> None:
+        """Fill the table with the chosen heatmap's stored checks (for a sweep or a slice-wise map: of the part
+        the viewer shows); ``message`` (default: what to do) under it, unless ``keep_message``."""
         self.setVisible(bool(self.heatmap.layers()))
         layer = self.heatmap.layer()
         rows = self.stored(layer)
+        kind, self._shown_key = self.view(layer)
+        shown = self.view_text(layer)
+        slider = "the \"layer\" slider" if kind == "network layer" else "the slider"
+        self.view_label.setText(f"Checks of {shown} (move {slider} for another)." if shown else "")
+        self.view_label.setVisible(bool(shown))
         self.table.setRowCount(len(rows))
         for r, (check, row) in enumerate(rows.items()):
             label = LABELS.get(check, check)
@@ -578,6 +770,8 @@ class TrustBox(QGroupBox):
         height = top + 4 + sum(self.table.rowHeight(r) for r in range(len(rows)))
         self.table.setFixedHeight(max(top + 26, min(height, 420)))
         self.copy_button.setEnabled(bool(rows))
+        if keep_message:
+            return
         if message is None:
             problem = self.problem(layer) if layer is not None else ""
             if problem and layer is not None and self.explained(layer) is None and rows:
@@ -585,7 +779,11 @@ class TrustBox(QGroupBox):
             elif problem:
                 message = problem
             elif rows and layer is not None:
-                message = f"Stored with '{layer.name}' (press {RUN_TEXT} to recompute the ticked ones)."
+                of = f" for {shown}" if shown else ""
+                message = f"Stored with '{layer.name}'{of} (press {RUN_TEXT} to recompute the ticked ones)."
+            elif shown:
+                message = (f"No checks of {shown} yet: press {RUN_TEXT} to check it. Each number is compared with "
+                           "what a map that knows nothing (a random order, a randomised model) would get.")
             else:
                 message = (f"Press {RUN_TEXT}: each number is compared with what a map that knows nothing (a "
                            "random order, a randomised model) would get.")
@@ -600,8 +798,10 @@ class TrustBox(QGroupBox):
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["heatmap", "check", "value", "reference", "reference_kind", "better", "verdict",
                          "seconds", "params"])
+        shown = self.view_text(layer) if layer is not None else ""
+        name = (f"{layer.name} ({shown})" if shown else layer.name) if layer is not None else ""
         for check, row in self.stored(layer).items():
-            writer.writerow([layer.name if layer is not None else "", check, repr(float(row["value"])),
+            writer.writerow([name, check, repr(float(row["value"])),
                              "" if row.get("reference") is None else repr(float(row["reference"])),
                              row.get("reference_kind", ""), row.get("better", ""), row.get("verdict", ""),
                              f"{float(row.get('seconds', 0.0)):.2f}",
