@@ -99,6 +99,16 @@ def _slab_with_dock(dock_class, name: str, width: int):
     return out
 
 
+def _landmark_shot(viewer, marks, dock, wait, shot, name: str) -> None:
+    """Show the slice where the landmarks are largest and the dock's result tables, take the shot, close."""
+    viewer.dims.set_current_step(0, int(np.argmax((marks.data > 0).sum((1, 2)))))
+    viewer.reset_view()
+    wait(lambda: True)
+    _show_results(dock)
+    shot(viewer, name)
+    viewer.close()
+
+
 def landmarks() -> None:
     """The 3D contrast-phase demo on the abdominal slab phantom: response back-projection, compared with the
     evidence structures (aorta, IVC, portal vein, liver, kidney) painted as landmarks."""
@@ -112,13 +122,7 @@ def landmarks() -> None:
     viewer.layers.move(viewer.layers.index(marks), len(viewer.layers))  # the outlines on top
     dock.landmarks.choose(labels=marks.name)
     viewer.canvas.overlays.text.visible = False  # the class probabilities: in the dock too
-    z = int(np.argmax((marks.data > 0).sum((1, 2))))
-    viewer.dims.set_current_step(0, z)
-    viewer.reset_view()
-    wait(lambda: True)
-    _show_results(dock)
-    shot(viewer, "explain_landmarks.png")
-    viewer.close()
+    _landmark_shot(viewer, marks, dock, wait, shot, "explain_landmarks.png")
 
 
 def layer_sweep() -> None:
@@ -161,13 +165,7 @@ def compare_landmarks() -> None:
     wait(lambda: dock.landmarks.result is not None)
     marks.visible = False  # the grid shows the maps; the table compares them with the landmarks
     viewer.canvas.overlays.text.visible = False
-    z = int(np.argmax((marks.data > 0).sum((1, 2))))
-    viewer.dims.set_current_step(0, z)
-    viewer.reset_view()
-    wait(lambda: True)
-    _show_results(dock)
-    shot(viewer, "compare_landmarks.png")
-    viewer.close()
+    _landmark_shot(viewer, marks, dock, wait, shot, "compare_landmarks.png")
 
 
 def trust() -> None:

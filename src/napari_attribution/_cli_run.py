@@ -179,11 +179,10 @@ def explain_file(
             got = na.explain_layers(loaded, data, m, layers, tgt, params=own, geometry=geometry, device=device,
                                     progress=progress)
             results.update({f"{m}@{lay}": r for lay, r in got.items()})
-    for lay in sweep if len(layers) <= 1 else []:
+    else:
         # like compare: a key goes to every method that takes it; a key that none takes is an error
-        got = na.compare(loaded, data, list(methods), tgt, layer=lay, geometry=geometry, device=device,
-                         progress=progress, params=dict(params or {}))
-        results.update(got)
+        results = na.compare(loaded, data, list(methods), tgt, layer=layers[0] if layers else None,
+                             geometry=geometry, device=device, progress=progress, params=dict(params or {}))
     scores: dict[str, dict[str, float]] = {}
     for key, res in results.items():
         _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite)

@@ -156,3 +156,22 @@ def test_sweep_seconds_add_up_to_the_sweep() -> None:
     swept = na.explain_layers(net, img, "grad_cam", layers, 1)
     wall = time.perf_counter() - t0
     assert 0 < sum(a.seconds for a in swept.values()) <= wall
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "sam", "layer_conductance"])
+def test_sweep_leaves_the_model_unchanged_when_it_fails_midway(method: str) -> None:
+    """The sweep's multi-layer capture removes every hook and restores the model's flags when the forward pass
+    raises (one-pass sweep: its first pass; per-layer sweep: a later layer's pass)."""
+    from test_model_unchanged import Wrapped
+
+    make, shape = MODELS["cnn2d"]
+    model = Wrapped(make())
+    model.train()
+    before = snapshot(model)
+    layers = [f"net.{n}" for n in _layers(make(), shape)[:3]]
+    model.boom.countdown = 1 if method != "layer_conductance" else 3
+    with pytest.raises(RuntimeError, match="boom"):
+        na.explain_layers(model, image(shape), method, layers, 1, params={"steps": 2} if method == "layer_conductance"
+                          else {})
+    model.boom.countdown = -1
+    assert_untouched(model, before)

@@ -417,14 +417,12 @@ def _run_sweep(request: ExplainRequest, progress: Progress | None, cancel: Cance
                 progress(done, total, f"{n} layers in one pass: {message}")
 
         one = dataclasses.replace(request, compare=False, params={method: dict(request.params.get(method, {}))})
-        t0 = time.perf_counter()
         got = _compute(one, shared, cancel, sweep=True)
         if isinstance(got, Outcome):
             return got
         if progress is not None:
             progress(1000, 1000, f"{n} layers done")
-        # each layer's seconds include the shared pass: the sweep took the wall time, not their sum
-        return _sweep_outcome(request, got, seconds=time.perf_counter() - t0)
+        return _sweep_outcome(request, got, shared=True)
     results: dict[str, Any] = {}
     for i, name in enumerate(layers):
         if cancel is not None and cancel():
@@ -449,7 +447,7 @@ def _run_sweep(request: ExplainRequest, progress: Progress | None, cancel: Cance
     return _sweep_outcome(request, results)
 
 
-def _sweep_outcome(request: ExplainRequest, results: dict[str, Any], seconds: float | None = None) -> Outcome:
+def _sweep_outcome(request: ExplainRequest, results: dict[str, Any], shared: bool = False) -> Outcome:
     from ..metrics import layer_sweep_table, target_region
 
     info = request.model
@@ -463,7 +461,7 @@ def _sweep_outcome(request: ExplainRequest, results: dict[str, Any], seconds: fl
     if affine is not None:
         extra_md["original_affine"] = affine
     method = first.method
-    secs = sum(a.seconds for a in atts) if seconds is None else seconds
+    secs = sum(a.seconds for a in atts)  # a shared pass is split among the layers: the sum is the sweep's time
     prov = L.provenance(
         method=method, params=first.params, target=first.target, seconds=secs,
         model=info.source, model_sha256=info.sha256, layer=None, device=request.device or "cpu",
@@ -479,8 +477,8 @@ def _sweep_outcome(request: ExplainRequest, results: dict[str, Any], seconds: fl
     if pred is not None:
         out.layers.append(pred)
     out.probabilities = L.class_probabilities(first, info.class_names)
-    shared = " (one shared pass)" if seconds is not None else ""
-    out.message = f"{method} at {len(atts)} layers{shared} in {_duration(secs)}: {first.description}"
+    how = " (one shared pass)" if shared else ""
+    out.message = f"{method} at {len(atts)} layers{how} in {_duration(secs)}: {first.description}"
     return out
 
 

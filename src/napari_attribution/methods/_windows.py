@@ -310,8 +310,12 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
         scale = float((t_sel * exact).sum()) / denom if denom > 0 else 0.0
         we = we_taylor * scale
         we[order] = exact
-        extras.update(evaluated=n_exact, screen=screen, taylor_scale=scale,
-                      screen_rank_correlation=_spearman(t_sel, exact))
+        rho = float("nan")  # how far the first-order ranking held on the evaluated windows
+        if n_exact >= 3 and float(t_sel.std()) > 0 and float(exact.std()) > 0:
+            from scipy.stats import spearmanr
+
+            rho = float(spearmanr(t_sel.numpy(), exact.numpy()).statistic)
+        extras.update(evaluated=n_exact, screen=screen, taylor_scale=scale, screen_rank_correlation=rho)
         return MethodOutput(grid.average(we).to(x.dtype)[None], extras)
 
     samples = int(params["samples"]) if mode == "sample" else 1
@@ -385,13 +389,3 @@ def _window_maker(run: Any, grid: WindowGrid, gauss: PatchGaussian, padded: Tens
 
     return make
 
-
-def _spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two 1D tensors (ties broken by position); nan for fewer than 3 values."""
-    if a.numel() < 3:
-        return float("nan")
-    ra = torch.argsort(torch.argsort(a)).double()
-    rb = torch.argsort(torch.argsort(b)).double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = float(ra.norm() * rb.norm())
-    return float((ra * rb).sum()) / den if den > 0 else float("nan")
