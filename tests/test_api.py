@@ -278,7 +278,7 @@ def test_slicewise_segmentation_skips_slices_without_the_structure() -> None:
 
 
 def test_card_preprocessing_and_resampling_map_back_exactly() -> None:
-    from napari_attribution._preprocess import prepare
+    from napari_attribution.inputs import prepare
     from napari_attribution.io import Geometry
 
     make, _ = MODELS["unet3d"]

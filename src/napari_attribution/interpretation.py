@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import AttributionError, Cancelled, InputShapeError, MethodError, ParameterError, ReaderError
-from ._preprocess import prepare
+from .inputs import prepare
 from .methods._hooks import activation_rule, capture_layer, model_guard, record_channel_energy, record_module_outputs
 from .methods._run import first_output
 from .models._card import LoadedModel, ModelCard, infer_card

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ._attribution import Attribution
 from ._errors import InputShapeError, MethodError, ParameterError, TargetError
-from ._preprocess import Prepared, prepare
+from .inputs import Prepared, prepare
 from .io._geometry import Geometry
 from .methods._hooks import activation_rule, fast_cpu_conv3d, model_guard
 from .methods._registry import COMMON_PARAMS, MethodInfo, get_method, list_methods

@@ -16,7 +16,7 @@ from ..methods._run import first_output
 from ..targets import ResolvedTarget, Target, resolve_target
 
 if TYPE_CHECKING:
-    from .._preprocess import Prepared
+    from ..inputs import Prepared
 
 __all__ = ["Score", "Scorer"]
 
@@ -60,7 +60,7 @@ class Scorer:
 
     def __init__(self, model: Any, image: np.ndarray, target: Target, *, geometry: Any = None,
                  batch: int = 8) -> None:
-        from .._preprocess import prepare
+        from ..inputs import prepare
         from ..io._geometry import Geometry
         from ..pipeline import _as_array, _layout, _model_and_card, _target_to_model_grid, _task
 

@@ -375,7 +375,7 @@ def _preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
                 spec["pad_to_multiple"] = list(reversed(k))
     if spec:
         try:
-            from .._preprocess import check_preprocess
+            from ..inputs import check_preprocess
 
             out["preprocess"] = check_preprocess(spec)
         except ModelLoadError:

@@ -14,7 +14,7 @@ A card file is a JSON (or YAML) object with any of these keys (all optional)::
       "class_names": ["background", "liver", "tumour"],
       "output": "logits",                             # or "probabilities"
       "background": 0,                                # background class of a segmentation output, or null
-      "preprocess": {"window": [-100, 300], "pad_to_multiple": 16},   # see napari_attribution._preprocess
+      "preprocess": {"window": [-100, 300], "pad_to_multiple": 16},   # see napari_attribution.inputs
       "spacing": [1.5, 1.0, 1.0],                     # mm, numpy order (z, y, x), the training voxel size
       "patch_size": [96, 96, 96],                     # sliding-window patch
       "default_layer": "model.1.submodule"            # layer for CAM-type methods
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ModelLoadError
-from .._preprocess import check_preprocess
+from ..inputs import check_preprocess
 
 __all__ = ["CARD_SUFFIXES", "LoadedModel", "ModelCard", "first_layer", "infer_card"]
 
@@ -69,7 +69,7 @@ class ModelCard:
         ``"monai.networks.nets:UNet"``); used with a state_dict checkpoint.
     kwargs : keyword arguments of the factory.
     weights : path of the state_dict checkpoint (relative paths in a card file are relative to the file).
-    preprocess : intensity normalisation and padding, see :mod:`napari_attribution._preprocess`.
+    preprocess : intensity normalisation and padding, see :mod:`napari_attribution.inputs`.
     patch_size : sliding-window patch, one int per spatial axis.
     spacing : the voxel size (mm) the model was trained at, numpy order ``(z, y, x)``; the scan is resampled to it.
     inferred : True when the card was guessed rather than read: show it to the user as an editable guess.

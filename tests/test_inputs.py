@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import napari_attribution as na
-from napari_attribution._preprocess import Prepared, prepare
+from napari_attribution.inputs import Prepared, prepare
 from napari_attribution.io import Geometry
 from napari_attribution.models import ModelCard
 
