@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import AttributionError, Cancelled, InputShapeError, MethodError, ParameterError, ReaderError
-from .inputs import prepare
+from .inputs import layout, prepare
 from .methods._hooks import activation_rule, capture_layer, model_guard, record_channel_energy, record_module_outputs
 from .methods._run import first_output
 from .models._card import LoadedModel, ModelCard, infer_card
@@ -682,23 +682,13 @@ def _model_and_card(model: nn.Module | LoadedModel) -> tuple[nn.Module, ModelCar
 def _model_input(item: _Item, card: ModelCard) -> npt.NDArray[np.float32]:
     """``(C, *S)`` float32 on the model's grid (the card's preprocessing applied, as ``explain`` does)."""
     arr = np.asarray(item.array, dtype=np.float32)
-    c = card.in_channels
-    d = card.spatial_dims or (arr.ndim if (c or 1) == 1 else arr.ndim - 1)
-    if arr.ndim == d:
-        if (c or 1) != 1:
-            raise InputShapeError(f"Image {item.name} has one channel but the model expects {c}; give (C, *spatial).")
-        has_c = False
-    elif arr.ndim == d + 1:
-        if c is not None and arr.shape[0] != c:
-            raise InputShapeError(
-                f"Image {item.name} has shape {arr.shape}; the model expects {c} channel(s) first and {d} "
-                f"spatial axes. (For a 2D model, give 2D slices.)"
-            )
-        has_c = True
-    else:
-        raise InputShapeError(
-            f"Image {item.name} has shape {arr.shape}, which does not fit a {d}D model with {c or 1} channel(s)."
-        )
+    try:
+        lay = layout(arr.shape, card)  # the one channel rule (napari_attribution.inputs)
+    except InputShapeError as err:
+        raise InputShapeError(f"Image {item.name}: {err}") from None
+    if lay.slicewise:
+        raise InputShapeError(f"Image {item.name} has shape {arr.shape}; for a 2D model, give 2D slices.")
+    has_c = lay.channel_axis
     if not np.isfinite(arr).all():
         raise InputShapeError(f"Image {item.name} contains NaN or infinite values.")
     prep = prepare(arr, item.geometry, card, channel_axis=has_c)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ._attribution import Attribution
 from ._errors import InputShapeError, MethodError, ParameterError, TargetError
-from .inputs import Prepared, prepare
+from .inputs import Layout, OnScanGrid, Prepared, fit_network, is_script, known_multiple, layout, prepare, unwrap
 from .io._geometry import Geometry
 from .methods._hooks import activation_rule, fast_cpu_conv3d, model_guard
 from .methods._registry import COMMON_PARAMS, MethodInfo, get_method, list_methods
@@ -45,7 +45,7 @@ __all__ = ["compare", "explain"]
 Progress = Callable[[int, int, str], None]
 Cancel = Callable[[], bool]
 
-_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+_DEFAULT_LAYERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], str]] = weakref.WeakKeyDictionary()
 
 
 def explain(
@@ -222,13 +222,6 @@ def explain_layers(
 # layout
 
 
-@dataclass(frozen=True)
-class _Layout:
-    channels: int
-    slicewise: bool  # a 2D model on a volume: slices along the first spatial axis
-    channel_axis: bool = False  # the array's first axis holds channels
-
-
 _INFERRED: weakref.WeakKeyDictionary[nn.Module, ModelCard] = weakref.WeakKeyDictionary()
 
 
@@ -247,42 +240,6 @@ def _model_and_card(model: Any) -> tuple[nn.Module, ModelCard]:
         return model, card
     raise MethodError(
         f"model must be a torch.nn.Module or a napari_attribution LoadedModel, got {type(model).__name__}."
-    )
-
-
-def _layout(shape: tuple[int, ...], card: ModelCard) -> _Layout:
-    n = len(shape)
-    d, c = card.spatial_dims, card.in_channels
-    if d is None:
-        d = n if (c or 1) == 1 else n - 1
-    want = f"{c} channel{'s' if (c or 1) > 1 else ''}"
-    if n == d:
-        if (c or 1) != 1:
-            raise InputShapeError(
-                f"The model expects {want}, but the image {shape} has one. Stack the channels as (C, *spatial)."
-            )
-        return _Layout(1, False)
-    if n == d + 1:
-        if c is not None and c > 1:
-            if shape[0] != c:
-                raise InputShapeError(
-                    f"The model expects {want} as the first axis, but the image has shape {shape}. "
-                    "Give (C, *spatial) with the model's channel count, or provide a model card."
-                )
-            return _Layout(c, False, True)
-        if d == 2:
-            return _Layout(1, True)
-        if shape[0] == 1:
-            return _Layout(1, False, True)
-    if n == d + 2 and d == 2 and c is not None and shape[0] == c:
-        return _Layout(c, True, True)
-    kind = {2: "2D", 3: "3D"}.get(d, f"{d}D")
-    forms = ("(H, W), (C, H, W) or a volume (D, H, W) explained slice by slice" if d == 2
-             else "(D, H, W) or (C, D, H, W)")
-    raise InputShapeError(
-        f"An image of shape {shape} does not fit this {kind} model with {want}. A {kind} model takes "
-        f"{forms}."
-        " If the model's dimensionality was guessed wrong, pass a LoadedModel with a ModelCard."
     )
 
 
@@ -347,36 +304,68 @@ def _explain_many(
     device: Any,
     progress: Progress | None,
     cancel: Cancel | None,
-    _card: ModelCard | None = None,
     sweep: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, Attribution]:
     """``names`` are method names, or with ``sweep`` (key -> (method, layer)) the keys of a layer sweep."""
     module, card = _model_and_card(model)
-    if _card is not None:
-        card = _card
     infos = {n: get_method(sweep[n][0] if sweep else n) for n in names}
     layer_of: dict[str, str | None] = {n: (sweep[n][1] if sweep else layer) for n in names}
     resolved = {n: infos[n].resolve_params(params.get(n)) for n in names}
-    is_script = isinstance(module, torch.jit.ScriptModule)
+    script = is_script(module)
     for n, info in infos.items():
-        if is_script and not info.supports_torchscript:
+        if script and not info.supports_torchscript:
             raise MethodError(
-                f"{n} needs module hooks or activation rules, which TorchScript models do not support. Use a "
-                "gradient method (saliency, input_x_gradient, integrated_gradients, smoothgrad) or a "
-                "perturbation method (occlusion, rise), or load the model from a checkpoint with a card."
+                f"{n} needs Python module hooks or activation rules, which TorchScript archives do not take. Use "
+                "a gradient method (saliency, input_x_gradient, integrated_gradients, smoothgrad) or a "
+                "perturbation method (occlusion, rise); or load the archive's weights into the Python network "
+                "with a card that names its factory, e.g. na.load_model({\"factory\": "
+                "\"monai.networks.nets:UNet\", \"kwargs\": {...}, \"weights\": \"model.ts\"}) (the archive's "
+                "state_dict is copied into the network the factory builds, so the kwargs must be those it was "
+                "exported with), and run it on that."
             )
     arr = _as_array(image)
-    lay = _layout(arr.shape, card)
-    prep = prepare(arr, geometry if isinstance(geometry, Geometry) else None, card, channel_axis=lay.channel_axis)
-    if not prep.is_identity:
-        # the model sees the resampled / padded grid; targets are mapped there and maps come back exactly
-        inner = dict(params)
-        results = _explain_many(module, prep.data, names, _target_to_model_grid(target, prep), layer=layer,
-                                params=inner, geometry=None, device=device, progress=progress, cancel=cancel,
-                                _card=replace(card, preprocess=None, spacing=None), sweep=sweep)
-        return {n: _back_to_image_grid(r, prep, geometry) for n, r in results.items()}
-    arr = prep.data  # intensity preprocessing only (or nothing): same grid
-    spatial = arr.shape[1:] if lay.channel_axis else arr.shape
+    lay = layout(arr.shape, card)
+    geo = geometry if isinstance(geometry, Geometry) else None
+    prep = prepared_input(module, arr, geo, card, lay)
+    try:
+        return _explain_prepared(module, card, prep, lay, infos, resolved, target, layer_of, geometry, device,
+                                 progress, cancel)
+    except Exception as err:
+        # the network failed on the scan's size: pad it to what the network runs on, or one clear error
+        better = fit_network(module, prep, card, err)
+        return _explain_prepared(module, card, better, lay, infos, resolved, target, layer_of, geometry, device,
+                                 progress, cancel)
+
+
+def prepared_input(module: nn.Module, arr: np.ndarray, geometry: Geometry | None, card: ModelCard,
+                   lay: Layout) -> Prepared:
+    """The input path for one image (:func:`napari_attribution.inputs.prepare`), with the padding a trial forward
+    already found this network needs at this grid."""
+    prep = prepare(arr, geometry, card, channel_axis=lay.channel_axis, slicewise=lay.slicewise)
+    multiple = known_multiple(module, prep)
+    return prep.padded_to(multiple) if multiple and not prep.padded else prep
+
+
+def _explain_prepared(
+    module: nn.Module,
+    card: ModelCard,
+    prep: Prepared,
+    lay: Layout,
+    infos: dict[str, MethodInfo],
+    resolved: dict[str, dict[str, Any]],
+    target: Target,
+    layer_of: Mapping[str, str | None],
+    geometry: Any,
+    device: Any,
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> dict[str, Attribution]:
+    """Run the methods on the scan's grid; the network sees the model grid through :meth:`Prepared.wrap`, so maps,
+    targets and predictions stay on the scan's grid."""
+    names = list(infos)
+    net = module if prep.is_identity else prep.wrap(module)
+    arr = prep.scan
+    spatial = lay.spatial(arr.shape)
     home = _model_device(module)
     dev = torch.device(device) if device is not None else home
     moved = home != dev
@@ -386,51 +375,19 @@ def _explain_many(
         with model_guard(module), fast_cpu_conv3d(module, dev):
             if not lay.slicewise:
                 x = torch.from_numpy(np.ascontiguousarray(arr.reshape((1, lay.channels) + tuple(spatial)))).to(dev)
-                parts = _run_methods(module, card, x, infos, resolved, target, layer_of, progress, cancel)
-                return {n: _finish(parts[n], infos[n], resolved[n], geometry) for n in names}
-            return _run_slicewise(module, card, arr, lay, tuple(spatial), infos, resolved, target, layer_of,
-                                  geometry, dev, progress, cancel)
+                parts = _run_methods(net, card, x, infos, resolved, target, layer_of, progress, cancel)
+                results = {n: _finish(parts[n], infos[n], resolved[n], geometry) for n in names}
+            else:
+                results = _run_slicewise(net, card, arr, lay, tuple(spatial), infos, resolved, target, layer_of,
+                                         geometry, dev, progress, cancel)
     finally:
         if moved:
             module.to(home)
-
-
-def _target_to_model_grid(target: Target, prep: Prepared) -> Target:
-    """Masks and voxel indices are given in image voxel space; the model works on the prepared grid."""
-    if isinstance(target, Region):
-        return Region(target.k, prep.mask_to_model_grid(np.asarray(target.mask, bool)), target.score)
-    if isinstance(target, Voxel):
-        return Voxel(target.k, prep.index_to_model_grid(target.index), target.score)
-    if isinstance(target, Contrast) and target.mask is not None:
-        return Contrast(target.k1, target.k2, prep.mask_to_model_grid(np.asarray(target.mask, bool)), target.score)
-    if isinstance(target, ErrorRegion):
-        truth = np.asarray(target.truth_mask)
-        truth_k = truth if truth.dtype == bool else truth == target.k
-        return ErrorRegion(target.k, prep.mask_to_model_grid(truth_k), target.kind, target.score)
-    return target
-
-
-def _back_to_image_grid(res: Attribution, prep: Prepared, geometry: Any) -> Attribution:
-    """Map a result computed on the model grid back onto the scan's grid (exact shape)."""
-    pred = res.prediction
-    if isinstance(pred, np.ndarray) and pred.ndim == len(prep.shape):
-        pred = prep.to_image_grid(pred, mode="nearest")
-    elif isinstance(pred, list) and any(isinstance(p, np.ndarray) and p.ndim == 2 for p in pred):
-        stack = np.full(prep.shape, -1, np.int16)  # slice-wise label maps: map the stack back in one go
-        for i, p in enumerate(pred):
-            if p is not None:
-                stack[i] = p
-        back = prep.to_image_grid(stack, mode="nearest")
-        pred = [None if p is None else back[i] for i, p in enumerate(pred)]
-    extras = {**res.extras, "preprocessing": list(prep.steps), "model_grid_shape": prep.shape}
-    return replace(
-        res,
-        data=prep.to_image_grid(res.data).astype(np.float32, copy=False),
-        per_channel=None if res.per_channel is None else prep.to_image_grid(res.per_channel).astype(np.float32),
-        prediction=pred,
-        geometry=geometry,
-        extras=extras,
-    )
+    if prep.steps:
+        for r in results.values():
+            r.extras["preprocessing"] = list(prep.steps)
+            r.extras["model_grid_shape"] = prep.shape
+    return results
 
 
 def _model_device(module: nn.Module) -> torch.device:
@@ -572,13 +529,16 @@ def _run_methods(
 
 
 def _layer_for(module: nn.Module, card: ModelCard, x: Tensor, layer: str | None) -> tuple[str, nn.Module]:
-    if layer is None and card.default_layer is None and not isinstance(module, torch.jit.ScriptModule):
-        key = tuple(x.shape)
-        cached = _DEFAULT_LAYERS.get(module, {}).get(key)
+    if layer is None and card.default_layer is None and not is_script(module):
+        # the automatic choice walks the network with a forward pass: once per network and input grid
+        net = unwrap(module)
+        grid = module.prepared.shape if isinstance(module, OnScanGrid) else ()
+        key = (tuple(x.shape), grid)
+        cached = _DEFAULT_LAYERS.get(net, {}).get(key)
         if cached is not None:
             return resolve_layer(module, x, cached)
         name, mod = resolve_layer(module, x, None)
-        _DEFAULT_LAYERS.setdefault(module, {})[key] = name
+        _DEFAULT_LAYERS.setdefault(net, {})[key] = name
         return name, mod
     return resolve_layer(module, x, layer, card.default_layer)
 
@@ -616,7 +576,7 @@ def _run_slicewise(
     module: nn.Module,
     card: ModelCard,
     arr: np.ndarray,
-    lay: _Layout,
+    lay: Layout,
     spatial: tuple[int, ...],
     infos: dict[str, MethodInfo],
     params: dict[str, dict[str, Any]],

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._errors import Cancelled, MethodError
+from ..inputs import OnScanGrid, is_script
 from ..targets import ResolvedTarget
 from ._hooks import capture_layer, output_meter, saved_tensor_meter
 
@@ -173,7 +174,7 @@ class Run:
         of 2.5 s for one pass per layer."""
         x = self.x.detach().requires_grad_(input_grad)  # a new tensor on the same storage: no copy
         need_graph = backward or input_grad
-        no_grad_meter = measure and not need_graph and not isinstance(self.model, torch.jit.ScriptModule)
+        no_grad_meter = measure and not need_graph and not is_script(self.model)
         with torch.set_grad_enabled(need_graph), (saved_tensor_meter() if measure else nullcontext()) as meter, \
                 (output_meter(self.model) if no_grad_meter else nullcontext()) as out_meter:
             wanted: dict[str, nn.Module] = dict(layers) if layers else \
@@ -322,4 +323,17 @@ class Run:
     def spatial(self) -> tuple[int, ...]:
         """The input's spatial shape ``S``."""
         return tuple(self.x.shape[2:])
+
+    def upsample(self, m: Tensor) -> Tensor:
+        """A layer map ``(N, K, *S_l)`` on the input grid ``S``. When the network sees a resampled / padded grid
+        (:class:`~napari_attribution.inputs.OnScanGrid`), the layer covers that grid: the map is brought to it,
+        cropped and resampled to the scan, so it lines up with the scan's voxels."""
+        if isinstance(self.model, OnScanGrid):
+            if m.ndim - 2 != len(self.spatial()):
+                raise MethodError(
+                    f"The layer's output has {m.ndim - 2} spatial axes but the input has {len(self.spatial())}; "
+                    "choose a layer with spatial output of the input's dimensionality."
+                )
+            return self.model.prepared.to_scan(m)
+        return upsample(m, self.spatial())
 

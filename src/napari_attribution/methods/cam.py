@@ -17,7 +17,7 @@ from torch import Tensor
 from .._errors import MethodError, ParameterError
 from ._hooks import activation_rule
 from ._registry import register
-from ._run import MethodOutput, Run, first_output, upsample
+from ._run import MethodOutput, Run, first_output
 
 
 def _layer(run: Run) -> tuple[Tensor, Tensor | None]:
@@ -45,7 +45,7 @@ def channel_sum(t: Tensor, channel: int | list[int], layer_name: str | None) -> 
 
 def _finish(run: Run, m: Tensor, extras: dict[str, Any] | None = None) -> MethodOutput:
     """``m``: ``(1, 1, *S_l)`` at layer resolution -> ``(1, *S)`` on the input grid."""
-    return MethodOutput(upsample(m, run.spatial())[0], {"layer_map": m[0, 0].detach().cpu().numpy(), **(extras or {})})
+    return MethodOutput(run.upsample(m)[0], {"layer_map": m[0, 0].detach().cpu().numpy(), **(extras or {})})
 
 
 _LAYER: dict[str, Any] = dict(family="cam", needs_layer=True, shared_pass=True)
@@ -191,7 +191,7 @@ def score_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     """
     a, _ = _layer(run)
     k = a.shape[1]
-    up = upsample(a, run.spatial())[0]  # (K, *S)
+    up = run.upsample(a)[0]  # (K, *S)
     flat = up.flatten(1)
     lo = flat.min(1).values.view((k,) + (1,) * (up.ndim - 1))
     hi = flat.max(1).values.view((k,) + (1,) * (up.ndim - 1))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._errors import MethodError
 from ._registry import COMMON_PARAMS, MethodInfo
-from ._run import MethodOutput, Run, first_output, upsample
+from ._run import MethodOutput, Run, first_output
 
 __all__ = ["captum_method_info"]
 
@@ -104,5 +104,5 @@ def _run_captum(cls: type, is_layer: bool, run: Run, params: dict[str, Any]) -> 
     if is_layer:
         if attr.ndim < 3:
             raise MethodError(f"captum {cls.__name__} gave a non-spatial layer attribution {tuple(attr.shape)}.")
-        return MethodOutput(upsample(attr.sum(1, keepdim=True), run.spatial())[0])
+        return MethodOutput(run.upsample(attr.sum(1, keepdim=True))[0])
     return MethodOutput(attr[0])

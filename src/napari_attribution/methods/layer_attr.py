@@ -12,7 +12,7 @@ from torch import Tensor
 from .._errors import MethodError
 from ._hooks import capture_layer
 from ._registry import register
-from ._run import MethodOutput, Run, first_output, upsample
+from ._run import MethodOutput, Run, first_output
 from .cam import channel_sum
 from .gradient import baseline_tensor, integration_rule
 
@@ -44,7 +44,7 @@ def layer_gradient_x_activation(run: Run, params: dict[str, Any]) -> MethodOutpu
     ch = params["channel"]
     m = prod.sum(1, keepdim=True) if ch is None else channel_sum(prod, ch, run.layer_name)
     return MethodOutput(
-        upsample(m, run.spatial())[0],
+        run.upsample(m)[0],
         {"layer_map": m[0, 0].cpu().numpy(), "per_channel_total": prod.flatten(2).sum(2)[0].cpu().numpy()},
     )
 
@@ -115,7 +115,7 @@ def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
     total = float(cond.sum())
     delta = scores[-1] - scores[0]
     return MethodOutput(
-        upsample(m, run.spatial())[0],
+        run.upsample(m)[0],
         {"layer_map": m[0, 0].cpu().numpy(), "per_channel_total": cond.flatten(2).sum(2)[0].cpu().numpy(),
          "completeness": {"sum": total, "delta_path_ends": delta, "points": n}},
     )

@@ -21,7 +21,7 @@ import torch
 
 from .._errors import MethodError, ParameterError
 from ._registry import register
-from ._run import MethodOutput, Run, upsample
+from ._run import MethodOutput, Run
 
 
 @register(
@@ -57,7 +57,7 @@ def sam(run: Run, params: dict[str, Any]) -> MethodOutput:
         raise ParameterError("reduce must be 'relu', 'abs' or 'signed'.")
     layer_map = m.detach()[0, 0].cpu().numpy()
     if params["variant"] == "layer":
-        return MethodOutput(upsample(m.detach(), run.spatial())[0], {"layer_map": layer_map})
+        return MethodOutput(run.upsample(m.detach())[0], {"layer_map": layer_map})
     if params["variant"] != "voxel":
         raise ParameterError("variant must be 'voxel' (default) or 'layer'.")
     if not x.requires_grad:

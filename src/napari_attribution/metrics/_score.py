@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,13 +59,13 @@ class Scorer:
 
     def __init__(self, model: Any, image: np.ndarray, target: Target, *, geometry: Any = None,
                  batch: int = 8) -> None:
-        from ..inputs import prepare
+        from ..inputs import fit_network, layout
         from ..io._geometry import Geometry
-        from ..pipeline import _as_array, _layout, _model_and_card, _target_to_model_grid, _task
+        from ..pipeline import _as_array, _model_and_card, _task, prepared_input
 
-        self.module, self.card = _model_and_card(model)
+        self.user_module, self.card = _model_and_card(model)
         arr = _as_array(image)
-        lay = _layout(arr.shape, self.card)
+        lay = layout(arr.shape, self.card)
         if lay.slicewise:
             raise InputShapeError(
                 "Metrics run on the model's own dimensionality: for a 2D model on a volume, evaluate one slice "
@@ -76,23 +75,35 @@ class Scorer:
         self.channels = lay.channels
         self.geometry = geometry if isinstance(geometry, Geometry) else None
         self.image = arr
-        self.spatial = arr.shape[1:] if lay.channel_axis else arr.shape
+        self.spatial = lay.spatial(arr.shape)
         self.batch = batch
-        self._prepare: Callable[[np.ndarray], Prepared] = lambda a: prepare(a, self.geometry, self.card,
-                                                                             channel_axis=lay.channel_axis)
-        prep = self._prepare(arr)
-        x = self._tensor(prep.data)
-        with model_guard(self.module), torch.no_grad():
-            out = first_output(self.module(x))
+        # the input path explain uses: perturbed copies are normalised with the scan's own numbers and the network
+        # sees them through the same differentiable grid change, so scores and targets live on the scan's grid
+        prep = prepared_input(self.user_module, arr, self.geometry, self.card, lay)
+        try:
+            out = self._first(prep)
+        except Exception as err:
+            prep = fit_network(self.user_module, prep, self.card, err)
+            out = self._first(prep)
+        x = self._tensor(prep.scan)
         task = _task(out, x, self.card)
         self.target: ResolvedTarget = resolve_target(
-            _target_to_model_grid(target, prep), out, task=task, output_kind=self.card.output,
-            background=self.card.background,
+            target, out, task=task, output_kind=self.card.output, background=self.card.background,
         )
         w = self.target.weights
         self.norm = float(w.sum()) if bool((w >= 0).all()) and float(w.sum()) > 0 else 1.0
         self.task = task
         self.calls = 0
+
+    def _first(self, prep: Prepared) -> torch.Tensor:
+        self.prepared = prep
+        self.module: nn.Module = self.user_module if prep.is_identity else prep.wrap(self.user_module)
+        with model_guard(self.user_module), torch.no_grad():
+            return first_output(self.module(self._tensor(prep.scan)))
+
+    def _input(self, image: np.ndarray) -> torch.Tensor:
+        """A perturbed copy of the image, normalised as the scan was (on the scan's grid)."""
+        return self._tensor(self.prepared.intensity(np.asarray(image, dtype=np.float32)))
 
     def _tensor(self, data: np.ndarray) -> torch.Tensor:
         shape = data.shape[1:] if self.channel_axis else data.shape
@@ -101,10 +112,10 @@ class Scorer:
     def __call__(self, images: np.ndarray, probability: bool = True) -> np.ndarray:
         """Scores of ``images`` ``(N, *image.shape)`` on the image grid, ``(N,)``."""
         out = np.empty(len(images), np.float64)
-        with model_guard(self.module), torch.no_grad():
+        with model_guard(self.user_module), torch.no_grad():
             for start in range(0, len(images), self.batch):
                 chunk = images[start:start + self.batch]
-                xs = torch.cat([self._tensor(self._prepare(im).data) for im in chunk])
+                xs = torch.cat([self._input(im) for im in chunk])
                 y = first_output(self.module(xs))
                 out[start:start + len(chunk)] = (self.target(y, probability) / self.norm).double().numpy()
                 self.calls += len(chunk)
@@ -122,10 +133,10 @@ class Scorer:
             return result
         k = int(w.argmax())
         out = np.empty(len(images), np.float64)
-        with model_guard(self.module), torch.no_grad():
+        with model_guard(self.user_module), torch.no_grad():
             for start in range(0, len(images), self.batch):
                 chunk = images[start:start + self.batch]
-                xs = torch.cat([self._tensor(self._prepare(im).data) for im in chunk])
+                xs = torch.cat([self._input(im) for im in chunk])
                 y = first_output(self.module(xs)).double()
                 others = torch.cat([y[:, :k], y[:, k + 1:]], 1)
                 out[start:start + len(chunk)] = (y[:, k] - torch.logsumexp(others, 1)).numpy()
@@ -134,5 +145,5 @@ class Scorer:
 
     @property
     def model(self) -> nn.Module:
-        """The guarded module."""
+        """The network as the scorer runs it (on the scan's grid)."""
         return self.module
