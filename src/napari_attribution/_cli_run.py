@@ -39,7 +39,11 @@ def _read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def parse_target(text: str | None, shape: tuple[int, ...]) -> Any:
     """``3``, ``predicted:1``, ``region:1:MASK.nii.gz``, ``voxel:1:z,y,x``, ``contrast:1,2``,
-    ``error:1:TRUTH.nii.gz:fp`` (masks in the scan's voxel space) -> a target object; None -> None."""
+    ``error:1:TRUTH.nii.gz:fp`` (masks in the scan's voxel space) -> a target object; None -> None.
+
+    The number is the class index, i.e. the output channel: a model with one output channel (a sigmoid or a single
+    logit) has only class 0 (``predicted:0``, its foreground); ``predicted:1`` on it is refused when the target is
+    resolved, with a message naming ``predicted:0``."""
     if text is None or text == "" or text == "auto":
         return None
     parts = text.split(":")
@@ -107,10 +111,14 @@ def _outputs(out: str, methods: Sequence[str]) -> dict[str, Path]:
     return {m: p.with_name(f"{stem}_{m.replace(':', '-')}{ext}") for m in methods}
 
 
-def _model_hash(source: str) -> str | None:
-    from .layers import sha256_file
+def _model_hash(source: str, model: Any = None) -> str | None:
+    """The sha256 of the weights actually read: a loaded model's ``weights_sha256`` (the checkpoint a card names,
+    never the card file; None for random weights); without a loaded model, the source file's hash."""
+    if model is not None and hasattr(model, "card"):  # a LoadedModel knows which file its weights came from
+        return None if getattr(model, "random_weights", False) else getattr(model, "weights_sha256", None)
+    from ._provenance import file_sha256
 
-    return sha256_file(source) if os.path.isfile(source) else None
+    return file_sha256(source) if os.path.isfile(source) else None
 
 
 @dataclass
@@ -122,6 +130,7 @@ class ExplainResult:
     seconds: dict[str, float]
     metrics: dict[str, dict[str, float]]
     description: str
+    weights: str = ""  # "random weights", or the sha256 of the weights read (for the batch summary)
 
 
 def explain_file(
@@ -185,7 +194,7 @@ def explain_file(
                              geometry=geometry, device=device, progress=progress, params=dict(params or {}))
     scores: dict[str, dict[str, float]] = {}
     for key, res in results.items():
-        _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite)
+        _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite, model=loaded)
         for metric in metrics:
             score = na.evaluate(loaded, data, res, metric, geometry=geometry)
             scores.setdefault(key, {})[metric] = score.value
@@ -200,10 +209,12 @@ def explain_file(
             for key in keys:
                 w.writerow([scan, key, *(scores[key][k] for k in columns), f"{results[key].seconds:.4f}"])
     if tables["layers"] is not None:
-        _write_layer_table(tables["layers"], scan, methods, layers, results)
+        _write_layer_table(tables["layers"], scan, methods, layers, results, card)
     desc = next(iter(results.values())).description
+    from ._provenance import weights_label
+
     return ExplainResult(image_path, {k: str(outs[k]) for k in keys}, {k: r.seconds for k, r in results.items()},
-                         scores, desc)
+                         scores, desc, weights_label(loaded))
 
 
 def _strip(path: str) -> str:
@@ -214,8 +225,11 @@ def _strip(path: str) -> str:
 
 
 def _write_heatmap(path: Path, res: Any, geometry: Any, meta: dict[str, Any], model_source: str, image_path: str,
-                   device: str | None, overwrite: bool) -> None:
-    """The heatmap (NIfTI aligned with the scan, or .npy) and its JSON provenance sidecar."""
+                   device: str | None, overwrite: bool, model: Any = None) -> None:
+    """The heatmap (NIfTI aligned with the scan, or .npy) and its JSON provenance sidecar: the method and its
+    parameters, the sha256 of the weights actually read, whether they are random, the card in effect, and the scan's
+    file name (never its folder) with the scan's sha256."""
+    from ._provenance import model_fields, scan_fields
     from .io import write_nifti
     from .layers import json_safe, provenance
 
@@ -224,25 +238,34 @@ def _write_heatmap(path: Path, res: Any, geometry: Any, meta: dict[str, Any], mo
         np.save(path, res.data)
     else:
         write_nifti(path, res.data, geometry, original_affine=meta.get("original_affine"), overwrite=overwrite)
+    digest = _model_hash(model_source, model)
+    facts = {**model_fields(model), "weights_sha256": digest}
     record = provenance(method=res.method, params=res.params, target=res.description, seconds=res.seconds,
-                        model=model_source, model_sha256=_model_hash(model_source), layer=res.layer,
-                        device=device, scan=os.path.basename(image_path), signed=res.signed)
+                        model=model_source, model_sha256=digest, layer=res.layer, device=device, signed=res.signed,
+                        **facts, **scan_fields(image_path))
     if isinstance(res.extras.get("completeness"), dict):  # integrated gradients: does the map add up?
         record["completeness"] = json_safe(res.extras["completeness"])
     Path(_strip(str(path)) + ".json").write_text(json.dumps(record, indent=2))
 
 
 def _write_layer_table(path: Path, scan: str, methods: Sequence[str], layers: Sequence[str],
-                       results: dict[str, Any]) -> None:
-    """Per method and layer (shallow to deep as given): seconds, energy inside the target region, peak."""
+                       results: dict[str, Any], card: Any = None) -> None:
+    """Per method and layer (shallow to deep as given): seconds, energy inside the target region, peak.
+
+    The target region is the target class's region (``metrics.target_region``): for a one-channel model
+    (``card`` with one class) the foreground, never the voxels labelled 0."""
     from .metrics import layer_sweep_table, target_region
 
+    channels = getattr(card, "num_classes", None)
+    names = getattr(card, "class_names", None)
+    if channels is None and names:
+        channels = len(names)
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["scan", "method", "layer", "seconds", "energy_in_target_region", "peak"])
         for m in methods:
             per_layer = {lay: results[f"{m}@{lay}"] for lay in layers}
-            region = target_region(next(iter(per_layer.values())))
+            region = target_region(next(iter(per_layer.values())), channels=channels)
             for row in layer_sweep_table(per_layer, region):
                 energy = "" if row["energy"] is None else f"{row['energy']:.6g}"
                 w.writerow([scan, m, row["layer"], f"{row['seconds']:.4f}", energy, f"{row['peak']:.6g}"])
@@ -293,7 +316,7 @@ def _one(args: dict[str, Any]) -> dict[str, Any]:
         try:
             res = explain_file(**args)
             out = {"scan": args["image_path"], "status": "ok", "outputs": res.outputs, "seconds": res.seconds,
-                   "metrics": res.metrics, "target": res.description}
+                   "metrics": res.metrics, "target": res.description, "weights": res.weights}
         except Exception as err:  # one scan's failure must not stop the cohort; it is reported in the summary
             out = {"scan": args["image_path"], "status": f"error: {type(err).__name__}: {err}", "outputs": {},
                    "seconds": {}, "metrics": {}, "target": ""}
@@ -360,12 +383,16 @@ def run_batch(
     metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m})
     with open(summary, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["scan", "status", "method", "output", "seconds", "target", *metric_names, "warnings"])
+        w.writerow(["scan", "status", "method", "output", "seconds", "target", *metric_names, "warnings", "weights"])
         for r in results:
             for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
                 w.writerow([r["scan"], r["status"], m, r["outputs"].get(m, ""),
                             f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
-                            *(r["metrics"].get(m, {}).get(k, "") for k in metric_names), r.get("warnings", "")])
+                            *(r["metrics"].get(m, {}).get(k, "") for k in metric_names), r.get("warnings", ""),
+                            r.get("weights", "")])
     failed = sum(1 for r in results if r["status"] != "ok")
     log(f"wrote {summary} ({len(results) - failed} ok, {failed} failed)")
+    if any(r.get("weights") == "random weights" for r in results):
+        log('random weights: the card asks for an untrained network ("weights": "random"); the maps explain no '
+            "training")
     return results

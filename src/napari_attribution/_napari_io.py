@@ -8,7 +8,10 @@
 * Writers: an image or labels layer to ``.nii`` / ``.nii.gz``, with ``metadata["original_affine"]`` when the
   layer has it (so the file lines up with its source in other tools), else the layer's scale / translate /
   rotate / affine. An existing file is never overwritten silently: the layer is written under the next free name
-  (``scan-2.nii.gz``) with a warning. Heatmaps made by this plugin get a JSON sidecar with their provenance.
+  (``scan-2.nii.gz``) with a warning. Heatmaps made by this plugin get a JSON sidecar with their provenance: the
+  method and parameters, the sha256 of the weights actually read, whether they are random (``"random_weights"``),
+  the card in effect, and the scan's file name (never its folder) with its sha256 (``metadata["source_sha256"]``,
+  recorded when the reader opened it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._provenance import scan_sha256
 from .layers import OWNER_KEY, LayerDataTuple, json_safe
 
 __all__ = ["get_reader", "read", "write_image", "write_labels"]
@@ -92,7 +96,8 @@ def read(path: str | Sequence[str]) -> list[LayerDataTuple]:
         if extra:
             kwargs = _pad_geometry(kwargs, extra)
         meta = dict(json_safe(meta))
-        meta["source_file"] = p.name
+        meta["source_file"] = p.name  # the file name only: folder names can hold patient names
+        meta["source_sha256"] = scan_sha256(p)  # for the heatmaps' sidecars (which scan, byte for byte)
         kwargs["name"] = _name_of(p)
         kwargs["metadata"] = meta
         kind = "labels" if _looks_like_labels(data, meta) else "image"

@@ -333,6 +333,11 @@ def heatmap_name(method: str, target: str, source: str) -> str:
     return f"{method} · {target} · {source}"
 
 
+def _random_mark(provenance: Mapping[str, Any] | None) -> str:
+    """``" · random weights"`` when the provenance says the network was untrained on purpose, else ``""``."""
+    return " · random weights" if provenance is not None and provenance.get("random_weights") else ""
+
+
 # ------------------------------------------------------------------------------------------------ provenance
 
 
@@ -488,7 +493,7 @@ def attribution_layer(
     md = dict(metadata or {})
     md[OWNER_KEY] = info
     kwargs: dict[str, Any] = {
-        "name": name or heatmap_name(att.method, tname, source),
+        "name": name or heatmap_name(att.method, tname, source) + _random_mark(provenance),
         "colormap": dict(DIVERGING if signed else SEQUENTIAL),
         "contrast_limits": list(contrast_limits(data, signed, percentile, nice=True)),
         "blending": blending,
@@ -566,7 +571,7 @@ def layer_sweep_layer(
     geo = {k: kwargs.pop(k) for k in GEOMETRY_KEYS if k in kwargs}
     kwargs.update(prepend_axes(geo, 1))
     kwargs.update({
-        "name": name or f"{first.method} by layer · {info['target']} · {source}",
+        "name": name or f"{first.method} by layer · {info['target']} · {source}" + _random_mark(provenance),
         "contrast_limits": limits[0],
         "metadata": md,
         "axis_labels": SWEEP_AXES[:1] + SWEEP_AXES[len(SWEEP_AXES) - len(shape):],
@@ -606,7 +611,12 @@ def prediction_layer(
     metadata: Mapping[str, Any] | None = None,
 ) -> LayerDataTuple | None:
     """The segmentation the model predicted, as a labels ``LayerDataTuple`` (None for classification, or when
-    the prediction's grid differs from the image's). Slices that were not run are 0."""
+    the prediction's grid differs from the image's). Slices that were not run are 0.
+
+    Label values are those of the prediction: the argmax class with several output channels; with one output
+    channel (a sigmoid or a single logit) its foreground is label 1 and stands for class 0 (napari shows label 0 as
+    clear). ``metadata["label_names"]`` names each label value by its class (``{1: "brain"}`` for a one-channel
+    model named ``["brain"]``), so the landmark tables name them too."""
     pred = att.prediction
     shape = np.asarray(att.data).shape
     if isinstance(pred, list):
@@ -631,6 +641,12 @@ def prediction_layer(
         "voxels_per_label": {str(int(k)): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=True)},
     }
     present = [int(v) for v in np.unique(labels) if v > 0]
+    if class_names:
+        from .targets import class_of_label
+
+        channels = len(class_names)  # a card names every output class
+        md["label_names"] = {v: str(class_names[class_of_label(v, channels)]) for v in present
+                             if class_of_label(v, channels) < channels}
     kwargs: dict[str, Any] = {
         "name": name or f"prediction · {model} · {source}",
         "opacity": 0.8,

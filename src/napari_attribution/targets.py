@@ -20,6 +20,12 @@ target                                 scalar
 =====================================  =======================================================================
 
 Perturbation methods and metrics score the same weights on probabilities (``probability=True``).
+
+One output channel (a sigmoid or a single logit, e.g. brain extraction) follows one rule everywhere: the class
+index is the output channel, so its foreground is class 0 (``Predicted(0)``, the default), the region where the
+output is > 0 (logits) or > 0.5 (probabilities). Its predicted label map writes that foreground as 1 (napari
+shows label 0 as clear), so a label map's region of class ``k`` is :func:`class_region` ``(labels, k,
+channels)``, never ``labels == k``; class 1 does not exist and is a :class:`TargetError` naming class 0.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ __all__ = [
     "ResolvedTarget",
     "Target",
     "Voxel",
+    "class_of_label",
+    "class_region",
     "resolve_target",
 ]
 
@@ -162,13 +170,86 @@ def _as_index_mask(mask: Any, shape: tuple[int, ...], what: str) -> Tensor:
     return torch.from_numpy(arr.astype(bool))
 
 
-def _check_class(k: int, n_classes: int, names: list[str] | None = None) -> int:
+# how each target is written in Python and on the command line, for the one-channel error message
+_SPELLING = {"Class": ("Class(0)", "class:0"), "Predicted": ("Predicted(0)", "predicted:0"),
+             "Region": ("Region(0, mask)", "region:0:MASK.nii.gz"), "Voxel": ("Voxel(0, index)", "voxel:0:z,y,x"),
+             "ErrorRegion": ("ErrorRegion(0, truth)", "error:0:TRUTH.nii.gz:fp")}
+
+
+def _check_class(k: int, n_classes: int, names: list[str] | None = None, kind: str = "Class") -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
         raise TargetError(f"A class index must be an integer, got {k!r}.")
+    if n_classes == 1 and int(k) != 0:
+        # the label map draws the one channel's foreground as 1, so users ask for class 1: say what to ask instead
+        py, cli = _SPELLING.get(kind, _SPELLING["Class"])
+        name = f" ({names[0]})" if names else ""
+        drawn = "" if kind == "Class" else ", even though the prediction layer draws it as label 1"
+        raise TargetError(
+            f"Class {k} does not exist: this model has one output channel (a sigmoid or a single logit), so its "
+            f"only class{name} is class 0{drawn}. Use {py} (command line: --target {cli})."
+        )
     if not 0 <= int(k) < n_classes:
         extra = f" ({', '.join(f'{i}: {n}' for i, n in enumerate(names))})" if names else ""
         raise TargetError(f"Class {k} does not exist: the model has {n_classes} output classes{extra}.")
     return int(k)
+
+
+def class_region(labels: Any, k: int, channels: int) -> Any:
+    """Where a label map shows class (output channel) ``k`` of a model with ``channels`` output channels.
+
+    The one rule for "the region of class ``k``": every target, table, count and CSV uses it. With several
+    channels the label map holds the argmax, so the region is ``labels == k``. With one channel (a sigmoid or a
+    single logit) the label map writes the channel's foreground (output > 0, or > 0.5 for probabilities) as 1,
+    so class 0's region is ``labels > 0``; a ground-truth mask drawn for such a model counts every positive label
+    (masks saved as 0/255 included). A boolean mask is already a region and is returned as it is.
+
+    Parameters
+    ----------
+    labels : numpy array or Tensor ``(*S)``
+        A predicted label map (:func:`predicted_labels`, ``Attribution.prediction``), a ground-truth label map or
+        a boolean mask.
+    k : int
+        The class index: the output channel (0 for a one-channel model).
+    channels : int
+        The model's number of output channels ``K``.
+
+    Returns
+    -------
+    numpy array or Tensor of bool ``(*S)``, the type of ``labels``
+
+    Raises
+    ------
+    TargetError
+        ``k`` is not a class of the model (for one channel: anything but 0, with a message naming class 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pred = np.array([0, 1, 1, 0])          # a one-channel model's prediction: foreground drawn as 1
+    >>> class_region(pred, 0, channels=1).tolist()
+    [False, True, True, False]
+    >>> class_region(np.array([0, 2, 1, 2]), 2, channels=3).tolist()
+    [False, True, False, True]
+    """
+    k = _check_class(k, int(channels))
+    if isinstance(labels, Tensor):
+        if labels.dtype == torch.bool:
+            return labels
+        return labels > 0 if channels == 1 else labels == k
+    arr = np.asarray(labels)
+    if arr.dtype == bool:
+        return arr
+    return arr > 0 if channels == 1 else arr == k
+
+
+def class_of_label(label: int, channels: int | None) -> int:
+    """The class (output channel) a value of a predicted label map stands for: the value itself with several
+    channels, 0 for the foreground label 1 of a one-channel model (``channels=None``: unknown, the value).
+
+    >>> class_of_label(1, channels=1), class_of_label(1, channels=2)
+    (0, 1)
+    """
+    return 0 if channels == 1 and int(label) > 0 else int(label)
 
 
 def predicted_labels(out: Tensor, output_kind: str) -> Tensor:
@@ -260,14 +341,14 @@ def resolve_target(
         target = Predicted(int(target))
 
     def region_of(k: int) -> Tensor:
-        return (labels == 1) if n == 1 else (labels == k)
+        return class_region(labels, k, n)
 
     if isinstance(target, Class):
         k = _check_class(target.k, n, class_names)
         w[k] = 1
         return done(target, f"class {_name(k, class_names)} over the whole output ({target.score})", target.score)
     if isinstance(target, Predicted):
-        k = _check_class(target.k, n, class_names)
+        k = _check_class(target.k, n, class_names, "Predicted")
         region = region_of(k)
         count = int(region.sum())
         if count == 0:
@@ -279,7 +360,7 @@ def resolve_target(
         return done(target, f"predicted region of class {_name(k, class_names)} ({count} voxels)",
                     target.score, region_voxels=count)
     if isinstance(target, Region):
-        k = _check_class(target.k, n, class_names)
+        k = _check_class(target.k, n, class_names, "Region")
         mask = _as_index_mask(target.mask, spatial, "region mask")
         count = int(mask.sum())
         if count == 0:
@@ -288,16 +369,17 @@ def resolve_target(
         return done(target, f"class {_name(k, class_names)} in a region of {count} voxels", target.score,
                     region_voxels=count)
     if isinstance(target, Voxel):
-        k = _check_class(target.k, n, class_names)
+        k = _check_class(target.k, n, class_names, "Voxel")
         idx = tuple(int(i) for i in target.index)
         if len(idx) != len(spatial) or any(not 0 <= i < s for i, s in zip(idx, spatial, strict=True)):
             raise TargetError(f"Voxel {idx} lies outside the output grid {spatial}.")
         w[(k, *idx)] = 1
         return done(target, f"class {_name(k, class_names)} at voxel {idx}", target.score)
     if isinstance(target, Contrast):
-        k1, k2 = _check_class(target.k1, n, class_names), _check_class(target.k2, n, class_names)
         if n == 1:
-            raise TargetError("A contrast needs two output channels; this model has one.")
+            raise TargetError("A contrast needs two output channels; this model has one. Explain its one class "
+                              "with Predicted(0) (command line: --target predicted:0).")
+        k1, k2 = _check_class(target.k1, n, class_names), _check_class(target.k2, n, class_names)
         region = region_of(k1) if target.mask is None else _as_index_mask(target.mask, spatial, "contrast mask")
         if int(region.sum()) == 0:
             raise TargetError(
@@ -308,10 +390,8 @@ def resolve_target(
         w[k2][region] -= 1
         return done(target, f"class {_name(k1, class_names)} vs {_name(k2, class_names)}", target.score)
     if isinstance(target, ErrorRegion):
-        k = _check_class(target.k, n, class_names)
-        truth = np.asarray(target.truth_mask)
-        truth_k = truth.astype(bool) if truth.dtype == bool else truth == k
-        truth_t = _as_index_mask(truth_k, spatial, "ground-truth mask")
+        k = _check_class(target.k, n, class_names, "ErrorRegion")
+        truth_t = _as_index_mask(class_region(np.asarray(target.truth_mask), k, n), spatial, "ground-truth mask")
         pred = region_of(k)
         if target.kind == "fp":
             region = pred & ~truth_t

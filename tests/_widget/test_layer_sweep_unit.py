@@ -92,6 +92,35 @@ def test_sweep_job_runs_each_layer_and_tables_energy_in_the_target() -> None:
     assert heat[1]["scale"] == [1.0, 2.0, 0.8, 0.8]
 
 
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_sweep_job_one_channel_measures_the_foreground_of_class_0(probabilities: bool) -> None:
+    """One sigmoid channel / one logit: "in target" is the share inside the foreground (output > 0, > 0.5) that
+    an independent threshold of the output gives, not inside label 0 (the background it used to measure)."""
+    from _one_channel import OneChannelSegmenter, energy_inside, foreground, phantom
+
+    net = OneChannelSegmenter(probabilities)
+    vol = phantom()
+    fg = foreground(net, vol, probabilities)
+    card = na.ModelCard(task="segmentation", spatial_dims=3, in_channels=1,
+                        output="probabilities" if probabilities else "logits")
+    info = model_info(na.LoadedModel(net, card), "one channel")
+    assert info.n_classes == 1 and info.layers[:2] == ["mean", "act"]
+    for method in ("grad_cam", "layer_activation"):
+        req = ExplainRequest(model=info, image=vol, source="t1", methods=[method], target=T.Predicted(0),
+                             sweep_layers=["mean", "act"])
+        out = run_job(req)
+        assert out.status == "ok", out.message
+        for row, att in zip(out.sweep, out.results.values(), strict=True):
+            assert row["energy"] == pytest.approx(energy_inside(att.data, fg), rel=1e-5)
+            assert abs(row["energy"] - energy_inside(att.data, ~fg)) > 0.5  # not the background
+        pred = out.layers[1]
+        assert pred[2] == "labels" and (pred[0] == fg).all()  # the foreground drawn as label 1
+    # Predicted(1) does not exist on one channel: the message says what to ask for instead
+    bad = run_job(ExplainRequest(model=info, image=vol, source="t1", methods=["grad_cam"], target=T.Predicted(1),
+                                 sweep_layers=["mean", "act"]))
+    assert bad.status == "failed" and "Predicted(0)" in bad.message, bad.message
+
+
 def test_sweep_job_on_a_box_uses_the_full_region() -> None:
     vol, lesion = _phantom()
     info = model_info(_segmenter(), "seg")

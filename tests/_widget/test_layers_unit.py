@@ -150,6 +150,23 @@ def test_prediction_layer_for_segmentation_and_slicewise() -> None:
     assert L.prediction_layer(att(np.zeros((2, 2)), True, prediction=np.array([0.1, 0.9]))) is None
 
 
+def test_prediction_layer_names_labels_by_class_one_channel_foreground_is_class_0() -> None:
+    pred = np.zeros((2, 3, 3), np.int16)
+    pred[1, 1:, 1:] = 1  # a one-channel model's foreground is drawn as 1
+    data, kw, _ = L.prediction_layer(att(np.zeros((2, 3, 3)), True, prediction=pred), class_names=["brain"])
+    names = kw["metadata"]["label_names"]
+    assert (data == pred).all() and names == {1: "brain"}
+    assert kw["colormap"][0] == "transparent" and 1 in kw["colormap"]  # background clear, the brain coloured
+    multi = pred * 2
+    _, kw2, _ = L.prediction_layer(att(np.zeros((2, 3, 3)), True, prediction=multi), class_names=["bg", "a", "b"])
+    assert kw2["metadata"]["label_names"] == {2: "b"}
+    # the landmark table (which reads a Labels layer's label_names) then names the brain
+    from napari_attribution.metrics import landmark_table
+
+    [row] = landmark_table(np.where(pred == 1, 1.0, 0.0), data, names=names).rows
+    assert row.label == 1 and row.name == "brain" and row.energy == 1.0
+
+
 def test_nice_limits_round_up_to_labelled_values_by_at_most_1_43x() -> None:
     """Colour-bar limits are rounded up to mantissas napari's colour bar labels (each checked in a real viewer)."""
     rng = np.random.default_rng(0)

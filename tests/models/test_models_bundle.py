@@ -41,7 +41,7 @@ def unet_def(**overrides: Any) -> dict[str, Any]:
 
 def test_bundle_loads_network_weights_and_card(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS}).module
+    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": "random"}).module
     preprocessing = {"transforms": [
         {"_target_": "LoadImaged", "keys": "image"},
         {"_target_": "Spacingd", "keys": "image", "pixdim": [0.8, 0.8, 2.0]},
@@ -70,7 +70,7 @@ def test_bundle_loads_network_weights_and_card(tmp_path: Path) -> None:
 
 def test_bundle_with_a_dotted_target_and_a_literal_expression(tmp_path: Path) -> None:
     net_def = {**unet_def(_target_="monai.networks.nets.UNet"), "channels": "$[4, 8]"}
-    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS}).module
+    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": "random"}).module
     loaded = na.load_model(make_bundle(tmp_path, net_def, weights=trained))
     assert same_parameters(loaded.module, trained)
     assert loaded.card.kwargs["channels"] == [4, 8]
@@ -78,7 +78,7 @@ def test_bundle_with_a_dotted_target_and_a_literal_expression(tmp_path: Path) ->
 
 def test_bundle_expressions_need_trust(tmp_path: Path) -> None:
     torch.manual_seed(2)
-    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS}).module
+    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": "random"}).module
     bundle = make_bundle(tmp_path, unet_def(channels="$[4 * 1, 4 * 2]"), weights=trained)
     with pytest.raises(na.ModelLoadError, match=r"Python expression '\$\[4 \* 1, 4 \* 2\]'.*trust=True"):
         na.load_model(bundle)
@@ -107,7 +107,8 @@ def test_bundle_errors(tmp_path: Path) -> None:
         na.load_model(make_bundle(tmp_path / "c", unet_def(spatial_dims="@nowhere")))
     with pytest.raises(na.ModelLoadError, match="'NoSuchNet' is not a network in monai.networks.nets"):
         na.load_model(make_bundle(tmp_path / "d", {"_target_": "NoSuchNet"}))
-    other = na.load_model({"factory": "monai:UNet", "kwargs": {**UNET_KWARGS, "channels": [4, 6]}}).module
+    other = na.load_model({"factory": "monai:UNet", "kwargs": {**UNET_KWARGS, "channels": [4, 6]},
+                           "weights": "random"}).module
     with pytest.raises(na.ModelLoadError, match="do not fit .*different shape"):
         na.load_model(make_bundle(tmp_path / "e", unet_def(), weights=other))
     (tmp_path / "f" / "configs").mkdir(parents=True)
@@ -118,7 +119,7 @@ def test_bundle_errors(tmp_path: Path) -> None:
 
 def test_metadata_json_alone_gives_class_names_even_when_it_is_odd(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, unet_def(), weights=na.load_model(
-        {"factory": "monai:UNet", "kwargs": UNET_KWARGS}).module)
+        {"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": "random"}).module)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     meta["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": "bg"}  # inconsistent: ignored
     write_json(bundle / "configs" / "metadata.json", meta)

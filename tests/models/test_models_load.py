@@ -23,6 +23,8 @@ from torch import nn
 
 import napari_attribution as na
 
+RANDOM = {"weights": "random"}  # an untrained network on purpose (a card without weights is refused)
+
 # ------------------------------------------------------------------------------------------------ TorchScript
 
 
@@ -102,21 +104,21 @@ def test_explicit_card_argument_replaces_the_sidecar(tmp_path: Path) -> None:
 
 
 def test_monai_unet_3d_from_a_card_dict_with_and_without_weights(tmp_path: Path) -> None:
-    fresh = na.load_model({"factory": "monai.networks.nets:UNet", "kwargs": UNET_KWARGS, "weights": None})
+    fresh = na.load_model({"factory": "monai.networks.nets:UNet", "kwargs": UNET_KWARGS, "weights": "random"})
     assert type(fresh.module).__name__ == "UNet" and not fresh.module.training
     card = fresh.card
     assert (card.task, card.spatial_dims, card.in_channels, card.num_classes) == ("segmentation", 3, 1, 2)
     assert fresh.module(torch.zeros(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
 
     torch.manual_seed(3)
-    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS}).module
+    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": "random"}).module
     torch.save(trained.state_dict(), tmp_path / "unet.pt")
     again = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": str(tmp_path / "unet.pt")})
     assert same_parameters(again.module, trained)
 
 
 def test_monai_densenet121_short_form() -> None:
-    loaded = na.load_model({"factory": "monai:DenseNet121", "kwargs": DENSENET_KWARGS})
+    loaded = na.load_model({"factory": "monai:DenseNet121", "kwargs": DENSENET_KWARGS, "weights": "random"})
     assert type(loaded.module).__name__ == "DenseNet121"
     assert (loaded.card.task, loaded.card.spatial_dims, loaded.card.num_classes) == ("classification", 2, 3)
     assert loaded.module(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
@@ -176,12 +178,12 @@ def test_pickled_module_is_refused_without_trust_and_loads_with_it(tmp_path: Pat
 
 
 def test_a_factory_function_needs_trust(tmp_path: Path) -> None:
-    card = {"factory": "_models_helpers:build_classifier", "kwargs": {"d": 2}}
+    card = {"factory": "_models_helpers:build_classifier", "kwargs": {"d": 2}, "weights": "random"}
     with pytest.raises(na.ModelLoadError, match="is a function.*trust=True"):
         na.load_model(card)
     assert isinstance(na.load_model(card, trust=True).module, Classifier)
     with pytest.raises(na.ModelLoadError, match="trust=True"):
-        na.load_model({"factory": "os:getcwd"})
+        na.load_model({"factory": "os:getcwd", "weights": "random"})
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -224,11 +226,13 @@ def test_checkpoint_without_a_card_says_how_to_write_one(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("card", "expected"),
     [
-        ({"factory": "no_such_package.nets:Net"}, r"cannot be imported .*pip install no_such_package"),
-        ({"factory": "_nets:Clasifier"}, "has no 'Clasifier'. Did you mean Classifier"),
-        ({"factory": "_nets:Classifier", "kwargs": {"classez": 2}}, "unknown 'classez' \\(did you mean 'classes'"),
-        ({"factory": "monai:UNet", "kwargs": {**UNET_KWARGS, "strides": [2, 2, 2]}}, "Building the network .* failed"),
-        ({"factory": "not a factory!"}, "must look like 'package.module:callable'"),
+        ({"factory": "no_such_package.nets:Net", **RANDOM}, r"cannot be imported .*pip install no_such_package"),
+        ({"factory": "_nets:Clasifier", **RANDOM}, "has no 'Clasifier'. Did you mean Classifier"),
+        ({"factory": "_nets:Classifier", "kwargs": {"classez": 2}, **RANDOM},
+         "unknown 'classez' \\(did you mean 'classes'"),
+        ({"factory": "monai:UNet", "kwargs": {**UNET_KWARGS, "strides": [2, 2, 2]}, **RANDOM},
+         "Building the network .* failed"),
+        ({"factory": "not a factory!", **RANDOM}, "must look like 'package.module:callable'"),
         ({"kwargs": {"d": 2}}, "has no 'factory'"),
     ],
 )
@@ -274,6 +278,6 @@ def test_folder_with_one_model_and_its_card(tmp_path: Path) -> None:
 
 
 def test_loading_leaves_no_grad_flags_changed() -> None:
-    loaded = na.load_model({"factory": "_nets:Classifier"})
+    loaded = na.load_model({"factory": "_nets:Classifier", "weights": "random"})
     assert all(p.requires_grad for p in loaded.module.parameters())
     assert isinstance(loaded.module, nn.Module)

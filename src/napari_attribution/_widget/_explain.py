@@ -10,6 +10,7 @@ from qtpy.QtGui import QStandardItemModel
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 import napari_attribution as na
+from napari_attribution import targets as T
 
 from ..interpretation import features_file
 from ._common import column, notify
@@ -273,7 +274,10 @@ class ExplainWidget(AttributionDock):
         if preds:
             counts = self.owner(preds[0]).get("voxels_per_label", {})
             info = self.model_info
-            named = [f"{info.class_label(int(k)) if info else k}: {v}" for k, v in counts.items() if k != "0"]
+            # a one-channel model's foreground is drawn as label 1 but is class 0 ("0: brain", not "class 1")
+            channels = info.n_classes if info else None
+            named = [f"{info.class_label(T.class_of_label(int(k), channels)) if info else k}: {v}"
+                     for k, v in counts.items() if k != "0"]
             text = "predicted voxels: " + (", ".join(named) if named else "none (all background)")
         self.prediction.setText(text)
         overlay = self.viewer.canvas.overlays.text

@@ -312,7 +312,9 @@ class TargetPicker(QWidget):
         current = self.kind.currentText()
         self.kind.blockSignals(True)
         self.kind.clear()
-        self.kind.addItems(self.SEGMENTATION if seg else self.CLASSIFICATION)
+        one = info is not None and info.n_classes == 1  # one output channel: no second class to contrast
+        self.kind.addItems([k for k in (self.SEGMENTATION if seg else self.CLASSIFICATION)
+                            if not (one and k == "class vs class")])
         if self.kind.findText(current) >= 0:
             self.kind.setCurrentText(current)
         self.kind.blockSignals(False)
@@ -324,6 +326,13 @@ class TargetPicker(QWidget):
             combo.setCurrentIndex(old if 0 <= old < n else 0)
         if n > 1 and self.k1.currentIndex() == 0:
             self.k1.setCurrentIndex(1 if seg or n == 2 else 0)
+        tip = "The class to explain: its index is the model's output channel"
+        if one:
+            tip = "One output channel (a sigmoid or a single logit): its only class is 0"
+            if seg:
+                tip += (", the foreground (output > 0, or > 0.5 for probabilities), drawn as label 1 in the "
+                        "prediction layer")
+        self.k1.setToolTip(tip)
         self._update_rows()
 
     def _update_rows(self, *_: Any) -> None:

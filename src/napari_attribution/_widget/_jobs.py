@@ -454,7 +454,7 @@ def _sweep_outcome(request: ExplainRequest, results: dict[str, Any], shared: boo
     atts = list(results.values())
     first = atts[0]
     full_target = request.target if request.roi is not None and request.target is not None else None
-    region = target_region(first, full_target)  # a box crops the resolved target: use the full one
+    region = target_region(first, full_target, channels=info.n_classes)  # a box crops the target: use the full one
     table = layer_sweep_table(results, region)
     extra_md = {}
     affine = request.source_metadata.get("original_affine")
@@ -467,6 +467,7 @@ def _sweep_outcome(request: ExplainRequest, results: dict[str, Any], shared: boo
         model=info.source, model_sha256=info.sha256, layer=None, device=request.device or "cpu",
         source=request.source, roi=first.extras.get("roi"), target_description=first.description,
         layers=list(results), layer_seconds=[a.seconds for a in atts],
+        **info.provenance_fields(request.source_metadata),  # weights read / random, card, scan name and sha256
     )
     out = Outcome("ok", results=results, sweep=table)
     out.layers.append(L.layer_sweep_layer(atts, source=request.source, source_geometry=request.source_geometry,
@@ -518,6 +519,7 @@ def _outcome(request: ExplainRequest, results: dict[str, Any]) -> Outcome:
             method=m, params=att.params, target=att.target, seconds=att.seconds, model=info.source,
             model_sha256=info.sha256, layer=att.layer, device=request.device or "cpu", source=request.source,
             roi=att.extras.get("roi"), target_description=att.description,
+            **info.provenance_fields(request.source_metadata),  # weights read / random, card, scan name and sha256
         )
         out.layers.append(L.attribution_layer(att, source=request.source, source_geometry=request.source_geometry,
                                               class_names=names, provenance=prov, metadata=extra_md))

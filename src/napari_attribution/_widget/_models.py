@@ -73,7 +73,8 @@ class ModelInfo:
     layer_channels: dict[str, int] = field(default_factory=dict)
     default_layer: str | None = None
     weights: str | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # of the weights file actually read (not of a card file); None for random weights
+    random_weights: bool = False  # the card asks for an untrained network ("weights": "random")
     is_script: bool = False
     pass_seconds: dict[tuple[Any, ...], float] = field(default_factory=dict)
 
@@ -91,7 +92,18 @@ class ModelInfo:
         elif self.n_classes:
             classes = f", {self.n_classes} outputs"
         kind = " (TorchScript: gradient and perturbation methods only)" if self.is_script else ""
-        return f"{self.label}: {dims}{task}{classes}{kind}"
+        untrained = " — random weights (untrained on purpose)" if self.random_weights else ""
+        return f"{self.label}: {dims}{task}{classes}{kind}{untrained}"
+
+    def provenance_fields(self, source_metadata: Any = None) -> dict[str, Any]:
+        """What a heatmap's provenance records about this model and (from the image layer's metadata) its scan:
+        ``weights_sha256`` (the weights read), ``random_weights``, the card in effect, ``scan`` (file name only)
+        and ``scan_sha256``. For :func:`napari_attribution.layers.provenance`."""
+        from .._provenance import model_fields, scan_fields_from_metadata
+
+        out = {**model_fields(self.model), "weights_sha256": self.sha256, "random_weights": self.random_weights}
+        out.update(scan_fields_from_metadata(source_metadata))
+        return out
 
 
 def _legacy_demo(name: str) -> Any:
@@ -193,16 +205,20 @@ def model_info(model: Any, source: str = "python object") -> ModelInfo:
         label = Path(source).name
     else:
         label = type(lm.module).__name__ if source == "python object" else source
-    weights = card.weights if card.weights else (source if os.path.isfile(source) else None)
+    random = card.random_weights
+    weights = None if random else (card.weights or (source if os.path.isfile(source) else None))
     info = ModelInfo(
         model=lm, source=source, label=label, task=card.task, spatial_dims=card.spatial_dims,
         in_channels=card.in_channels, class_names=tuple(card.class_names) if card.class_names else None,
-        default_layer=card.default_layer, weights=weights,
+        default_layer=card.default_layer, weights=weights, random_weights=random,
         is_script=isinstance(lm.module, torch.jit.ScriptModule),
     )
     if info.class_names:
         info.n_classes = len(info.class_names)
-    if weights and os.path.isfile(weights):
+    # the hash of the weights file the loader actually read; a model made without the loader's record (a module
+    # handed over from Python) falls back to hashing the weights file its card names
+    info.sha256 = lm.weights_sha256
+    if info.sha256 is None and not random and weights and os.path.isfile(weights):
         info.sha256 = sha256_file(weights)
     _probe(info)
     return info

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._errors import MethodError, ParameterError
-from ..targets import predicted_labels
+from ..targets import class_region, predicted_labels
 from ._hooks import activation_rule, capture_layer
 from ._registry import register
 from ._run import MethodOutput, Run, first_output
@@ -89,7 +89,7 @@ def response_backprojection(run: Run, params: dict[str, Any]) -> MethodOutput:
             if labels is None:
                 seed[0, k] = y[0, k]
             else:
-                region = (labels == 1) if n_classes == 1 else (labels == k)
+                region = class_region(labels, k, n_classes)
                 seed[0, k][region] = y[0, k][region]
             if not seed.any():
                 maps.append(torch.zeros_like(x[0, 0]))

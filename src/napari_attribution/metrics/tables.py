@@ -295,15 +295,23 @@ def landmark_comparison(tables: Mapping[str, LandmarkTable]) -> LandmarkComparis
                               chance=[r.volume_fraction for r in first.rows], rows=out)
 
 
-def target_region(att: Any, target: Any = None) -> npt.NDArray[np.bool_] | None:
+def target_region(att: Any, target: Any = None, *, channels: int | None = None) -> npt.NDArray[np.bool_] | None:
     """The region a segmentation target sums over, on the attribution's grid, or None (classification targets,
-    single voxels, slice-wise results).
+    single voxels, slice-wise results, an unknown region).
 
-    ``Region(k, mask)`` -> the mask; ``Predicted(k)`` -> where ``att.prediction == k``; ``ErrorRegion`` -> the
-    false positives or negatives of class ``k``. ``target`` overrides ``att.target`` (e.g. the full-image
-    target of a run on a box, whose resolved target was cropped).
+    ``Region(k, mask)`` -> the mask; ``Predicted(k)`` -> class ``k``'s region of ``att.prediction``;
+    ``ErrorRegion`` -> the false positives or negatives of class ``k``. The region of class ``k`` in a label map is
+    :func:`~napari_attribution.targets.class_region`: ``labels == k`` with several output channels, the foreground
+    (label 1) of a one-channel model, whose only class is 0. ``target`` overrides ``att.target`` (e.g. the
+    full-image target of a run on a box, whose resolved target was cropped).
+
+    ``channels`` is the model's number of output channels (``ModelInfo.n_classes``, the card's ``num_classes``);
+    without it, ``att.extras["output_channels"]`` when recorded. When neither is known, a class ``k >= 1`` can only
+    come from a model with several channels (a one-channel model refuses it), so its region is ``labels == k``;
+    class 0 would be the background of a multi-class model but the foreground of a one-channel one, so it gives
+    None rather than a guess.
     """
-    from ..targets import ErrorRegion, Predicted, Region
+    from ..targets import ErrorRegion, Predicted, Region, class_region
 
     t = att.target if target is None else target
     shape = np.shape(att.data)
@@ -311,16 +319,23 @@ def target_region(att: Any, target: Any = None) -> npt.NDArray[np.bool_] | None:
     pred_map = np.asarray(pred) if isinstance(pred, np.ndarray) and np.ndim(pred) == len(shape) else None
     if pred_map is not None and pred_map.shape != shape:
         pred_map = None
+    if channels is None:
+        recorded = getattr(att, "extras", {}).get("output_channels")
+        channels = int(recorded) if recorded is not None else None
     mask: npt.NDArray[np.bool_] | None = None
     if isinstance(t, Region):
         mask = np.asarray(t.mask).astype(bool)
-    elif isinstance(t, Predicted) and pred_map is not None:
-        mask = pred_map == int(t.k)
-    elif isinstance(t, ErrorRegion) and pred_map is not None:
-        truth = np.asarray(t.truth_mask)
-        truth_k = truth.astype(bool) if truth.dtype == bool else truth == int(t.k)
-        pred_k = pred_map == int(t.k)
-        mask = (pred_k & ~truth_k) if t.kind == "fp" else (truth_k & ~pred_k)
+    elif isinstance(t, (Predicted, ErrorRegion)) and pred_map is not None:
+        k = int(t.k)
+        n = channels if channels is not None else (k + 1 if k >= 1 else None)
+        if n is None or k >= n:
+            return None
+        pred_k = class_region(pred_map, k, n)
+        if isinstance(t, Predicted):
+            mask = pred_k
+        else:
+            truth_k = class_region(np.asarray(t.truth_mask), k, n)
+            mask = (pred_k & ~truth_k) if t.kind == "fp" else (truth_k & ~pred_k)
     if mask is None or mask.shape != shape or not mask.any():
         return None
     return mask

@@ -32,7 +32,9 @@ from ._card import CARD_SUFFIXES, LoadedModel, ModelCard, _read_mapping, infer_c
 from ._load import (
     _MONAI_CLASSIFICATION,
     _MONAI_SEGMENTATION,
+    _checked_sha256,
     _jit_load,
+    _refuse_random,
     _state_dict,
     _torch_load,
     call_factory,
@@ -53,7 +55,13 @@ class _NeedsTrust(Exception):
 
 
 def load_bundle(folder: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
-    """Load a MONAI bundle folder (see the module docstring)."""
+    """Load a MONAI bundle folder (see the module docstring). The weights are the bundle's own file; a card's
+    ``weights_sha256`` (the ``card`` argument's or one in the folder) is checked against it."""
+    _refuse_random(explicit, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
+    folder_card = _folder_card(folder) if explicit is None else None
+    _refuse_random(folder_card, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
+    pinned = explicit or folder_card
+    label = "the card you passed" if explicit is not None else "the card in the bundle folder"
     configs = folder / "configs"
     cfg_path = next((configs / n for n in _CONFIG_NAMES if (configs / n).is_file()), None)
     pt, ts = folder / "models" / "model.pt", folder / "models" / "model.ts"
@@ -69,29 +77,32 @@ def load_bundle(folder: Path, explicit: ModelCard | None, trust: bool) -> Loaded
                 f"'{folder.name}' looks like a MONAI bundle but {where}, and there is no TorchScript "
                 "models/model.ts, so the network cannot be built."
             )
+        digest = _checked_sha256(ts, pinned, label)
         module = _jit_load(ts)
         weights = ts
     else:
         assert cfg_path is not None
         module, factory, kwargs = _build(net_def, config, cfg_path, trust)
         if pt.is_file():
+            digest = _checked_sha256(pt, pinned, label)
             state = _torch_load(pt, trust)
             load_weights(module, dict(state.state_dict()) if isinstance(state, nn.Module) else
                          _state_dict(state, "models/model.pt"), "models/model.pt", factory or "network_def")
             weights = pt
         elif ts.is_file():
+            digest = _checked_sha256(ts, pinned, label)
             module, weights, factory, kwargs = _jit_load(ts), ts, None, None
         else:
             raise ModelLoadError(
                 f"The MONAI bundle '{folder.name}' has no weights: expected models/model.pt (a state_dict) or "
                 "models/model.ts (TorchScript)."
             )
-    card = explicit or _folder_card(folder) or _bundle_card(folder, config, net_def)
+    card = pinned or _bundle_card(folder, config, net_def)
     if explicit is None and factory is not None and card.factory is None and weights == pt:
         card = replace(card, factory=factory, kwargs=kwargs or {})
     if card.weights is None:
         card = replace(card, weights=str(weights))
-    return LoadedModel(module.eval(), infer_card(module, card), str(folder))
+    return LoadedModel(module.eval(), infer_card(module, card), str(folder), digest)
 
 
 def _folder_card(folder: Path) -> ModelCard | None:

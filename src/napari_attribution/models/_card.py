@@ -8,7 +8,8 @@ A card file is a JSON (or YAML) object with any of these keys (all optional)::
       "factory": "monai.networks.nets:UNet",          # package.module:callable that builds the network
       "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 3,
                  "channels": [16, 32, 64, 128], "strides": [2, 2, 2]},
-      "weights": "model.pt",                          # relative to the card file
+      "weights": "model.pt",                          # relative to the card file; or "random" (see below)
+      "weights_sha256": "9f86d08...",                 # optional: the weights file's sha256, checked on load
       "task": "segmentation",                         # or "classification"
       "spatial_dims": 3, "in_channels": 1, "num_classes": 3,
       "class_names": ["background", "liver", "tumour"],
@@ -16,9 +17,22 @@ A card file is a JSON (or YAML) object with any of these keys (all optional)::
       "background": 0,                                # background class of a segmentation output, or null
       "preprocess": {"window": [-100, 300], "pad_to_multiple": 16},   # see napari_attribution.inputs
       "spacing": [1.5, 1.0, 1.0],                     # mm, numpy order (z, y, x), the training voxel size
+      "input_shape": [128, 128, 128],                 # or: resize the whole scan to exactly this shape
       "patch_size": [96, 96, 96],                     # sliding-window patch
       "default_layer": "model.1.submodule"            # layer for CAM-type methods
     }
+
+Weights are never silent. A card that builds its network from ``factory`` must say where the trained weights
+are: ``"weights": "model.pt"``, or a checkpoint of the card's own name beside the card file (``net.card.json`` ->
+``net.pt`` / ``.pth`` / ``.ckpt`` / ``.safetensors``), or the checkpoint is the file being loaded
+(``load_model("net.pt")`` with the card beside it). Without weights, loading is an error; ``"weights": "random"``
+asks for an untrained (freshly initialised) network on purpose, and every output then says "random weights"
+(``card.random_weights``, the sidecar, the batch summary, the napari layer name). ``weights_sha256`` pins the
+weights file: a file whose sha256 differs is refused on load.
+
+``input_shape`` and ``spacing`` are two ways to bring a scan to what the network takes: ``spacing`` resamples it to
+the training voxel size (the shape follows from the scan's extent), ``input_shape`` resizes the whole scan to
+exactly that shape (for a network that takes one fixed size, e.g. 128^3). A card gives at most one of them.
 """
 
 from __future__ import annotations
@@ -39,13 +53,16 @@ from torch import Tensor, nn
 from .._errors import ModelLoadError
 from ..inputs import check_preprocess
 
-__all__ = ["CARD_SUFFIXES", "LoadedModel", "ModelCard", "first_layer", "infer_card"]
+__all__ = ["CARD_SUFFIXES", "RANDOM_WEIGHTS", "LoadedModel", "ModelCard", "first_layer", "infer_card"]
 
 #: File name endings recognised as model cards.
 CARD_SUFFIXES = (".json", ".yaml", ".yml")
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*(:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*)?$")
 _TASKS = ("classification", "segmentation")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: The value of ``weights`` that asks for an untrained network on purpose.
+RANDOM_WEIGHTS = "random"
 _OUTPUTS = ("logits", "probabilities")
 
 
@@ -68,10 +85,16 @@ class ModelCard:
     factory : ``"package.module:callable"`` that builds the network (``"monai:UNet"`` is short for
         ``"monai.networks.nets:UNet"``); used with a state_dict checkpoint.
     kwargs : keyword arguments of the factory.
-    weights : path of the state_dict checkpoint (relative paths in a card file are relative to the file).
+    weights : path of the state_dict checkpoint (relative paths in a card file are relative to the file), or
+        ``"random"``: build the network untrained, on purpose (:attr:`random_weights`). A card that builds its network
+        from ``factory`` and gives neither (nor has a checkpoint found beside it) is refused by ``load_model``.
+    weights_sha256 : the weights file's sha256 (64 hex digits); ``load_model`` refuses a file with another hash.
     preprocess : intensity normalisation and padding, see :mod:`napari_attribution.inputs`.
     patch_size : sliding-window patch, one int per spatial axis.
     spacing : the voxel size (mm) the model was trained at, numpy order ``(z, y, x)``; the scan is resampled to it.
+    input_shape : resize the whole scan to exactly this shape, one positive int per model spatial axis (2 values for
+        a 2D model, 3 for a 3D one), numpy order; for networks that take one fixed size. Replaces ``spacing``: a
+        card with both is an error.
     inferred : True when the card was guessed rather than read: show it to the user as an editable guess.
     num_classes : number of output classes (channels of a segmentation output).
     name, description : free text for people.
@@ -95,9 +118,11 @@ class ModelCard:
     factory: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    weights_sha256: str | None = None
     preprocess: dict[str, Any] | None = None
     patch_size: tuple[int, ...] | None = None
     spacing: tuple[float, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
     inferred: bool = False
     num_classes: int | None = None
     name: str | None = None
@@ -153,8 +178,12 @@ class ModelCard:
             s("kwargs", dict(self.kwargs))
         if self.weights is not None:
             if not isinstance(self.weights, (str, os.PathLike)):
-                raise ModelLoadError(f"Model card field 'weights' must be a file path, got {self.weights!r}.")
+                raise ModelLoadError(
+                    f"Model card field 'weights' must be a file path (or \"random\" for an untrained network), got "
+                    f"{self.weights!r}."
+                )
             s("weights", os.fspath(self.weights))
+        self._check_sha256()
         s("preprocess", check_preprocess(self.preprocess))
         if self.patch_size is not None:
             s("patch_size", _ints(self.patch_size, "patch_size"))
@@ -170,11 +199,54 @@ class ModelCard:
                 f"Model card field 'spacing' {list(self.spacing)} needs one value (mm) per spatial axis, in (z, y, x) "
                 "order: 3 values for a 3D model, 2 (in-plane y, x) or 3 for a 2D model."
             )
+        self._check_input_shape()
         if not isinstance(self.inferred, bool):
             raise ModelLoadError(f"Model card field 'inferred' must be true or false, got {self.inferred!r}.")
 
     def _set(self, key: str, value: Any) -> None:
         object.__setattr__(self, key, value)
+
+    def _check_sha256(self) -> None:
+        value = self.weights_sha256
+        if value is None:
+            return
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text is not None and text.startswith("sha256:"):
+            text = text[len("sha256:"):]
+        if text is None or not _SHA256.match(text):
+            raise ModelLoadError(
+                f"Model card field 'weights_sha256' must be the weights file's sha256 as 64 hex digits (e.g. the "
+                f"output of `sha256sum model.pt`), got {value!r}."
+            )
+        if self.random_weights:
+            raise ModelLoadError(
+                "The model card says \"weights\": \"random\" (an untrained network) and also gives 'weights_sha256'; "
+                "random weights have no file to check. Remove one of them."
+            )
+        self._set("weights_sha256", text)
+
+    def _check_input_shape(self) -> None:
+        if self.input_shape is None:
+            return
+        self._set("input_shape", _ints(self.input_shape, "input_shape"))
+        shape, d = list(self.input_shape), self.spatial_dims
+        if (d is not None and len(shape) != d) or len(shape) not in (2, 3):
+            need = f"{d} values for a {d}D model" if d is not None else "2 values for a 2D model, 3 for a 3D one"
+            raise ModelLoadError(
+                f"Model card field 'input_shape' {shape} needs one size per spatial axis of the model, in numpy "
+                f"order: {need}."
+            )
+        if self.spacing is not None:
+            raise ModelLoadError(
+                f"The model card gives both 'input_shape' {shape} and 'spacing' {list(self.spacing)}: input_shape "
+                "(resize the whole scan to exactly this shape) replaces spacing (resample to this voxel size). "
+                "Remove one of them."
+            )
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the card asks for an untrained network on purpose (``"weights": "random"``)."""
+        return self.weights == RANDOM_WEIGHTS
 
     # -------------------------------------------------------------- dict / file round trip
     @classmethod
@@ -202,9 +274,9 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """The card as plain JSON-ready data (lists, not tuples); fields left at None are omitted, and so is
         ``inferred`` unless True. ``ModelCard.from_dict(card.to_dict()) == card``."""
-        order = ("name", "description", "factory", "kwargs", "weights", "task", "spatial_dims", "in_channels",
-                 "num_classes", "class_names", "output", "background", "preprocess", "default_layer", "patch_size",
-                 "spacing", "inferred")
+        order = ("name", "description", "factory", "kwargs", "weights", "weights_sha256", "task", "spatial_dims",
+                 "in_channels", "num_classes", "class_names", "output", "background", "preprocess", "default_layer",
+                 "patch_size", "spacing", "input_shape", "inferred")
         out: dict[str, Any] = {}
         for key in order:
             value = getattr(self, key)
@@ -229,9 +301,11 @@ class ModelCard:
             raise ModelLoadError(f"No model card at '{p}'.")
         data = _read_mapping(p)
         card = cls.from_dict(data)
-        if card.weights is not None and not Path(card.weights).expanduser().is_absolute():
+        if card.weights is None or card.random_weights:
+            return card
+        if not Path(card.weights).expanduser().is_absolute():
             card = replace(card, weights=str((p.parent / card.weights).resolve()))
-        elif card.weights is not None:
+        else:
             card = replace(card, weights=str(Path(card.weights).expanduser()))
         return card
 
@@ -244,7 +318,7 @@ class ModelCard:
         if p.exists() and not overwrite:
             raise FileExistsError(f"'{p}' already exists; pass overwrite=True to replace it.")
         data = self.to_dict()
-        if self.weights is not None:
+        if self.weights is not None and not self.random_weights:
             w = Path(self.weights)
             try:
                 data["weights"] = w.resolve().relative_to(p.parent.resolve()).as_posix() if w.is_absolute() else \
@@ -261,11 +335,21 @@ class ModelCard:
 
 @dataclass
 class LoadedModel:
-    """A model in eval mode with its card (``source``: what it was loaded from, for display)."""
+    """A model in eval mode with its card (``source``: what it was loaded from, for display).
+
+    ``weights_sha256`` is the sha256 of the weights file that was actually read (the checkpoint, the TorchScript
+    archive or the demo's shipped file), None when no file was read (a module built in memory, or random weights).
+    """
 
     module: nn.Module
     card: ModelCard
     source: str | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the network was built untrained on purpose (``"weights": "random"`` in its card)."""
+        return self.card.random_weights
 
 
 # ------------------------------------------------------------------------------------------------

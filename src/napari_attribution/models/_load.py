@@ -6,10 +6,15 @@ Sources, and what each needs::
     load_model("model.pt")                     a state_dict with a card beside it (model.card.json / .yaml / .yml,
                                                or <stem>.card.json ...) naming the factory and its kwargs
     load_model("model.card.json")              the card itself; its "weights" names the checkpoint
-    load_model({"factory": "monai:UNet", "kwargs": {...}, "weights": "model.pt" or None})
+    load_model({"factory": "monai:UNet", "kwargs": {...}, "weights": "model.pt" or "random"})
     load_model("bundle_folder/")               a MONAI bundle: configs/inference.json (network_def) + models/model.pt
     load_model("demo:vessel-seg")              a bundled demo model
     load_model("full_model.pt", trust=True)    a pickled nn.Module (torch.save(model)) -- only with trust=True
+
+Weights are never silent: a card or factory dict that names no weights (and has no checkpoint of its own name
+beside it) is refused unless it says ``"weights": "random"`` (an untrained network on purpose, which every output
+then marks); a card's ``weights_sha256`` is checked against the file read. ``LoadedModel.weights_sha256`` is the
+hash of the weights file actually read.
 
 Safety: without ``trust=True`` nothing in a file can run code. Checkpoints are read with
 ``torch.load(weights_only=True)``; a card's factory must be a ``torch.nn.Module`` class (a function could be any
@@ -35,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ModelLoadError
-from ._card import CARD_SUFFIXES, LoadedModel, ModelCard, infer_card
+from .._provenance import file_sha256
+from ._card import CARD_SUFFIXES, RANDOM_WEIGHTS, LoadedModel, ModelCard, infer_card
 
 __all__ = ["find_card", "load_model"]
 
@@ -75,7 +81,8 @@ def load_model(
         ``"demo:<name>"``; a TorchScript file; a state_dict checkpoint with a card file beside it
         (``model.card.json``, ``.yaml`` or ``.yml`` next to ``model.pt``, or ``<stem>.card.json``); a card file; a
         MONAI bundle folder; a card-like dict ``{"factory": "monai.networks.nets:UNet", "kwargs": {...},
-        "weights": path or None}`` (``"monai:UNet"`` for short; no weights = freshly initialised); or a module.
+        "weights": path}`` (``"monai:UNet"`` for short; ``"weights": "random"`` builds it untrained on purpose, and
+        a dict without weights is refused); or a module.
     card : ModelCard, dict or path, optional
         Replaces the card found beside the source (or the guessed one). For a checkpoint it must name the factory.
     trust : bool
@@ -87,25 +94,28 @@ def load_model(
     -------
     LoadedModel
         ``.module`` in eval mode, ``.card`` (``inferred=True`` when no card was found and it was guessed),
-        ``.source``.
+        ``.source``, ``.weights_sha256`` (of the weights file read; None for random weights or a module in memory)
+        and ``.random_weights``.
 
     Raises
     ------
     ModelLoadError
         With what to do: a missing file, a file that is not a model, a checkpoint without a card, a factory that
-        cannot be imported, kwargs the factory does not take, weights that do not fit, a refused pickle.
+        cannot be imported, kwargs the factory does not take, weights that do not fit, a refused pickle, a card
+        that names no weights (say ``"weights": "random"`` for an untrained network), a weights file whose sha256
+        is not the card's ``weights_sha256``.
 
     Examples
     --------
     >>> import napari_attribution as na
-    >>> m = na.load_model({"factory": "monai:DenseNet121",
+    >>> m = na.load_model({"factory": "monai:DenseNet121", "weights": "random",
     ...                    "kwargs": {"spatial_dims": 2, "in_channels": 1, "out_channels": 3}})  # doctest: +SKIP
-    >>> m.card.task, m.card.num_classes  # doctest: +SKIP
-    ('classification', 3)
+    >>> m.card.task, m.card.num_classes, m.random_weights  # doctest: +SKIP
+    ('classification', 3, True)
     """
     explicit = _card_argument(card)
     if isinstance(source, LoadedModel):
-        return LoadedModel(source.module.eval(), explicit or source.card, source.source)
+        return LoadedModel(source.module.eval(), explicit or source.card, source.source, source.weights_sha256)
     if isinstance(source, nn.Module):
         return LoadedModel(source.eval(), infer_card(source, explicit), type(source).__name__)
     if isinstance(source, (Mapping, ModelCard)):
@@ -130,8 +140,8 @@ def load_model(
     if path.name.lower().endswith(CARD_SUFFIXES):
         if explicit is not None:
             raise ModelLoadError(f"'{path.name}' is already a card: pass the card once (without card=).")
-        return _from_card(_with_weights_beside(ModelCard.from_file(path), path), trust, label=f"'{path.name}'",
-                          source=str(path))
+        card, looked = _with_weights_beside(ModelCard.from_file(path), path)
+        return _from_card(card, trust, label=f"'{path.name}'", source=str(path), looked=looked)
     return _from_file(path, explicit, trust)
 
 
@@ -178,7 +188,12 @@ def _demo(name: str, explicit: ModelCard | None) -> LoadedModel:
         raise ModelLoadError(f"There is no demo model {name!r}. Available: {_demo_names()}.") from err
     if not isinstance(loaded, LoadedModel):
         raise ModelLoadError(f"The demo {name!r} did not return a LoadedModel (got {type(loaded).__name__}).")
-    return LoadedModel(loaded.module.eval(), explicit or loaded.card, loaded.source or f"demo:{name}")
+    _refuse_random(explicit, f"the demo model 'demo:{name}', which ships trained weights")
+    digest = loaded.weights_sha256
+    shipped = loaded.card.weights
+    if digest is None and shipped and not loaded.card.random_weights and Path(shipped).is_file():
+        digest = file_sha256(shipped)  # the demo's state_dict was read from this shipped file
+    return LoadedModel(loaded.module.eval(), explicit or loaded.card, loaded.source or f"demo:{name}", digest)
 
 
 def _demo_names() -> str:
@@ -189,40 +204,92 @@ def _demo_names() -> str:
         return "unknown"
 
 
-def _with_weights_beside(card: ModelCard, card_path: Path) -> ModelCard:
+def _with_weights_beside(card: ModelCard, card_path: Path) -> tuple[ModelCard, str]:
     """A card file without ``weights`` uses ``<name>.pt|.pth|.ckpt|.safetensors`` beside it (``net.card.json`` ->
-    ``net.pt``), if there is one."""
-    if card.weights is not None:
-        return card
+    ``net.pt``), if there is one. Also returns, for an error message, the names looked for and any weights file
+    of another name found beside the card (it is never taken silently: its name is unexpected)."""
     stem = card_path.name.split(".card.")[0] if ".card." in card_path.name else card_path.stem
-    for suffix in _WEIGHT_SUFFIXES:
-        candidate = card_path.with_name(stem + suffix)
+    names = [stem + suffix for suffix in _WEIGHT_SUFFIXES]
+    if card.weights is not None:
+        return card, ""
+    for name in names:
+        candidate = card_path.with_name(name)
         if candidate.is_file():
-            return replace(card, weights=str(candidate))
-    return card
+            return replace(card, weights=str(candidate)), ""
+    others = sorted(p.name for p in card_path.parent.iterdir() if p.suffix.lower() in _WEIGHT_SUFFIXES)
+    looked = f" No weights file was found beside it: looked for {', '.join(names)}."
+    if others:
+        looked += (f" Beside it there is {', '.join(repr(o) for o in others)}, whose name is not one of those: if "
+                   f"{'it holds' if len(others) == 1 else 'one holds'} the trained weights, name it in the card "
+                   f"(\"weights\": \"{others[0]}\") or rename it to {names[0]}.")
+    return card, looked
 
 
-def _from_card(card: ModelCard, trust: bool, label: str, source: str | None) -> LoadedModel:
+def _refuse_random(card: ModelCard | None, what: str) -> None:
+    """A card that says ``"weights": "random"`` next to weights that will be read contradicts itself: refuse, so
+    that no output says "random weights" about a trained network (or the reverse)."""
+    if card is not None and card.random_weights:
+        raise ModelLoadError(
+            f"The card says \"weights\": \"random\" (an untrained network), but the weights come from {what}. "
+            "Remove \"weights\": \"random\" from the card to use those weights, or load the card alone (with its "
+            "factory) for an untrained network."
+        )
+
+
+def _no_weights(label: str, factory: str, looked: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{label} names no weights, so {factory} would be built with random, untrained weights and every map would "
+        f"explain noise.{looked} Give the trained weights: \"weights\": \"model.pt\" in the card (a state_dict "
+        "file; in a card file, relative to it), or load the checkpoint itself with the card beside it "
+        "(load_model('model.pt')). If you want an untrained network on purpose (a test, a sanity check), say "
+        "\"weights\": \"random\": every output then says \"random weights\"."
+    )
+
+
+def _checked_sha256(path: Path, card: ModelCard | None, label: str) -> str:
+    """The sha256 of the weights file about to be read; a card's ``weights_sha256`` must match it (checked before
+    anything in the file is unpickled)."""
+    try:
+        digest = file_sha256(path)
+    except OSError as err:
+        raise ModelLoadError(f"Cannot read '{path}': {err.strerror or err}.") from err
+    expected = card.weights_sha256 if card is not None else None
+    if expected is not None and digest != expected:
+        raise ModelLoadError(
+            f"The weights file '{path.name}' has sha256 {digest}, but {label} says weights_sha256 {expected}: it is "
+            "not the file the card was written for (another training run, or a damaged or partial copy). Find the "
+            "file with that hash; if this file is the one you mean, put its sha256 in the card."
+        )
+    return digest
+
+
+def _from_card(card: ModelCard, trust: bool, label: str, source: str | None, looked: str = "") -> LoadedModel:
     if card.factory is None:
         raise ModelLoadError(
             f"{label} has no 'factory', so the network cannot be built. Add \"factory\": \"package.module:Class\" "
             "(e.g. \"monai.networks.nets:UNet\") and its \"kwargs\"; or load a TorchScript file instead."
         )
+    if card.weights is None:
+        raise _no_weights(label, card.factory, looked)
     module = build_module(card, trust)
-    if card.weights is not None:
-        wpath = Path(card.weights).expanduser()
-        if not wpath.is_file():
-            raise ModelLoadError(f"The weights file '{wpath}' named by {label} does not exist.")
-        kind = _sniff(wpath)
-        if kind == "torchscript":
-            raise ModelLoadError(
-                f"'{wpath.name}' is a TorchScript model, not a state_dict: load it directly with "
-                f"load_model('{wpath}') (no factory needed)."
-            )
-        state = _read_state(wpath, kind, trust)
-        load_weights(module, state, wpath.name, card.factory)
-        card = replace(card, weights=str(wpath))
-    return LoadedModel(module.eval(), _complete(module, card), source)
+    if card.random_weights:
+        return LoadedModel(module.eval(), _complete(module, card), source)
+    wpath = Path(card.weights).expanduser()
+    if not wpath.is_file():
+        hint = f" (\"weights\": \"{RANDOM_WEIGHTS}\" asks for an untrained network)" if wpath.name.lower() in (
+            "none", "null", "rand", "random_weights") else ""
+        raise ModelLoadError(f"The weights file '{wpath}' named by {label} does not exist{hint}.")
+    kind = _sniff(wpath)
+    digest = _checked_sha256(wpath, card, label)
+    if kind == "torchscript":
+        raise ModelLoadError(
+            f"'{wpath.name}' is a TorchScript model, not a state_dict: load it directly with "
+            f"load_model('{wpath}') (no factory needed)."
+        )
+    state = _read_state(wpath, kind, trust)
+    load_weights(module, state, wpath.name, card.factory)
+    card = replace(card, weights=str(wpath))
+    return LoadedModel(module.eval(), _complete(module, card), source, digest)
 
 
 def _from_folder(folder: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
@@ -232,12 +299,15 @@ def _from_folder(folder: Path, explicit: ModelCard | None, trust: bool) -> Loade
         return load_bundle(folder, explicit, trust)
     cards = sorted(p for p in folder.iterdir() if p.name.lower().endswith(tuple(f".card{s}" for s in CARD_SUFFIXES)))
     if len(cards) == 1 and explicit is None:
-        card = _with_weights_beside(ModelCard.from_file(cards[0]), cards[0])
+        card, looked = _with_weights_beside(ModelCard.from_file(cards[0]), cards[0])
         if card.weights is None:
+            # the folder was given as "one model and its card": its only weights file is the model's
             weights = [p for p in folder.iterdir() if p.suffix.lower() in _WEIGHT_SUFFIXES]
             if len(weights) == 1:
-                card = replace(card, weights=str(weights[0]))
-        return _from_card(card, trust, label=f"'{cards[0].name}'", source=str(folder))
+                card, looked = replace(card, weights=str(weights[0])), ""
+            elif weights:
+                looked += " The folder holds several weights files, so none is taken without being named."
+        return _from_card(card, trust, label=f"'{cards[0].name}'", source=str(folder), looked=looked)
     files = [p for p in folder.iterdir() if p.suffix.lower() in (*_WEIGHT_SUFFIXES, ".ts")]
     if len(files) == 1 and len(cards) <= 1:
         return _from_file(files[0], explicit, trust)
@@ -250,20 +320,23 @@ def _from_folder(folder: Path, explicit: ModelCard | None, trust: bool) -> Loade
 
 def _from_file(path: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
     kind = _sniff(path)
-    card = explicit
+    card, label = explicit, "the card you passed"
     if card is None:
         found = find_card(path)
         card = ModelCard.from_file(found) if found is not None else None
+        label = f"'{found.name}'" if found is not None else label
+    _refuse_random(card, f"the file '{path.name}' being loaded")
+    digest = _checked_sha256(path, card, label)
     if kind == "torchscript":
         module = _jit_load(path)
-        return LoadedModel(module.eval(), infer_card(module, card), str(path))
+        return LoadedModel(module.eval(), infer_card(module, card), str(path), digest)
     obj: Any
     if kind == "safetensors":
         obj = _read_safetensors(path)
     else:
         obj = _torch_load(path, trust)
     if isinstance(obj, nn.Module):  # a pickled module, loaded with trust=True
-        return LoadedModel(obj.eval(), infer_card(obj, card), str(path))
+        return LoadedModel(obj.eval(), infer_card(obj, card), str(path), digest)
     state = _state_dict(obj, path.name)
     if card is None or card.factory is None:
         where = "the card you passed has no 'factory'" if card is not None else (
@@ -277,7 +350,7 @@ def _from_file(path: Path, explicit: ModelCard | None, trust: bool) -> LoadedMod
         )
     module = build_module(card, trust)
     load_weights(module, state, path.name, card.factory)
-    return LoadedModel(module.eval(), _complete(module, replace(card, weights=str(path))), str(path))
+    return LoadedModel(module.eval(), _complete(module, replace(card, weights=str(path))), str(path), digest)
 
 
 def _complete(module: nn.Module, card: ModelCard) -> ModelCard:
