@@ -138,5 +138,6 @@ def test_one_channel_explain_and_layer_table_measure_the_foreground(probabilitie
     rows = layer_sweep_table(sweep, region)
     for row, att in zip(rows, sweep.values(), strict=True):
         assert row["energy"] == pytest.approx(energy_inside(att.data, fg), rel=1e-6)
-        # the background (label 0), which the table used to measure, gives another number
-        assert abs(row["energy"] - energy_inside(att.data, ~fg)) > 0.5
+        # the map spills over the foreground, so a wrong region changes the number; the background (label 0),
+        # which the table used to measure, gives the small remainder
+        assert 0.5 < row["energy"] < 0.99 and energy_inside(att.data, ~fg) < 0.5

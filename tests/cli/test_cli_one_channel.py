@@ -48,7 +48,8 @@ def test_layer_table_measures_the_foreground_of_the_one_channel(brain_model: tup
     for r in rows:
         heat = read_nifti(tmp_path / "out" / f"heat_{r['method']}_{r['layer']}.nii.gz")[0]
         assert float(r["energy_in_target_region"]) == pytest.approx(energy_inside(heat, fg), rel=1e-4)
-        assert energy_inside(heat, ~fg) < 0.01 < float(r["energy_in_target_region"])  # not the background
+        # the map spills over the foreground (a number that a wrong region would change), and is not the background
+        assert energy_inside(heat, ~fg) < 0.5 < float(r["energy_in_target_region"]) < 0.99
     side = json.loads((tmp_path / "out" / "heat_grad_cam_mean.json").read_text())
     assert "class 0 (brain)" in side["target"] and f"{int(fg.sum())} voxels" in side["target"]
 
