@@ -205,3 +205,62 @@ def test_every_registered_method_has_a_short_table_name() -> None:
     missing = [m.name for m in na.list_methods() if m.name not in SHORT]
     assert not missing, f"add short names for {missing} in _widget/_compare.py SHORT"
     assert len(set(SHORT.values())) == len(SHORT)
+
+
+# ------------------------------------------------------------------------------------------------ layer picker
+
+
+def test_the_layer_picker_chooses_the_layer_of_the_layer_methods(compare: Any, qtbot: Any, notes: list[Any]) -> None:
+    """A MONAI UNet with residual units, whose last layers are its output head: the picker lists the layers in
+    forward order, its automatic choice is the layer before the head, and a chosen layer is the one Grad-CAM uses
+    (the gradient methods are unchanged by it)."""
+    import torch
+    from _nets import seeded
+    from monai.networks.nets import UNet
+
+    import napari_attribution as na
+    from napari_attribution.targets import Class
+
+    net = seeded(UNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=2), 5)
+    compare.set_model(net, source="residual UNet (Python)")
+    picker = compare.layer
+    compare.set_methods(["saliency"])
+    assert not picker.isVisibleTo(compare) and compare.layer_name() is None  # no layer method ticked
+    compare.set_methods(["saliency", "grad_cam"])
+    assert picker.isVisibleTo(compare)
+    x = torch.zeros(1, 1, 32, 32, 32)  # the dock probes a 3D model at 32^3
+    cands = na.find_layers(net, x)
+    assert picker.names() == [c.name for c in cands]  # forward order
+    assert picker.itemText(0) == "(automatic: model.1)" and cands[-1].name.startswith("model.2.")
+    assert picker.itemText(picker.findData("model.0")) == f"model.0  ({cands[0].channels} ch)"
+
+    scan = compare.viewer.layers["phantom"].data
+
+    def run(layer: str | None) -> dict[str, Any]:
+        compare.set_layer(layer)
+        compare.set_methods(["saliency", "grad_cam"])
+        compare.target.set_kind("whole output of class")
+        compare.target.k1.setCurrentIndex(1)
+        compare.run()
+        wait_idle(qtbot, compare)
+        assert compare.last_outcome.status == "ok", compare.last_outcome.message
+        return dict(compare.last_outcome.results)
+
+    auto = run(None)
+    assert auto["grad_cam"].layer == "model.1" and auto["saliency"].layer is None
+    np.testing.assert_array_equal(auto["grad_cam"].data, na.explain(net, scan, "grad_cam", Class(1)).data)
+    chosen = run("model.0")
+    assert chosen["grad_cam"].layer == "model.0"
+    np.testing.assert_array_equal(chosen["grad_cam"].data,
+                                  na.explain(net, scan, "grad_cam", Class(1), layer="model.0").data)
+    assert not np.allclose(chosen["grad_cam"].data, auto["grad_cam"].data)
+    np.testing.assert_array_equal(chosen["saliency"].data, auto["saliency"].data)
+    heat = {la.metadata[OWNER_KEY]["method"]: la for la in heatmaps(compare.viewer)}
+    assert heat["grad_cam"].metadata[OWNER_KEY]["layer"] == "model.0"  # the layer travels with the heatmap
+    assert heat["saliency"].metadata[OWNER_KEY]["layer"] is None
+    with pytest.raises(na.LayerNotFoundError, match="no layer 'model.9'"):
+        compare.set_layer("model.9")
+    assert not notes
+    # a new model resets the picker to its own layers, automatic
+    compare.set_model(seeded(UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0), 6), source="small UNet")
+    assert compare.layer.currentIndex() == 0 and "model.1.submodule" in compare.layer.names()

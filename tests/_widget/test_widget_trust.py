@@ -156,6 +156,53 @@ def test_cancel_during_randomisation_stores_nothing_and_leaves_the_model(dock: A
     assert "nothing was stored" in notes[0][1]
 
 
+class Fragile(nn.Module):
+    """The demo classifier behind a weights check, as a deployed model may have: it refuses to run once its weights
+    are not the ones it was built with. The randomisation check re-runs the method on a randomised copy, so it
+    fails; deletion and insertion do not."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.trained = [p.detach().clone() for p in net.parameters()]  # a plain list: not a parameter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(not torch.equal(p, q) for p, q in zip(self.net.parameters(), self.trained, strict=True)):
+            raise RuntimeError("these are not the weights this model was validated with")
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def test_a_failing_check_keeps_the_others_and_says_which_and_why(dock: Any, qtbot: Any, notes: list[Any]) -> None:
+    fragile = Fragile(dock.model_info.model.module).eval()
+    dock.set_model(fragile, source="fragile lesion classifier (Python)")
+    heat = explain(qtbot, dock, "saliency")
+    before = snapshot(fragile)
+    box = dock.trust
+    outcome = check(qtbot, dock, checks=["deletion", "insertion", "randomisation"])
+    assert outcome.status == "ok", outcome.message
+    assert list(outcome.failed) == ["randomisation"]
+    why = outcome.failed["randomisation"]  # the model's own words, in one line (the library may add context)
+    assert "these are not the weights this model was validated with" in why and "\n" not in why
+    # the other checks' numbers are stored, and are na.evaluate's
+    rows = heat.metadata[OWNER_KEY]["checks"]
+    assert list(rows) == ["deletion", "insertion", "randomisation"]
+    att = dock.last_outcome.results["saliency"]
+    scan = dock.viewer.layers["phantom"].data
+    for c in ("deletion", "insertion"):
+        assert rows[c]["value"] == pytest.approx(na.evaluate(fragile, scan, att, c, steps=20).value, rel=1e-6)
+    assert rows["randomisation"]["value"] is None and rows["randomisation"]["error"] == why
+    table = cells(box.table)
+    assert table[2][0] == "randomisation" and table[2][1] == "failed" and table[2][3] == f"failed: {why}"
+    assert table[0][1] != "failed" and float(table[0][1]) == pytest.approx(rows["deletion"]["value"], abs=6e-4)
+    # one message that names the failed check and why, as a warning
+    assert f"randomisation failed: {why}" in box.summary.text() and "2 of 3 checks" in box.summary.text()
+    assert [n for n in notes if "randomisation failed" in n[1]] == [("warning", notes[-1][1])]
+    csv_rows = [line.split(",") for line in box.csv().splitlines()]
+    assert csv_rows[3][1:3] == ["randomisation", ""] and float(csv_rows[1][2]) == rows["deletion"]["value"]
+    assert_untouched(fragile, before)
+
+
 def test_a_heatmap_the_dock_did_not_make_gets_one_clear_message(dock: Any, qtbot: Any, notes: list[Any]) -> None:
     from napari.layers import Layer
 
@@ -214,7 +261,17 @@ def test_a_box_run_is_checked_on_the_box_and_failures_are_one_line() -> None:
     assert out.rows["deletion"]["value"] == na.evaluate(net, sub, att, "deletion", steps=10).value
 
     bad = check_job(CheckRequest(ex, ["deletion"], {"deletion": {"steps": 0}}))
-    assert bad.status == "failed" and bad.message == "The checks failed: steps must be at least 1." and not bad.rows
+    assert bad.status == "failed" and not bad.rows
+    assert bad.message == "The checks failed: deletion failed: steps must be at least 1."
+    assert bad.failed == {"deletion": "steps must be at least 1"}
+    # one check failing keeps the others: the failed one gets a row that says why, without a number
+    part = check_job(CheckRequest(ex, ["deletion", "insertion"],
+                                  {"deletion": {"steps": 0}, "insertion": {"steps": 6}}))
+    assert part.status == "ok" and part.failed == {"deletion": "steps must be at least 1"}
+    assert part.message.startswith("1 of 2 checks in ") and "deletion failed: steps must be at least 1" in part.message
+    assert part.rows["insertion"]["value"] == na.evaluate(net, sub, att, "insertion", steps=6).value
+    assert part.rows["deletion"]["value"] is None and part.rows["deletion"]["verdict"].startswith("failed: steps")
+    assert list(part.rows) == ["deletion", "insertion"]
     sliced = explained_from(pasted, ExplainRequest(model=info, image=scan, source="scan", methods=["saliency"],
                                                    slices=[3]), "heat")
     assert sliced.note == "" and sliced.kind == "slice" and not sliced.parts  # no explained slice to check
@@ -272,8 +329,10 @@ def test_a_sweep_is_checked_at_the_network_layer_the_slider_shows(dock: Any, qtb
 
 def plane(att: Any, z: int) -> Any:
     """The 2D Attribution of slice ``z`` of a slice-wise map, as a user would build it."""
+    from napari_attribution._widget._trust import _plane_geometry
+
     return dataclasses.replace(att, data=att.data[z], target=att.target[z], prediction=att.prediction[z],
-                               per_channel=None, extras={})
+                               per_channel=None, extras={}, geometry=_plane_geometry(att.geometry))
 
 
 def test_a_slice_wise_map_is_checked_on_the_slice_shown(dock: Any, qtbot: Any, notes: list[Any]) -> None:
@@ -286,7 +345,7 @@ def test_a_slice_wise_map_is_checked_on_the_slice_shown(dock: Any, qtbot: Any, n
     viewer.dims.set_current_step(0, 5)
     heat = explain(qtbot, dock, "grad_cam")
     att = dock.last_outcome.results["grad_cam"]
-    assert att.extras["slices"] == [5] and att.geometry is None
+    assert att.extras["slices"] == [5]
     assert box.view(heat) == ("slice", "slice 5") and "slice 5" in box.view_label.text()
     outcome = check(qtbot, dock, checks=["deletion", "insertion", "randomisation"])
     assert outcome.status == "ok", outcome.message

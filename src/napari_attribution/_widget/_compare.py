@@ -1,7 +1,8 @@
 """The Compare dock: several methods in one ``na.compare`` run (shared passes), side by side in napari's grid mode
 with the scan under each heatmap (one canvas, so one camera for all), an agreement table (Spearman rank
 correlation and top-k overlap of |map|), each method's runtime, and each method's map against landmarks painted
-as a Labels layer (:class:`~napari_attribution._widget._landmarks.MethodLandmarkBox`)."""
+as a Labels layer (:class:`~napari_attribution._widget._landmarks.MethodLandmarkBox`). When a layer method (CAM
+family) is ticked, a "layer" picker chooses the network layer they all look at (automatic by default)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QFormLayout,
     QGroupBox,
     QHeaderView,
     QLabel,
@@ -28,8 +30,10 @@ import napari_attribution as na
 from ..layers import OWNER_KEY
 from ._common import column
 from ._dock import AttributionDock
+from ._form import set_row_visible
 from ._jobs import Outcome
 from ._landmarks import MethodLandmarkBox
+from ._layer_picker import NetworkLayerPicker
 from ._models import RecentModels
 
 if TYPE_CHECKING:
@@ -73,11 +77,18 @@ class CompareWidget(AttributionDock):
             item.setCheckState(Qt.CheckState.Checked if name in DEFAULT_METHODS else Qt.CheckState.Unchecked)
             self.method_list.addItem(item)
         self.method_list.setMaximumHeight(120)
+        self.method_list.itemChanged.connect(self._update_layer_row)
+        self.layer = NetworkLayerPicker()
         self.side_by_side = QCheckBox("side by side (grid, scan under each map)")
         self.side_by_side.setChecked(True)
+        self._layer_form = QFormLayout()
+        self._layer_form.setContentsMargins(0, 0, 0, 0)
+        self._layer_form.addRow("layer", self.layer)
         lay = QVBoxLayout(box)
         lay.addWidget(self.method_list)
+        lay.addLayout(self._layer_form)
         lay.addWidget(self.side_by_side)
+        self._update_layer_row()
         return box
 
     def _result_section(self) -> QWidget:
@@ -127,6 +138,21 @@ class CompareWidget(AttributionDock):
                 out.append(item.data(Qt.ItemDataRole.UserRole))
         return out
 
+    def _uses_layer(self) -> bool:
+        """Whether a ticked method looks at a network layer (a layer method, or one that can)."""
+        return any(self._infos[m].needs_layer or self._infos[m].layer_optional for m in self.methods())
+
+    def _update_layer_row(self, *_: Any) -> None:
+        set_row_visible(self._layer_form, self.layer, self._uses_layer())
+
+    def set_layer(self, name: str | None) -> None:
+        """The network layer for the layer methods (None: automatic; used by scripts and tests)."""
+        self.layer.set_name(name)
+
+    def layer_name(self) -> str | None:
+        """The chosen network layer when a ticked method looks at one; None for automatic (each run's default)."""
+        return self.layer.name() if self._uses_layer() else None
+
     def method_params(self) -> dict[str, dict[str, Any]]:
         # cheap defaults for a side-by-side look; the Explain dock tunes one method. Integrated gradients: adaptive
         # steps until complete (error < 1 %), at most 128 (16 fixed steps left 39 % on the demo lesion model)
@@ -137,10 +163,14 @@ class CompareWidget(AttributionDock):
     def _model_changed(self) -> None:
         info = self.model_info
         assert info is not None
+        self.method_list.blockSignals(True)  # one update of the layer row below, not one per item
         for item in self._items():
             ok = not info.is_script or self._infos[item.data(Qt.ItemDataRole.UserRole)].supports_torchscript
             flags = item.flags()
             item.setFlags(flags | Qt.ItemFlag.ItemIsEnabled if ok else flags & ~Qt.ItemFlag.ItemIsEnabled)
+        self.method_list.blockSignals(False)
+        self.layer.set_model(info)
+        self._update_layer_row()
 
     # ------------------------------------------------------------------ results
     def show_outcome(self, outcome: Outcome, placed: list[Any]) -> None:

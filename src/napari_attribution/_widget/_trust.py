@@ -5,6 +5,8 @@ sanity check, max-sensitivity, and integrated gradients' completeness — with a
 The checks are :func:`napari_attribution.evaluate` calls, run in a worker thread like an Explain job (progress
 bar, Run becomes Cancel; a cancelled run stores nothing). The results go into the heatmap layer's
 ``metadata["napari_attribution"]["checks"]`` (so they travel with the layer) and copy to the clipboard as CSV.
+A check that fails does not throw the others away: it gets a row without a number whose verdict says why
+("failed: ..."), the other checks' numbers are stored, and the message names the failed check.
 
 A layer sweep is checked one network layer at a time (the one the "layer" slider shows, with its own
 Attribution, so randomisation and max-sensitivity re-run the method at that layer), and a map a 2D model made
@@ -54,6 +56,7 @@ from qtpy.QtWidgets import (
 import napari_attribution as na
 
 from ..layers import OWNER_KEY, json_safe
+from ..metrics import METRICS
 from ._common import LayerCombo, Runner, is_own, notify
 from ._jobs import ExplainRequest, in_low_priority_thread, spatial_offset
 from ._models import ModelInfo
@@ -63,7 +66,7 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = ["CHECKS", "DEFAULT_CHECKS", "PARAMS", "CheckOutcome", "CheckRequest", "Explained", "TrustBox",
-           "check_job", "explained_from", "rows_from", "slice_key", "verdict"]
+           "check_job", "explained_from", "failed_row", "rows_from", "slice_key", "verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +224,14 @@ class CheckRequest:
 
 @dataclass
 class CheckOutcome:
+    """What a check run gave: ``status`` "ok" when at least one check gave a number (the others that failed are in
+    ``failed``, check -> why, and have a row that says so), "failed" when none did, "cancelled"."""
+
     status: str  # "ok" | "cancelled" | "failed"
     message: str = ""
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # check -> row (see rows_from)
     seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  # check -> why it failed (one line)
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
@@ -322,38 +329,66 @@ def check_job(request: CheckRequest, progress: Progress | None = None, cancel: C
     return outcome
 
 
-def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel | None) -> CheckOutcome:
-    import torch
+def _why(err: BaseException) -> str:
+    """Why a check failed, in one line: the library's own message (it says what to do), else the error's type and
+    first line (the traceback goes to the log)."""
+    if isinstance(err, MemoryError):
+        return "out of memory; explain a box (ROI) and check that"
+    text = str(err).strip().splitlines()
+    first = text[0].rstrip(".") if text else ""
+    if isinstance(err, na.AttributionError):
+        return first or type(err).__name__
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
-    torch.set_num_threads(1)  # as for Explain jobs: leave a core to the GUI thread
+
+def failed_row(check: str, why: str, seconds: float, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of a check that failed: no value, the reason as its verdict (and under ``error``)."""
+    return {"value": None, "reference": None, "reference_kind": "", "verdict": f"failed: {why}",
+            "better": "higher" if METRICS.get(check) else "lower", "seconds": float(seconds),
+            "params": json_safe(dict(params)), "error": why}
+
+
+def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel | None) -> CheckOutcome:
+    # torch threads: in_low_priority_thread's (all cores but one, the caller's setting restored afterwards)
     t0 = time.perf_counter()
     ex = request.explained
     n = len(request.checks)
     scores: dict[str, Any] = {}
+    failed: dict[str, tuple[str, float]] = {}
     try:
         image = np.asarray(ex.image)  # a dask array is read here, not on the GUI thread
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for i, check in enumerate(request.checks):
-                def step(done: int, total: int, message: str, i: int = i) -> None:
-                    if progress is not None:
-                        frac = done / max(total, 1)
-                        progress(int(1000 * (i + frac)), 1000 * n, f"check {i + 1} of {n}, {message}")
+    except MemoryError:
+        return CheckOutcome("failed", "Out of memory while reading the scan; explain a box (ROI) and check that.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, check in enumerate(request.checks):
+            def step(done: int, total: int, message: str, i: int = i) -> None:
+                if progress is not None:
+                    frac = done / max(total, 1)
+                    progress(int(1000 * (i + frac)), 1000 * n, f"check {i + 1} of {n}, {message}")
 
+            t1 = time.perf_counter()
+            try:
                 scores[check] = na.evaluate(ex.model.model, image, ex.attribution, check,
                                             progress=step, cancel=cancel, **request.params.get(check, {}))
-    except na.Cancelled:
-        return CheckOutcome("cancelled", "Checks cancelled: nothing was stored.")
-    except na.AttributionError as err:
-        return CheckOutcome("failed", f"The checks failed: {err}")
-    except MemoryError:
-        return CheckOutcome("failed", "Out of memory while checking the map; explain a box (ROI) and check that.")
-    except Exception as err:  # unexpected: one line for the user, the traceback in the log
-        log.debug("checks failed", exc_info=True)
-        return CheckOutcome("failed", f"The checks failed ({type(err).__name__}): {err}")
-    rows = rows_from(scores, ex.attribution, request.params)
+            except na.Cancelled:  # the user stopped the run: nothing is stored, not even the checks done
+                return CheckOutcome("cancelled", "Checks cancelled: nothing was stored.")
+            except Exception as err:  # noqa: BLE001 - one check's failure must not throw away the others
+                log.debug("check %s failed", check, exc_info=True)
+                failed[check] = (_why(err), time.perf_counter() - t1)
+    why = {c: w for c, (w, _) in failed.items()}
+    reasons = "; ".join(f"{LABELS.get(c, c)} failed: {w}" for c, w in why.items())
     seconds = time.perf_counter() - t0
-    return CheckOutcome("ok", f"{n} check{'s' if n != 1 else ''} in {seconds:.1f} s.", rows, seconds)
+    if not scores:
+        return CheckOutcome("failed", f"The checks failed: {reasons}.", seconds=seconds, failed=why)
+    rows = rows_from(scores, ex.attribution, request.params)
+    for check, (w, s) in failed.items():
+        rows[check] = failed_row(check, w, s, request.params.get(check, {}))
+    order = [*request.checks, "completeness"]
+    rows = {c: rows[c] for c in sorted(rows, key=lambda c: order.index(c) if c in order else len(order))}
+    done = f"{len(scores)} of {n} checks" if failed else f"{n} check{'s' if n != 1 else ''}"
+    message = f"{done} in {seconds:.1f} s." + (f" {reasons}; the other checks' results are kept." if failed else "")
+    return CheckOutcome("ok", message, rows, seconds, why)
 
 
 # ------------------------------------------------------------------------------------------------ the box
@@ -716,8 +751,11 @@ class TrustBox(QGroupBox):
             what = f" ({'network layer ' if is_sweep(layer) else ''}{key})"
             if key != self.view(layer)[1]:
                 what += "; the slider has moved since: move it back to see them"
-        self.show_checks(f"{outcome.message} Checked{what}: stored in the layer's metadata." if key is not None
-                         else f"{outcome.message} Stored in the layer's metadata.")
+        text = (f"{outcome.message} Checked{what}: stored in the layer's metadata." if key is not None
+                else f"{outcome.message} Stored in the layer's metadata.")
+        self.show_checks(text)
+        if outcome.failed:  # say which check failed and why, once, without hiding the others' numbers
+            self._say(text, error=True, level="warning")
 
     # ------------------------------------------------------------------ showing
     def _say(self, message: str, *, error: bool = False, level: str = "warning", notified: bool = False) -> None:
@@ -761,6 +799,8 @@ class TrustBox(QGroupBox):
             ref_kind = row.get("reference_kind") or ""
             self.table.setItem(r, 0, _cell(label, tip=TIPS.get(check, "")))
             value = f"{100 * row['value']:.2g} %" if check == "completeness" else _number(row.get("value"))
+            if row.get("error"):
+                value = "failed"
             self.table.setItem(r, 1, _cell(value, True, better))
             self.table.setItem(r, 2, _cell(_number(row.get("reference")), True, ref_kind))
             self.table.setItem(r, 3, _cell(str(row.get("verdict", "")), tip=str(row.get("verdict", ""))))
@@ -801,7 +841,7 @@ class TrustBox(QGroupBox):
         shown = self.view_text(layer) if layer is not None else ""
         name = (f"{layer.name} ({shown})" if shown else layer.name) if layer is not None else ""
         for check, row in self.stored(layer).items():
-            writer.writerow([name, check, repr(float(row["value"])),
+            writer.writerow([name, check, "" if row.get("value") is None else repr(float(row["value"])),
                              "" if row.get("reference") is None else repr(float(row["reference"])),
                              row.get("reference_kind", ""), row.get("better", ""), row.get("verdict", ""),
                              f"{float(row.get('seconds', 0.0)):.2f}",

@@ -9,6 +9,8 @@ model calls (or per re-run of the method), ``cancel`` is polled in between and r
 from __future__ import annotations
 
 import copy
+import io
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -249,6 +251,35 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def _independent_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters are leaves of their own (randomising them leaves ``model`` as it was).
+
+    ``copy.deepcopy`` of a TorchScript module gives parameters that are clones *with a gradient history*
+    (``CloneBackward``), which the pipeline cannot mark as not needing gradients: a TorchScript archive is copied
+    by saving it to memory and loading it back instead."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        return copy.deepcopy(model)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the user's archive is one all the same
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(model, buffer)
+        buffer.seek(0)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        clone: nn.Module = torch.jit.load(buffer, map_location=device)
+    return clone.train(model.training)
+
+
+def _cascade(model: nn.Module) -> list[tuple[str, list[tuple[str, nn.Parameter]]]]:
+    """The model's parameters by name, grouped by the module that owns them (the name without its last part), in
+    the order ``named_parameters`` gives (the modules' registration order), reversed: from the output towards the
+    input. Works alike for Python and TorchScript modules (only parameter names are used)."""
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for name, p in model.named_parameters():
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        groups.setdefault(owner, []).append((name, p))
+    return list(groups.items())[::-1]
+
+
 def randomisation(model: nn.Module, explain_fn: Callable[..., np.ndarray], data: np.ndarray, *,
                   max_layers: int = 8, seed: int = 0, progress: Progress | None = None,
                   cancel: Cancel | None = None) -> tuple[float, dict[str, Any]]:
@@ -258,12 +289,14 @@ def randomisation(model: nn.Module, explain_fn: Callable[..., np.ndarray], data:
     correlation of |map| with the original |map|. A method that explains the model, not the image, decorrelates:
     the value is the mean correlation (lower is better); ``details["per_layer"]`` lists ``(layer, correlation)``
     in cascade order, the last entry with every layer randomised. The user's model is never touched.
-    ``explain_fn(model_copy)`` re-runs the method, or with ``progress`` / ``cancel`` given
-    ``explain_fn(model_copy, progress=..., cancel=...)`` (forward them to ``explain``)."""
-    clone = copy.deepcopy(model)
+
+    Layers are found from the parameter names (``named_parameters``), so TorchScript archives are randomised the
+    same way as Python modules (the same layers, the same random values for the same weights), on a copy saved to
+    and loaded from memory. ``explain_fn(model_copy)`` re-runs the method, or with ``progress`` / ``cancel``
+    given ``explain_fn(model_copy, progress=..., cancel=...)`` (forward them to ``explain``)."""
+    clone = _independent_copy(model)
     gen = torch.Generator().manual_seed(seed)
-    layers = [(n, m) for n, m in clone.named_modules() if any(True for _ in m.parameters(recurse=False))]
-    layers = layers[::-1]
+    layers = _cascade(clone)
     if len(layers) > max_layers:
         keep = np.linspace(0, len(layers) - 1, max_layers).round().astype(int)
         chosen = set(int(i) for i in keep)
@@ -273,12 +306,12 @@ def randomisation(model: nn.Module, explain_fn: Callable[..., np.ndarray], data:
     table: list[tuple[str, float]] = []
     meter = Meter(RERUN_UNITS * len(chosen), progress, cancel, "randomisation")
     nested = progress is not None or cancel is not None
-    for i, (name, module) in enumerate(layers):
+    for i, (name, params) in enumerate(layers):
         meter.check()
         with torch.no_grad():
-            for p in module.parameters(recurse=False):
+            for _, p in params:
                 mean, std = float(p.mean()), float(p.std()) if p.numel() > 1 else 0.0
-                p.copy_(torch.rand(p.shape, generator=gen) * 2 * std + (mean - std))
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 * std + (mean - std)).to(p.device, p.dtype))
         if i in chosen:
             what = f"re-run {len(table) + 1} of {len(chosen)}, model randomised down to {name or 'the input'}"
             meter.step(0, what)
