@@ -281,12 +281,8 @@ def _from_card(card: ModelCard, trust: bool, label: str, source: str | None, loo
         raise ModelLoadError(f"The weights file '{wpath}' named by {label} does not exist{hint}.")
     kind = _sniff(wpath)
     digest = _checked_sha256(wpath, card, label)
-    if kind == "torchscript":
-        raise ModelLoadError(
-            f"'{wpath.name}' is a TorchScript model, not a state_dict: load it directly with "
-            f"load_model('{wpath}') (no factory needed)."
-        )
-    state = _read_state(wpath, kind, trust)
+    # a TorchScript archive's weights go into the Python network the factory builds (which takes hooks)
+    state = _torchscript_state(wpath) if kind == "torchscript" else _read_state(wpath, kind, trust)
     load_weights(module, state, wpath.name, card.factory)
     card = replace(card, weights=str(wpath))
     return LoadedModel(module.eval(), _complete(module, card), source, digest)
@@ -510,6 +506,14 @@ def _read_state(path: Path, kind: str, trust: bool) -> dict[str, Tensor]:
     if isinstance(obj, nn.Module):
         return dict(obj.state_dict())
     return _state_dict(obj, path.name)
+
+
+def _torchscript_state(path: Path) -> dict[str, Tensor]:
+    """The state_dict of the TorchScript archive at ``path`` (parameters and buffers by name, detached): for a card
+    that names the Python network the archive was exported from, so that layer methods, which need Python module
+    hooks, can run on the same weights. :func:`load_weights` then checks every name and shape."""
+    archive = _jit_load(path)
+    return {name: t.detach().clone() for name, t in archive.state_dict().items()}
 
 
 def _is_state(obj: Any) -> bool:
