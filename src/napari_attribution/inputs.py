@@ -965,6 +965,6 @@ def fit_network(module: nn.Module, prepared: Prepared, card: ModelCard, error: B
     raise InputShapeError(
         f"The network does not run on this scan's grid {grid} ({_short(first)}), nor padded to a multiple of "
         f"{', '.join(str(m) for m in _MULTIPLES)} ({', '.join(str(t) for t in tried)}), so it probably takes one "
-        "fixed input size. Give the model card an 'input_shape' (the size the network was trained on, e.g. "
+        "fixed input size (or it fails for a reason of its own: read its error above). Give the model card an 'input_shape' (the size the network was trained on, e.g. "
         "[64, 64, 64]); if it needs sizes divisible by another number, give 'preprocess': {'pad_to_multiple': N}."
     ) from first

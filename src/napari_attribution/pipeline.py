@@ -567,7 +567,7 @@ def _finish(part: _Part, info: MethodInfo, params: dict[str, Any], geometry: Any
         prediction=part.prediction,
         per_channel=per_channel,
         geometry=geometry,
-        extras=dict(part.output.extras),
+        extras={**part.output.extras, "output_channels": int(part.target.weights.shape[0])},
         description=part.target.description,
     )
 
@@ -643,7 +643,8 @@ def _run_slicewise(
         n: Attribution(
             data=data[n], method=infos[n].name, target=targets[n], layer=layers[n], params=dict(params[n]),
             signed=infos[n].signed, seconds=seconds[n], prediction=preds, per_channel=per_ch[n],
-            geometry=geometry, extras={**extras[n], "slices": done, "skipped_slices": skipped},
+            geometry=geometry, extras={**extras[n], "slices": done, "skipped_slices": skipped,
+                                       "output_channels": next(iter(extras[n].get("output_channels", {0: 0}).values()))},
             description=f"{descriptions.get(n, '')} (slice-wise, {len(done)} slices)",
         )
         for n in names
