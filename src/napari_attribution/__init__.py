@@ -21,6 +21,7 @@ from ._errors import (
     ModelLoadError,
     ParameterError,
     ReaderError,
+    ScaledDefaultsWarning,
     TargetError,
 )
 from .interpretation import RelevantFeatures, fit_relevant_features
@@ -46,6 +47,7 @@ __all__ = [
     "ParameterError",
     "ReaderError",
     "RelevantFeatures",
+    "ScaledDefaultsWarning",
     "Score",
     "TargetError",
     "__version__",

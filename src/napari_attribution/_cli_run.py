@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ParameterError, ReaderError, TargetError
+from ._progress import format_duration
 from .targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
 
 __all__ = ["explain_file", "expand_images", "parse_params", "parse_target", "run_batch"]
@@ -196,7 +197,7 @@ def explain_file(
     for key, res in results.items():
         _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite, model=loaded)
         for metric in metrics:
-            score = na.evaluate(loaded, data, res, metric, geometry=geometry)
+            score = na.evaluate(loaded, data, res, metric, geometry=geometry, progress=_stage(progress, key))
             scores.setdefault(key, {})[metric] = score.value
             if "random_auc" in score.details:  # deletion / insertion: what a random voxel order scores
                 scores[key][f"{metric}_random"] = float(score.details["random_auc"])
@@ -215,6 +216,18 @@ def explain_file(
 
     return ExplainResult(image_path, {k: str(outs[k]) for k in keys}, {k: r.seconds for k, r in results.items()},
                          scores, desc, weights_label(loaded))
+
+
+def _stage(progress: Callable[[int, int, str], None] | None, name: str) -> Callable[[int, int, str], None] | None:
+    """``progress`` with ``name`` (the method a metric scores) before each message; None stays None."""
+    if progress is None:
+        return None
+    report = progress
+
+    def staged(done: int, total: int, message: str) -> None:
+        report(done, total, f"{name}: {message}")
+
+    return staged
 
 
 def _strip(path: str) -> str:
@@ -304,10 +317,13 @@ def _stem(path: str) -> str:
     return name
 
 
-def _one(args: dict[str, Any]) -> dict[str, Any]:
-    import torch
+def _one(args: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """One scan of a batch: ``explain_file(**args)``, never raising; ``threads``: torch threads of this process (a
+    Dask worker: one, the cluster runs one worker per core)."""
+    if threads is not None:
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(threads)
     from ._errors import own_warnings
 
     t0 = time.perf_counter()
@@ -335,11 +351,17 @@ def run_batch(
     workers: int | None = None,
     local: bool = False,
     log: Callable[[str], None] = print,
+    scan_progress: Callable[[int, int, str], None] | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Explain every scan of ``images`` into ``outdir`` (one file per scan and method) and write
     ``outdir/summary.csv``. ``scheduler``: a Dask scheduler address; default: a local Dask cluster with
-    ``workers`` single-threaded processes; ``local=True``: in this process, one scan after the other."""
+    ``workers`` single-threaded processes; ``local=True``: in this process, one scan after the other (with torch's
+    own thread count).
+
+    ``log`` gets a line per finished scan with the batch's elapsed time and an ETA (from the scans done so far);
+    ``scan_progress`` (``local=True`` only: Dask workers run elsewhere) gets each scan's own
+    ``progress(done, total, message)``, the message led by ``[i/n] scan``."""
     scans = expand_images(images)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,10 +372,21 @@ def run_batch(
                  output=str(out / f"{_stem(s)}.nii.gz"), **kwargs) for s in scans]
     log(f"batch: {len(jobs)} scans x {len(methods)} method(s)")
     results: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+
+    def finished(res: dict[str, Any]) -> None:
+        results.append(res)
+        done, elapsed = len(results), time.monotonic() - t0
+        when = f"{format_duration(elapsed)} elapsed"
+        if done < len(jobs):  # at the rate of the scans done so far (with Dask: as many at once as there are workers)
+            when += f", about {format_duration(elapsed * (len(jobs) - done) / done)} left"
+        log(f"[{done}/{len(jobs)}] {res['scan']}: {res['status']} ({when})")
+
     if local:
         for i, job in enumerate(jobs):
-            results.append(_one(job))
-            log(f"[{i + 1}/{len(jobs)}] {results[-1]['scan']}: {results[-1]['status']}")
+            if scan_progress is not None:
+                job = {**job, "progress": _stage(scan_progress, f"[{i + 1}/{len(jobs)}] {_stem(job['image_path'])}")}
+            finished(_one(job))
     else:
         try:
             from dask.distributed import Client, LocalCluster, as_completed
@@ -370,11 +403,9 @@ def run_batch(
         else:
             client = Client(scheduler)  # type: ignore[no-untyped-call]
         try:
-            futures = [client.submit(_one, job, pure=False) for job in jobs]
-            for i, fut in enumerate(as_completed(futures)):  # type: ignore[no-untyped-call]
-                res = fut.result()
-                results.append(res)
-                log(f"[{i + 1}/{len(jobs)}] {res['scan']}: {res['status']}")
+            futures = [client.submit(_one, job, 1, pure=False) for job in jobs]
+            for fut in as_completed(futures):  # type: ignore[no-untyped-call]
+                finished(fut.result())
         finally:
             client.close()  # type: ignore[no-untyped-call]
             if cluster is not None:

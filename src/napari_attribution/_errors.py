@@ -13,7 +13,8 @@ what to do next::
      ├── ReaderError          a scan that cannot be read
      └── Cancelled            the caller's ``cancel()`` returned True; nothing was produced
 
-Warnings: :class:`CompletenessWarning` (a path method's map does not add up to the score change it explains).
+Warnings: :class:`CompletenessWarning` (a path method's map does not add up to the score change it explains);
+:class:`ScaledDefaultsWarning` (a default window was scaled to the scan to keep the run affordable).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "ModelLoadError",
     "ParameterError",
     "ReaderError",
+    "ScaledDefaultsWarning",
     "TargetError",
     "own_warnings",
 ]
@@ -79,10 +81,17 @@ class CompletenessWarning(UserWarning):
     5 %): too few steps for this model and path. The message says how far off it is and what to do."""
 
 
+class ScaledDefaultsWarning(UserWarning):
+    """A method's paper default (e.g. ``evidence``'s 5-voxel window) would need more than 4,096 forward passes on
+    this scan, so a larger window was used; the message says which, and how to choose one (explicit parameters are
+    always used as given)."""
+
+
 def own_warnings(caught: list[Any]) -> list[str]:
     """The messages of the warnings this package raised (incomplete maps, scans read with a caveat) among
     ``warnings.catch_warnings(record=True)`` records, sorted and without repeats; other libraries' warnings
     (deprecations, ...) are left out: they are not about the user's result."""
     ours = {str(w.message) for w in caught if issubclass(w.category, UserWarning)
-            and (issubclass(w.category, CompletenessWarning) or "napari_attribution" in str(w.filename))}
+            and (issubclass(w.category, (CompletenessWarning, ScaledDefaultsWarning))
+                 or "napari_attribution" in str(w.filename))}
     return sorted(ours)

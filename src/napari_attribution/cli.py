@@ -93,38 +93,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from ._cli_run import explain_file, parse_params
+    from ._progress import ProgressLine
 
-    def progress(done: int, total: int, message: str) -> None:
-        if not args.quiet:
-            print(f"\r{100 * done // max(total, 1):3d}%  {message[:70]:70s}", end="", file=sys.stderr, flush=True)
-
+    # progress with the elapsed time and an ETA, per stage (each method, then each metric), on stderr
+    line = None if args.quiet else ProgressLine(sys.stderr)
     try:
         res = explain_file(args.model, args.image, args.method, args.output, target=args.target, layer=args.layer,
                            params=parse_params(args.param), metrics=args.metric or (), overwrite=args.overwrite,
-                           device=args.device, trust=args.trust, progress=progress)
+                           device=args.device, trust=args.trust, progress=line)
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not args.quiet:
-        print(file=sys.stderr)
+    finally:
+        if line is not None:
+            line.finish()
     for m, path in res.outputs.items():
-        extra = "  ".join(f"{k}={v:.4g}" for k, v in res.metrics.get(m, {}).items())
+        extra = "  ".join(f"{k}={v:.4g}" if v is not None else f"{k}=failed"  # a failed metric: an empty cell
+                          for k, v in res.metrics.get(m, {}).items())
         print(f"{m}: {path}  ({res.seconds[m]:.2f} s; {res.description}) {extra}")
     return 0
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     from ._cli_run import parse_params, run_batch
+    from ._progress import ProgressLine
 
+    # a line per finished scan with the batch's elapsed time and ETA; with --local also each scan's own progress
+    line = None if args.quiet else ProgressLine(sys.stderr)
     try:
         results = run_batch(args.model, args.images, args.method, args.output, scheduler=args.scheduler,
                             workers=args.workers, local=args.local, target=args.target, layer=args.layer,
                             params=parse_params(args.param), metrics=args.metric or (), overwrite=args.overwrite,
                             device=args.device, trust=args.trust,
-                            log=(lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+                            log=(lambda m: None) if line is None else line.log, scan_progress=line)
     except FileExistsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if line is not None:
+            line.finish()
     return 0 if all(r["status"] == "ok" for r in results) else 1
 
 

@@ -25,9 +25,10 @@ from napari_attribution import targets as T
 from .. import layers as L
 from .._errors import own_warnings
 from ._models import ModelInfo
+from ._threads import job_thread_count, torch_threads
 
 __all__ = ["Estimate", "ExplainRequest", "FitOutcome", "FitRequest", "Outcome", "estimate_passes", "fit_job",
-           "in_low_priority_thread", "run_job"]
+           "in_low_priority_thread", "job_thread_count", "run_job", "torch_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +56,40 @@ class ExplainRequest:
     compare: bool = False
     top_fraction: float = 0.05
     sweep_layers: list[str] | None = None  # one method at each of these network layers (shallow to deep)
+    threads: int | None = None  # torch threads (None: $NAPARI_ATTRIBUTION_THREADS, else all cores but one)
 
 
 @dataclass
 class Estimate:
+    """What a run will cost: ``passes`` model passes, ``forward_passes`` of them forward-only (perturbation
+    methods) and ``partial_passes`` with a backward that stops at a layer (Grad-CAM), timed on this input —
+    ``pass_seconds`` a forward + backward, ``forward_seconds`` a forward; a partial pass costs their geometric mean
+    (it lies between the two: the estimate is then within ``sqrt((F + B) / F)``, about 1.6x, wherever the layer
+    is). Checked against measured run times at 128^3 in ``benchmarks/bench_estimate.py`` (docs/benchmarks.md)."""
+
     passes: float
     pass_seconds: float
     upper_bound: bool = False
+    forward_passes: float = 0.0
+    forward_seconds: float = 0.0
+    other_seconds: float = 0.0  # work besides the model (the window methods' patch model), from its flop count
+    partial_passes: float = 0.0
 
     @property
     def seconds(self) -> float:
-        return self.passes * self.pass_seconds
+        full = self.passes - self.forward_passes - self.partial_passes
+        partial = math.sqrt(self.pass_seconds * self.forward_seconds) if self.forward_seconds else self.pass_seconds
+        return (full * self.pass_seconds + self.forward_passes * self.forward_seconds + self.partial_passes * partial
+                + self.other_seconds)
 
     def text(self) -> str:
         about = "up to" if self.upper_bound else "about"
-        return (f"{about} {_duration(self.seconds)} ({self.passes:.0f} passes x {self.pass_seconds * 1000:.0f} ms "
-                "measured for one pass)")
+        timed = f"{self.pass_seconds * 1000:.0f} ms measured for one pass"
+        if self.forward_passes:
+            timed = (f"{self.forward_passes:.0f} of them forward only; one pass measured: "
+                     f"{self.forward_seconds * 1000:.0f} ms forward, {self.pass_seconds * 1000:.0f} ms with backward")
+        other = f"; {_duration(self.other_seconds)} for the patch model" if self.other_seconds >= 1 else ""
+        return f"{about} {_duration(self.seconds)} ({self.passes:.0f} passes; {timed}{other})"
 
 
 @dataclass
@@ -156,10 +175,29 @@ def _paste(att: Any, full_shape: tuple[int, ...], roi: tuple[slice, ...]) -> Any
 # ------------------------------------------------------------------------------------------------ cost
 
 
+#: methods whose passes are forward-only (evidence's taylor / screened modes: all but one, see
+#: :func:`pass_kinds`): a forward costs about a third of a forward + backward
+_FORWARD_ONLY = {"occlusion", "rise", "prediction_difference", "evidence", "score_cam", "layer_activation"}
+
+
+def pass_kinds(method: str, params: Mapping[str, Any], passes: float) -> tuple[float, float]:
+    """How many of ``method``'s ``passes`` (from :func:`estimate_passes`) are forward-only, and how many have a
+    backward that stops at a layer (the "1F + partial B" methods: Grad-CAM and its kin)."""
+    if "partial B" in na.get_method(method).passes:
+        return 0.0, passes
+    if method not in _FORWARD_ONLY:
+        return 0.0, 0.0
+    mode = na.get_method(method).resolve_params(params).get("mode")
+    if method == "evidence" and mode in ("taylor", "screened"):
+        return max(0.0, passes - 1.0), 0.0  # one forward + backward ranks the windows
+    return passes, 0.0
+
+
 def estimate_passes(method: str, params: Mapping[str, Any], spatial: tuple[int, ...], *,
                     layer_channels: int | None = None) -> tuple[float, bool]:
     """Forward(+backward) passes a method needs on one input of spatial shape ``spatial``; ``(passes, upper)``
-    where ``upper`` says the count is an upper bound (adaptive methods)."""
+    where ``upper`` says the count is an upper bound (adaptive methods). Window methods count the windows their
+    (scaled) defaults give (:func:`napari_attribution.methods._windows.scaled_windows`)."""
     info = na.get_method(method)
     p = info.resolve_params(params)
     nd = len(spatial)
@@ -174,25 +212,13 @@ def estimate_passes(method: str, params: Mapping[str, Any], spatial: tuple[int, 
                                       layer_channels=layer_channels)
         return float(p.get("samples") or 50) * base, upper
     if method == "occlusion":
-        default = 16 if nd <= 2 else 8
-        window = p.get("window") or tuple(min(default, s) for s in spatial)
-        window = (window,) * nd if isinstance(window, (int, np.integer)) else tuple(window)
-        stride = p.get("stride") or tuple(max(1, w // 2) for w in window)
-        stride = (stride,) * nd if isinstance(stride, (int, np.integer)) else tuple(stride)
-        n = 1
-        for s, w, st in zip(spatial, window, stride, strict=False):
-            n *= int(math.ceil(max(s - w, 0) / st)) + 1
-        return float(n + 1), False
-    if method in ("prediction_difference", "evidence"):
-        from ..methods._windows import count_windows
+        from ..methods.perturbation import occlusion_windows
 
-        n = count_windows(p, spatial)
-        mode = p.get("mode", "sample")
-        if mode == "taylor":
-            return 2.0, False
-        if mode == "screened":
-            return 2.0 + math.ceil(float(p.get("screen", 0.5)) * n), False
-        return 1.0 + n * (int(p.get("samples") or 10) if method == "prediction_difference" else 1), False
+        return float(occlusion_windows(p, spatial).passes), False
+    if method in ("prediction_difference", "evidence"):
+        from ..methods._windows import window_and_stride
+
+        return float(window_and_stride(p, spatial, method).passes), False
     if method == "rise":
         return float(p.get("masks") or (2000 if nd <= 2 else 1000)) + 1, False
     if method == "score_cam":
@@ -202,39 +228,59 @@ def estimate_passes(method: str, params: Mapping[str, Any], spatial: tuple[int, 
     return 1.0, False
 
 
-def _pass_seconds(module: Any, x: Any, device: Any) -> float:
-    """Wall time of one forward + input-gradient backward (the model's parameters and .grad are untouched)."""
+def _pass_seconds(module: Any, x: Any, device: Any) -> tuple[float, float]:
+    """Wall time of one forward + input-gradient backward, and of one forward without gradients (the model's
+    parameters and .grad are untouched). The faster of two passes: the first also pays for allocations and kernel
+    set-up (3-5x a later pass at 48^3), which the run's many passes do not."""
     import torch
 
-    xs = x.detach().clone().requires_grad_(True)
-    t0 = time.perf_counter()
-    out = module(xs)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    torch.autograd.grad(out.float().sum(), xs)
-    return time.perf_counter() - t0
+    both = math.inf
+    for _ in range(2):
+        xs = x.detach().clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        out = module(xs)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        torch.autograd.grad(out.float().sum(), xs)
+        both = min(both, time.perf_counter() - t0)
+        del out, xs
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        module(x)
+    return both, min(time.perf_counter() - t1, both)
 
 
-def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[int, ...]) -> Estimate | None:
+def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[int, ...], *,
+              cheap: float = 8) -> Estimate | None:
+    """The request's cost on this image; None for runs of at most ``cheap`` passes (not worth timing a pass)."""
     info = req.model
     slicewise = info.spatial_dims == 2 and len(spatial) == 3
     one = spatial[1:] if slicewise else spatial
     n_slices = (len(req.slices) if req.slices else spatial[0]) if slicewise else 1
-    total, upper = 0.0, False
+    total, forward, partial, flops, upper = 0.0, 0.0, 0.0, 0.0, False
     default = req.layer or info.default_layer or (info.layers[-1] if info.layers else "")
     shared = False  # shared-pass methods compute every swept layer from the same pass
     for layer in req.sweep_layers or [default]:
         for m in req.methods:
-            passes, up = estimate_passes(m, req.params.get(m, {}), one,
-                                         layer_channels=info.layer_channels.get(layer or ""))
+            params = req.params.get(m, {})
+            passes, up = estimate_passes(m, params, one, layer_channels=info.layer_channels.get(layer or ""))
             if passes <= 2 and na.get_method(m).shared_pass:
                 if shared:
                     continue
                 shared = True
             total += passes
+            f_only, part = pass_kinds(m, params, passes)
+            forward, partial = forward + f_only, partial + part
+            if m in ("evidence", "prediction_difference"):
+                from ..methods._windows import gaussian_flops
+
+                flops += gaussian_flops(na.get_method(m).resolve_params(params), one, m) * (info.in_channels or 1)
             upper |= up
     total *= n_slices
-    if total <= 8:
+    forward *= n_slices
+    partial *= n_slices
+    flops *= n_slices
+    if total <= cheap:
         return None  # cheap: no need to measure
     import torch
 
@@ -248,7 +294,24 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
         if dev is not None and dev.type != "cpu":
             return None  # no timing on accelerators (the model would have to move twice)
         info.pass_seconds[key] = _pass_seconds(module, x, dev)
-    return Estimate(total, info.pass_seconds[key], upper)
+    both, fwd = info.pass_seconds[key]
+    other = flops / _flop_rate() if flops else 0.0
+    return Estimate(total, both, upper, forward_passes=forward, forward_seconds=fwd, other_seconds=other,
+                    partial_passes=partial)
+
+
+def _flop_rate() -> float:
+    """Double-precision operations per second of a matrix product on this machine, in this thread setting (the
+    faster of two 384^3 products, about 10 ms)."""
+    import torch
+
+    a = torch.rand(384, 384, dtype=torch.float64)
+    best = math.inf
+    for _ in range(2):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 384**3 / max(best, 1e-9)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -263,18 +326,27 @@ def run_job(request: ExplainRequest, progress: Progress | None = None, cancel: C
 
     Called in napari's worker thread. On Linux the work runs in a short-lived thread of its own at a lower CPU
     priority (a thread of napari's pool would keep the lowered priority afterwards: raising it back needs
-    privileges), so that on a busy machine redrawing the viewer wins over computing."""
+    privileges), so that on a busy machine redrawing the viewer wins over computing. Torch computes with
+    ``request.threads`` threads (default: all cores but one, see :func:`job_thread_count`) and the caller's thread
+    setting is restored afterwards."""
+    try:
+        threads = job_thread_count(request.threads)
+    except na.ParameterError as err:
+        return Outcome("failed", str(err))
     outcome: Outcome = in_low_priority_thread(
-        _run_job, request, progress, cancel,
+        _run_job, request, progress, cancel, threads=threads,
         fallback=Outcome("failed", "Explain failed: the computation stopped unexpectedly."))
     return outcome
 
 
-def in_low_priority_thread(fn: Callable[..., Any], *args: Any, fallback: Any) -> Any:
-    """``fn(*args)`` in a short-lived thread at :data:`JOB_NICENESS` (Linux; elsewhere in this thread); ``fallback``
-    if it returned nothing (it should catch everything itself)."""
+def in_low_priority_thread(fn: Callable[..., Any], *args: Any, fallback: Any, threads: int | None = None) -> Any:
+    """``fn(*args)`` in a short-lived thread at :data:`JOB_NICENESS` (Linux; elsewhere in this thread) with
+    ``threads`` torch threads (None: :func:`job_thread_count`'s default; the torch setting found is restored
+    afterwards, also after a failure); ``fallback`` if it returned nothing (it should catch everything itself)."""
+    count = job_thread_count(threads, strict=False)  # a bad $NAPARI_ATTRIBUTION_THREADS: run_job says so
     if not (JOB_NICENESS and sys.platform.startswith("linux")):
-        return fn(*args)
+        with torch_threads(count):
+            return fn(*args)
     box: list[Any] = []
 
     def target() -> None:
@@ -282,7 +354,8 @@ def in_low_priority_thread(fn: Callable[..., Any], *args: Any, fallback: Any) ->
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), JOB_NICENESS)
         except OSError:
             pass
-        box.append(fn(*args))
+        with torch_threads(count):
+            box.append(fn(*args))
 
     thread = threading.Thread(target=target, name="napari-attribution job", daemon=True)
     thread.start()
@@ -291,9 +364,6 @@ def in_low_priority_thread(fn: Callable[..., Any], *args: Any, fallback: Any) ->
 
 
 def _run_job(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None) -> Outcome:
-    import torch
-
-    torch.set_num_threads(1)  # 2 cores: leave one to the GUI thread
     t0 = time.perf_counter()
     caught: list[warnings.WarningMessage] = []
     try:
@@ -549,6 +619,7 @@ class FitRequest:
     n_cases: int = 40
     mu: float = 10.0
     device: str | None = None
+    threads: int | None = None  # torch threads (None: $NAPARI_ATTRIBUTION_THREADS, else all cores but one)
 
 
 @dataclass
@@ -585,18 +656,19 @@ def _fit_data(req: FitRequest) -> tuple[Any, Any, str]:
 
 def fit_job(request: FitRequest, progress: Progress | None = None, cancel: Cancel | None = None) -> FitOutcome:
     """Fit and save the relevant features; never raises. A cancelled or failed fit writes no file."""
+    try:
+        threads = job_thread_count(request.threads)
+    except na.ParameterError as err:
+        return FitOutcome("failed", str(err))
     outcome: FitOutcome = in_low_priority_thread(
-        _fit_job, request, progress, cancel,
+        _fit_job, request, progress, cancel, threads=threads,
         fallback=FitOutcome("failed", "Fitting the relevant features stopped unexpectedly; no file was written."))
     return outcome
 
 
 def _fit_job(req: FitRequest, progress: Progress | None, cancel: Cancel | None) -> FitOutcome:
-    import torch
-
     from ..interpretation import features_file, save_features_beside
 
-    torch.set_num_threads(1)  # as for explain jobs: leave a core to the GUI thread
     t0 = time.perf_counter()
 
     def relay(done: int, total: int, message: str) -> None:  # responses: 0-80 %, the mu-lasso: 80-100 %

@@ -76,7 +76,7 @@ class ModelInfo:
     sha256: str | None = None  # of the weights file actually read (not of a card file); None for random weights
     random_weights: bool = False  # the card asks for an untrained network ("weights": "random")
     is_script: bool = False
-    pass_seconds: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    pass_seconds: dict[tuple[Any, ...], tuple[float, float]] = field(default_factory=dict)  # (F+B, F) seconds
 
     def class_label(self, k: int) -> str:
         if self.class_names and 0 <= k < len(self.class_names):
@@ -185,10 +185,11 @@ def _probe(info: ModelInfo) -> None:
 def load_model_info(source: str) -> ModelInfo:
     """Load ``source`` (``"demo:<name>"`` or a file) and probe it. Raises ``na.ModelLoadError`` with a readable
     message."""
-    import torch
+    from ._threads import job_thread_count, torch_threads
 
-    torch.set_num_threads(1)
-    return model_info(_load(source), source)
+    # as a job: all cores but one, and the caller's torch thread setting back afterwards
+    with torch_threads(job_thread_count(strict=False)):
+        return model_info(_load(source), source)
 
 
 def model_info(model: Any, source: str = "python object") -> ModelInfo:

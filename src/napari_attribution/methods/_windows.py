@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._errors import ParameterError
+from .._errors import ParameterError, ScaledDefaultsWarning
 
 if TYPE_CHECKING:
     from ._run import MethodOutput
 
-__all__ = ["PatchGaussian", "WindowGrid", "log2_odds"]
+__all__ = ["MAX_PASSES", "PatchGaussian", "WindowGrid", "Windows", "log2_odds", "scaled_windows", "window_and_stride"]
 
 
 def _starts(size: int, window: int, stride: int) -> list[int]:
@@ -106,22 +107,170 @@ class WindowGrid:
         return (total / count.clamp(min=1)).view(self.spatial)
 
 
-def window_and_stride(params: dict[str, Any], spatial: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The window and stride of ``prediction_difference`` / ``evidence``: ``params["window"]`` or 10 (2D) / 5 (3D)
-    voxels clipped to the image, ``params["stride"]`` or half the window."""
+#: default windows are sized so that one input costs at most this many forward passes (the first, unperturbed one
+#: included). Occlusion's former fixed 8^3 window at stride 4 needed 29,792 passes on a 128^3 scan (~22 h on a CPU);
+#: explicit ``window`` / ``stride`` parameters are always used as given.
+MAX_PASSES = 4096
+
+#: a grown default window of ``prediction_difference`` / ``evidence`` may have at most this many voxels with its
+#: frame, ``prod(k + 2l)``: the dimension of the conditional Gaussian fitted on 20 000 patches (measured on one
+#: thread: 729 dimensions 1.8 s, 2,197 7 s, 4,913 27 s and 0.9 GB; 8,000 about a minute and 1.5 GB)
+MAX_GAUSSIAN = 8000
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The windows a sliding-window method evaluates on one input.
+
+    Attributes
+    ----------
+    window, stride : tuple of int
+        Per spatial axis.
+    count : int
+        Number of windows (the last one per axis flush with the border).
+    passes : int
+        Forward passes of the run (the unperturbed pass included).
+    note : str
+        Empty when the window is the method's default (or the caller's); else what was used instead of the
+        default, why, and how to choose (also the text of the :class:`ScaledDefaultsWarning`).
+    """
+
+    window: tuple[int, ...]
+    stride: tuple[int, ...]
+    count: int
+    passes: int
+    note: str = ""
+
+
+def n_windows(spatial: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> int:
+    """``prod_d ceil((S_d - w_d) / s_d) + 1``: the windows of the grid of :func:`_starts` (and of
+    ``captum.attr.Occlusion``)."""
+    return math.prod(int(math.ceil((s - w) / st)) + 1 for s, w, st in zip(spatial, window, stride, strict=True))
+
+
+def _shape(t: Sequence[int]) -> str:
+    return " x ".join(str(v) for v in t)
+
+
+def scaled_windows(params: Mapping[str, Any], spatial: tuple[int, ...], *, default: int,
+                   passes: Callable[[int], int], tile: bool, what: str) -> Windows:
+    """The window and stride of a sliding-window method: as given; else the method's ``default`` window (cubic,
+    clipped to the image) at half its size as stride when that costs at most :data:`MAX_PASSES` forward passes;
+    else the smallest larger window (or stride) that fits, with a note that says so.
+
+    ``passes(n)`` is the run's forward passes for ``n`` windows. A given ``window`` is never changed (its stride
+    defaults to half of it); a given ``stride`` is kept while the window grows. Without ``tile`` the window grows
+    at stride half the window. With ``tile`` the stride first grows up to the default window, then window and
+    stride grow together (the windows tile the image) — for the window methods whose cost is the conditional
+    Gaussian of the window and its frame, ``(k + 2l)^d`` dimensions: overlapping by half needs a window twice as
+    wide for the same number of windows, a Gaussian 2^d times larger (8,000 dimensions instead of 2,197 for
+    ``evidence`` at 128^3), for a map of about the same block size.
+    """
+    nd = len(spatial)
+    given_stride = params.get("stride")
+
+    def make(w: int, step: int | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Window ``w`` (clipped to the image) at stride ``step`` (None: half the window), or the given stride."""
+        win = tuple(min(w, s) for s in spatial)
+        if given_stride:
+            return win, per_axis(given_stride, nd, "stride")
+        return win, tuple(max(1, v // 2) if step is None else min(step, v) for v in win)
+
+    if params.get("window"):
+        window = per_axis(params["window"], nd, "window")
+        if any(w > s for w, s in zip(window, spatial, strict=True)):
+            raise ParameterError(f"The window {window} is larger than the image {spatial}.")
+        stride = per_axis(given_stride, nd, "stride") if given_stride else tuple(max(1, w // 2) for w in window)
+        n = n_windows(spatial, window, stride)
+        return Windows(window, stride, n, passes(n))
+    window, stride = make(default, None)
+    n0 = n_windows(spatial, window, stride)
+    if passes(n0) <= MAX_PASSES:
+        return Windows(window, stride, n0, passes(n0))
+    first, first_stride, n = window, stride, n0
+    larger = range(default + 1, max(spatial) + 1)
+    if tile and not given_stride:  # first the stride grows to the window, then both together
+        steps = [(default, st) for st in range(default // 2 + 1, default + 1)] + [(w, w) for w in larger]
+    else:
+        steps = [(w, None) for w in larger]
+    for w, step in steps:
+        window, stride = make(w, step)
+        n = n_windows(spatial, window, stride)
+        if passes(n) <= MAX_PASSES:
+            break
+    how = "pass window= (and stride=) to choose" + (", or mode='taylor' / 'screened' (fewer passes)"
+                                                     if tile else "")
+    note = (f"{what}: window {_shape(window)} at stride {_shape(stride)} ({n:,} windows, {passes(n):,} forward "
+            f"passes) instead of the default {_shape(first)} at stride {_shape(first_stride)}, which needs "
+            f"{passes(n0):,} passes on this {_shape(spatial)} image; the default grows with the image to stay "
+            f"within {MAX_PASSES:,} passes ({how}).")
+    return Windows(window, stride, n, passes(n), note)
+
+
+def window_passes(method: str, params: Mapping[str, Any]) -> Callable[[int], int]:
+    """Forward passes of ``prediction_difference`` / ``evidence`` (by ``params["mode"]``) for ``n`` windows, the
+    unperturbed pass included: PDA ``1 + n * samples``, conditional mean ``1 + n``, screened
+    ``2 + ceil(screen * n)`` (one forward and one backward for the ranking), taylor 2."""
+    mode = params.get("mode", "sample") if method == "evidence" else "sample"
+    if mode == "taylor":
+        return lambda n: 2
+    if mode == "screened":
+        screen = float(params.get("screen", 0.5))
+        return lambda n: 2 + max(1, math.ceil(screen * n))
+    samples = max(1, int(params.get("samples") or 10)) if method == "prediction_difference" else 1
+    return lambda n: 1 + n * samples
+
+
+def window_and_stride(params: Mapping[str, Any], spatial: tuple[int, ...], method: str = "evidence") -> Windows:
+    """The windows of ``prediction_difference`` / ``evidence``: ``params["window"]`` (stride ``params["stride"]``
+    or half the window), else the paper's window, 10 (2D) / 5 (3D) voxels clipped to the image, at stride half the
+    window (methods.md §A4.1, §B10) while the run stays within :data:`MAX_PASSES` forward passes; on larger images
+    the smallest window that tiles the image within that many passes (see :func:`scaled_windows`)."""
     nd = len(spatial)
     default_k = 10 if nd <= 2 else 5
-    window = per_axis(params.get("window") or tuple(min(default_k, s) for s in spatial), nd, "window")
-    stride = per_axis(params.get("stride") or tuple(max(1, w // 2) for w in window), nd, "stride")
-    return window, stride
+    passes = window_passes(method, params)
+    wins = scaled_windows(params, spatial, default=default_k, passes=passes, tile=True, what=method)
+    pad = int(params.get("padding", 2))
+    dims = math.prod(w + 2 * pad for w in wins.window)
+    if wins.note and dims > MAX_GAUSSIAN:
+        # the grown default is affordable in passes but not in its fit: say so before any work, with a way out
+        k = max(1, round(MAX_GAUSSIAN ** (1 / nd)) - 2 * pad)
+        fallback = tuple(min(k, s) for s in spatial)
+        n = n_windows(spatial, fallback, fallback)
+        raise ParameterError(
+            f"{method} on this {_shape(spatial)} image: to stay within {MAX_PASSES:,} forward passes its default "
+            f"window would grow to {_shape(wins.window)}, whose conditional Gaussian ({dims:,} dimensions) is too "
+            f"large to fit (the limit is {MAX_GAUSSIAN:,}). Use evidence"
+            + (" with mode='screened' or 'taylor'" if method == "evidence" else " (the same weight of evidence, "
+               "one pass per window)")
+            + f", explain a box (ROI), or choose the windows: e.g. window={k}, stride={k} needs {passes(n):,} "
+            "passes.")
+    return wins
 
 
-def count_windows(params: dict[str, Any], spatial: tuple[int, ...]) -> int:
+def gaussian_flops(params: Mapping[str, Any], spatial: tuple[int, ...], method: str = "evidence") -> float:
+    """Floating-point operations of ``prediction_difference`` / ``evidence`` besides the model: fitting the
+    conditional Gaussian (the patch covariance, ``2 N P^2`` for ``N`` patches of ``P`` voxels, and solving for the
+    window given its frame) and conditioning every window it evaluates (``2 Pw Pf`` each, plus ``2 S Pw^2`` for
+    ``S`` samples), per input channel. For the docks' cost estimate: on a 48^3 image a window of 8 makes the fit
+    take longer than the 28 forward passes of the run."""
+    wins = window_and_stride(params, spatial, method)
+    pad = int(params.get("padding", 2))
+    size = math.prod(w + 2 * pad for w in wins.window)
+    inner = math.prod(wins.window)
+    frame = size - inner
+    n = int(params.get("patches") or 20000)
+    fit = 2.0 * n * size * size + (2 / 3) * frame**3 + 2.0 * inner * frame * frame + 2.0 * inner * inner * frame
+    conditioned = wins.count  # taylor conditions every window once; screened again for the exact ones
+    if method == "evidence" and params.get("mode") == "screened":
+        conditioned += max(1, math.ceil(float(params.get("screen", 0.5)) * wins.count))
+    samples = max(1, int(params.get("samples") or 10)) if method == "prediction_difference" else 0
+    return fit + conditioned * (2.0 * inner * frame + 2.0 * samples * inner * inner)
+
+
+def count_windows(params: Mapping[str, Any], spatial: tuple[int, ...], method: str = "evidence") -> int:
     """How many windows ``prediction_difference`` / ``evidence`` evaluate on an image of shape ``spatial``."""
-    window, stride = window_and_stride(params, spatial)
-    if any(w > s for w, s in zip(window, spatial, strict=True)):
-        raise ParameterError(f"The window {window} is larger than the image {spatial}.")
-    return math.prod(len(_starts(s, w, st)) for s, w, st in zip(spatial, window, stride, strict=True))
+    return window_and_stride(params, spatial, method).count
 
 
 def per_axis(value: Any, nd: int, name: str) -> tuple[int, ...]:
@@ -160,7 +309,15 @@ class PatchGaussian:
         self.win_idx = torch.from_numpy(np.flatnonzero(inner.ravel()))
         self.frame_idx = torch.from_numpy(np.flatnonzero(~inner.ravel()))
         channels = images[0].shape[0]
-        samples: list[Tensor] = []
+        size = int(np.prod(self.patch))
+        # the covariance is accumulated over chunks of patches (memory: a chunk and the P x P matrices, not all
+        # 20 000 patches with their gather indices: 5.7 GB at P = 17^3), of the patches less the first image's
+        # per-channel mean (so the one-pass formula loses no precision to large intensities such as HU)
+        shift = images[0].reshape(channels, -1).double().mean(1)[:, None]  # (C, 1)
+        total = torch.zeros(channels, size, dtype=torch.float64)
+        outer = torch.zeros(channels, size, size, dtype=torch.float64)
+        chunk = max(64, 2**22 // size)
+        n_fit = 0
         per_image = max(1, n_patches // len(images))
         for img in images:
             padded = self.pad_image(img[None])[0]
@@ -168,23 +325,28 @@ class PatchGaussian:
             if any(s < 1 for s in starts):
                 raise ParameterError(f"The image {tuple(img.shape[1:])} is smaller than the patch {self.patch}.")
             corners = torch.stack([torch.randint(0, s, (per_image,), generator=generator) for s in starts], 1)
-            samples.append(self._gather(padded, corners))  # (n, C, P)
-        data = torch.cat(samples).double()  # (N, C, P)
-        self.mean = data.mean(0)  # (C, P)
-        centred = data - self.mean
-        cov = torch.einsum("ncp,ncq->cpq", centred, centred) / max(1, data.shape[0] - 1)
-        eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
-        cov = cov + eye * (1e-6 * cov.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-12))[:, None, None]
+            for c0 in range(0, per_image, chunk):
+                d = self._gather(padded, corners[c0:c0 + chunk]).double() - shift  # (n, C, P)
+                total += d.sum(0)
+                outer.baddbmm_(d.permute(1, 2, 0), d.permute(1, 0, 2))
+                n_fit += d.shape[0]
+        mean = total / n_fit
+        self.mean = mean + shift  # (C, P)
+        cov = outer.sub_(n_fit * mean[:, :, None] * mean[:, None, :]).div_(max(1, n_fit - 1))
+        del outer
+        cov.diagonal(dim1=1, dim2=2).add_((1e-6 * cov.diagonal(dim1=1, dim2=2).mean(1).clamp(min=1e-12))[:, None])
         w, f = self.win_idx, self.frame_idx
-        s_ww = cov[:, w][:, :, w]
         s_wf = cov[:, w][:, :, f]
         s_ff = cov[:, f][:, :, f]
         self.gain = torch.linalg.solve(s_ff, s_wf.transpose(1, 2)).transpose(1, 2)  # (C, Pw, Pf)
-        cond = s_ww - self.gain @ s_wf.transpose(1, 2)
-        cond = 0.5 * (cond + cond.transpose(1, 2)) + eye[: len(w), : len(w)] * 1e-9
+        del s_ff
+        cond = cov[:, w][:, :, w] - self.gain @ s_wf.transpose(1, 2)
+        del cov, s_wf
+        cond = 0.5 * (cond + cond.transpose(1, 2))
+        cond.diagonal(dim1=1, dim2=2).add_(1e-9)
         self.chol = torch.linalg.cholesky(cond)  # (C, Pw, Pw)
         self.channels = channels
-        self.n_fit = data.shape[0]
+        self.n_fit = n_fit
 
     def pad_image(self, x: Tensor) -> Tensor:
         """Pad ``(B, C, *S)`` by the frame width with edge values."""
@@ -262,7 +424,10 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
 
     x = run.x
     spatial = tuple(x.shape[2:])
-    window, stride = window_and_stride(params, spatial)
+    wins = window_and_stride(params, spatial, "prediction_difference" if mode == "sample" else "evidence")
+    window, stride = wins.window, wins.stride
+    if wins.note:
+        warnings.warn(ScaledDefaultsWarning(wins.note), stacklevel=2)
     pad = int(params["padding"])
     if pad < 1:
         raise ParameterError("padding (the frame width l) must be at least 1.")
@@ -290,6 +455,8 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
     n_win = len(grid)
     extras: dict[str, Any] = {"windows": n_win, "window": window, "stride": stride, "padding": pad,
                               "fit_patches": gauss.n_fit, "log_odds": logodds}
+    if wins.note:
+        extras["window_note"] = wins.note
     if mode in ("taylor", "screened"):
         screen = float(params.get("screen", 0.5)) if mode == "screened" else 0.0
         if mode == "screened" and not 0.0 < screen <= 1.0:

@@ -119,18 +119,20 @@ def baseline_tensor(x: Tensor, baseline: Any) -> Tensor:
     passes="steps x (1F + 1B)",
     paper="Sundararajan et al. 2017, arXiv:1703.01365",
     signed=True,
-    params={"steps": 50, "baseline": "min", "rule": "gausslegendre", "tolerance": 0.01, "max_steps": 512},
-    choices={"steps": (50, "auto", ...), "baseline": ("min", "mean", ...),
+    params={"steps": "auto", "baseline": "min", "rule": "gausslegendre", "tolerance": 0.01, "max_steps": 128},
+    choices={"steps": ("auto", 50, ...), "baseline": ("min", "mean", ...),
              "rule": ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")},
 )
 def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``IG_i = (x_i - x'_i) * int_0^1 dT(x' + a (x - x'))/dx_i da``.
 
-    ``steps`` = an integer: an ``steps``-point quadrature by ``rule``; the parameters then map one to one to
+    ``steps="auto"`` (the default): adaptive quadrature until the completeness error is below ``tolerance``
+    (relative to ``|T(x) - T(x')|``) or ``max_steps`` (default 128) gradient evaluations are spent — see
+    :func:`_adaptive_ig`. A fixed step count does not scale: 50 Gauss-Legendre steps left the demo lesion model's
+    map 36 % incomplete while the adaptive rule reached 0.2 % with 32. ``steps`` = an integer: an
+    ``steps``-point quadrature by ``rule`` (``max_steps`` does not apply); the parameters then map one to one to
     ``captum.attr.IntegratedGradients.attribute(baselines=..., n_steps=steps, method=rule)`` (Captum's default
-    rule is also Gauss-Legendre). ``steps="auto"``: adaptive quadrature until the completeness error is below
-    ``tolerance`` (relative to ``|T(x) - T(x')|``) or ``max_steps`` gradient evaluations are spent — see
-    :func:`_adaptive_ig`. Steps are processed in chunks sized to the memory budget (``max_batch`` or
+    rule is also Gauss-Legendre). Steps are processed in chunks sized to the memory budget (``max_batch`` or
     ``memory_budget``), so a 3D volume never needs all steps at once. ``extras["completeness"]`` reports
     ``sum(IG)``, ``T(x) - T(x')``, the relative error and the number of gradient evaluations.
     """
@@ -151,7 +153,7 @@ def integrated_gradients(run: Run, params: dict[str, Any]) -> MethodOutput:
     delta = full - base_score
     err = abs(total - delta) / max(abs(delta), 1e-12)
     if err > INCOMPLETE and abs(delta) > 1e-6:
-        how = (f"max_steps={params['max_steps']} was reached" if params["steps"] == "auto"
+        how = (f"max_steps={params['max_steps']} was reached; raise max_steps" if params["steps"] == "auto"
                else f"{evals} steps; use steps='auto' (adaptive: stops below {float(params['tolerance']):.0%}) or more "
                "steps")
         warnings.warn(CompletenessWarning(

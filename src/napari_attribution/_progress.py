@@ -1,0 +1,143 @@
+"""Progress with an ETA for the command line (Qt-free): one line on stderr that says how far a long run is, how long
+it has taken and about how long it still needs.
+
+The library reports progress as ``progress(done, total, message)`` calls (``na.explain``, ``na.compare``,
+``na.evaluate``). :class:`ProgressLine` turns them into ``" 42%  1 min 10 s elapsed, about 1 min 36 s left  message"``.
+The ETA is the elapsed time scaled by the fraction still to do, per stage: when the fraction goes back (the next
+method, the next metric) a new stage starts and its clock restarts. On a terminal the line is rewritten in place (at
+most five times a second); into a file or a pipe a full line is written at most every ``interval`` seconds and when a
+stage ends, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+__all__ = ["ProgressLine", "eta_seconds", "format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    """``"8.2 s"``, ``"42 s"``, ``"3 min 10 s"``, ``"1 h 05 min"``.
+
+    Examples
+    --------
+    >>> format_duration(8.24), format_duration(42), format_duration(190), format_duration(3900)
+    ('8.2 s', '42 s', '3 min 10 s', '1 h 05 min')
+    """
+    s = max(0.0, float(seconds))
+    if s < 10:
+        return f"{s:.1f} s"
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        m, r = divmod(int(round(s)), 60)
+        return f"{m} min {r:02d} s" if m < 10 else f"{m} min"
+    h, r = divmod(int(round(s)) // 60, 60)
+    return f"{h} h {r:02d} min"
+
+
+def eta_seconds(fraction: float, elapsed: float) -> float | None:
+    """Seconds still needed when ``fraction`` of the work took ``elapsed`` seconds, at the same rate; None while too
+    little is done to tell (under 1 % or under half a second).
+
+    Examples
+    --------
+    >>> eta_seconds(0.25, 30.0)
+    90.0
+    """
+    if fraction < 0.01 or elapsed < 0.5:
+        return None
+    return elapsed * (1.0 - min(fraction, 1.0)) / fraction
+
+
+class ProgressLine:
+    """A ``progress(done, total, message)`` callback that writes progress with an ETA to ``stream`` (stderr).
+
+    Parameters
+    ----------
+    stream : text stream, optional
+        Where to write (default ``sys.stderr``).
+    prefix : str
+        Put before every line, e.g. ``"[3/10] scan.nii.gz"``.
+    interval : float
+        Seconds between two lines when ``stream`` is not a terminal.
+    clock : callable
+        Seconds (monotonic); tests pass a fake one.
+    tty : bool, optional
+        Rewrite one line in place; default: whether ``stream`` is a terminal.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> ticks = iter([0.0, 10.0, 40.0])
+    >>> line = ProgressLine(out, clock=lambda: next(ticks), tty=False, interval=0)
+    >>> line(1, 4, "integrated gradients")
+    >>> line(4, 4, "done")
+    >>> print(out.getvalue(), end="")
+     25%  10 s elapsed, about 30 s left  integrated gradients
+    100%  40 s elapsed  done
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, prefix: str = "", interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic, tty: bool | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.prefix = prefix
+        self.interval = interval
+        self.clock = clock
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self.start = self._last_call = clock()
+        self._fraction = 0.0
+        self._last_write = float("-inf")
+        self._open = False  # a terminal line is being rewritten (finish() ends it)
+        self._ended = False  # the current stage's 100 % line is written
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        now = self.clock()
+        fraction = min(1.0, max(0.0, done / total)) if total > 0 else 1.0
+        new_stage = fraction < self._fraction
+        if new_stage:  # the next stage (method, metric): its own clock, from the previous stage's last report
+            self.start = self._last_call
+            self._ended = False
+        self._fraction, self._last_call = fraction, now
+        finished = fraction >= 1.0
+        if finished and self._ended and not self.tty:
+            return  # a stage's end is written once (its last steps may report 100 % more than once)
+        if not (finished or new_stage) and now - self._last_write < (0.2 if self.tty else self.interval):
+            return
+        self._ended = finished
+        self._last_write = now
+        self._write(self.text(fraction, now - self.start, message))
+
+    def text(self, fraction: float, elapsed: float, message: str) -> str:
+        """One progress line (without the prefix)."""
+        eta = None if fraction >= 1.0 else eta_seconds(fraction, elapsed)
+        left = f", about {format_duration(eta)} left" if eta is not None else ""
+        return f"{int(100 * fraction):3d}%  {format_duration(elapsed)} elapsed{left}  {message}"
+
+    def log(self, line: str) -> None:
+        """A line of its own (a scan finished, a summary written), not overwritten by the progress line; the next
+        progress starts a new stage."""
+        self.finish()
+        print(line, file=self.stream, flush=True)
+        self.start = self._last_call = self.clock()
+        self._fraction, self._ended = 0.0, False
+
+    def finish(self) -> None:
+        """End the line being rewritten on a terminal (call once the run is over)."""
+        if self._open:
+            print(file=self.stream, flush=True)
+            self._open = False
+
+    def _write(self, text: str) -> None:
+        line = f"{self.prefix}  {text}" if self.prefix else text
+        if self.tty:
+            width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
+            print(f"\r{line[:width]:{width}s}", end="", file=self.stream, flush=True)
+            self._open = True
+        else:
+            print(line, file=self.stream, flush=True)
