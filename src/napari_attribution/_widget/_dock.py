@@ -28,7 +28,7 @@ import napari_attribution as na
 
 from ..layers import OWNER_KEY
 from ..models import infer_card
-from ._card import CardEditor
+from ._card import CardEditor, CardView
 from ._common import LayerCombo, Runner, is_own, notify, place_layer, source_geometry
 from ._form import ModelPicker, ScopeBox, TargetPicker
 from ._jobs import ExplainRequest, Outcome, run_job, spatial_offset
@@ -94,12 +94,14 @@ class AttributionDock(QWidget):
         self._steps: list[Any] = []  # GUI-thread steps after a run, one per event-loop turn
         self._job = ""  # what the runner runs: "explain" or another job of a subclass (e.g. "fit")
         self._slices: list[int] | None = None
+        self._ran: ModelInfo | None = None  # the model of the last run started (it may learn its class count)
 
         self.image = LayerCombo(viewer, (Image,), exclude=is_own)
         self.image.setToolTip("The scan to explain (follows the active layer)")
         self.model = ModelPicker(recent)
         self.model_status = QLabel("no model loaded")
         self.model_status.setWordWrap(True)
+        self.card_view = CardView()  # the card in effect and what will be done to the picked image
         self.card_editor = CardEditor()
         self.card_editor.setEnabled(False)
         self.device = QComboBox()
@@ -144,7 +146,7 @@ class AttributionDock(QWidget):
         outer.addWidget(scroll)
         self.layout_ = QVBoxLayout(content)
         self.layout_.addWidget(_group("Input", ("image", self.image), ("model", self.model), self.model_status,
-                                      self.card_editor, ("device", self.device)))
+                                      self.card_view, self.card_editor, ("device", self.device)))
         self.layout_.addWidget(self._method_section())
         self.layout_.addWidget(_group("Target", self.target))
         self.layout_.addWidget(_group("Scope", self.scope))
@@ -167,6 +169,7 @@ class AttributionDock(QWidget):
         self.model.on_chosen = self.load_model
         self.card_editor.on_apply = self._apply_card
         self.image.currentTextChanged.connect(self._update_scope)
+        self.image.currentTextChanged.connect(self._show_card)
         viewer.layers.selection.events.active.connect(self._follow_active)
         viewer.dims.events.current_step.connect(self._on_step)
         active = viewer.layers.selection.active
@@ -218,6 +221,10 @@ class AttributionDock(QWidget):
         if isinstance(layer, Image) and not is_own(layer):
             self.image.select(layer)
 
+    def _show_card(self, *_: Any) -> None:
+        """The card in effect for the model, and what will be done to the picked image."""
+        self.card_view.show_for(self.model_info, self.image.layer())
+
     def _update_scope(self, *_: Any) -> None:
         self.scope.set_slicewise(self._slicewise())
 
@@ -264,6 +271,7 @@ class AttributionDock(QWidget):
         self.loading = False
         if info is None:
             self.model_status.setText("no model loaded")
+            self.card_view.show_for(None)
             notify("error", message)
         else:
             self.model_info = info
@@ -272,9 +280,10 @@ class AttributionDock(QWidget):
             self.model_status.setText(info.summary())
             lm = info.model
             self.card_editor.set_card(infer_card(lm.module, lm.card) if isinstance(lm, na.LoadedModel) else None)
-            self.target.set_model(info)
+            self._show_classes(info)
             self._model_changed()
             self._update_scope()
+            self._show_card()
         self._update_buttons()
 
     # ------------------------------------------------------------------ running
@@ -319,6 +328,7 @@ class AttributionDock(QWidget):
             notify("error", str(err))
             return
         self._slices = None if request.sweep_layers else request.slices
+        self._ran = request.model
         self.start_job(run_job, request, self._on_outcome)
 
     def start_job(self, fn: Any, request: Any, returned: Any, *, kind: str = "explain",
@@ -398,7 +408,27 @@ class AttributionDock(QWidget):
         self.status.setText(f"{outcome.message}. Warning: {note}" if note else outcome.message)
         if note:
             notify("warning", note)
+        self._learn(outcome)
         self.show_outcome(outcome, placed)
+
+    def _show_classes(self, info: ModelInfo) -> None:
+        """The target picker for ``info``; while the class count is unknown (a network the test pass could not
+        run), its class list says so."""
+        self.target.set_model(info)
+        if info.n_classes is None:
+            self.target.k1.setToolTip("The class count is unknown until the first run (the test forward pass "
+                                      "failed): explain the predicted class or region first, or give the card's "
+                                      "input_shape or num_classes")
+
+    def _learn(self, outcome: Outcome) -> None:
+        """After a run: what the test pass could not tell (task, class count) from the result, and the card view
+        again (a trial forward pass may have found the padding the network needs)."""
+        info = self._ran
+        if info is not None and outcome.results and info.learn_from_result(next(iter(outcome.results.values()))):
+            if info is self.model_info:
+                self.model_status.setText(info.summary())
+                self._show_classes(info)
+        self._show_card()
 
     # ------------------------------------------------------------------ following the slider
     def _on_step(self, event: Any = None) -> None:

@@ -43,6 +43,17 @@ def _probability_text(probs: Any) -> str:
     return " · ".join(f"{name} {p:.2f}" for name, p in ranked[:4])
 
 
+def input_text(att: Any) -> str:
+    """The steps the input path actually applied in a run (``extras["preprocessing"]``, with any padding a trial
+    forward pass found), in words."""
+    steps = list(getattr(att, "extras", {}).get("preprocessing") or [])
+    if not steps:
+        return "Input used: the scan as it is, on its own grid."
+    grid = att.extras.get("model_grid_shape")
+    seen = f" (the network saw {tuple(int(v) for v in grid)})" if grid is not None else ""
+    return f"Input used{seen}: {'; '.join(steps)}."
+
+
 def colour_bar_text(layer: Any, viewer: Any = None) -> str:
     """The scale and sign of a heatmap layer in words (the colour bar on the canvas shows the same limits); for a
     layer sweep, which network layer the slider shows (with ``viewer``)."""
@@ -117,12 +128,15 @@ class ExplainWidget(AttributionDock):
         box = QGroupBox("Result")
         self.prediction = QLabel("")
         self.prediction.setWordWrap(True)
+        self.input_used = QLabel("")  # the preprocessing steps the run actually applied
+        self.input_used.setWordWrap(True)
         self.colour_bar = QLabel("")
         self.colour_bar.setWordWrap(True)
         self.sweep_table = SweepTable()
         self.sweep_table.on_row = self.show_network_layer
         lay = QVBoxLayout(box)
         lay.addWidget(self.prediction)
+        lay.addWidget(self.input_used)
         lay.addWidget(self.colour_bar)
         lay.addWidget(self.sweep_table)
         self.trust = TrustBox(self.viewer, is_busy=lambda: self.busy, current_model=lambda: self.model_info,
@@ -280,6 +294,8 @@ class ExplainWidget(AttributionDock):
                      for k, v in counts.items() if k != "0"]
             text = "predicted voxels: " + (", ".join(named) if named else "none (all background)")
         self.prediction.setText(text)
+        if outcome.results:
+            self.input_used.setText(input_text(next(iter(outcome.results.values()))))
         overlay = self.viewer.canvas.overlays.text
         if outcome.probabilities and text:
             overlay.text = f"{self.model_info.label if self.model_info else 'model'}: {text}"

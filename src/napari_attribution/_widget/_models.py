@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import napari_attribution as na
 
 from ..layers import sha256_file
@@ -77,6 +79,11 @@ class ModelInfo:
     random_weights: bool = False  # the card asks for an untrained network ("weights": "random")
     is_script: bool = False
     pass_seconds: dict[tuple[Any, ...], tuple[float, float]] = field(default_factory=dict)  # (F+B, F) seconds
+    card: Any = None  # na.ModelCard in effect: the given card with what infer_card filled in
+    guessed: tuple[str, ...] = ()  # facts guessed from the network rather than given by a card, in words
+    probe_shape: tuple[int, ...] | None = None  # spatial shape of the test forward pass (None: not run)
+    probe_error: str = ""  # why the test forward pass failed ("" when it ran)
+    classes_from_run: bool = False  # the class count was learnt from a run's output (the test pass had failed)
 
     def class_label(self, k: int) -> str:
         if self.class_names and 0 <= k < len(self.class_names):
@@ -90,10 +97,30 @@ class ModelInfo:
         if self.class_names:
             classes = f", classes: {', '.join(self.class_names)}"
         elif self.n_classes:
-            classes = f", {self.n_classes} outputs"
+            classes = f", {self.n_classes} output{'s' if self.n_classes > 1 else ''}"
+        else:
+            classes = ", class count unknown until the first run"
         kind = " (TorchScript: gradient and perturbation methods only)" if self.is_script else ""
         untrained = " — random weights (untrained on purpose)" if self.random_weights else ""
         return f"{self.label}: {dims}{task}{classes}{kind}{untrained}"
+
+    def learn_from_result(self, att: Any) -> bool:
+        """Fill the task and class count the test forward pass could not tell (a network that takes one fixed
+        size) from a run's result: ``extras["output_channels"]`` (the output's channels) and the prediction (a
+        label map for segmentation, class probabilities for classification). True when something was learnt."""
+        changed = False
+        k = getattr(att, "extras", {}).get("output_channels")
+        if self.n_classes is None and isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k > 0:
+            self.n_classes = int(k)
+            self.classes_from_run = changed = True
+        if self.task is None:
+            pred = getattr(att, "prediction", None)
+            if isinstance(pred, list):  # slice-wise: one per slice (None for skipped slices)
+                pred = next((p for p in pred if p is not None), None)
+            if pred is not None:
+                self.task = "segmentation" if np.ndim(pred) >= 2 else "classification"
+                changed = True
+        return changed
 
     def provenance_fields(self, source_metadata: Any = None) -> dict[str, Any]:
         """What a heatmap's provenance records about this model and (from the image layer's metadata) its scan:
@@ -151,17 +178,28 @@ def _load(source: str) -> Any:
     return na.LoadedModel(module.eval(), na.ModelCard(weights=str(path), inferred=True))
 
 
+def _probe_size(info: ModelInfo) -> tuple[int, ...]:
+    """The spatial shape of the test forward pass: the card's ``input_shape`` (a network that takes one fixed
+    size runs on nothing else), else its ``patch_size``, else 32^3 (3D) / 64^2 (2D)."""
+    card = info.card
+    for fixed in (getattr(card, "input_shape", None), getattr(card, "patch_size", None)):
+        if fixed:
+            return tuple(int(s) for s in fixed)
+    return (32,) * 3 if (info.spatial_dims or 2) == 3 else (64, 64)
+
+
 def _probe(info: ModelInfo) -> None:
-    """One forward pass on a small zero input: task, number of outputs, candidate layers."""
+    """One forward pass on a small zero input: task, number of outputs, candidate layers. When it fails (a
+    network that takes one fixed size and has no ``input_shape`` in its card), the card's ``num_classes`` /
+    ``class_names`` stand, or the class count stays unknown until the first run
+    (:meth:`ModelInfo.learn_from_result`); ``probe_error`` says why."""
     import torch
 
     lm = info.model
     module = lm.module if isinstance(lm, na.LoadedModel) else lm
-    dims = info.spatial_dims or 2
-    c = info.in_channels or 1
-    patch = getattr(getattr(lm, "card", None), "patch_size", None)
-    size = tuple(int(s) for s in patch) if patch else ((32,) * 3 if dims == 3 else (64, 64))
-    x = torch.zeros((1, c) + size)
+    size = _probe_size(info)
+    x = torch.zeros((1, info.in_channels or 1) + size)
+    info.probe_shape = size
     try:
         with torch.no_grad():
             out = module(x)
@@ -171,7 +209,10 @@ def _probe(info: ModelInfo) -> None:
             info.task = "classification" if out.ndim == 2 else ("segmentation" if out.ndim == x.ndim else None)
         if info.n_classes is None:
             info.n_classes = int(out.shape[1])
-    except Exception:  # a model that needs another input size: the widget still works, with fewer hints
+    except Exception as err:  # a network that takes another input size: the dock says so, the run will tell
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        text = lines[-1] if lines else type(err).__name__
+        info.probe_error = text if len(text) <= 160 else text[:157] + "..."
         return
     if not info.is_script:
         try:
@@ -180,6 +221,11 @@ def _probe(info: ModelInfo) -> None:
             cands = []
         info.layers = [c.name for c in cands]
         info.layer_channels = {c.name: int(c.shape[1]) for c in cands}
+        if info.default_layer is None:  # the pipeline's own rule (never a segmentation net's output head)
+            from ..models._layers import pick_default
+
+            chosen = pick_default(cands, tuple(out.shape))
+            info.default_layer = chosen.name if chosen is not None else None
 
 
 def load_model_info(source: str) -> ModelInfo:
@@ -216,13 +262,36 @@ def model_info(model: Any, source: str = "python object") -> ModelInfo:
     )
     if info.class_names:
         info.n_classes = len(info.class_names)
+    elif card.num_classes:
+        info.n_classes = int(card.num_classes)
+    info.card = card
     # the hash of the weights file the loader actually read; a model made without the loader's record (a module
     # handed over from Python) falls back to hashing the weights file its card names
     info.sha256 = lm.weights_sha256
     if info.sha256 is None and not random and weights and os.path.isfile(weights):
         info.sha256 = sha256_file(weights)
     _probe(info)
+    info.guessed = _guessed(lm.card, card, info)
     return info
+
+
+def _guessed(given: Any, card: Any, info: ModelInfo) -> tuple[str, ...]:
+    """The facts in effect that no card gave: filled in by ``infer_card`` (dimensions, input channels, and for
+    a card guessed as a whole its output kind) or by the test forward pass (task, class count, default layer)."""
+    whole = bool(getattr(given, "inferred", False))
+    out = []
+    for name, word in (("spatial_dims", "dimensions"), ("in_channels", "input channels")):
+        if getattr(card, name) is not None and (whole or getattr(given, name) is None):
+            out.append(word)
+    if whole and card.output == "probabilities":
+        out.append("output (probabilities: the network ends in a softmax / sigmoid)")
+    if info.task is not None and (whole or given.task is None):
+        out.append("task")
+    if info.n_classes is not None and (whole or (given.class_names is None and given.num_classes is None)):
+        out.append("class count")
+    if info.default_layer is not None and (whole or given.default_layer is None) and info.layers:
+        out.append("default layer")
+    return tuple(out)
 
 
 class RecentModels:
