@@ -51,9 +51,9 @@ WINDOW_PARAMS = {"window": None, "stride": None, "padding": 2, "patches": 20000,
 def evidence(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Signed weight of evidence per voxel (reconstruction; see the module docstring). Defaults: window 10
     (2D) or 5 (3D) voxels, stride half the window — where that needs more than 4,096 forward passes (in the exact
-    mode from 34^3 voxels or 330 x 330 pixels), the smallest window that tiles the image within 4,096 passes, with a
-    :class:`~napari_attribution.ScaledDefaultsWarning` and ``extras["window_note"]`` saying so (a given
-    ``window`` / ``stride`` is used as given) — frame 2 voxels, conditional Gaussian fitted on up to 20 000
+    mode from 34^3 voxels or 330 x 330 pixels), a larger stride up to the window and then larger tiles (9^3 at
+    128^3), with a :class:`~napari_attribution.ScaledDefaultsWarning` and ``extras["window_note"]`` saying so (a
+    given ``window`` / ``stride`` is used as given) — frame 2 voxels, conditional Gaussian fitted on up to 20 000
     patches of the explained image (``patches_from`` adds training images), Laplace correction with
     ``train_size`` = 100 000; ``mode`` ``"conditional_mean"`` (exact, 1 forward per window), ``"taylor"``
     (first order, 1F + 1B) or ``"screened"`` (exact on the ``screen`` fraction of windows the first-order form

@@ -174,10 +174,11 @@ def prediction_difference(run: Run, params: dict[str, Any]) -> MethodOutput:
     over the windows that cover it. Defaults follow Zintgraf et al. (``samples`` 10, ``padding`` l = 2; window
     10 in 2D, 5 in 3D) except the stride (half the window here; the paper's stride 1 costs
     ``(H - k + 1)(W - k + 1) * S`` forward passes: pass ``stride=1``). Where these defaults need more than 4,096
-    forward passes (``windows x samples``; from about 110 x 110 pixels or 18^3 voxels), the smallest window that
-    tiles the image within 4,096 passes is used instead, with a :class:`~napari_attribution.ScaledDefaultsWarning`
-    and ``extras["window_note"]`` saying so; a given ``window`` / ``stride`` is used as given. The slow baseline of
-    ``evidence``."""
+    forward passes (``windows x samples``; from about 110 x 110 pixels or 18^3 voxels), the stride grows up to the
+    window and then window and stride together (tiles) until the run fits, with a
+    :class:`~napari_attribution.ScaledDefaultsWarning` and ``extras["window_note"]`` saying so; a window whose
+    conditional Gaussian would exceed 8,000 dimensions (e.g. at 128^3) is refused before the run, naming the ways
+    out. A given ``window`` / ``stride`` is used as given. The slow baseline of ``evidence``."""
     from ._windows import weight_of_evidence
 
     return weight_of_evidence(run, params, "sample")
