@@ -25,6 +25,7 @@ from ._errors import (
     TargetError,
 )
 from .interpretation import RelevantFeatures, fit_relevant_features
+from .io._geometry import Geometry
 from .methods._registry import MethodInfo, get_method, list_methods
 from .metrics import Score, agreement, evaluate
 from .models import LoadedModel, ModelCard, find_layers, load_model
@@ -37,6 +38,7 @@ __all__ = [
     "AttributionError",
     "Cancelled",
     "CompletenessWarning",
+    "Geometry",
     "InputShapeError",
     "LayerNotFoundError",
     "LoadedModel",

@@ -129,7 +129,7 @@ class ExplainResult:
     scan: str
     outputs: dict[str, str]
     seconds: dict[str, float]
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, float | None]]  # None: the metric failed (an empty cell)
     description: str
     weights: str = ""  # "random weights", or the sha256 of the weights read (for the batch summary)
 
@@ -175,9 +175,10 @@ def explain_file(
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
     loaded = model if model is not None else na.load_model(model_source, trust=trust)
     data, geometry, meta = _read_scan(image_path)
-    card = loaded.card
-    spatial = data.shape[1:] if data.ndim == (card.spatial_dims or data.ndim) + 1 and (card.in_channels or 1) > 1 \
-        else data.shape
+    from .inputs import layout
+    from .pipeline import _model_and_card
+
+    spatial = layout(data.shape, _model_and_card(loaded)[1]).spatial(data.shape)  # the input path's channel rule
     tgt = parse_target(target, tuple(spatial))
     results: dict[str, Any] = {}
     if len(layers) > 1:
@@ -193,14 +194,27 @@ def explain_file(
         # like compare: a key goes to every method that takes it; a key that none takes is an error
         results = na.compare(loaded, data, list(methods), tgt, layer=layers[0] if layers else None,
                              geometry=geometry, device=device, progress=progress, params=dict(params or {}))
-    scores: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, float | None]] = {}
     for key, res in results.items():
         _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite, model=loaded)
         for metric in metrics:
-            score = na.evaluate(loaded, data, res, metric, geometry=geometry, progress=_stage(progress, key))
-            scores.setdefault(key, {})[metric] = score.value
+            row = scores.setdefault(key, {})
+            try:
+                score = na.evaluate(loaded, data, res, metric, geometry=geometry, progress=_stage(progress, key))
+            except Exception as err:  # noqa: BLE001 - one metric's failure must not throw the others away
+                # an empty cell (None) in the CSV and the summary, and a message that says which and why
+                why = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+                if not isinstance(err, na.AttributionError):
+                    why = f"{type(err).__name__}: {why}"
+                row[metric] = None
+                if metric in ("deletion", "insertion"):
+                    row[f"{metric}_random"] = None
+                warnings.warn(f"The metric {metric} failed for {key} on {os.path.basename(image_path)}: {why}. Its "
+                              "cell is left empty; the other metrics are written.", UserWarning, stacklevel=1)
+                continue
+            row[metric] = score.value
             if "random_auc" in score.details:  # deletion / insertion: what a random voxel order scores
-                scores[key][f"{metric}_random"] = float(score.details["random_auc"])
+                row[f"{metric}_random"] = float(score.details["random_auc"])
     columns = list(next(iter(scores.values()))) if scores else []
     scan = os.path.basename(image_path)
     if tables["metrics"] is not None:
@@ -210,7 +224,7 @@ def explain_file(
             for key in keys:
                 w.writerow([scan, key, *(scores[key][k] for k in columns), f"{results[key].seconds:.4f}"])
     if tables["layers"] is not None:
-        _write_layer_table(tables["layers"], scan, methods, layers, results, card)
+        _write_layer_table(tables["layers"], scan, methods, layers, results, _model_and_card(loaded)[1])
     desc = next(iter(results.values())).description
     from ._provenance import weights_label
 

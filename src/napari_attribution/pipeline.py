@@ -346,6 +346,33 @@ def prepared_input(module: nn.Module, arr: np.ndarray, geometry: Geometry | None
     return prep.padded_to(multiple) if multiple and not prep.padded else prep
 
 
+def network_on_scan(model: nn.Module | LoadedModel, image: Any, geometry: Geometry | None = None
+                    ) -> tuple[nn.Module, Tensor]:
+    """The network as :func:`explain` runs it on ``image`` and one input for it, for timing and probing.
+
+    Returns the network on the scan's grid (the card's resampling / resizing / padding inside its forward, or the
+    network itself when nothing changes the grid) and ``(1, C, *S)`` float32 after the card's intensity step (for
+    a 2D model on a volume, the middle slice ``(1, C, H, W)``). A network that fails on the scan's size is fitted
+    as :func:`explain` fits it (padding found by a trial pass, or one :class:`InputShapeError`).
+    """
+    module, card = _model_and_card(model)
+    arr = _as_array(image)
+    lay = layout(arr.shape, card)
+    prep = prepared_input(module, arr, geometry, card, lay)
+    data = prep.scan if lay.channel_axis else prep.scan[None]
+    if lay.slicewise:
+        data = data[:, data.shape[1] // 2]
+    x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
+    net = module if prep.is_identity else prep.wrap(module)
+    try:
+        with model_guard(module), torch.no_grad():
+            net(x)
+    except Exception as err:
+        prep = fit_network(module, prep, card, err)
+        net = prep.wrap(module)
+    return net, x
+
+
 def _explain_prepared(
     module: nn.Module,
     card: ModelCard,

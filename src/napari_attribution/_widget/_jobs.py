@@ -118,14 +118,32 @@ def _duration(s: float) -> str:
 
 
 def spatial_offset(info: ModelInfo, shape: tuple[int, ...]) -> int:
-    """0 when every array axis is spatial, 1 when the first axis holds the model's input channels."""
-    c = info.in_channels or 1
-    dims = info.spatial_dims
-    if c > 1 and shape[0] == c and (dims is None or len(shape) == dims + 1 or len(shape) == 4):
-        return 1
-    if dims == 3 and len(shape) == 4 and shape[0] == 1:
-        return 1
-    return 0
+    """0 when every array axis is spatial, 1 when the first axis holds the model's input channels (the input
+    path's rule, :func:`napari_attribution.inputs.layout`; a shape that fits no rule counts as all spatial and
+    the run says why)."""
+    from ..inputs import layout
+    from ..pipeline import _model_and_card
+
+    try:
+        return 1 if layout(tuple(shape), _model_and_card(info.model)[1]).channel_axis else 0
+    except na.AttributionError:
+        return 0
+
+
+def scan_geometry(source_geometry: Mapping[str, Any], spatial: tuple[int, ...],
+                  roi: tuple[slice, ...] | None = None) -> na.Geometry | None:
+    """The scan's voxel spacing (and origin) from its napari layer's scale and translate (mm), for the card's
+    resampling; None when the layer has no scale. With ``roi``, the geometry of the box's first voxel."""
+    nd = len(spatial)
+    scale = list(source_geometry.get("scale") or [])[-nd:]
+    if len(scale) != nd or not all(np.isfinite(scale)) or min(scale) <= 0:
+        return None
+    translate = list(source_geometry.get("translate") or [0.0] * nd)[-nd:]
+    if len(translate) != nd:
+        translate = [0.0] * nd
+    if roi is not None:
+        translate = [t + s * sl.start for t, s, sl in zip(translate, scale, roi, strict=True)]
+    return na.Geometry(spacing=tuple(float(v) for v in scale), origin=tuple(float(v) for v in translate))
 
 
 def _crop_target(target: Any, roi: tuple[slice, ...], starts: tuple[int, ...]) -> Any:
@@ -284,15 +302,16 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
         return None  # cheap: no need to measure
     import torch
 
-    module = info.model.module if isinstance(info.model, na.LoadedModel) else info.model
-    key = (tuple(image.shape), req.device)
+    from ..pipeline import network_on_scan
+
+    geometry = scan_geometry(req.source_geometry, spatial)
+    key = (tuple(image.shape), req.device, None if geometry is None else geometry.spacing)
     if key not in info.pass_seconds:
-        sample = image[(slice(None),) * off + (spatial[0] // 2,)] if slicewise else image
-        c = info.in_channels or 1
-        x = torch.from_numpy(np.ascontiguousarray(sample, np.float32).reshape((1, c) + tuple(one)))
         dev = torch.device(req.device) if req.device else None
         if dev is not None and dev.type != "cpu":
             return None  # no timing on accelerators (the model would have to move twice)
+        # the network as the run will see it: the card's resampling / input shape / padding in its forward
+        module, x = network_on_scan(info.model, image, geometry)
         info.pass_seconds[key] = _pass_seconds(module, x, dev)
     both, fwd = info.pass_seconds[key]
     other = flops / _flop_rate() if flops else 0.0
@@ -450,7 +469,10 @@ def _compute(request: ExplainRequest, progress: Progress | None, cancel: Cancel 
         if est is not None and est.seconds > request.confirm_above:
             return Outcome("confirm", f"This run takes {est.text()}.", estimate=est)
     sub = np.asarray(sub, dtype=np.float32)
-    kw = dict(target=target, layer=request.layer, device=request.device, progress=progress, cancel=cancel)
+    # the scan's spacing goes with it, so the card's resampling / input shape apply exactly as in the CLI and Python
+    geometry = scan_geometry(request.source_geometry, spatial, roi)
+    kw = dict(target=target, layer=request.layer, device=request.device, progress=progress, cancel=cancel,
+              geometry=geometry)
     if sweep:
         m = request.methods[0]
         del kw["layer"]
