@@ -82,7 +82,7 @@ def sample(t1: np.ndarray, mask: np.ndarray, g: np.random.Generator) -> tuple[Te
     """A randomly cropped / padded, flipped, gamma-changed copy, resized to 64^3 as the card does."""
     img, msk = torch.from_numpy(t1), torch.from_numpy(mask.astype(np.float32))
     sl = []
-    for n in img.shape:
+    for _ in img.shape:
         a, b = g.integers(-12, 13, 2)
         sl.append((int(a), int(b)))
     pads = [v for a, b in reversed(sl) for v in (max(-a, 0), max(-b, 0))]

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _real_mri import NET, OCCLUSION, SHAPE, independent_foreground, independent_saliency, load_mri
 
 import napari_attribution as na
-from _real_mri import NET, OCCLUSION, SHAPE, independent_foreground, independent_saliency, load_mri
 from napari_attribution.metrics.tables import target_region
 from napari_attribution.targets import Predicted
 
@@ -89,8 +89,8 @@ def test_cli_and_api_give_the_same_maps(mri: Any, api_maps: dict[str, na.Attribu
     scan, _, geometry = mri
     image = write_nifti(tmp_path / "t1.nii.gz", scan, geometry)
     out = tmp_path / "heat.nii.gz"
-    code = cli.main(["explain", "--model", str(NET), "--image", str(image), "--method", "saliency", "--method", "occlusion",
-                     "--target", "predicted:0", "--param", f"window={OCCLUSION['window']}", "--param",
+    code = cli.main(["explain", "--model", str(NET), "--image", str(image), "--method", "saliency", "--method",
+                     "occlusion", "--target", "predicted:0", "--param", f"window={OCCLUSION['window']}", "--param",
                      f"stride={OCCLUSION['stride']}", "-o", str(out)])
     assert code == 0
     api = api_maps

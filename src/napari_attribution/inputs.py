@@ -92,8 +92,8 @@ if TYPE_CHECKING:
     from .io._geometry import Geometry
     from .models._card import ModelCard
 
-__all__ = ["PREPROCESS_KEYS", "Layout", "OnScanGrid", "Prepared", "check_preprocess", "fit_network", "layout",
-           "prepare", "unwrap"]
+__all__ = ["PREPROCESS_KEYS", "Layout", "OnScanGrid", "Prepared", "check_preprocess", "describe_intensity",
+           "fit_network", "is_script", "known_multiple", "layout", "prepare", "unwrap"]
 
 #: The keys a card's ``preprocess`` entry may hold (see the module docstring).
 PREPROCESS_KEYS = (
@@ -680,7 +680,7 @@ def _intensity_numbers(arr: npt.NDArray[np.float32], spec: dict[str, Any],
     channels = list(arr) if has_c else [arr]
     if "window" in spec or "percentile" in spec:
         a, b = spec.get("scale_to", [0.0, 1.0])
-        out = []
+        out: list[tuple[float, ...]] = []
         for src in channels:
             if "window" in spec:
                 lo, hi = spec["window"]
@@ -689,14 +689,23 @@ def _intensity_numbers(arr: npt.NDArray[np.float32], spec: dict[str, Any],
             out.append((float(lo), float(hi), float(a), float(b)))
         return tuple(out)
     if spec.get("zscore"):
-        out = []
+        moments: list[tuple[float, ...]] = []
         for src in channels:
             values = src[src != 0] if spec.get("mask_nonzero") else src
             mean = float(values.mean(dtype=np.float64)) if values.size else 0.0
             std = float(values.std(dtype=np.float64)) if values.size else 1.0
-            out.append((mean, std))
-        return tuple(out)
+            moments.append((mean, std))
+        return tuple(moments)
     return tuple(() for _ in channels)
+
+
+def describe_intensity(card: ModelCard, channel_axis: bool = False) -> str:
+    """The card's intensity step in the words :func:`prepare` records (``""`` when it asks for none); the words
+    depend on the card only, not on the scan's numbers."""
+    spec = check_preprocess(card.preprocess) or {}
+    if not any(k in spec for k in ("window", "percentile", "zscore", "scale", "shift")):
+        return ""
+    return _intensity_words(spec, channel_axis)
 
 
 def _intensity_words(spec: dict[str, Any], has_c: bool) -> str:
@@ -858,11 +867,11 @@ class OnScanGrid(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = _first_tensor(self.net(self.prepared.to_model(x)))
-        if isinstance(out, Tensor) and out.ndim == x.ndim:
-            return self.prepared.to_scan(out)
-        return out  # type: ignore[no-any-return]
+        if not isinstance(out, Tensor):
+            raise InputShapeError(f"The network returned {type(out).__name__}; expected a tensor.")
+        return self.prepared.to_scan(out) if out.ndim == x.ndim else out
 
-    def named_modules(self, memo: set[nn.Module] | None = None, prefix: str = "",  # type: ignore[override]
+    def named_modules(self, memo: set[nn.Module] | None = None, prefix: str = "",
                       remove_duplicate: bool = True) -> Any:
         return self.net.named_modules(memo, prefix, remove_duplicate)
 
@@ -965,6 +974,7 @@ def fit_network(module: nn.Module, prepared: Prepared, card: ModelCard, error: B
     raise InputShapeError(
         f"The network does not run on this scan's grid {grid} ({_short(first)}), nor padded to a multiple of "
         f"{', '.join(str(m) for m in _MULTIPLES)} ({', '.join(str(t) for t in tried)}), so it probably takes one "
-        "fixed input size (or it fails for a reason of its own: read its error above). Give the model card an 'input_shape' (the size the network was trained on, e.g. "
-        "[64, 64, 64]); if it needs sizes divisible by another number, give 'preprocess': {'pad_to_multiple': N}."
+        "fixed input size (or it fails for a reason of its own: read its error above). Give the model card an "
+        "'input_shape' (the size the network was trained on, e.g. [64, 64, 64]); if it needs sizes divisible by "
+        "another number, give 'preprocess': {'pad_to_multiple': N}."
     ) from first

@@ -599,6 +599,11 @@ def _finish(part: _Part, info: MethodInfo, params: dict[str, Any], geometry: Any
     )
 
 
+def _first_value(per_slice: Any) -> Any:
+    """One slice's value of a per-slice extra (the same on every slice, e.g. the output channel count)."""
+    return next(iter(per_slice.values()), None) if isinstance(per_slice, dict) else per_slice
+
+
 def _run_slicewise(
     module: nn.Module,
     card: ModelCard,
@@ -671,7 +676,7 @@ def _run_slicewise(
             data=data[n], method=infos[n].name, target=targets[n], layer=layers[n], params=dict(params[n]),
             signed=infos[n].signed, seconds=seconds[n], prediction=preds, per_channel=per_ch[n],
             geometry=geometry, extras={**extras[n], "slices": done, "skipped_slices": skipped,
-                                       "output_channels": next(iter(extras[n].get("output_channels", {0: 0}).values()))},
+                                       "output_channels": _first_value(extras[n].get("output_channels"))},
             description=f"{descriptions.get(n, '')} (slice-wise, {len(done)} slices)",
         )
         for n in names

@@ -35,16 +35,11 @@ def _x(values: Sequence[float]) -> str:
 
 
 def _intensity_steps(card: na.ModelCard, channel_axis: bool, channels: int, nd: int) -> list[str]:
-    """The intensity step of ``card`` in the input path's own words (``prepare(...).steps``), from a 2^nd stand-in
-    image: the words depend on the card only, and the scan's own numbers (percentiles, mean) are not needed."""
-    from ..inputs import prepare
+    """The intensity step of ``card`` in the input path's own words (as ``prepare(...).steps`` records it)."""
+    from ..inputs import describe_intensity
 
-    spec = {k: v for k, v in (card.preprocess or {}).items() if k not in _PAD_KEYS}
-    if not spec:
-        return []
-    tiny = np.zeros(((channels,) if channel_axis else ()) + (2,) * nd, np.float32)
-    only = replace(card, preprocess=spec, spacing=None, input_shape=None)
-    return list(prepare(tiny, None, only, channel_axis=channel_axis).steps)
+    words = describe_intensity(card, channel_axis)
+    return [words] if words else []
 
 
 def planned_steps(info: ModelInfo, shape: Sequence[int], source_geometry: Mapping[str, Any]) -> list[str]:
