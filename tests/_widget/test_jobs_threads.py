@@ -13,8 +13,15 @@ import torch
 
 import napari_attribution as na
 from napari_attribution._widget import _threads
-from napari_attribution._widget._jobs import Estimate, ExplainRequest, FitRequest, _estimate, fit_job, pass_kinds, \
-    run_job
+from napari_attribution._widget._jobs import (
+    Estimate,
+    ExplainRequest,
+    FitRequest,
+    _estimate,
+    fit_job,
+    pass_kinds,
+    run_job,
+)
 from napari_attribution._widget._models import model_info
 from napari_attribution._widget._threads import THREADS_ENV, job_thread_count, torch_threads
 
