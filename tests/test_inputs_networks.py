@@ -117,3 +117,21 @@ def test_a_network_that_fails_for_another_reason_keeps_its_own_error() -> None:
 
     with pytest.raises(ValueError, match="refuses gradients"):
         na.explain(Broken(), scan(), "saliency", na.targets.Voxel(1, (3, 3, 3)))
+
+
+def test_a_channel_first_scan_is_read_alike_by_the_api_the_cli_and_the_docks(tmp_path: Any) -> None:
+    """A one-channel 3D model given (1, D, H, W): one rule (inputs.layout) in every caller."""
+    from napari_attribution._cli_run import explain_file
+    from napari_attribution._widget._jobs import spatial_offset
+    from napari_attribution._widget._models import ModelInfo
+
+    net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1))
+    loaded = na.LoadedModel(net, na.ModelCard(spatial_dims=3, in_channels=1, task="segmentation"))
+    vol = scan()[None]  # (1, 45, 50, 47)
+    np.save(tmp_path / "vol.npy", vol)
+    api = na.explain(loaded, vol, "saliency", na.targets.Voxel(1, (20, 20, 20)))
+    assert api.data.shape == ODD
+    out = explain_file("python object", str(tmp_path / "vol.npy"), ["saliency"], str(tmp_path / "map.npy"),
+                       target="voxel:1:20,20,20", model=loaded)
+    np.testing.assert_allclose(np.load(out.outputs["saliency"]), api.data, rtol=1e-6)
+    assert spatial_offset(ModelInfo(model=loaded, source="python object", label="net"), vol.shape) == 1
