@@ -133,7 +133,8 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
             def run_on(m: Any, **run: Any) -> np.ndarray:
                 with warnings.catch_warnings():  # a randomised model's IG map is incomplete: no news
                     warnings.simplefilter("ignore", CompletenessWarning)
-                    return explain(LoadedModel(m, card), image, att.method, target, **kwargs, **run).data
+                    return explain(LoadedModel(m, card), image, att.method, target, geometry=geometry, **kwargs,
+                                   **run).data
 
             value, details = randomisation(module, run_on, data, progress=progress, cancel=cancel, **params)
         else:
