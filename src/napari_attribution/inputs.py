@@ -943,7 +943,7 @@ def fit_network(module: nn.Module, prepared: Prepared, card: ModelCard, error: B
     is remembered for this network and grid. When none runs, the network probably takes one fixed size: the
     :class:`InputShapeError` names the card's ``input_shape`` and ``pad_to_multiple``.
     """
-    if isinstance(error, AttributionError):
+    if isinstance(error, (AttributionError, MemoryError)):
         raise error
     first = _runs(module, _sample(prepared))
     if first is None:
