@@ -11,6 +11,8 @@ import torch
 from _nets import Classifier, seeded
 from torch import nn
 
+# the test suite's own network modules: loading a card that names them needs the explicit opt-in (allow_modules)
+OWN = ["_nets"]
 # a 3D MONAI UNet small enough to build and run in milliseconds
 UNET_KWARGS: dict[str, Any] = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
                                "strides": [2], "num_res_units": 0}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from _models_helpers import (
     DENSENET_KWARGS,
+    OWN,
     UNET_KWARGS,
     classifier,
     same_parameters,
@@ -58,7 +59,7 @@ def test_state_dict_with_a_card_beside_it(tmp_path: Path, card_name: str) -> Non
     torch.save(net.state_dict(), tmp_path / "best.pt")
     write_json(tmp_path / card_name, {"factory": "_nets:Classifier", "kwargs": {"d": 3, "classes": 2},
                                       "task": "classification", "class_names": ["no lesion", "lesion"]})
-    loaded = na.load_model(tmp_path / "best.pt")
+    loaded = na.load_model(tmp_path / "best.pt", allow_modules=OWN)
     assert isinstance(loaded.module, Classifier) and not loaded.module.training
     assert same_parameters(loaded.module, net)
     card = loaded.card
@@ -72,7 +73,8 @@ def test_card_file_as_source_names_its_weights_relative_to_itself(tmp_path: Path
     torch.save({"epoch": 7, "best_dice": np.float64(0.91), "history": np.zeros(3),
                 "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w" / "ckpt.pth")
     card = write_json(tmp_path / "net.card.json", {"factory": "_nets:Classifier", "weights": "w/ckpt.pth"})
-    loaded = na.load_model(card)  # nested under "state_dict" beside numpy metrics; "module." prefix undone
+    # nested under "state_dict" beside numpy metrics; "module." prefix undone
+    loaded = na.load_model(card, allow_modules=OWN)
     assert same_parameters(loaded.module, net) and loaded.source == str(card)
     assert Path(loaded.card.weights or "") == tmp_path / "w" / "ckpt.pth"
 
@@ -81,7 +83,7 @@ def test_card_file_without_weights_finds_the_checkpoint_of_the_same_name(tmp_pat
     net = classifier(2)
     torch.save(net.state_dict(), tmp_path / "net.pth")
     card = write_json(tmp_path / "net.card.json", {"factory": "_nets:Classifier"})
-    assert same_parameters(na.load_model(card).module, net)
+    assert same_parameters(na.load_model(card, allow_modules=OWN).module, net)
 
 
 def test_yaml_card_beside_a_checkpoint(tmp_path: Path) -> None:
@@ -89,14 +91,15 @@ def test_yaml_card_beside_a_checkpoint(tmp_path: Path) -> None:
     net = classifier(2)
     torch.save(net.state_dict(), tmp_path / "model.pt")
     (tmp_path / "model.card.yaml").write_text("factory: _nets:Classifier\nkwargs: {d: 2}\ntask: classification\n")
-    assert same_parameters(na.load_model(tmp_path / "model.pt").module, net)
+    assert same_parameters(na.load_model(tmp_path / "model.pt", allow_modules=OWN).module, net)
 
 
 def test_explicit_card_argument_replaces_the_sidecar(tmp_path: Path) -> None:
     net = classifier(2)
     torch.save(net.state_dict(), tmp_path / "model.pt")
     write_json(tmp_path / "model.card.json", {"factory": "_nets:Nope"})
-    loaded = na.load_model(tmp_path / "model.pt", card={"factory": "_nets:Classifier", "spacing": [1.0, 1.0]})
+    loaded = na.load_model(tmp_path / "model.pt", card={"factory": "_nets:Classifier", "spacing": [1.0, 1.0]},
+                           allow_modules=OWN)
     assert same_parameters(loaded.module, net) and loaded.card.spacing == (1.0, 1.0)
 
 
@@ -180,7 +183,7 @@ def test_pickled_module_is_refused_without_trust_and_loads_with_it(tmp_path: Pat
 def test_a_factory_function_needs_trust(tmp_path: Path) -> None:
     card = {"factory": "_models_helpers:build_classifier", "kwargs": {"d": 2}, "weights": "random"}
     with pytest.raises(na.ModelLoadError, match="is a function.*trust=True"):
-        na.load_model(card)
+        na.load_model(card, allow_modules=["_models_helpers"])  # allowing the module does not allow its functions
     assert isinstance(na.load_model(card, trust=True).module, Classifier)
     with pytest.raises(na.ModelLoadError, match="trust=True"):
         na.load_model({"factory": "os:getcwd", "weights": "random"})
@@ -238,17 +241,18 @@ def test_checkpoint_without_a_card_says_how_to_write_one(tmp_path: Path) -> None
 )
 def test_factory_errors(card: dict, expected: str) -> None:
     with pytest.raises(na.ModelLoadError, match=expected):
-        na.load_model(card)
+        na.load_model(card, allow_modules=[*OWN, "no_such_package"])
 
 
 def test_weights_that_do_not_fit_name_the_keys(tmp_path: Path) -> None:
     torch.save(seeded(Classifier(2, classes=5)).state_dict(), tmp_path / "five.pt")
     with pytest.raises(na.ModelLoadError) as info:
-        na.load_model({"factory": "_nets:Classifier", "kwargs": {"classes": 3}, "weights": str(tmp_path / "five.pt")})
+        na.load_model({"factory": "_nets:Classifier", "kwargs": {"classes": 3}, "weights": str(tmp_path / "five.pt")},
+                      allow_modules=OWN)
     assert "different shape: head.weight (file (5, 8), network (3, 8))" in str(info.value)
     torch.save(seeded(TinyUNet(2)).state_dict(), tmp_path / "unet.pt")
     with pytest.raises(na.ModelLoadError) as info:
-        na.load_model({"factory": "_nets:Classifier", "weights": str(tmp_path / "unet.pt")})
+        na.load_model({"factory": "_nets:Classifier", "weights": str(tmp_path / "unet.pt")}, allow_modules=OWN)
     message = str(info.value)
     assert "missing from the file: features.0.weight" in message
     assert "not in the network: enc.0.weight" in message and "more" in message
@@ -256,7 +260,7 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path: Path) -> None:
 
 def test_missing_weights_file_named_by_a_card(tmp_path: Path) -> None:
     with pytest.raises(na.ModelLoadError, match="weights file .*gone.pt.* does not exist"):
-        na.load_model({"factory": "_nets:Classifier", "weights": str(tmp_path / "gone.pt")})
+        na.load_model({"factory": "_nets:Classifier", "weights": str(tmp_path / "gone.pt")}, allow_modules=OWN)
 
 
 def test_bad_source_type_and_card_given_twice() -> None:
@@ -270,7 +274,7 @@ def test_folder_with_one_model_and_its_card(tmp_path: Path) -> None:
     net = classifier(2)
     torch.save(net.state_dict(), tmp_path / "weights.pth")
     write_json(tmp_path / "net.card.json", {"factory": "_nets:Classifier"})
-    assert same_parameters(na.load_model(tmp_path).module, net)
+    assert same_parameters(na.load_model(tmp_path, allow_modules=OWN).module, net)
     (tmp_path / "other.pt").write_bytes(b"x")
     (tmp_path / "net.card.json").unlink()
     with pytest.raises(na.ModelLoadError, match="not a MONAI bundle"):
@@ -278,6 +282,6 @@ def test_folder_with_one_model_and_its_card(tmp_path: Path) -> None:
 
 
 def test_loading_leaves_no_grad_flags_changed() -> None:
-    loaded = na.load_model({"factory": "_nets:Classifier", "weights": "random"})
+    loaded = na.load_model({"factory": "_nets:Classifier", "weights": "random"}, allow_modules=OWN)
     assert all(p.requires_grad for p in loaded.module.parameters())
     assert isinstance(loaded.module, nn.Module)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models_helpers import UNET_KWARGS, classifier, same_parameters, script, write_json
+from _models_helpers import OWN, UNET_KWARGS, classifier, same_parameters, script, write_json
 from _nets import Classifier
 
 import napari_attribution as na
@@ -35,13 +35,13 @@ def test_a_factory_dict_without_weights_is_refused_and_says_how_to_give_them(car
 
 
 def test_random_weights_on_purpose_are_marked_on_the_loaded_model() -> None:
-    loaded = na.load_model({"factory": "_nets:Classifier", "kwargs": {"d": 2}, "weights": "random"})
+    loaded = na.load_model({"factory": "_nets:Classifier", "kwargs": {"d": 2}, "weights": "random"}, allow_modules=OWN)
     assert isinstance(loaded.module, Classifier) and not loaded.module.training
     assert loaded.random_weights and loaded.card.random_weights and loaded.card.weights == "random"
     assert loaded.weights_sha256 is None  # no file was read
     assert loaded.card.to_dict()["weights"] == "random"
     # two loads are two different random networks: nothing pretends otherwise
-    again = na.load_model({"factory": "_nets:Classifier", "kwargs": {"d": 2}, "weights": "random"})
+    again = na.load_model({"factory": "_nets:Classifier", "kwargs": {"d": 2}, "weights": "random"}, allow_modules=OWN)
     assert not same_parameters(loaded.module, again.module)
 
 
@@ -67,7 +67,7 @@ def test_a_weights_file_with_an_unexpected_name_is_an_error_not_random_weights(t
     net = classifier(2)
     torch.save(net.state_dict(), tmp_path / "final_epoch.pth")
     write_json(card, {"factory": "_nets:Classifier", "weights": "final_epoch.pth"})
-    assert same_parameters(na.load_model(card).module, net)
+    assert same_parameters(na.load_model(card, allow_modules=OWN).module, net)
 
 
 def test_a_folder_with_a_card_and_several_weights_files_names_none_silently(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_random_next_to_real_weights_is_a_contradiction(tmp_path: Path) -> None:
     with pytest.raises(na.ModelLoadError, match=r"says \"weights\": \"random\".*'model.pt' being loaded.*Remove"):
         na.load_model(tmp_path / "model.pt")
     # the card alone is an untrained network, and says so
-    assert na.load_model(tmp_path / "model.card.json").random_weights
+    assert na.load_model(tmp_path / "model.card.json", allow_modules=OWN).random_weights
     script(classifier(2)).save(str(tmp_path / "net.ts"))
     with pytest.raises(na.ModelLoadError, match="'net.ts' being loaded"):
         na.load_model(tmp_path / "net.ts", card={"weights": "random"})
@@ -105,7 +105,7 @@ def test_weights_sha256_is_that_of_the_checkpoint_not_of_the_card(tmp_path: Path
     torch.save(classifier(2).state_dict(), tmp_path / "net.pt")
     card = write_json(tmp_path / "net.card.json", {"factory": "_nets:Classifier"})
     for source in (card, tmp_path / "net.pt", tmp_path):
-        loaded = na.load_model(source)
+        loaded = na.load_model(source, allow_modules=OWN)
         assert loaded.weights_sha256 == sha(tmp_path / "net.pt") != sha(card)
         assert not loaded.random_weights
     script(classifier(2)).save(str(tmp_path / "net.ts"))
@@ -126,13 +126,13 @@ def test_weights_sha256_is_checked_on_load(tmp_path: Path) -> None:
     torch.save(net.state_dict(), tmp_path / "net.pt")
     right = sha(tmp_path / "net.pt")
     card = write_json(tmp_path / "net.card.json", {"factory": "_nets:Classifier", "weights_sha256": right.upper()})
-    loaded = na.load_model(card)
+    loaded = na.load_model(card, allow_modules=OWN)
     assert same_parameters(loaded.module, net) and loaded.card.weights_sha256 == right  # normalised to lower case
     torch.save(classifier(2, seed=5).state_dict(), tmp_path / "net.pt")  # another training run, same name
     wrong = sha(tmp_path / "net.pt")
     for source in (card, tmp_path / "net.pt", tmp_path):
         with pytest.raises(na.ModelLoadError) as info:
-            na.load_model(source)
+            na.load_model(source, allow_modules=OWN)
         message = str(info.value)
         assert wrong in message and right in message and "'net.pt'" in message
 

@@ -5,7 +5,12 @@ builds the network, ``models/model.pt`` (its state_dict) or ``models/model.ts`` 
 ``configs/metadata.json`` describing the inputs and outputs. The network definition is read here without
 evaluating code: ``_target_`` (a MONAI network name such as ``"UNet"`` or a dotted path), ``@id`` references
 (``::`` or ``#`` separators) and literal values. Python expressions (``"$..."``) and macros (``"%..."``) run or
-read code, so they are evaluated (by ``monai.bundle.ConfigParser``) only with ``trust=True``.
+read code, so they are evaluated (by ``monai.bundle.ConfigParser``) only with ``trust=True``. A dotted
+``_target_`` is imported only inside the network libraries or a module the caller allowed (``allow_modules``),
+never from the bundle's folder (its ``scripts/``) or the working directory (see :mod:`._imports`).
+
+The weights are always the bundle's own ``models/model.pt`` (or ``models/model.ts``), and the card records that
+file; a card that names another weights file contradicts the bundle and is refused.
 
 The card comes from, in order: the ``card`` argument, a ``*.card.json`` / ``.yaml`` in the bundle folder, or the
 bundle itself: ``metadata.json`` (channels, classes and their names, patch shape, task) and the inference config
@@ -18,7 +23,7 @@ pad_to_multiple; ``inferer.roi_size`` -> patch_size). MONAI lists per-axis value
 from __future__ import annotations
 
 import ast
-import importlib
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -28,7 +33,8 @@ from typing import Any
 from torch import nn
 
 from .._errors import ModelLoadError
-from ._card import CARD_SUFFIXES, LoadedModel, ModelCard, _read_mapping, infer_card
+from ._card import CARD_SUFFIXES, RANDOM_WEIGHTS, LoadedModel, ModelCard, _read_mapping, infer_card
+from ._imports import ImportPolicy, refused_import
 from ._load import (
     _MONAI_CLASSIFICATION,
     _MONAI_SEGMENTATION,
@@ -54,9 +60,11 @@ class _NeedsTrust(Exception):
     """The config holds something that runs code (an expression or a macro)."""
 
 
-def load_bundle(folder: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
+def load_bundle(folder: Path, explicit: ModelCard | None, imports: ImportPolicy) -> LoadedModel:
     """Load a MONAI bundle folder (see the module docstring). The weights are the bundle's own file; a card's
     ``weights_sha256`` (the ``card`` argument's or one in the folder) is checked against it."""
+    imports = imports.with_folder(folder)
+    trust = imports.trust
     _refuse_random(explicit, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
     folder_card = _folder_card(folder) if explicit is None else None
     _refuse_random(folder_card, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
@@ -82,7 +90,7 @@ def load_bundle(folder: Path, explicit: ModelCard | None, trust: bool) -> Loaded
         weights = ts
     else:
         assert cfg_path is not None
-        module, factory, kwargs = _build(net_def, config, cfg_path, trust)
+        module, factory, kwargs = _build(net_def, config, cfg_path, imports)
         if pt.is_file():
             digest = _checked_sha256(pt, pinned, label)
             state = _torch_load(pt, trust)
@@ -100,9 +108,31 @@ def load_bundle(folder: Path, explicit: ModelCard | None, trust: bool) -> Loaded
     card = pinned or _bundle_card(folder, config, net_def)
     if explicit is None and factory is not None and card.factory is None and weights == pt:
         card = replace(card, factory=factory, kwargs=kwargs or {})
-    if card.weights is None:
-        card = replace(card, weights=str(weights))
+    _refuse_other_weights(card, weights, folder, label)
+    card = replace(card, weights=str(weights))  # the provenance: the file actually read
     return LoadedModel(module.eval(), infer_card(module, card), str(folder), digest)
+
+
+def _refuse_other_weights(card: ModelCard, weights: Path, folder: Path, label: str) -> None:
+    """A card that names a weights file other than the one the bundle's weights were read from contradicts the
+    bundle: refuse it rather than record a file that was never read."""
+    named = card.weights
+    if named is None or named == RANDOM_WEIGHTS:
+        return
+    path = Path(named).expanduser()
+    if not path.is_absolute():  # a card passed as a dict: relative to the bundle
+        path = folder / path
+    try:
+        same = path.exists() and os.path.samefile(path, weights)
+    except OSError:
+        same = False
+    if not same:
+        read = weights.relative_to(folder).as_posix()
+        raise ModelLoadError(
+            f"{label.capitalize()} names the weights file '{named}', but the weights of the MONAI bundle "
+            f"'{folder.name}' are its own {read}, which is what was read. Remove 'weights' from the card (a bundle's "
+            f"weights are always models/model.pt or models/model.ts), or load that file with its own card."
+        )
 
 
 def _folder_card(folder: Path) -> ModelCard | None:
@@ -114,9 +144,10 @@ def _folder_card(folder: Path) -> ModelCard | None:
 # network_def
 
 
-def _build(net_def: Any, config: Mapping[str, Any], cfg_path: Path, trust: bool
+def _build(net_def: Any, config: Mapping[str, Any], cfg_path: Path, imports: ImportPolicy
            ) -> tuple[nn.Module, str | None, dict[str, Any] | None]:
     """The network of ``network_def``, and (factory, kwargs) when they are plain data (for the card)."""
+    trust = imports.trust
     try:
         node = _deref(net_def, config, set())
         if not isinstance(node, Mapping) or "_target_" not in node:
@@ -124,8 +155,8 @@ def _build(net_def: Any, config: Mapping[str, Any], cfg_path: Path, trust: bool
                 f"configs/{cfg_path.name}: 'network_def' must be an object with a '_target_' naming the network, "
                 f"got {net_def!r}."
             )
-        target, spec = _target(node["_target_"])
-        kwargs = {k: _resolve(v, config, trust, set()) for k, v in node.items() if not str(k).startswith("_")}
+        target, spec = _target(node["_target_"], imports)
+        kwargs = {k: _resolve(v, config, imports, set()) for k, v in node.items() if not str(k).startswith("_")}
         _check_node(node)
         check_safe_factory(target, spec, trust)
         module = call_factory(target, kwargs, spec)
@@ -186,7 +217,7 @@ def _deref(node: Any, config: Mapping[str, Any], seen: set[str]) -> Any:
     return node
 
 
-def _resolve(node: Any, config: Mapping[str, Any], trust: bool, seen: set[str]) -> Any:
+def _resolve(node: Any, config: Mapping[str, Any], imports: ImportPolicy, seen: set[str]) -> Any:
     node = _deref(node, config, seen)
     if isinstance(node, str):
         if node.startswith("$"):
@@ -198,51 +229,71 @@ def _resolve(node: Any, config: Mapping[str, Any], trust: bool, seen: set[str]) 
             raise _NeedsTrust(f"the macro {node!r}")
         return node
     if isinstance(node, list):
-        return [_resolve(v, config, trust, seen) for v in node]
+        return [_resolve(v, config, imports, seen) for v in node]
     if isinstance(node, Mapping):
         if "_target_" in node:
             if node.get("_disabled_") in (True, "true", "True"):
                 return None
             _check_node(node)
-            target, spec = _target(node["_target_"])
-            check_safe_factory(target, spec, trust)
-            kwargs = {k: _resolve(v, config, trust, seen) for k, v in node.items() if not str(k).startswith("_")}
+            target, spec = _target(node["_target_"], imports)
+            check_safe_factory(target, spec, imports.trust)
+            kwargs = {k: _resolve(v, config, imports, seen) for k, v in node.items() if not str(k).startswith("_")}
             return call_factory(target, kwargs, spec)
-        return {k: _resolve(v, config, trust, seen) for k, v in node.items()}
+        return {k: _resolve(v, config, imports, seen) for k, v in node.items()}
     return node
 
 
-def _target(name: Any) -> tuple[Any, str]:
-    """The class named by a ``_target_``: a short MONAI name (``"UNet"``) or a dotted path."""
+def _target(name: Any, imports: ImportPolicy) -> tuple[Any, str]:
+    """The class named by a ``_target_``: a short MONAI name (``"UNet"``) or a dotted path, checked against
+    ``imports`` before anything is imported."""
     if not isinstance(name, str) or not name:
         raise ModelLoadError(f"A bundle '_target_' must name a class, got {name!r}.")
     if name.startswith("$"):
         raise _NeedsTrust(f"the Python expression {name!r} as a '_target_'")
-    if "." not in name:
+    what = "The bundle's '_target_'"
+    name = name.strip()
+    if "." not in name:  # a short name is looked up only in the network libraries (_SEARCH)
+        if not name.isidentifier():
+            raise ModelLoadError(f"{what} {name!r} must name a class as 'package.module.Class'.")
         for mod_name in _SEARCH:
-            module = importlib.import_module(mod_name)
-            if hasattr(module, name):
-                return getattr(module, name), f"{mod_name}:{name}"
+            module = _import(mod_name, name, imports)
+            if module is not None and hasattr(module, name):
+                found = getattr(module, name)
+                imports.check_defined(found, name, what)
+                return found, f"{mod_name}:{name}"
         raise ModelLoadError(
             f"The bundle's '_target_' {name!r} is not a network in {', '.join(_SEARCH)}; give its full dotted path."
         )
+    imports.check_name(name, what, name)
     parts = name.split(".")
     for i in range(len(parts) - 1, 0, -1):
         mod_name = ".".join(parts[:i])
-        try:
-            obj: Any = importlib.import_module(mod_name)
-        except ImportError:
+        obj: Any = _import(mod_name, name, imports)
+        if obj is None:
             continue
         try:
             for attr in parts[i:]:
                 obj = getattr(obj, attr)
         except AttributeError:
             break
+        imports.check_defined(obj, name, what)
         return obj, f"{mod_name}:{'.'.join(parts[i:])}"
     raise ModelLoadError(
         f"The bundle's '_target_' {name!r} cannot be imported; install the package that defines it or correct the "
         "name."
     )
+
+
+def _import(mod_name: str, name: str, imports: ImportPolicy) -> Any:
+    """The module, or None when it cannot be imported (the caller tries a shorter dotted prefix); a module refused
+    because it would come from the bundle's folder or the working directory is an error that says so."""
+    try:
+        return imports.import_module(mod_name)
+    except ImportError as err:
+        refused = refused_import(err)
+        if refused is not None:
+            raise ModelLoadError(f"The bundle's '_target_' {name!r} was not built: {refused}") from err
+        return None
 
 
 def _is_plain(value: Any) -> bool:

@@ -53,7 +53,8 @@ from torch import Tensor, nn
 from .._errors import ModelLoadError
 from ..inputs import check_preprocess
 
-__all__ = ["CARD_SUFFIXES", "RANDOM_WEIGHTS", "LoadedModel", "ModelCard", "first_layer", "infer_card"]
+__all__ = ["CARD_SUFFIXES", "RANDOM_WEIGHTS", "LoadedModel", "ModelCard", "check_spatial_dims", "first_layer",
+           "infer_card"]
 
 #: File name endings recognised as model cards.
 CARD_SUFFIXES = (".json", ".yaml", ".yml")
@@ -301,13 +302,12 @@ class ModelCard:
             raise ModelLoadError(f"No model card at '{p}'.")
         data = _read_mapping(p)
         card = cls.from_dict(data)
-        if card.weights is None or card.random_weights:
+        weights = card.weights
+        if weights is None or card.random_weights:
             return card
-        if not Path(card.weights).expanduser().is_absolute():
-            card = replace(card, weights=str((p.parent / card.weights).resolve()))
-        else:
-            card = replace(card, weights=str(Path(card.weights).expanduser()))
-        return card
+        if not Path(weights).expanduser().is_absolute():
+            return replace(card, weights=str((p.parent / weights).resolve()))
+        return replace(card, weights=str(Path(weights).expanduser()))
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the card as JSON (``.json``) or YAML (``.yaml`` / ``.yml``); a ``weights`` path inside the card's
@@ -543,8 +543,42 @@ def infer_card(
     return replace(card, **changes)
 
 
-def _probe(module: nn.Module, shape: tuple[int, ...]) -> tuple[str, int] | None:
-    """Task and class count from one forward pass on zeros of shape ``(1, *shape)``; None if it fails."""
+def check_spatial_dims(module: nn.Module, card: ModelCard) -> None:
+    """Refuse a card whose ``spatial_dims`` the network does not run at (a 3D network with ``"spatial_dims": 2``
+    would otherwise fail later, in the middle of a run, with a torch error about tensor shapes).
+
+    The first convolution tells the network's dimensionality; when it disagrees with the card, one forward pass on
+    zeros at the card's dims (its ``input_shape`` or ``patch_size``, else 32 per axis) decides: a network that
+    reshapes its input before that layer (a 2D network running its slices through a ``Conv3d``) keeps the card's
+    word. Nothing runs when they agree.
+
+    Raises
+    ------
+    ModelLoadError
+        Naming the card's value, the network's first layer and what to change.
+    """
+    d = card.spatial_dims
+    first = first_layer(module)
+    kind = _kind(first) if first is not None else ""
+    if d is None or kind[-2:] not in ("2d", "3d") or int(kind[-2]) == d:
+        return
+    shape = tuple(card.input_shape or card.patch_size or (32,) * d)
+    channels = card.in_channels or int(getattr(first, "in_channels", 0) or 0) or 1
+    try:
+        _forward_zeros(module, (channels, *shape))
+    except Exception as err:  # noqa: BLE001 - any failure: the network does not take the card's dims
+        text = str(err).strip().splitlines()
+        raise ModelLoadError(
+            f"The model card says spatial_dims {d}, but the network's first layer is a {kind} (a {kind[-2]}D "
+            f"network) and it does not run on a {d}D input of shape {list(shape)} "
+            f"({text[0] if text else type(err).__name__}). Correct 'spatial_dims' in the card to {kind[-2]}, or "
+            "remove it (it is read from the network)."
+        ) from None
+
+
+def _forward_zeros(module: nn.Module, shape: tuple[int, ...]) -> Any:
+    """One forward pass on zeros of shape ``(1, *shape)`` in eval mode, without gradients; the module's training
+    flags are restored."""
     ref = next(module.parameters(), None)
     x = torch.zeros((1, *shape), dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32,
                     device=ref.device if ref is not None else None)
@@ -552,18 +586,24 @@ def _probe(module: nn.Module, shape: tuple[int, ...]) -> tuple[str, int] | None:
     try:
         module.eval()
         with torch.no_grad():
-            out = module(x)
-    except Exception:  # noqa: BLE001 - a guess: any failure means "unknown"
-        return None
+            return module(x)
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def _probe(module: nn.Module, shape: tuple[int, ...]) -> tuple[str, int] | None:
+    """Task and class count from one forward pass on zeros of shape ``(1, *shape)``; None if it fails."""
+    try:
+        out = _forward_zeros(module, shape)
+    except Exception:  # noqa: BLE001 - a guess: any failure means "unknown"
+        return None
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
         out = out[0]
     if not isinstance(out, Tensor):
         return None
     if out.ndim == 2:
         return "classification", int(out.shape[1])
-    if out.ndim == x.ndim:
+    if out.ndim == len(shape) + 1:
         return "segmentation", int(out.shape[1])
     return None

@@ -17,8 +17,11 @@ then marks); a card's ``weights_sha256`` is checked against the file read. ``Loa
 hash of the weights file actually read.
 
 Safety: without ``trust=True`` nothing in a file can run code. Checkpoints are read with
-``torch.load(weights_only=True)``; a card's factory must be a ``torch.nn.Module`` class (a function could be any
-function, e.g. one that runs shell commands); a MONAI bundle's ``$`` expressions are not evaluated.
+``torch.load(weights_only=True)``; a card's factory (or a bundle's ``_target_``) is imported only when it names a
+network library (torch.nn, monai.networks, dynamic_network_architectures, the demo nets) or a module the caller
+allowed by name (``allow_modules``), checked before the import, and never from the model's folder or the working
+directory (see :mod:`._imports`); it must be a ``torch.nn.Module`` class (a function could be any function, e.g.
+one that runs shell commands); a MONAI bundle's ``$`` expressions are not evaluated.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
@@ -41,7 +44,8 @@ from torch import Tensor, nn
 
 from .._errors import ModelLoadError
 from .._provenance import file_sha256
-from ._card import CARD_SUFFIXES, RANDOM_WEIGHTS, LoadedModel, ModelCard, infer_card
+from ._card import CARD_SUFFIXES, RANDOM_WEIGHTS, LoadedModel, ModelCard, check_spatial_dims, infer_card
+from ._imports import ImportPolicy, allowed_modules, refused_import
 
 __all__ = ["find_card", "load_model"]
 
@@ -72,6 +76,7 @@ def load_model(
     *,
     card: ModelCard | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     trust: bool = False,
+    allow_modules: str | Iterable[str] | None = None,
 ) -> LoadedModel:
     """Load a model for explanation: the network in eval mode, on the CPU, with its :class:`ModelCard`.
 
@@ -87,8 +92,14 @@ def load_model(
         Replaces the card found beside the source (or the guessed one). For a checkpoint it must name the factory.
     trust : bool
         Allow what runs code from the file: pickled modules (``torch.save(model)``), factories that are functions
-        rather than ``nn.Module`` classes, and Python expressions in a MONAI bundle config. Only for files from a
-        source you trust.
+        rather than ``nn.Module`` classes, factories from any module, and Python expressions in a MONAI bundle
+        config. Only for files from a source you trust.
+    allow_modules : str or list of str, optional
+        Your own packages of networks, by module name (``["mypkg"]`` allows ``mypkg`` and ``mypkg.nets``): a card's
+        factory or a bundle's ``_target_`` may name network classes defined there. Without ``trust`` only these and
+        the network libraries (torch.nn, monai.networks, dynamic_network_architectures, the demo nets) are imported;
+        a card cannot allow a module itself. An allowed module is imported as Python finds it (also from the working
+        directory), and importing runs its code.
 
     Returns
     -------
@@ -101,9 +112,10 @@ def load_model(
     ------
     ModelLoadError
         With what to do: a missing file, a file that is not a model, a checkpoint without a card, a factory that
-        cannot be imported, kwargs the factory does not take, weights that do not fit, a refused pickle, a card
-        that names no weights (say ``"weights": "random"`` for an untrained network), a weights file whose sha256
-        is not the card's ``weights_sha256``.
+        cannot be imported or names a module that is not allowed (see ``allow_modules``), kwargs the factory does
+        not take, weights that do not fit, a refused pickle, a card that names no weights (say ``"weights":
+        "random"`` for an untrained network), a weights file whose sha256 is not the card's ``weights_sha256``, a
+        card whose ``spatial_dims`` the network does not run at.
 
     Examples
     --------
@@ -113,7 +125,13 @@ def load_model(
     >>> m.card.task, m.card.num_classes, m.random_weights  # doctest: +SKIP
     ('classification', 3, True)
     """
-    explicit = _card_argument(card)
+    imports = ImportPolicy(trust=trust, allowed=allowed_modules(allow_modules))
+    loaded = _load(source, _card_argument(card), imports)
+    check_spatial_dims(loaded.module, loaded.card)
+    return loaded
+
+
+def _load(source: Source, explicit: ModelCard | None, imports: ImportPolicy) -> LoadedModel:
     if isinstance(source, LoadedModel):
         return LoadedModel(source.module.eval(), explicit or source.card, source.source, source.weights_sha256)
     if isinstance(source, nn.Module):
@@ -122,7 +140,7 @@ def load_model(
         if explicit is not None:
             raise ModelLoadError("The source is already a card: pass the card once (as the source, without card=).")
         card_source = source if isinstance(source, ModelCard) else ModelCard.from_dict(source)
-        return _from_card(card_source, trust, label="the card", source=None)
+        return _from_card(card_source, imports, label="the card", source=None)
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(
             f"Cannot load a model from a {type(source).__name__}: give a file or folder path, 'demo:<name>', a card "
@@ -135,14 +153,15 @@ def load_model(
     if not path.exists():
         hint = " Bundled demo models are written 'demo:<name>'." if ":" in text and not path.parent.exists() else ""
         raise ModelLoadError(f"No model file or folder at '{path}'. Check the path.{hint}")
+    imports = imports.with_folder(path)  # nothing is imported from the model's own folder (see ._imports)
     if path.is_dir():
-        return _from_folder(path, explicit, trust)
+        return _from_folder(path, explicit, imports)
     if path.name.lower().endswith(CARD_SUFFIXES):
         if explicit is not None:
             raise ModelLoadError(f"'{path.name}' is already a card: pass the card once (without card=).")
         card, looked = _with_weights_beside(ModelCard.from_file(path), path)
-        return _from_card(card, trust, label=f"'{path.name}'", source=str(path), looked=looked)
-    return _from_file(path, explicit, trust)
+        return _from_card(card, imports, label=f"'{path.name}'", source=str(path), looked=looked)
+    return _from_file(path, explicit, imports)
 
 
 def find_card(path: str | os.PathLike[str]) -> Path | None:
@@ -263,7 +282,8 @@ def _checked_sha256(path: Path, card: ModelCard | None, label: str) -> str:
     return digest
 
 
-def _from_card(card: ModelCard, trust: bool, label: str, source: str | None, looked: str = "") -> LoadedModel:
+def _from_card(card: ModelCard, imports: ImportPolicy, label: str, source: str | None, looked: str = ""
+               ) -> LoadedModel:
     if card.factory is None:
         raise ModelLoadError(
             f"{label} has no 'factory', so the network cannot be built. Add \"factory\": \"package.module:Class\" "
@@ -271,7 +291,9 @@ def _from_card(card: ModelCard, trust: bool, label: str, source: str | None, loo
         )
     if card.weights is None:
         raise _no_weights(label, card.factory, looked)
-    module = build_module(card, trust)
+    if not card.random_weights:
+        imports = imports.with_folder(card.weights)
+    module = build_module(card, imports)
     if card.random_weights:
         return LoadedModel(module.eval(), _complete(module, card), source)
     wpath = Path(card.weights).expanduser()
@@ -282,17 +304,17 @@ def _from_card(card: ModelCard, trust: bool, label: str, source: str | None, loo
     kind = _sniff(wpath)
     digest = _checked_sha256(wpath, card, label)
     # a TorchScript archive's weights go into the Python network the factory builds (which takes hooks)
-    state = _torchscript_state(wpath) if kind == "torchscript" else _read_state(wpath, kind, trust)
+    state = _torchscript_state(wpath) if kind == "torchscript" else _read_state(wpath, kind, imports.trust)
     load_weights(module, state, wpath.name, card.factory)
     card = replace(card, weights=str(wpath))
     return LoadedModel(module.eval(), _complete(module, card), source, digest)
 
 
-def _from_folder(folder: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
+def _from_folder(folder: Path, explicit: ModelCard | None, imports: ImportPolicy) -> LoadedModel:
     if (folder / "configs").is_dir():
         from ._bundle import load_bundle
 
-        return load_bundle(folder, explicit, trust)
+        return load_bundle(folder, explicit, imports)
     cards = sorted(p for p in folder.iterdir() if p.name.lower().endswith(tuple(f".card{s}" for s in CARD_SUFFIXES)))
     if len(cards) == 1 and explicit is None:
         card, looked = _with_weights_beside(ModelCard.from_file(cards[0]), cards[0])
@@ -303,10 +325,10 @@ def _from_folder(folder: Path, explicit: ModelCard | None, trust: bool) -> Loade
                 card, looked = replace(card, weights=str(weights[0])), ""
             elif weights:
                 looked += " The folder holds several weights files, so none is taken without being named."
-        return _from_card(card, trust, label=f"'{cards[0].name}'", source=str(folder), looked=looked)
+        return _from_card(card, imports, label=f"'{cards[0].name}'", source=str(folder), looked=looked)
     files = [p for p in folder.iterdir() if p.suffix.lower() in (*_WEIGHT_SUFFIXES, ".ts")]
     if len(files) == 1 and len(cards) <= 1:
-        return _from_file(files[0], explicit, trust)
+        return _from_file(files[0], explicit, imports)
     raise ModelLoadError(
         f"'{folder}' is a folder but not a MONAI bundle (no configs/ folder) and holds "
         f"{len(files)} model files and {len(cards)} card files. Give the model file itself, or a folder with one "
@@ -314,7 +336,7 @@ def _from_folder(folder: Path, explicit: ModelCard | None, trust: bool) -> Loade
     )
 
 
-def _from_file(path: Path, explicit: ModelCard | None, trust: bool) -> LoadedModel:
+def _from_file(path: Path, explicit: ModelCard | None, imports: ImportPolicy) -> LoadedModel:
     kind = _sniff(path)
     card, label = explicit, "the card you passed"
     if card is None:
@@ -330,7 +352,7 @@ def _from_file(path: Path, explicit: ModelCard | None, trust: bool) -> LoadedMod
     if kind == "safetensors":
         obj = _read_safetensors(path)
     else:
-        obj = _torch_load(path, trust)
+        obj = _torch_load(path, imports.trust)
     if isinstance(obj, nn.Module):  # a pickled module, loaded with trust=True
         return LoadedModel(obj.eval(), infer_card(obj, card), str(path), digest)
     state = _state_dict(obj, path.name)
@@ -344,7 +366,7 @@ def _from_file(path: Path, explicit: ModelCard | None, trust: bool) -> LoadedMod
             "{\"spatial_dims\": 3, \"in_channels\": 1, \"out_channels\": 2, \"channels\": [16, 32, 64], "
             "\"strides\": [2, 2]}}, or pass card={...}."
         )
-    module = build_module(card, trust)
+    module = build_module(card, imports)
     load_weights(module, state, path.name, card.factory)
     return LoadedModel(module.eval(), _complete(module, replace(card, weights=str(path))), str(path), digest)
 
@@ -543,9 +565,11 @@ def _state_dict(obj: Any, name: str) -> dict[str, Tensor]:
 # building and loading weights
 
 
-def resolve_factory(spec: str) -> Callable[..., Any]:
+def resolve_factory(spec: str, imports: ImportPolicy | None = None) -> Callable[..., Any]:
     """The callable named by ``"package.module:callable"`` (``"monai:X"`` = ``"monai.networks.nets:X"``; a dotted
-    ``"package.module.Callable"`` also works)."""
+    ``"package.module.Callable"`` also works). ``imports`` says which modules may be imported (default: only the
+    network libraries, see :mod:`._imports`); the name is checked before anything is imported."""
+    imports = imports or ImportPolicy()
     if ":" in spec:
         mod_name, attr = spec.split(":", 1)
     elif "." in spec:
@@ -554,17 +578,22 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
         raise ModelLoadError(f"The factory {spec!r} must name a module and a callable: 'package.module:callable'.")
     if mod_name == "monai":
         mod_name = "monai.networks.nets"
+    imports.check_name(spec, "The factory", f"{mod_name}.{attr}", mod_name)
     try:
-        module = importlib.import_module(mod_name)
-    except ImportError as err:
+        module = imports.import_module(mod_name)
+    except Exception as err:  # noqa: BLE001 - told apart below
+        refused = refused_import(err)
+        if refused is not None:
+            raise ModelLoadError(f"The factory '{spec}' was not built: {refused}") from err
+        if not isinstance(err, ImportError):
+            raise ModelLoadError(f"Importing '{mod_name}' for the factory '{spec}' failed: {_first_line(err)}.") \
+                from err
         top = mod_name.split(".")[0]
         raise ModelLoadError(
             f"The factory '{spec}' needs the Python module '{mod_name}', which cannot be imported ({err}). Install "
             f"the package that defines the network (e.g. pip install {top}), or correct the factory "
             "('package.module:callable')."
         ) from err
-    except Exception as err:  # noqa: BLE001 - a module that fails while importing
-        raise ModelLoadError(f"Importing '{mod_name}' for the factory '{spec}' failed: {_first_line(err)}.") from err
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -573,6 +602,7 @@ def resolve_factory(spec: str) -> Callable[..., Any]:
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise ModelLoadError(f"The factory '{spec}': '{mod_name}' has no '{attr}'.{hint}")
         obj = getattr(obj, part)
+    imports.check_defined(obj, spec, "The factory")
     if not callable(obj):
         raise ModelLoadError(f"The factory '{spec}' names a {type(obj).__name__}, not a class or function.")
     return cast(Callable[..., Any], obj)
@@ -623,11 +653,11 @@ def call_factory(fn: Callable[..., Any], kwargs: Mapping[str, Any], spec: str) -
     return module
 
 
-def build_module(card: ModelCard, trust: bool) -> nn.Module:
+def build_module(card: ModelCard, imports: ImportPolicy) -> nn.Module:
     """The network built from ``card.factory(**card.kwargs)``, freshly initialised, on the CPU."""
     assert card.factory is not None
-    fn = resolve_factory(card.factory)
-    check_safe_factory(fn, card.factory, trust)
+    fn = resolve_factory(card.factory, imports)
+    check_safe_factory(fn, card.factory, imports.trust)
     return call_factory(fn, card.kwargs, card.factory)
 
 
