@@ -4,13 +4,16 @@
 and writes each heatmap aligned with the scan (NIfTI with the scan's own affine) plus a JSON sidecar with the
 provenance and, with ``metrics``, a CSV of scores. ``batch`` runs the same over many scans, on a Dask cluster
 (a local one by default, one torch thread per worker) or in-process, and writes a summary CSV. Existing
-outputs are never overwritten unless asked.
+outputs are never overwritten unless asked; every file goes through :mod:`._atomic` (a hidden temporary name,
+then put in place), so one run's files land together or not at all, and CSV cells cannot run as spreadsheet
+formulas.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import time
@@ -22,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import AtomicFiles, atomic_write, csv_writer
 from ._errors import ParameterError, ReaderError, TargetError
 from ._progress import format_duration
 from .targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
@@ -170,7 +174,9 @@ def explain_file(
     outs = dict(zip(keys, outs.values(), strict=True))
     tables = {"metrics": Path(_strip(str(next(iter(outs.values())))) + "_metrics.csv") if metrics else None,
               "layers": Path(_strip(output) + "_layers.csv") if len(layers) > 1 else None}
-    existing = [str(p) for p in [*outs.values(), *tables.values()] if p is not None and p.exists()]
+    # every file this run will write, sidecars included, is checked before any work
+    planned = [*outs.values(), *(_sidecar(p) for p in outs.values()), *tables.values()]
+    existing = [str(p) for p in planned if p is not None and p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
     loaded = model if model is not None else na.load_model(model_source, trust=trust)
@@ -196,7 +202,6 @@ def explain_file(
                              geometry=geometry, device=device, progress=progress, params=dict(params or {}))
     scores: dict[str, dict[str, float | None]] = {}
     for key, res in results.items():
-        _write_heatmap(outs[key], res, geometry, meta, model_source, image_path, device, overwrite, model=loaded)
         for metric in metrics:
             row = scores.setdefault(key, {})
             try:
@@ -217,14 +222,17 @@ def explain_file(
                 row[f"{metric}_random"] = float(score.details["random_auc"])
     columns = list(next(iter(scores.values()))) if scores else []
     scan = os.path.basename(image_path)
-    if tables["metrics"] is not None:
-        with open(tables["metrics"], "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["scan", "method", *columns, "seconds"])
-            for key in keys:
-                w.writerow([scan, key, *(scores[key][k] for k in columns), f"{results[key].seconds:.4f}"])
-    if tables["layers"] is not None:
-        _write_layer_table(tables["layers"], scan, methods, layers, results, _model_and_card(loaded)[1])
+    # all of this run's files (heatmaps, sidecars, tables) land together or not at all: a full disk leaves none,
+    # and a rerun is not refused because of a half-written run
+    with AtomicFiles(overwrite=overwrite) as files:
+        for key, res in results.items():
+            _write_heatmap(files, outs[key], res, geometry, meta, model_source, image_path, device, model=loaded)
+        if tables["metrics"] is not None:
+            files.add_text(tables["metrics"], _csv_text(
+                [["scan", "method", *columns, "seconds"],
+                 *([scan, key, *(scores[key][k] for k in columns), f"{results[key].seconds:.4f}"] for key in keys)]))
+        if tables["layers"] is not None:
+            _write_layer_table(files, tables["layers"], scan, methods, layers, results, _model_and_card(loaded)[1])
     desc = next(iter(results.values())).description
     from ._provenance import weights_label
 
@@ -251,20 +259,30 @@ def _strip(path: str) -> str:
     return path
 
 
-def _write_heatmap(path: Path, res: Any, geometry: Any, meta: dict[str, Any], model_source: str, image_path: str,
-                   device: str | None, overwrite: bool, model: Any = None) -> None:
-    """The heatmap (NIfTI aligned with the scan, or .npy) and its JSON provenance sidecar: the method and its
-    parameters, the sha256 of the weights actually read, whether they are random, the card in effect, and the scan's
-    file name (never its folder) with the scan's sha256."""
+def _sidecar(path: Path) -> Path:
+    """The JSON provenance file beside a heatmap: ``heat.nii.gz`` -> ``heat.json``."""
+    return Path(_strip(str(path)) + ".json")
+
+
+def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as CSV text, each cell escaped against spreadsheet formulas (``_atomic.csv_cell``)."""
+    buf = io.StringIO()
+    w = csv_writer(buf)
+    for row in rows:
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _write_heatmap(files: AtomicFiles, path: Path, res: Any, geometry: Any, meta: dict[str, Any], model_source: str,
+                   image_path: str, device: str | None, model: Any = None) -> None:
+    """Add the heatmap (NIfTI aligned with the scan, or .npy) and its JSON provenance sidecar to ``files`` (one
+    group: they land together or not at all): the method and its parameters, the sha256 of the weights actually
+    read, whether they are random, the card in effect, and the scan's file name (never its folder) with the scan's
+    sha256."""
     from ._provenance import model_fields, scan_fields
-    from .io import write_nifti
+    from .io._nifti import nifti_writer
     from .layers import json_safe, provenance
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if str(path).endswith(".npy"):
-        np.save(path, res.data)
-    else:
-        write_nifti(path, res.data, geometry, original_affine=meta.get("original_affine"), overwrite=overwrite)
     digest = _model_hash(model_source, model)
     facts = {**model_fields(model), "weights_sha256": digest}
     record = provenance(method=res.method, params=res.params, target=res.description, seconds=res.seconds,
@@ -272,12 +290,18 @@ def _write_heatmap(path: Path, res: Any, geometry: Any, meta: dict[str, Any], mo
                         **facts, **scan_fields(image_path))
     if isinstance(res.extras.get("completeness"), dict):  # integrated gradients: does the map add up?
         record["completeness"] = json_safe(res.extras["completeness"])
-    Path(_strip(str(path)) + ".json").write_text(json.dumps(record, indent=2))
+    if str(path).endswith(".npy"):
+        data = res.data
+        files.add(path, lambda fh: np.save(fh, data))
+    else:
+        files.add(path, nifti_writer(path, res.data, geometry, original_affine=meta.get("original_affine")))
+    files.add_text(_sidecar(path), json.dumps(record, indent=2))
 
 
-def _write_layer_table(path: Path, scan: str, methods: Sequence[str], layers: Sequence[str],
+def _write_layer_table(files: AtomicFiles, path: Path, scan: str, methods: Sequence[str], layers: Sequence[str],
                        results: dict[str, Any], card: Any = None) -> None:
-    """Per method and layer (shallow to deep as given): seconds, energy inside the target region, peak.
+    """Add to ``files``: per method and layer (shallow to deep as given): seconds, energy inside the target region,
+    peak.
 
     The target region is the target class's region (``metrics.target_region``): for a one-channel model
     (``card`` with one class) the foreground, never the voxels labelled 0."""
@@ -287,15 +311,14 @@ def _write_layer_table(path: Path, scan: str, methods: Sequence[str], layers: Se
     names = getattr(card, "class_names", None)
     if channels is None and names:
         channels = len(names)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["scan", "method", "layer", "seconds", "energy_in_target_region", "peak"])
-        for m in methods:
-            per_layer = {lay: results[f"{m}@{lay}"] for lay in layers}
-            region = target_region(next(iter(per_layer.values())), channels=channels)
-            for row in layer_sweep_table(per_layer, region):
-                energy = "" if row["energy"] is None else f"{row['energy']:.6g}"
-                w.writerow([scan, m, row["layer"], f"{row['seconds']:.4f}", energy, f"{row['peak']:.6g}"])
+    rows: list[list[Any]] = [["scan", "method", "layer", "seconds", "energy_in_target_region", "peak"]]
+    for m in methods:
+        per_layer = {lay: results[f"{m}@{lay}"] for lay in layers}
+        region = target_region(next(iter(per_layer.values())), channels=channels)
+        for row in layer_sweep_table(per_layer, region):
+            energy = "" if row["energy"] is None else f"{row['energy']:.6g}"
+            rows.append([scan, m, row["layer"], f"{row['seconds']:.4f}", energy, f"{row['peak']:.6g}"])
+    files.add_text(path, _csv_text(rows))
 
 
 def expand_images(spec: str) -> list[str]:
@@ -323,12 +346,45 @@ def expand_images(spec: str) -> list[str]:
     return found
 
 
+_SCAN_SUFFIXES = (".nii.gz", ".nii", ".npy", ".dcm")
+
+
 def _stem(path: str) -> str:
+    """The scan's file name without its scan extension (``ct.nii.gz`` -> ``ct``; a series folder: its name)."""
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".npy", ".dcm"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
+    for suffix in _SCAN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
     return name
+
+
+def _batch_outputs(scans: Sequence[str], outdir: Path) -> list[Path]:
+    """One output heatmap name per scan, never shared: the scan's path below the scans' common folder, its
+    extension swapped for ``.nii.gz`` (``siteA/ct.nii.gz`` and ``siteB/ct.nii.gz`` -> ``OUT/siteA/ct.nii.gz`` and
+    ``OUT/siteB/ct.nii.gz``; scans in one folder -> ``OUT/<stem>.nii.gz``). Names that would still meet (``ct.nii``
+    beside ``ct.nii.gz``, or ``CT`` beside ``ct`` on a case-blind disk) keep their extension in the name
+    (``ct_nii``); a scan listed twice gets ``-2``."""
+    full = [os.path.abspath(s) for s in scans]
+    try:
+        root = os.path.commonpath([os.path.dirname(f) for f in full])
+    except ValueError:  # different drives (Windows): keep each path below its drive
+        root = ""
+    rel = [Path(os.path.relpath(f, root) if root else os.path.splitdrive(f)[1].lstrip("\\/")) for f in full]
+    stems = [r.parent / _stem(str(r)) for r in rel]
+    counts: dict[str, int] = {}
+    for st in stems:
+        counts[str(st).lower()] = counts.get(str(st).lower(), 0) + 1
+    named: list[Path] = []
+    taken: set[str] = set()
+    for r, st in zip(rel, stems, strict=True):
+        if counts[str(st).lower()] > 1 and r.name != st.name:  # keep the extension: ct.nii -> ct_nii
+            st = r.parent / (st.name + "_" + r.name[len(st.name):].lstrip(".").replace(".", ""))
+        name, i = st, 2
+        while str(name).lower() in taken:  # the same scan twice (or a name made above that still meets)
+            name, i = st.parent / f"{st.name}-{i}", i + 1
+        taken.add(str(name).lower())
+        named.append(outdir / f"{name}.nii.gz")
+    return named
 
 
 def _one(args: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
@@ -382,8 +438,10 @@ def run_batch(
     summary = out / "summary.csv"
     if summary.exists() and not kwargs.get("overwrite"):
         raise FileExistsError(f"{summary} already exists; pass --overwrite or choose another output folder.")
-    jobs = [dict(model_source=model_source, image_path=s, methods=list(methods),
-                 output=str(out / f"{_stem(s)}.nii.gz"), **kwargs) for s in scans]
+    # one output name per scan, kept below the scans' common folder: two scans called ct.nii.gz in different
+    # folders never share (or overwrite) one heatmap; the summary's output column says where each went
+    jobs = [dict(model_source=model_source, image_path=s, methods=list(methods), output=str(o), **kwargs)
+            for s, o in zip(scans, _batch_outputs(scans, out), strict=True)]
     log(f"batch: {len(jobs)} scans x {len(methods)} method(s)")
     results: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -426,15 +484,16 @@ def run_batch(
                 cluster.close()
     results.sort(key=lambda r: r["scan"])
     metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m})
-    with open(summary, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["scan", "status", "method", "output", "seconds", "target", *metric_names, "warnings", "weights"])
-        for r in results:
-            for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
-                w.writerow([r["scan"], r["status"], m, r["outputs"].get(m, ""),
-                            f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
-                            *(r["metrics"].get(m, {}).get(k, "") for k in metric_names), r.get("warnings", ""),
-                            r.get("weights", "")])
+    rows: list[list[Any]] = [["scan", "status", "method", "output", "seconds", "target", *metric_names, "warnings",
+                              "weights"]]
+    for r in results:
+        for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
+            rows.append([r["scan"], r["status"], m, r["outputs"].get(m, ""),
+                         f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
+                         *(r["metrics"].get(m, {}).get(k, "") for k in metric_names), r.get("warnings", ""),
+                         r.get("weights", "")])
+    text = _csv_text(rows)
+    atomic_write(summary, lambda fh: fh.write(text.encode("utf-8")), overwrite=bool(kwargs.get("overwrite")))
     failed = sum(1 for r in results if r["status"] != "ok")
     log(f"wrote {summary} ({len(results) - failed} ok, {failed} failed)")
     if any(r.get("weights") == "random weights" for r in results):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import gzip
 import os
-import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -284,8 +284,10 @@ def write_nifti(
         ``geometry``, so the result lines up with the source in 3D Slicer, ITK-SNAP or FSLeyes. Without
         either, the identity (1 mm voxels at the origin) is written.
     overwrite : bool
-        Replace an existing file. The file is written to a temporary name first, so a failed write never
-        leaves a partial file behind.
+        Replace an existing file. The file is written to a hidden temporary name in the same folder, flushed to
+        the disk, then put in place: a failed write (a full disk) never leaves a partial file behind, and with
+        ``overwrite=False`` the name is taken exclusively, so of several writers racing for one path exactly one
+        succeeds and the others get ``FileExistsError``.
 
     Returns
     -------
@@ -295,31 +297,53 @@ def write_nifti(
     Raises
     ------
     FileExistsError
-        ``path`` exists and ``overwrite`` is False.
+        ``path`` exists (or another writer created it first) and ``overwrite`` is False; it is kept.
     ValueError
         Bad file name, shape, dtype or affine.
+    napari_attribution._atomic.OutputError
+        The disk refused the file (no space, quota, read-only, permission); an ``OSError`` with its ``errno``.
 
     Notes
     -----
     NIfTI-1 stores the affine in float32: a round trip through the file is exact for an affine that was
     read from a NIfTI file and to about 1e-6 relative otherwise.
     """
+    from .._atomic import atomic_write
+
+    path = Path(path)
+    write = nifti_writer(path, data, geometry, original_affine=original_affine)
+    if path.exists() and not overwrite:  # early and clear; the exclusive link below settles races
+        raise FileExistsError(f"'{path}' already exists; pass overwrite=True to replace it.")
+    atomic_write(path, write, overwrite=overwrite)
+    return path
+
+
+def nifti_writer(
+    path: str | os.PathLike[str],
+    data: npt.ArrayLike,
+    geometry: Geometry | None = None,
+    *,
+    original_affine: npt.ArrayLike | None = None,
+) -> Callable[[IO[bytes]], None]:
+    """Check ``data`` and build its NIfTI image now; return ``write(fh)`` that streams the file into a binary file
+    object (gzip-compressed when ``path`` ends in ``.nii.gz``), for :mod:`napari_attribution._atomic` groups
+    (a heatmap and its sidecar land together). Arguments as :func:`write_nifti`; raises its ``ValueError`` s."""
     nib = _nibabel()
     path = Path(path)
     if not is_nifti_path(path):
         raise ValueError(f"'{path.name}' is not a NIfTI file name: use the extension .nii or .nii.gz.")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"'{path}' already exists; pass overwrite=True to replace it.")
     array = np.asarray(data)
     spatial_ndim = _check_shape(array, geometry)
     affine = _choose_affine(geometry, original_affine)
     image = _nifti_image(nib, _writable_array(_to_nibabel_order(array, spatial_ndim)), affine)
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial{suffix}")
-    try:
-        nib.save(image, str(temporary))
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+    compressed = path.name.lower().endswith(".nii.gz")
+
+    def write(fh: IO[bytes]) -> None:
+        if not compressed:
+            image.to_stream(fh)
+            return
+        # as nibabel's own .nii.gz: compression level 1, no time stamp or name in the gzip header
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=fh, mtime=0) as gz:
+            image.to_stream(gz)
+
+    return write
