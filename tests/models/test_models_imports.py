@@ -78,7 +78,7 @@ def test_a_module_beside_the_card_is_not_imported_with_the_working_directory_on_
             na.load_model(source)
         message = str(info.value)
         assert f"'{unique}'" in message and "torch.nn, monai.networks" in message
-        assert f"allow_modules=['{unique}']" in message and f"--allow-module {unique}" in message
+        assert f"allow_modules=['{unique}']" in message and "trust=True" in message
         assert not marker.exists() and unique not in sys.modules
 
 

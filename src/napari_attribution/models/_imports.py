@@ -116,9 +116,8 @@ class ImportPolicy:
             f"{what} {spec!r} is not inside the network libraries napari-attribution imports on its own "
             f"({', '.join(NETWORK_LIBRARIES)}), so it was not imported: importing a module runs its code, and a card "
             "or a bundle could name any module, for example one shipped beside the model. If it is your own package "
-            f"of networks, allow it by name: load_model(..., allow_modules=['{top}']), or --allow-module {top} on the "
-            "command line. load_model(..., trust=True) (--trust) allows every module: only for files from a source "
-            "you trust."
+            f"of networks, allow it by name with allow_modules=['{top}']; trust=True allows every module (only for "
+            "files from a source you trust)."
         )
 
     def check_defined(self, obj: Any, spec: str, what: str) -> None:
@@ -130,8 +129,8 @@ class ImportPolicy:
             raise ModelLoadError(
                 f"{what} {spec!r} leads to {getattr(obj, '__qualname__', type(obj).__name__)} from the module "
                 f"{where!r}, which is not inside the network libraries napari-attribution imports on its own "
-                f"({', '.join(NETWORK_LIBRARIES)}) nor a module you allowed (allow_modules). Name the network class "
-                "where it is defined; load_model(..., trust=True) allows everything, only for files you trust."
+                f"({', '.join(NETWORK_LIBRARIES)}) nor a module you allowed with allow_modules=[...]. Name the "
+                "network class where it is defined; trust=True allows everything (only for files you trust)."
             )
 
     def import_module(self, name: str) -> ModuleType:
