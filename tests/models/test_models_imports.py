@@ -268,3 +268,32 @@ def test_a_network_that_runs_at_the_cards_dims_despite_its_first_layer_is_kept()
 
     loaded = na.load_model(SliceNet(), card={"spatial_dims": 2})
     assert loaded.card.spatial_dims == 2
+
+
+def test_the_folder_guard_refuses_only_in_the_loading_thread(cwd_on_path: Path, unique: str) -> None:
+    """While a network library is imported for a model, nothing is taken from the working directory in that thread
+    (also what the library itself imports on the way); another thread's imports are left alone."""
+    import importlib
+    import threading
+
+    from napari_attribution.models._imports import _GUARD, ImportPolicy, RefusedImport
+
+    marker = cwd_on_path.parent / "marker.txt"
+    hostile_module(cwd_on_path, unique, marker)
+    other: dict[str, object] = {}
+    inside, go_on = threading.Event(), threading.Event()
+
+    def elsewhere() -> None:
+        inside.wait(10)
+        other["module"] = importlib.import_module(unique)  # not refused: this thread loads no model
+        go_on.set()
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    with _GUARD.refusing(ImportPolicy()._refused()):
+        with pytest.raises(RefusedImport, match="working directory"):
+            importlib.import_module(unique)
+        inside.set()
+        assert go_on.wait(10)
+    thread.join(10)
+    assert getattr(other["module"], "__name__", None) == unique and marker.exists()

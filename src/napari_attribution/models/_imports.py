@@ -209,7 +209,8 @@ class _FolderGuard(importlib.abc.MetaPathFinder):
                 raise RefusedImport(
                     f"'{fullname}' would be imported from {where} ({folder}), and importing it would run code from "
                     f"there: napari-attribution does not import from the model's folder or the working directory "
-                    f"without trust=True. Rename or move '{Path(location).name}' there, or run from another folder.",
+                    f"without trust=True. Rename or move '{Path(location).name}' there, or run from another folder "
+                    f"(if it is your own copy of that package, allow it by name: allow_modules=['{fullname}']).",
                     name=fullname,
                 )
         return None  # the regular finders import it
