@@ -30,53 +30,249 @@ from ._errors import ParameterError, ReaderError, TargetError
 from ._progress import format_duration
 from .targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
 
-__all__ = ["explain_file", "expand_images", "parse_params", "parse_target", "run_batch"]
+__all__ = ["check_device", "check_npy", "check_request", "explain_file", "expand_images", "parse_params",
+           "parse_target", "run_batch"]
 
 
 def _read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
     from .io import read_image
 
-    data = np.load(path) if path.endswith(".npy") else read_image(path)[0]
+    if path.lower().endswith(".npy"):
+        check_npy(path, what="mask")
+        data = np.load(path)
+    else:
+        data = read_image(path)[0]
     if data.shape != shape:
         raise TargetError(f"The mask {path} has shape {data.shape}, but the scan has spatial shape {shape}.")
     return np.asarray(data)
 
 
+# the --target forms, each with what it means (for the messages)
+TARGET_FORMS = ("3, class:3 (or class:3:logit / class:3:probability), predicted:1, region:1:MASK.nii.gz, "
+                "voxel:1:z,y,x, contrast:1,2 (or contrast:1,2:MASK.nii.gz), error:1:TRUTH.nii.gz:fp (or :fn)")
+_FORM = {"class": "class:k, class:k:logit or class:k:probability", "predicted": "predicted:k",
+         "region": "region:k:MASK.nii.gz", "voxel": "voxel:k:z,y,x (one index per spatial axis)",
+         "contrast": "contrast:k1,k2 or contrast:k1,k2:MASK.nii.gz", "error": "error:k:TRUTH.nii.gz:fp (or :fn)"}
+
+
+@dataclass(frozen=True)
+class _TargetText:
+    """A ``--target`` value taken apart (no file read yet)."""
+
+    kind: str  # "index" (a bare class index), or a key of _FORM
+    numbers: tuple[int, ...]  # k; (k1, k2) for a contrast; (k, *index) for a voxel
+    path: str | None = None  # the mask of a region, contrast or error region
+    word: str | None = None  # a class's score, or an error region's fp / fn
+
+
+def _split_target(text: str) -> _TargetText:
+    """Take ``text`` apart, or raise a :class:`TargetError` that shows the form it should have."""
+    parts = text.split(":")
+    kind = parts[0].strip().lower() if len(parts) > 1 else "index"
+    if kind not in ("index", *_FORM):
+        raise TargetError(f"Unknown target {text!r}. --target takes {TARGET_FORMS}.")
+    try:
+        if kind == "index":
+            return _TargetText(kind, (int(text),))
+        k = parts[1].strip()
+        if kind == "class":
+            word = parts[2].strip().lower() if len(parts) > 2 else None
+            if len(parts) > 3 or word not in (None, "logit", "probability"):
+                raise ValueError
+            return _TargetText(kind, (int(k),), word=word)
+        if kind == "predicted" and len(parts) == 2:
+            return _TargetText(kind, (int(k),))
+        if kind == "voxel" and len(parts) == 3:
+            return _TargetText(kind, (int(k), *(int(v) for v in parts[2].split(","))))
+        if kind == "contrast":
+            k1, k2 = (int(v) for v in k.split(","))
+            return _TargetText(kind, (k1, k2), ":".join(parts[2:]) or None)
+        if kind == "region" and ":".join(parts[2:]):
+            return _TargetText(kind, (int(k),), ":".join(parts[2:]))  # a path may hold ':' (C:\\...)
+        if kind == "error":
+            word = parts[-1].strip().lower() if parts[-1].strip().lower() in ("fp", "fn") else "fp"
+            path = ":".join(parts[2:-1] if parts[-1].strip().lower() in ("fp", "fn") else parts[2:])
+            if path:
+                return _TargetText(kind, (int(k),), path, word)
+    except ValueError:
+        pass
+    if kind == "index":
+        raise TargetError(f"Cannot read the target {text!r}: --target takes {TARGET_FORMS}.")
+    raise TargetError(f"Cannot read the target {text!r}: write it as {_FORM[kind]}, e.g. {_EXAMPLE[kind]}.")
+
+
+_EXAMPLE = {"class": "--target class:1:probability", "predicted": "--target predicted:1",
+            "region": "--target region:1:mask.nii.gz", "voxel": "--target voxel:1:40,128,96",
+            "contrast": "--target contrast:1,2", "error": "--target error:1:truth.nii.gz:fn"}
+
+
 def parse_target(text: str | None, shape: tuple[int, ...]) -> Any:
-    """``3``, ``predicted:1``, ``region:1:MASK.nii.gz``, ``voxel:1:z,y,x``, ``contrast:1,2``,
-    ``error:1:TRUTH.nii.gz:fp`` (masks in the scan's voxel space) -> a target object; None -> None.
+    """``3``, ``class:3[:logit|probability]``, ``predicted:1``, ``region:1:MASK.nii.gz``, ``voxel:1:z,y,x``,
+    ``contrast:1,2[:MASK.nii.gz]``, ``error:1:TRUTH.nii.gz:fp`` (masks in the scan's voxel space, ``shape`` its
+    spatial shape) -> a target object; None, ``""`` or ``auto`` -> None.
 
     The number is the class index, i.e. the output channel: a model with one output channel (a sigmoid or a single
     logit) has only class 0 (``predicted:0``, its foreground); ``predicted:1`` on it is refused when the target is
-    resolved, with a message naming ``predicted:0``."""
-    if text is None or text == "" or text == "auto":
+    resolved, with a message naming ``predicted:0``. ``class:3`` scores with each method's natural score (the logit
+    for gradient and CAM methods, the probability for perturbation methods), ``class:3:logit`` /
+    ``class:3:probability`` with that one.
+
+    Examples
+    --------
+    >>> parse_target("voxel:1:4,6,6", (8, 12, 12))
+    Voxel(k=1, index=(4, 6, 6), score=None)
+    >>> parse_target("class:2:probability", (8, 12, 12))
+    Class(k=2, score='probability')
+    """
+    if text is None or text.strip() in ("", "auto"):
         return None
-    parts = text.split(":")
+    t = _split_target(text.strip())
+    k = t.numbers[0]
+    if t.kind == "index":
+        return k
+    if t.kind == "class":
+        return Class(k, t.word)  # type: ignore[arg-type]
+    if t.kind == "predicted":
+        return Predicted(k)
+    if t.kind == "voxel":
+        index = t.numbers[1:]
+        if len(index) != len(shape):
+            raise TargetError(f"The target {text!r} gives {len(index)} voxel coordinate(s), but the scan has "
+                              f"{len(shape)} spatial axes (shape {shape}): write voxel:{k}:"
+                              f"{','.join('zyx'[-len(shape):]) if len(shape) <= 3 else 'i,j,...'}.")
+        return Voxel(k, index)
+    if t.kind == "contrast":
+        return Contrast(k, t.numbers[1], None if t.path is None else _read_mask(t.path, shape).astype(bool))
+    assert t.path is not None
+    if t.kind == "region":
+        return Region(k, _read_mask(t.path, shape).astype(bool))
+    return ErrorRegion(k, _read_mask(t.path, shape), t.word)  # type: ignore[arg-type]
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that torch does not know or that this computer does not have, before any work starts.
+
+    Raises
+    ------
+    ParameterError
+        ``bogus`` (not a device name), ``cuda`` without a CUDA GPU here, ``cuda:3`` with fewer GPUs, ``mps``
+        without Apple's GPU.
+    """
+    if device is None:
+        return
+    import torch
+
     try:
-        if len(parts) == 1:
-            return int(parts[0])
-        kind = parts[0].lower()
-        if kind == "class":
-            return Class(int(parts[1]), parts[2] if len(parts) > 2 else "logit")  # type: ignore[arg-type]
-        if kind == "predicted":
-            return Predicted(int(parts[1]))
-        if kind == "region":
-            return Region(int(parts[1]), _read_mask(":".join(parts[2:]), shape).astype(bool))
-        if kind == "voxel":
-            return Voxel(int(parts[1]), tuple(int(v) for v in parts[2].split(",")))
-        if kind == "contrast":
-            k1, k2 = (int(v) for v in parts[1].split(","))
-            return Contrast(k1, k2)
-        if kind == "error":
-            kind_ = parts[-1] if parts[-1] in ("fp", "fn") else "fp"
-            path = ":".join(parts[2:-1] if parts[-1] in ("fp", "fn") else parts[2:])
-            return ErrorRegion(int(parts[1]), _read_mask(path, shape), kind_)  # type: ignore[arg-type]
-    except (ValueError, IndexError) as err:
-        raise TargetError(f"Cannot read the target {text!r}: {err}.") from None
-    raise TargetError(
-        f"Unknown target {text!r}. Use 3, predicted:1, region:1:MASK.nii.gz, voxel:1:z,y,x, contrast:1,2 or "
-        "error:1:TRUTH.nii.gz:fp."
-    )
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ParameterError(f"--device {device!r} is not a device name. Use cpu, cuda, cuda:1 or mps (or leave "
+                             "--device out to compute where the model is).") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this PyTorch is built without CUDA" if torch.version.cuda is None
+                   else f"PyTorch (CUDA {torch.version.cuda}) finds no usable GPU")
+            raise ParameterError(f"--device {device}: {why}. Use --device cpu (or leave --device out), or install a "
+                                 "CUDA build of PyTorch on a computer with an NVIDIA GPU.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ParameterError(f"--device {device}: this computer has {count} CUDA GPU(s), numbered 0 to "
+                                 f"{count - 1}.")
+        return
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ParameterError(f"--device {device}: Apple's GPU (MPS) is not available here. Use --device cpu "
+                                 "(or leave --device out).")
+        return
+    raise ParameterError(f"--device {device}: napari-attribution computes on cpu, cuda or mps, not on "
+                         f"{dev.type!r}.")
+
+
+def check_npy(path: str, what: str = "scan") -> tuple[tuple[int, ...], np.dtype[Any]]:
+    """A ``.npy`` file's shape and dtype from its header alone (the data is not read), or a :class:`ReaderError`
+    that says why the file cannot be a ``what`` (scan or mask): it is missing, not a regular file (a pipe would
+    block), not a ``.npy`` file, holds Python objects (refused: reading them would unpickle), text or complex
+    numbers instead of real numbers, is empty, or is shorter than its header says (checked before anything is
+    allocated, so a tiny file that declares a huge array costs nothing)."""
+    if not os.path.exists(path):
+        raise ReaderError(f"The {what} {path} does not exist.")
+    if not os.path.isfile(path):
+        raise ReaderError(f"The {what} {path} is not a regular file (a folder, a pipe or a device).")
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = header(fh)
+            start = fh.tell()
+    except Exception as err:  # noqa: BLE001 - any failure to read the header means: not a .npy file we can use
+        raise ReaderError(f"The {what} {path} is not a readable .npy file ({err}).") from None
+    save = "save it as numbers, e.g. np.save(path, np.asarray(x, dtype=np.float32))"
+    if dtype.hasobject:
+        raise ReaderError(f"The {what} {path} holds Python objects (dtype {dtype}), not numbers; reading them "
+                          f"would unpickle code, so it is refused: {save}.")
+    if dtype.kind == "c":
+        raise ReaderError(f"The {what} {path} holds complex numbers ({dtype}); save the magnitude (np.abs(x)) or "
+                          "the real part (x.real) instead.")
+    if dtype.kind not in "biuf":  # bool, integers, floats; not text, bytes, dates or records
+        held = {"U": "text", "S": "bytes", "M": "dates", "m": "time spans", "V": "records"}.get(dtype.kind, "values")
+        raise ReaderError(f"The {what} {path} holds {held} ({dtype}), not numbers: {save}.")
+    size = int(np.prod(shape, dtype=np.int64))
+    if size == 0:
+        raise ReaderError(f"The {what} {path} is empty (shape {shape}).")
+    if what == "scan" and len(shape) < 2:
+        raise ReaderError(f"The scan {path} has shape {shape}: an image has 2 or 3 spatial axes (and may have a "
+                          "channel axis first).")
+    have, need = os.path.getsize(path) - start, size * dtype.itemsize
+    if have < need:
+        raise ReaderError(f"The {what} {path} is truncated: its header declares shape {shape} of {dtype} "
+                          f"({need} bytes) but it holds {have} bytes.")
+    return tuple(shape), dtype
+
+
+def check_request(*, device: str | None = None, target: str | None = None, image: str | None = None,
+                  output: str | None = None, outdir: str | None = None) -> None:
+    """What ``explain`` and ``batch`` check before any work starts (no model is loaded; of a ``.npy`` scan only its
+    header is read), so that a mistake is one message at once instead of a traceback after the methods ran.
+
+    Parameters
+    ----------
+    device : str, optional
+        ``--device``: a device torch knows and this computer has (:func:`check_device`).
+    target : str, optional
+        ``--target``: well formed, and its mask file exists (and holds numbers if it is a ``.npy``).
+    image : str, optional
+        ``explain --image``: exists; a ``.npy`` scan holds real numbers (:func:`check_npy`).
+    output : str, optional
+        ``explain -o``: a heatmap file name ending in ``.nii.gz``, ``.nii`` or ``.npy`` (not a folder).
+    outdir : str, optional
+        ``batch -o``: a folder (or a path where one can be made), not a file.
+    """
+    check_device(device)
+    if target is not None and target.strip() not in ("", "auto"):
+        t = _split_target(target.strip())
+        if t.path is not None:
+            if not os.path.isfile(t.path):
+                raise TargetError(f"The mask {t.path} named by --target {target} does not exist (or is not a file).")
+            if t.path.lower().endswith(".npy"):
+                check_npy(t.path, what="mask")
+    if image is not None:
+        if not os.path.exists(image):
+            raise ReaderError(f"The scan {image} does not exist.")
+        if image.lower().endswith(".npy"):
+            check_npy(image)
+    if output is not None:
+        if os.path.isdir(output):
+            raise ParameterError(f"-o {output} is a folder; explain writes one heatmap file, e.g. -o "
+                                 f"{os.path.join(output, 'heat.nii.gz')} (batch writes into a folder).")
+        if not (output.lower().endswith((".nii.gz", ".nii")) or output.endswith(".npy")):
+            stem = Path(output).name.split(".")[0] or "heat"
+            raise ParameterError(f"-o {output}: a heatmap is written as NIfTI (.nii.gz or .nii, aligned with the "
+                                 f"scan) or NumPy (.npy): e.g. -o {Path(output).with_name(stem + '.nii.gz')}.")
+    if outdir is not None and os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise ParameterError(f"-o {outdir} is a file; batch writes one heatmap per scan into a folder: name a "
+                             "folder.")
 
 
 def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
@@ -96,6 +292,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, Any]:
 
 def _read_scan(path: str) -> tuple[np.ndarray, Any, dict[str, Any]]:
     if path.endswith(".npy"):
+        check_npy(path)  # a batch's scan is checked here (explain checks it before loading the model)
         return np.load(path), None, {}
     from .io import read_image
 

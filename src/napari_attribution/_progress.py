@@ -6,16 +6,18 @@ The library reports progress as ``progress(done, total, message)`` calls (``na.e
 The ETA is the elapsed time scaled by the fraction still to do, per stage: when the fraction goes back (the next
 method, the next metric) a new stage starts and its clock restarts. On a terminal the line is rewritten in place (at
 most five times a second); into a file or a pipe a full line is written at most every ``interval`` seconds and when a
-stage ends, so logs stay readable.
+stage ends, so logs stay readable. While the line is being rewritten, :meth:`ProgressLine.finishing_first` makes any
+other output (a warning, a message, a result) end it first, so nothing is glued onto it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 __all__ = ["ProgressLine", "eta_seconds", "format_duration"]
 
@@ -130,8 +132,29 @@ class ProgressLine:
     def finish(self) -> None:
         """End the line being rewritten on a terminal (call once the run is over)."""
         if self._open:
+            self._open = False  # first: the newline may pass through a _FinishFirst stream
             print(file=self.stream, flush=True)
-            self._open = False
+
+    @contextlib.contextmanager
+    def finishing_first(self) -> Iterator[None]:
+        """Within this block, whatever else is written to ``sys.stdout`` or ``sys.stderr`` (a warning, a library's
+        message) first ends the line being rewritten, so it starts on a line of its own instead of being glued onto
+        the progress text; the next progress report starts a new line below it.
+
+        Examples
+        --------
+        >>> import io, contextlib
+        >>> out = io.StringIO()
+        >>> line = ProgressLine(out, tty=True)
+        >>> with contextlib.redirect_stderr(out), line.finishing_first():
+        ...     line(1, 2, "occlusion")
+        ...     print("warning: a window was scaled", file=sys.stderr)
+        >>> out.getvalue().split("\\n")[1]
+        'warning: a window was scaled'
+        """
+        with contextlib.redirect_stdout(_FinishFirst(sys.stdout, self)), \
+                contextlib.redirect_stderr(_FinishFirst(sys.stderr, self)):
+            yield
 
     def _write(self, text: str) -> None:
         line = f"{self.prefix}  {text}" if self.prefix else text
@@ -141,3 +164,22 @@ class ProgressLine:
             self._open = True
         else:
             print(line, file=self.stream, flush=True)
+
+
+class _FinishFirst:
+    """A text stream that ends ``line``'s open terminal line before passing anything on to ``stream``."""
+
+    def __init__(self, stream: TextIO, line: ProgressLine) -> None:
+        self._stream = stream
+        self._line = line
+
+    def write(self, text: str) -> int:
+        if text and self._line._open and not text.startswith("\r"):  # "\r": the progress line itself
+            self._line.finish()
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno, ... of the real stream
+        return getattr(self._stream, name)
