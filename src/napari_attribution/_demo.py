@@ -59,27 +59,34 @@ def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_
                       "saliency"), overwrite: bool = False, log: Any = print) -> dict[str, float]:
     """Load the demo model, explain one positive phantom, write the scan and heatmaps as NIfTI (aligned, same
     affine) plus a PNG of the lesion's central slice; return, per method, the fraction of the lesion-sized set of
-    highest-attributed voxels that lies inside the lesion."""
+    highest-attributed voxels that lies inside the lesion.
+
+    Without ``overwrite`` an existing output is refused before any work (``FileExistsError``); all files are
+    written through :mod:`._atomic` and land together or not at all (a full disk leaves none)."""
     import napari_attribution as na
-    from napari_attribution.io import Geometry, write_nifti
+    from napari_attribution.io import Geometry
+    from napari_attribution.io._nifti import nifti_writer
+
+    from ._atomic import AtomicFiles
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    planned = [out / "phantom.nii.gz", out / "lesion_mask.nii.gz", *(out / f"heatmap_{m}.nii.gz" for m in methods),
+               out / "demo.png"]
+    existing = [p.name for p in planned if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist(s) in '{out}'.")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     model, acc = load_demo_classifier()
     log(f"demo lesion classifier ready in {time.perf_counter() - t0:.1f} s; held-out accuracy {acc:.0%}")
     vol, mask = phantom(np.random.default_rng(7), lesion=True)
     geometry = Geometry(spacing=SPACING, origin=(0.0, 0.0, 0.0))
-    write_nifti(out / "phantom.nii.gz", vol, geometry, overwrite=overwrite)
-    write_nifti(out / "lesion_mask.nii.gz", mask.astype(np.uint8), geometry, overwrite=overwrite)
     results = na.compare(model, vol, list(methods), target=1, geometry=geometry,
                          params={"integrated_gradients": {"steps": "auto", "baseline": -1000.0}})
     scores = {}
     n_lesion = int(mask.sum())
     for name, res in results.items():
         path = out / f"heatmap_{name}.nii.gz"
-        write_nifti(path, res.data, geometry, overwrite=overwrite)
         pos = np.clip(res.data, 0, None)
         top = np.argsort(res.data, axis=None)[-n_lesion:]  # the lesion-sized set of highest-ranked voxels
         precision = float(mask.ravel()[top].mean())
@@ -94,20 +101,32 @@ def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_
         c = ig.extras["completeness"]
         log(f"integrated gradients: {c['steps']} adaptive steps, completeness error {c['relative_error']:.2%} (the map "
             "adds up to the score change from the baseline)")
-    _figure(out / "demo.png", vol, mask, results, scores)
-    log(f"wrote {out / 'demo.png'}")
+    png = _figure(vol, mask, results, scores)
+    with AtomicFiles(overwrite=overwrite) as files:
+        files.add(out / "phantom.nii.gz", nifti_writer(out / "phantom.nii.gz", vol, geometry))
+        files.add(out / "lesion_mask.nii.gz", nifti_writer(out / "lesion_mask.nii.gz", mask.astype(np.uint8),
+                                                           geometry))
+        for name, res in results.items():
+            path = out / f"heatmap_{name}.nii.gz"
+            files.add(path, nifti_writer(path, res.data, geometry))
+        if png is not None:
+            files.add_bytes(out / "demo.png", png)
+    if png is not None:
+        log(f"wrote {out / 'demo.png'}")
     return scores
 
 
-def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, Any],
-            scores: dict[str, float]) -> None:
+def _figure(vol: np.ndarray, mask: np.ndarray, results: dict[str, Any], scores: dict[str, float]) -> bytes | None:
+    """The lesion's central slice with each map over it, as PNG bytes (None without matplotlib)."""
+    import io
+
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - optional
-        return
+        return None
     z = int(np.argmax(mask.sum((1, 2))))
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(3.2 * (len(results) + 1), 3.6), layout="constrained")
     aspect = SPACING[1] / SPACING[2]
@@ -124,6 +143,8 @@ def _figure(path: Path, vol: np.ndarray, mask: np.ndarray, results: dict[str, An
         ax.set_title(f"{name}\ntop voxels in lesion: {scores[name]:.0%}", fontsize=10)
     for ax in axes:
         ax.axis("off")
-    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
+    return buf.getvalue()
 

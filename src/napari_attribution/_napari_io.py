@@ -11,7 +11,8 @@
   (``scan-2.nii.gz``) with a warning. Heatmaps made by this plugin get a JSON sidecar with their provenance: the
   method and parameters, the sha256 of the weights actually read, whether they are random (``"random_weights"``),
   the card in effect, and the scan's file name (never its folder) with its sha256 (``metadata["source_sha256"]``,
-  recorded when the reader opened it).
+  recorded when the reader opened it). A heatmap and its sidecar share one free name and land together or not at
+  all (:mod:`._atomic`: written to a hidden temporary name, then put in place exclusively).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,21 @@ def _pad_geometry(kwargs: dict[str, Any], extra: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _free_path(path: Path) -> Path:
-    if not path.exists():
+def _sidecar_path(path: Path) -> Path:
+    """``heat.nii.gz`` -> ``heat.json`` (the provenance sidecar beside a heatmap)."""
+    name = path.name
+    cut = len(".nii.gz") if name.lower().endswith(".nii.gz") else len(path.suffix)
+    return path.with_name((name[:-cut] if cut else name) + ".json")
+
+
+def _free_path(path: Path, *, sidecar: bool = False, taken: Container[Path] = ()) -> Path:
+    """``path``, or the first of ``scan-2.nii.gz``, ``scan-3.nii.gz``, ... that is free (and not in ``taken``);
+    with ``sidecar``, its ``.json`` must be free too (a heatmap and its sidecar keep one name)."""
+
+    def free(p: Path) -> bool:
+        return p not in taken and not p.exists() and not (sidecar and _sidecar_path(p).exists())
+
+    if free(path):
         return path
     name = path.name
     suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else path.suffix
@@ -133,7 +147,7 @@ def _free_path(path: Path) -> Path:
     i = 2
     while True:
         candidate = path.with_name(f"{stem}-{i}{suffix}")
-        if not candidate.exists():
+        if free(candidate):
             return candidate
         i += 1
 
@@ -156,17 +170,17 @@ def _layer_geometry(meta: dict[str, Any], ndim: int) -> Any:
 
 
 def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    from .io import write_nifti
+    """The layer as NIfTI (plus a provenance sidecar for this plugin's heatmaps), written through
+    :mod:`._atomic`: both files land together or not at all, and an existing name is never replaced: if another
+    writer takes the free name first, the next one is used."""
+    from ._atomic import AtomicFiles
+    from .io._nifti import nifti_writer
 
     target = Path(path)
     low = target.name.lower()
     if not low.endswith(_NIFTI):
         target = target.with_name(target.name + ".nii.gz")
     array = np.asarray(data)
-    free = _free_path(target)
-    if free != target:
-        warnings.warn(f"'{target.name}' exists and was kept; the layer was saved as '{free.name}'.", UserWarning,
-                      stacklevel=2)
     layer_md = meta.get("metadata") or {}
     spatial = array.ndim if array.ndim <= 3 else 3
     original = layer_md.get("original_affine")
@@ -175,16 +189,25 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     if original is not None and spatial == 2 and array.ndim == 2:
         original = None  # a 2-D layer cannot take a volume's affine
     geometry = _layer_geometry(meta, spatial)
-    write_nifti(free, array, None if original is not None else geometry, original_affine=original)
-    written = [str(free)]
     info = layer_md.get(OWNER_KEY)
-    if isinstance(info, dict):
-        side = free.with_name(free.name[: -len(".nii.gz") if free.name.lower().endswith(".nii.gz") else -4]
-                              + ".json")
-        side = _free_path(side)
-        record = {"layer": meta.get("name"), "napari_attribution": json_safe(info)}
-        side.write_text(json.dumps(record, indent=1, default=str))
-        written.append(str(side))
+    record = {"layer": meta.get("name"), "napari_attribution": json_safe(info)} if isinstance(info, dict) else None
+    taken: set[Path] = set()
+    while True:
+        free = _free_path(target, sidecar=record is not None, taken=taken)
+        write = nifti_writer(free, array, None if original is not None else geometry, original_affine=original)
+        try:
+            with AtomicFiles() as files:
+                written = [str(files.add(free, write))]
+                if record is not None:
+                    written.append(str(files.add_text(_sidecar_path(free),
+                                                      json.dumps(record, indent=1, default=str))))
+        except FileExistsError:  # taken between the check and the write (another writer): try the next name
+            taken.add(free)
+            continue
+        break
+    if free != target:
+        warnings.warn(f"'{target.name}' exists and was kept; the layer was saved as '{free.name}'.", UserWarning,
+                      stacklevel=2)
     return written
 
 

@@ -136,3 +136,46 @@ def test_dicom_folder_is_recognised(tmp_path: Path) -> None:
     folder.mkdir()
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "IM0001")
     assert nio.get_reader(str(folder)) is nio.read
+
+
+def test_heatmap_and_sidecar_keep_one_name_and_a_race_loses_nothing(tmp_path: Path) -> None:
+    """A sidecar already there (heat.json) moves both files to heat-2; eight threads saving to one name get eight
+    different names, each heatmap with its own sidecar, none replaced."""
+    import threading
+
+    info = {"role": "heatmap", "method": "saliency", "provenance": {"seed": 0}}
+    (tmp_path / "heat.json").write_text("notes")
+    with pytest.warns(UserWarning, match="saved as 'heat-2.nii.gz'"):
+        written = nio.write_image(str(tmp_path / "heat.nii.gz"), np.zeros((2, 3, 4), np.float32),
+                                  {"metadata": {OWNER_KEY: info}, "name": "h"})
+    assert [Path(w).name for w in written] == ["heat-2.nii.gz", "heat-2.json"]
+    assert (tmp_path / "heat.json").read_text() == "notes"
+
+    race = tmp_path / "race"
+    race.mkdir()
+    start = threading.Barrier(8)
+    got: dict[int, list[str]] = {}
+    failed: list[BaseException] = []
+
+    def save(k: int) -> None:
+        meta = {"metadata": {OWNER_KEY: {**info, "provenance": {"seed": k}}}, "name": f"h{k}"}
+        start.wait()
+        try:
+            got[k] = nio.write_image(str(race / "heat.nii.gz"), np.full((2, 3, 4), k, np.float32), meta)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            failed.append(err)
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(8)]
+    with warnings.catch_warnings():  # here, not in the threads: the filters are process-wide
+        warnings.simplefilter("ignore", UserWarning)  # "exists and was kept" for all but one
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not failed
+    assert len({w[0] for w in got.values()}) == 8
+    for k, (heat, side) in got.items():  # each name holds the data and the provenance of the thread that got it
+        assert np.all(read_nifti(heat)[0] == k)
+        assert json.loads(Path(side).read_text())["napari_attribution"]["provenance"]["seed"] == k
+        assert Path(side).name == Path(heat).name.replace(".nii.gz", ".json")
+    assert len(list(race.iterdir())) == 16

@@ -20,7 +20,6 @@ The Qt-free part — :class:`Explained`, :func:`check_job`, :func:`verdict` — 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
 import logging
@@ -55,6 +54,7 @@ from qtpy.QtWidgets import (
 
 import napari_attribution as na
 
+from .._atomic import csv_writer  # cells escaped against spreadsheet formulas
 from ..layers import OWNER_KEY, json_safe
 from ..metrics import METRICS
 from ._common import LayerCombo, Runner, is_own, notify
@@ -835,7 +835,7 @@ class TrustBox(QGroupBox):
         """The chosen heatmap's stored checks as CSV (one row per check)."""
         layer = layer if layer is not None else self.heatmap.layer()
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = csv_writer(out, lineterminator="\n")
         writer.writerow(["heatmap", "check", "value", "reference", "reference_kind", "better", "verdict",
                          "seconds", "params"])
         shown = self.view_text(layer) if layer is not None else ""

@@ -19,7 +19,6 @@ by side, one row per heatmap.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .._atomic import csv_writer  # cells escaped against spreadsheet formulas
 from .._errors import ParameterError
 from .localisation import energy_in_mask
 
@@ -95,7 +95,7 @@ class LandmarkTable:
     def csv(self) -> str:
         """The table as CSV text (header, one line per landmark; numbers unrounded)."""
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = csv_writer(buf, lineterminator="\n")
         writer.writerow(self.columns)
         for r in self.rows:
             writer.writerow([r.label, r.name, r.voxels, repr(r.volume_mm3), "" if r.energy is None else repr(r.energy),
@@ -243,7 +243,7 @@ class LandmarkComparison:
         """The table as CSV text: a header, a ``chance`` line (each landmark's share of the volume), one line per
         heatmap (numbers unrounded)."""
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = csv_writer(buf, lineterminator="\n")
         marks = [f"energy_fraction {lab}" + (f" ({name})" if name else "") for lab, name in
                  zip(self.labels, self.names, strict=True)]
         writer.writerow(["map", *marks, "energy_in_landmarks", "peak_in", "peak_in_name", "peak_distance_mm",
