@@ -91,3 +91,21 @@ def test_files_keep_the_usual_permissions(tmp_path: Path) -> None:
     path = atomic_write(tmp_path / "heat.npy", lambda fh: np.save(fh, np.zeros(3)))
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
     np.testing.assert_array_equal(np.load(path), np.zeros(3))
+
+
+def test_a_card_saved_on_a_full_disk_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_attribution.models import ModelCard
+
+    card = ModelCard(factory="monai.networks.nets:UNet", kwargs={"spatial_dims": 3}, task="segmentation")
+    (tmp_path / "old.card.json").write_text("{}")
+
+    def full(fd: int, data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_atomic, "_write_chunk", full)
+    with pytest.raises(OutputError, match="No space left"):
+        card.save(tmp_path / "new.card.json")
+    with pytest.raises(OutputError):
+        card.save(tmp_path / "old.card.json", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.card.json"]
+    assert (tmp_path / "old.card.json").read_text() == "{}"

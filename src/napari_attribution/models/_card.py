@@ -329,7 +329,9 @@ class ModelCard:
             text = json.dumps(data, indent=2) + "\n"
         else:
             text = _yaml_module().safe_dump(data, sort_keys=False)
-        p.write_text(text, encoding="utf-8")
+        from .._atomic import atomic_write  # whole or not at all, and never over a card written meanwhile
+
+        atomic_write(p, lambda fh: fh.write(text.encode("utf-8")), overwrite=overwrite)
         return p
 
 
