@@ -339,15 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except OSError as err:  # an output that exists, a full disk, a folder without write permission: one line
-        text = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
-        print(f"error: {cli_words(text)}", file=sys.stderr)
-        return 2
     except Exception as err:  # one clear line instead of a traceback for the library's own errors
         from ._errors import AttributionError
 
-        if isinstance(err, AttributionError):
+        if isinstance(err, AttributionError):  # first: some are OSErrors too, with a message of their own
             print(f"error: {cli_words(str(err))}", file=sys.stderr)
+            return 2
+        if isinstance(err, OSError):  # an output that exists, a full disk, a folder without write permission
+            text = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+            print(f"error: {cli_words(text)}", file=sys.stderr)
             return 2
         raise
     finally:

@@ -195,6 +195,23 @@ def test_an_os_error_is_one_error_line(scan: Path, tmp_path: Path, monkeypatch: 
     assert one_error_line(capsys.readouterr().err) == "error: heat.nii.gz: No space left on device\n"
 
 
+    class Both(na.AttributionError, OSError):
+        """A library error that is also an OSError (the atomic writer's): its own message is kept."""
+
+        def __str__(self) -> str:
+            return str(self.args[0])
+
+    def own(*args: object, **kwargs: object) -> None:
+        err = Both("Cannot write heat.json: no space left. Nothing was written (or pass overwrite=True).")
+        err.filename, err.strerror = "heat.json", os.strerror(errno.ENOSPC)
+        raise err
+
+    monkeypatch.setattr(_cli_run, "explain_file", own)
+    assert explain(scan, tmp_path / "heat.nii.gz") == 2
+    assert one_error_line(capsys.readouterr().err) == \
+        "error: Cannot write heat.json: no space left. Nothing was written (or pass --overwrite).\n"
+
+
 # ---- 2. command-line syntax; warnings on a line of their own ------------------------------------------------------
 
 
