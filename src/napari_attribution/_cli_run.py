@@ -348,6 +348,7 @@ def explain_file(
     overwrite: bool = False,
     device: str | None = None,
     trust: bool = False,
+    allow_modules: Sequence[str] = (),
     model: Any = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> ExplainResult:
@@ -376,7 +377,7 @@ def explain_file(
     existing = [str(p) for p in planned if p is not None and p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
-    loaded = model if model is not None else na.load_model(model_source, trust=trust)
+    loaded = model if model is not None else na.load_model(model_source, trust=trust, allow_modules=allow_modules)
     data, geometry, meta = _read_scan(image_path)
     from .inputs import layout
     from .pipeline import _model_and_card

@@ -226,7 +226,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             res = explain_file(args.model, args.image, args.method, args.output, target=args.target,
                                layer=args.layer,
                                params=params, metrics=args.metric or (), overwrite=args.overwrite,
-                               device=args.device, trust=args.trust,
+                               device=args.device, trust=args.trust, allow_modules=args.allow_module or (),
                                progress=line)
     finally:
         if line is not None:
@@ -257,7 +257,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             results = run_batch(args.model, args.images, args.method, args.output, scheduler=args.scheduler,
                                 workers=args.workers, local=args.local, target=args.target, layer=args.layer,
                                 params=params, metrics=args.metric or (), overwrite=args.overwrite,
-                                device=args.device, trust=args.trust,
+                                device=args.device, trust=args.trust, allow_modules=args.allow_module or (),
                                 log=log, scan_progress=line)
     finally:
         if line is not None:
@@ -296,7 +296,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", action="append", help="add a metrics CSV (e.g. deletion, insertion, infidelity)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--trust", action="store_true", help="allow pickled full-model files (they can run code)")
+    p.add_argument("--trust", action="store_true", help="allow what can run code from the model's files: pickled "
+                   "full-model files, a card's factory from any module")
+    p.add_argument("--allow-module", action="append", metavar="NAME", help="your own Python package of networks "
+                   "that the model card's factory may name (repeat for several; importing it runs its code)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
