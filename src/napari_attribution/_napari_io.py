@@ -59,7 +59,13 @@ def _is_dicom_folder(path: Path, probe: int = 20) -> bool:
 
 
 def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerDataTuple]] | None:
-    """npe2 ``get_reader``: :func:`read` for NIfTI files, DICOM files and DICOM folders, else None."""
+    """npe2 ``get_reader``: :func:`read` for NIfTI files, DICOM files and DICOM folders, else None.
+
+    Named pipes, sockets and devices are never opened (napari's File > Open would block on one forever): such
+    a path gets None, and inside a folder they are skipped.
+    """
+    from .io._limits import is_regular_file
+
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         return None
@@ -68,6 +74,8 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerDataTuple
         if p.is_dir():
             if not _is_dicom_folder(p):
                 return None
+        elif p.exists() and not is_regular_file(p):
+            return None
         elif not (low.endswith(_NIFTI) or low.endswith(_DICOM)):
             return None
     return read

@@ -15,7 +15,9 @@ is the step between those projections, not SliceThickness. Pixel values go throu
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ import numpy.typing as npt
 from .._errors import ReaderError
 from ._deps import import_optional
 from ._geometry import Geometry
+from ._limits import available_memory, check_memory, deflate_size_up_to, format_bytes, is_regular_file
 from ._orientation import LPS_TO_RAS, geometry_from_xyz_affine
 from ._warnings import ReaderWarning
 
@@ -46,6 +49,20 @@ _ORIENTATION_TOL = 1e-4
 _DECODER_HINT = (
     "Compressed DICOM needs a decoder: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)."
 )
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+# Coded values copied into the metadata only when they are DICOM defined terms: these attributes are coded
+# strings, but a file can hold any text there (a patient's name included), and free text never leaves the reader.
+_MODALITIES = frozenset(
+    "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EEG EMG EOG EPS ES FID GM HC HD IO IOL IVOCT IVUS KER "
+    "KO LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PA PLAN POS PR PT PX REG RESP RF RG RTDOSE "
+    "RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA "
+    "XAPROTOCOL XC".split()
+)
+_RESCALE_TYPES = frozenset("OD HU US MGML Z_EFF ED EDW HU_MOD PCT".split())
+_PHOTOMETRIC = frozenset(
+    "MONOCHROME1 MONOCHROME2 RGB HSV ARGB CMYK YBR_FULL YBR_FULL_422 YBR_PARTIAL_422 YBR_PARTIAL_420 YBR_ICT YBR_RCT "
+    "XYB".split()
+) | {"PALETTE COLOR"}
 
 
 def _pydicom() -> Any:
@@ -53,7 +70,12 @@ def _pydicom() -> Any:
 
 
 def is_dicom_file(path: str | os.PathLike[str]) -> bool:
-    """True when the file carries the DICOM Part 10 preamble (``DICM`` at byte 128)."""
+    """True when the file carries the DICOM Part 10 preamble (``DICM`` at byte 128).
+
+    Only regular files are opened: a named pipe would block ``open()`` forever.
+    """
+    if not is_regular_file(path):
+        return False
     try:
         with open(path, "rb") as handle:
             handle.seek(128)
@@ -153,7 +175,7 @@ def _pixel_spacing(dataset: Any, frame: int | None) -> tuple[float, float] | Non
 def _frame_count(dataset: Any) -> int:
     try:
         return max(int(dataset.get("NumberOfFrames", 1) or 1), 1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 1
 
 
@@ -175,7 +197,7 @@ def _frames_of(dataset: Any, name: str) -> list[_Frame]:
         ]
     base_position = _floats(dataset.get("ImagePositionPatient"), 3)
     base_orientation = _orientation(dataset.get("ImageOrientationPatient"))
-    offsets = dataset.get("GridFrameOffsetVector")  # RT dose: offsets along the normal
+    offsets = _floats(dataset.get("GridFrameOffsetVector"), count)  # RT dose: offsets along the normal
     frames = []
     for index in range(count):
         orientation = _orientation(
@@ -184,8 +206,7 @@ def _frames_of(dataset: Any, name: str) -> list[_Frame]:
         orientation = base_orientation if orientation is None else orientation
         position = _floats(_functional_value(dataset, index, "PlanePositionSequence", "ImagePositionPatient"), 3)
         if position is None and base_position is not None and orientation is not None and offsets is not None:
-            if len(offsets) == count:
-                position = base_position + float(offsets[index]) * _normal(orientation)
+            position = base_position + float(offsets[index]) * _normal(orientation)
         frames.append(
             _Frame(
                 dataset, name, index, position, orientation, _pixel_spacing(dataset, index), instance * count + index
@@ -194,10 +215,10 @@ def _frames_of(dataset: Any, name: str) -> list[_Frame]:
     return frames
 
 
-def _int_or(value: Any, default: int) -> int:
+def _int_or(value: Any, default: _T) -> int | _T:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return default
 
 
@@ -210,10 +231,106 @@ def _normal(orientation: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return normal / length
 
 
+def _pixel_size_problem(dataset: Any) -> str | None:
+    """Why the declared frames x rows x columns x samples x bits cannot be this file's pixel data, or None.
+
+    Checked before anything is split into frames or decoded: a 39 KB file declaring NumberOfFrames=5e7 would
+    otherwise make the reader build 50 million frame records, and a decoder allocate what the header claims.
+    """
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        bits = int(dataset.get("BitsAllocated", 0) or 0)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return "lacks usable Rows / Columns / SamplesPerPixel / BitsAllocated attributes"
+    if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+        bits = 32 if "FloatPixelData" in dataset else 64
+    if min(rows, columns, samples) <= 0 or bits not in (1, 8, 16, 32, 64):
+        return f"declares an impossible image: {rows} x {columns} pixels, {samples} sample(s) of {bits} bit(s)"
+    frames = _frame_count(dataset)
+    keyword = next(k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in dataset)
+    held = len(dataset[keyword].value or b"")
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    declared = f"{frames} frame(s) of {rows} x {columns} pixels x {samples} sample(s) of {bits} bit(s)"
+    if keyword == "PixelData" and getattr(syntax, "is_encapsulated", False):
+        if frames * 8 > held:  # every compressed frame needs at least one 8-byte item
+            return f"declares {declared} but its compressed pixel data ({format_bytes(held)}) cannot hold that many"
+        return None
+    pixels = frames * rows * columns * samples
+    expected = math.ceil(pixels / 8) if bits == 1 else pixels * bits // 8
+    if str(dataset.get("PhotometricInterpretation", "")) == "YBR_FULL_422":  # two samples' worth per pixel
+        expected = expected // 3 * 2
+    if held < expected:
+        return (
+            f"declares {declared}, {format_bytes(expected)} of pixel data, but holds only {format_bytes(held)}"
+        )
+    return None
+
+
+def _decoded_bytes(dataset: Any) -> int:
+    """Bytes of the decoded pixel array of a dataset (after :func:`_pixel_size_problem` passed)."""
+    bits = int(dataset.get("BitsAllocated", 8) or 8)
+    if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+        bits = 32 if "FloatPixelData" in dataset else 64
+    pixels = _frame_count(dataset) * int(dataset.Rows) * int(dataset.Columns)
+    return pixels * int(dataset.get("SamplesPerPixel", 1) or 1) * max(bits // 8, 1)
+
+
+def _deflated_offset(path: Path) -> int | None:
+    """Where the deflated dataset starts, for a Part 10 file in Deflated Explicit VR Little Endian; else None.
+
+    Walks the file meta group (always explicit VR little endian) by hand: pydicom inflates the whole dataset in
+    one call, so its size has to be known before pydicom sees the file.
+    """
+    long_vrs = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+    with open(path, "rb") as handle:
+        if handle.read(132)[128:] != b"DICM":
+            return None
+        syntax = b""
+        while True:
+            start = handle.tell()
+            head = handle.read(8)
+            if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+                break
+            element, vr = struct.unpack("<H", head[2:4])[0], head[4:6]
+            if vr in long_vrs:
+                extra = handle.read(4)
+                if len(extra) < 4:
+                    return None
+                length = struct.unpack("<I", extra)[0]
+            else:
+                length = struct.unpack("<H", head[6:8])[0]
+            value = handle.read(min(length, 256))
+            if element == 0x0010:
+                syntax = value
+            handle.seek(handle.tell() + max(length - len(value), 0))
+        if syntax.rstrip(b"\x00 ").decode("ascii", "replace") != _DEFLATED:
+            return None
+        return start
+
+
+def _check_deflated(path: Path, name: str) -> None:
+    """Refuse a deflated DICOM file whose dataset would inflate beyond the memory available (a zip bomb)."""
+    try:
+        offset = _deflated_offset(path)
+    except OSError:
+        return  # pydicom reports the unreadable file
+    available = available_memory()
+    if offset is None or available is None:
+        return
+    limit = available // 2  # pydicom holds the compressed and the inflated bytes, then decodes the pixels
+    if deflate_size_up_to(path, limit, offset) >= limit:
+        raise ReaderError(
+            f"'{name}' is a deflated DICOM file whose content inflates to more than {format_bytes(limit)}, over "
+            "half the memory available; it is not read (a small file that expands this much is hostile or corrupt)."
+        )
+
+
 # ---------------------------------------------------------------------------------------------- files
 def _read_dataset(path: Path) -> Any:
     """Read one DICOM file or raise ReaderError."""
     pydicom = _pydicom()
+    _check_deflated(path, path.name)
     try:
         return pydicom.dcmread(str(path))
     except pydicom.errors.InvalidDicomError as exc:
@@ -237,10 +354,22 @@ def _collect_folder(folder: Path, notes: _Notes) -> list[tuple[str, Any]]:
     """All DICOM images under ``folder`` (recursively), as (relative name, dataset).
 
     Files that are not DICOM (text, thumbnails) and DICOM files without pixel data (DICOMDIR, reports,
-    structure sets) are skipped silently; DICOM files that cannot be parsed are skipped with a warning.
+    structure sets) are skipped silently; DICOM files that cannot be parsed, or whose header declares more pixel
+    data than they hold, are skipped with a warning, and so are named pipes, sockets and devices (opening one
+    would block forever).
     """
     pydicom = _pydicom()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files: list[Path] = []
+    special = 0
+    for entry in sorted(p for p in folder.rglob("*") if not p.name.startswith(".")):
+        if is_regular_file(entry):
+            files.append(entry)
+        elif not entry.is_dir():  # a named pipe, socket, device or broken link
+            special += 1
+    if special:
+        notes.add(
+            f"Skipped {special} item(s) that are not regular files (named pipes, sockets, devices, broken links)."
+        )
     images: list[tuple[str, Any]] = []
     not_dicom = 0
     no_pixels = 0
@@ -248,15 +377,19 @@ def _collect_folder(folder: Path, notes: _Notes) -> list[tuple[str, Any]]:
     for file in files:
         name = str(file.relative_to(folder))
         try:
+            _check_deflated(file, name)
             dataset = pydicom.dcmread(str(file))
         except pydicom.errors.InvalidDicomError:
             not_dicom += 1
             continue
-        except Exception:  # a DICOM file that cannot be parsed (truncated, corrupt)
+        except Exception:  # a DICOM file that cannot be parsed (truncated, corrupt, a deflate bomb)
             broken.append(name)
             continue
         if _has_pixels(dataset):
-            images.append((name, dataset))
+            if _pixel_size_problem(dataset) is None:
+                images.append((name, dataset))
+            else:
+                broken.append(name)
         elif _is_image_class(dataset):  # an image file cut before its pixel data
             broken.append(name)
         else:
@@ -285,10 +418,10 @@ def _group_largest(items: Sequence[_T], key: Callable[[_T], Hashable]) -> tuple[
 
 
 def _series_label(dataset: Any) -> str:
-    number = dataset.get("SeriesNumber")
-    description = str(dataset.get("SeriesDescription", "") or "").strip()
-    label = f"series {number}" if number not in (None, "") else "a series without number"
-    return f"{label} ('{description}')" if description else label
+    """``series 7``: the SeriesNumber only. SeriesDescription is free text (it can hold a patient's name), so it
+    never reaches a warning, an error message or the metadata."""
+    number = _int_or(dataset.get("SeriesNumber"), None)
+    return f"series {number}" if number is not None else "a series without number"
 
 
 def _pick_series(images: list[tuple[str, Any]], series: str | int | None, notes: _Notes) -> list[tuple[str, Any]]:
@@ -331,6 +464,8 @@ def _decode(dataset: Any, name: str, cache: dict[int, npt.NDArray[Any]]) -> npt.
     if key not in cache:
         try:
             array = np.asarray(dataset.pixel_array)
+        except MemoryError:
+            raise
         except Exception as exc:  # missing decoder, truncated pixel data, bad attributes
             syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
             syntax_name = getattr(syntax, "name", str(syntax))
@@ -345,17 +480,48 @@ def _decode(dataset: Any, name: str, cache: dict[int, npt.NDArray[Any]]) -> npt.
     return cache[key]
 
 
-def _rescale_values(dataset: Any, frame: int | None) -> tuple[float, float] | None:
+def _rescale_number(value: Any, keyword: str, default: float, name: str) -> float:
+    """A finite RescaleSlope / RescaleIntercept, ``default`` when empty; ReaderError for anything else."""
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):  # the value itself is not quoted: a malformed field can hold any text
+        raise ReaderError(f"'{name}' has a {keyword} that is not a finite number; the file is corrupt.")
+    return number
+
+
+def _rescale_values(dataset: Any, frame: int | None, name: str) -> tuple[float, float] | None:
     """(slope, intercept) from the dataset or an enhanced multi-frame functional group."""
     if "RescaleSlope" in dataset or "RescaleIntercept" in dataset:
-        return float(dataset.get("RescaleSlope", 1.0) or 1.0), float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-    if frame is None:
+        slope, intercept = dataset.get("RescaleSlope"), dataset.get("RescaleIntercept")
+    elif frame is None:
         return None
-    slope = _functional_value(dataset, frame, "PixelValueTransformationSequence", "RescaleSlope")
-    intercept = _functional_value(dataset, frame, "PixelValueTransformationSequence", "RescaleIntercept")
-    if slope is None and intercept is None:
-        return None
-    return float(slope if slope is not None else 1.0), float(intercept if intercept is not None else 0.0)
+    else:
+        slope = _functional_value(dataset, frame, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _functional_value(dataset, frame, "PixelValueTransformationSequence", "RescaleIntercept")
+        if slope is None and intercept is None:
+            return None
+    return (
+        _rescale_number(slope, "RescaleSlope", 1.0, name),
+        _rescale_number(intercept, "RescaleIntercept", 0.0, name),
+    )
+
+
+def _rescaled(array: npt.NDArray[Any], rescale: tuple[float, float], name: str) -> npt.NDArray[np.float64]:
+    """``slope * stored + intercept`` in float64, refused when the result does not fit the float32 volume."""
+    slope, intercept = rescale
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = array.astype(np.float64) * slope + intercept
+    limit = float(np.finfo(np.float32).max)
+    if values.size and not (np.all(np.isfinite(values)) and float(np.max(np.abs(values))) <= limit):
+        raise ReaderError(
+            f"'{name}': RescaleSlope {slope:.4g} and RescaleIntercept {intercept:.4g} turn its stored pixel values "
+            "into numbers too large to hold (beyond float32); the header is corrupt."
+        )
+    return values
 
 
 def _frame_pixels(
@@ -367,13 +533,16 @@ def _frame_pixels(
         array = array[frame.frame]
     if int(frame.dataset.get("SamplesPerPixel", 1) or 1) > 1:
         return array, None
-    if "ModalityLUTSequence" in frame.dataset or "RescaleSlope" in frame.dataset:
-        lut = _pydicom().pixels.apply_modality_lut
-        return np.asarray(lut(array, frame.dataset)), _rescale_values(frame.dataset, frame.frame)
-    rescale = _rescale_values(frame.dataset, frame.frame)
+    if frame.dataset.get("ModalityLUTSequence"):  # the LUT wins over RescaleSlope, as in pydicom
+        try:
+            values = np.asarray(_pydicom().pixels.apply_modality_lut(array, frame.dataset))
+        except Exception as exc:  # a malformed LUT (descriptor, data length)
+            raise ReaderError(f"'{frame.name}' has an unusable Modality LUT ({exc}); the file is corrupt.") from exc
+        return values, None
+    rescale = _rescale_values(frame.dataset, frame.frame, frame.name)
     if rescale is None:
         return array, None
-    return array.astype(np.float64) * rescale[0] + rescale[1], rescale
+    return _rescaled(array, rescale, frame.name), rescale
 
 
 def _load_pixels(frames: Sequence[_Frame]) -> _Pixels:
@@ -384,7 +553,7 @@ def _load_pixels(frames: Sequence[_Frame]) -> _Pixels:
     rescaled = False
     for frame in frames:
         values, rescale = _frame_pixels(frame, cache)
-        slices.append(values)
+        slices.append(values if rescale is None else values.astype(np.float32))  # float64 only one slice at a time
         rescaled = rescaled or rescale is not None or "ModalityLUTSequence" in frame.dataset
         slope, intercept = rescale if rescale is not None else (1.0, 0.0)
         slopes.append(slope)
@@ -538,6 +707,15 @@ def _volume_without_positions(frames: list[_Frame], pixel_spacing: tuple[float, 
 
 
 # ---------------------------------------------------------------------------------------------- metadata
+def _coded(dataset: Any, keyword: str, defined: frozenset[str]) -> str:
+    """A coded attribute's value if it is one of the DICOM defined terms, ``"other"`` for any other text, ``""``
+    when absent: the attribute is a code, but a file can hold any text in it, a patient's name included."""
+    value = str(dataset.get(keyword, "") or "").strip()
+    if not value:
+        return ""
+    return value if value in defined else "other"
+
+
 def _uniform_or_list(values: Sequence[float]) -> float | list[float]:
     return float(values[0]) if all(v == values[0] for v in values) else [float(v) for v in values]
 
@@ -545,28 +723,29 @@ def _uniform_or_list(values: Sequence[float]) -> float | list[float]:
 def _metadata(
     dataset: Any, pixels: _Pixels, lps_affine: npt.NDArray[np.float64], geometry: Geometry, n_files: int
 ) -> dict[str, Any]:
-    """What the caller needs, and nothing that identifies the patient."""
-    modality = str(dataset.get("Modality", "") or "")
-    rescale_type = str(dataset.get("RescaleType", "") or "")
+    """What the caller needs, and nothing that identifies the patient: no free text (descriptions, names,
+    comments, UIDs) and coded values only when they are defined terms (see :func:`_coded`)."""
+    modality = _coded(dataset, "Modality", _MODALITIES)
+    rescale_type = _coded(dataset, "RescaleType", _RESCALE_TYPES)
     if rescale_type:
         units = rescale_type
     elif modality == "CT" and pixels.rescaled:
         units = "HU"
     else:
         units = ""
-    thickness = dataset.get("SliceThickness")
+    thickness_value = dataset.get("SliceThickness")
+    thickness = None if thickness_value in (None, "") else _floats([thickness_value], 1)
     return {
         "format": "dicom",
         "modality": modality,
-        "series_description": str(dataset.get("SeriesDescription", "") or ""),
         "series_number": _int_or(dataset.get("SeriesNumber"), -1),
         "rescale_slope": _uniform_or_list(pixels.slopes),
         "rescale_intercept": _uniform_or_list(pixels.intercepts),
         "rescale_type": rescale_type,
         "units": units,
         "spacing": list(geometry.spacing),
-        "slice_thickness": None if thickness in (None, "") else float(thickness),
-        "photometric_interpretation": str(dataset.get("PhotometricInterpretation", "") or ""),
+        "slice_thickness": None if thickness is None else float(thickness[0]),
+        "photometric_interpretation": _coded(dataset, "PhotometricInterpretation", _PHOTOMETRIC),
         "original_lps_affine": lps_affine.tolist(),
         "original_affine": (LPS_TO_RAS @ lps_affine).tolist(),
         "n_files": n_files,
@@ -600,29 +779,34 @@ def read_dicom(
         RAS+ world in ``(z, y, x)`` order (``(S, A, R)``), i.e. LPS with the first two patient axes flipped;
         2-D for a single image (its slice geometry; exact for axis-aligned planes).
     metadata : dict
-        ``modality``, ``series_description``, ``series_number``, ``rescale_slope``/``rescale_intercept``
-        (a float, or one per slice when they vary), ``rescale_type``, ``units``, ``spacing``,
-        ``slice_thickness``, ``photometric_interpretation``, ``original_lps_affine`` (4 x 4,
-        ``(column, row, slice)`` indices -> LPS mm), ``original_affine`` (the same in RAS, the NIfTI
-        convention taken by :func:`~napari_attribution.io.write_nifti`), ``n_files`` and ``warnings``.
-        No patient name, ID, birth date or UID.
+        ``modality``, ``series_number``, ``rescale_slope``/``rescale_intercept`` (a float, or one per slice
+        when they vary), ``rescale_type``, ``units``, ``spacing``, ``slice_thickness``,
+        ``photometric_interpretation``, ``original_lps_affine`` (4 x 4, ``(column, row, slice)`` indices ->
+        LPS mm), ``original_affine`` (the same in RAS, the NIfTI convention taken by
+        :func:`~napari_attribution.io.write_nifti`), ``n_files`` and ``warnings``. ``modality``,
+        ``rescale_type`` and ``photometric_interpretation`` are DICOM defined terms (``"other"`` for any other
+        text). No free text (SeriesDescription, protocol, comments, institution), no patient name, ID, birth
+        date or UID, here or in the warnings.
 
     Raises
     ------
     ReaderError
-        Missing path, not DICOM, no image, corrupt or truncated file, undecodable pixel data.
+        Missing path, not DICOM, no image, corrupt or truncated file, undecodable pixel data; a path that is not
+        a regular file (a named pipe); a header that declares more pixel data than the file holds (checked before
+        any frame is decoded) or more than the memory available; a rescale that overflows.
 
     Warns
     -----
     ReaderWarning
         Missing slices (uneven gaps), uneven spacing, several series in the folder, duplicate positions,
-        mixed sizes or orientations, missing positions. The messages are also in ``metadata["warnings"]``.
+        mixed sizes or orientations, missing positions, skipped files (unreadable, or not regular files). The
+        messages are also in ``metadata["warnings"]``.
     """
     path = Path(path)
     notes = _Notes()
     if path.is_dir():
         images = _pick_series(_collect_folder(path, notes), series, notes)
-    elif path.is_file():
+    elif is_regular_file(path):
         dataset = _read_dataset(path)
         if not _has_pixels(dataset):
             sop_class = dataset.get("SOPClassUID")
@@ -630,14 +814,26 @@ def read_dicom(
                 f"'{path.name}' is DICOM but holds no pixel data (SOP class {getattr(sop_class, 'name', sop_class)}); "
                 "if it should be an image, the file is truncated."
             )
+        problem = _pixel_size_problem(dataset)
+        if problem is not None:
+            raise ReaderError(f"'{path.name}' {problem}; the file is truncated or its header is corrupt.")
         images = [(path.name, dataset)]
+    elif path.exists():
+        raise ReaderError(
+            f"'{path.name}' is not a regular file (a named pipe, socket or device); scans are read from files on "
+            "disk only."
+        )
     else:
         raise ReaderError(f"No such file or folder: '{path}'.")
     frames: list[_Frame] = []
     for name, dataset in images:
         frames.extend(_frames_of(dataset, name))
     frames = _keep_consistent(frames, notes)
-    data, geometry, metadata = _assemble(frames, notes, len(images))
+    try:
+        data, geometry, metadata = _assemble(frames, notes, len(images))
+    except MemoryError as exc:
+        where = f"'{path.name}'" if len(images) == 1 else f"the series in '{path.name}'"
+        raise ReaderError(f"Not enough memory to read the pixel data of {where}.") from exc
     metadata["warnings"] = list(notes.messages)
     for message in notes.messages:
         warnings.warn(message, ReaderWarning, stacklevel=2)
@@ -647,6 +843,7 @@ def read_dicom(
 def _assemble(frames: list[_Frame], notes: _Notes, n_files: int) -> tuple[npt.NDArray[Any], Geometry, dict[str, Any]]:
     """Pixels, geometry and metadata of the kept frames."""
     volume = _volume_geometry(frames, notes) if len(frames) > 1 else _single_geometry(frames[0], notes)
+    _check_pixel_memory(volume.frames)
     pixels = _load_pixels(volume.frames)
     data = _stack(pixels)
     colour = int(volume.frames[0].dataset.get("SamplesPerPixel", 1) or 1) > 1
@@ -662,6 +859,18 @@ def _assemble(frames: list[_Frame], notes: _Notes, n_files: int) -> tuple[npt.ND
     if colour:
         metadata["channel_axis"] = 0
     return data, geometry, metadata
+
+
+def _check_pixel_memory(frames: Sequence[_Frame]) -> None:
+    """Refuse before decoding when the decoded files and the volume cannot fit in the memory available."""
+    # multi-frame files are decoded whole and kept while their frames are used
+    decoded = {id(f.dataset): _decoded_bytes(f.dataset) for f in frames if _frame_count(f.dataset) > 1}
+    first = frames[0].dataset
+    frame_bytes = _decoded_bytes(first) // _frame_count(first)
+    stored_itemsize = max(frame_bytes // (frames[0].shape[0] * frames[0].shape[1]), 1)
+    volume = len(frames) * frame_bytes // stored_itemsize * max(stored_itemsize, 4)  # float32 once rescaled
+    name = frames[0].name if len({f.name for f in frames}) == 1 else f"{frames[0].name} and its series"
+    check_memory(sum(decoded.values()) + volume, name, f"{len(frames)} frame(s) of {frames[0].shape} pixels")
 
 
 def _single_geometry(frame: _Frame, notes: _Notes) -> _Volume:

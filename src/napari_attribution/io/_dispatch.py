@@ -12,6 +12,7 @@ import numpy.typing as npt
 from .._errors import ReaderError
 from ._dicom import is_dicom_file, read_dicom
 from ._geometry import Geometry
+from ._limits import require_regular_file
 from ._nifti import is_nifti_path, read_nifti
 
 __all__ = ["SUPPORTED_FORMATS", "read_image"]
@@ -62,14 +63,15 @@ def read_image(path: str | os.PathLike[str], **options: Any) -> tuple[npt.NDArra
     Raises
     ------
     ReaderError
-        Missing path, unsupported format, or a file that cannot be read; the message lists the formats
-        supported.
+        Missing path, unsupported format, or a file that cannot be read; a named pipe, socket or device (which
+        would block the read forever); the message lists the formats supported.
     """
     path = Path(path)
     if path.is_dir():
         return read_dicom(path, **options)
-    if not path.is_file():
+    if not path.exists():
         raise ReaderError(f"No such file or folder: '{path}'. Supported: {SUPPORTED_FORMATS}.")
+    require_regular_file(path)
     if is_nifti_path(path):
         return read_nifti(path, **options)
     if path.suffix.lower() in _DICOM_SUFFIXES:

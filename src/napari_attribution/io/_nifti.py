@@ -7,10 +7,13 @@ arrays are ``(x, y, z[, t])``. World coordinates are RAS+ millimetres written in
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import math
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,6 +23,7 @@ import numpy.typing as npt
 from .._errors import ReaderError
 from ._deps import import_optional
 from ._geometry import Geometry
+from ._limits import check_memory, format_bytes, gzip_size_up_to, require_regular_file
 from ._orientation import geometry_from_xyz_affine, xyz_affine_from_geometry
 from ._warnings import ReaderWarning
 
@@ -39,17 +43,18 @@ def _nibabel() -> Any:
     return import_optional("nibabel", "nibabel", "read and write NIfTI files")
 
 
-def _load_image(path: Path) -> Any:
-    """Open a NIfTI-1/NIfTI-2 image with nibabel, whatever the file name; raise ReaderError otherwise."""
+def _load_image(path: Path, stack: contextlib.ExitStack) -> Any:
+    """Open a NIfTI-1/NIfTI-2 image with nibabel, header only (the voxels stay on disk), whatever the file name.
+
+    ``stack`` closes the file handle opened for a file sniffed as NIfTI under another name (nibabel reads its
+    voxels through that handle later). Raises ReaderError for anything that is not a single-file NIfTI.
+    """
     nib = _nibabel()
     try:
         if is_nifti_path(path):
             image = nib.load(str(path))
         else:  # content sniffed as NIfTI but named otherwise: nibabel picks the class from the name
-            raw = path.read_bytes()
-            if raw[:2] == b"\x1f\x8b":
-                raw = gzip.decompress(raw)
-            image = _from_bytes(nib, raw)
+            image = _from_handle(nib, path, stack)
     except ReaderError:
         raise
     except Exception as exc:  # nibabel raises many types for broken headers / truncated gzip streams
@@ -59,22 +64,123 @@ def _load_image(path: Path) -> Any:
     return image
 
 
-def _from_bytes(nib: Any, raw: bytes) -> Any:
-    """Build a NIfTI-1 or NIfTI-2 image from the bytes of a single-file NIfTI."""
-    if len(raw) >= 348 and raw[344:348] in (b"n+1\x00", b"ni1\x00"):
-        return nib.Nifti1Image.from_bytes(raw)
-    if len(raw) >= 540 and raw[4:8] in (b"n+2\x00", b"ni2\x00"):
-        return nib.Nifti2Image.from_bytes(raw)
-    raise ReaderError("The file has no NIfTI magic string ('n+1' / 'n+2'); it is not a NIfTI image.")
+def _from_handle(nib: Any, path: Path, stack: contextlib.ExitStack) -> Any:
+    """A lazily read NIfTI-1 or NIfTI-2 image from an open (gzip-decompressing when needed) file handle."""
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == b"\x1f\x8b"
+    handle: Any = stack.enter_context(gzip.open(path, "rb") if compressed else open(path, "rb"))
+    head = handle.read(544)
+    handle.seek(0)
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        klass = nib.Nifti1Image
+    elif len(head) >= 540 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
+        klass = nib.Nifti2Image
+    else:
+        raise ReaderError("The file has no NIfTI magic string ('n+1' / 'n+2'); it is not a NIfTI image.")
+    holder = nib.fileholders.FileHolder(fileobj=handle)
+    return klass.from_file_map({"header": holder, "image": holder})
 
 
-def _squeeze_nifti_dims(data: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """Drop trailing length-1 axes beyond the third, and the empty time axis of 5-D vector images."""
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector images are (x, y, z, 1, c)
-        data = data[:, :, :, 0, :]
+@dataclass(frozen=True)
+class _Selection:
+    """What is read from the file's ``(x, y, z[, t, ...])`` array: trailing empty axes dropped, one volume or all."""
+
+    index: tuple[int | slice, ...]  # into nibabel's array proxy
+    ndim: int  # of the array read
+    n_volumes: int | None  # for a 4-D file, its number of volumes
+    volume: int | None  # the volume picked (non-negative)
+
+
+def _select(shape: tuple[int, ...], volume: int | None, name: str) -> _Selection:
+    """The index that drops trailing length-1 axes beyond the third (and the empty time axis of 5-D vector
+    images) and picks ``volume`` of a 4-D file; indexing nibabel's array proxy with it reads that part alone."""
+    index: list[int | slice] = [slice(None)] * len(shape)
+    kept = list(range(len(shape)))
+    while len(kept) > 3 and shape[kept[-1]] == 1:
+        index[kept.pop()] = 0
+    if len(kept) == 5 and shape[kept[3]] == 1:  # NIfTI vector images are (x, y, z, 1, c)
+        index[kept.pop(3)] = 0
+    if not 2 <= len(kept) <= 4:
+        squeezed = tuple(shape[i] for i in kept)
+        raise ReaderError(
+            f"'{name}' has {len(kept)} image dimensions {squeezed}; only 2-D, 3-D and 4-D NIfTI are supported."
+        )
+    if len(kept) < 4:
+        if volume is not None and volume not in (0, -1):
+            raise ReaderError(f"volume={volume} was asked for, but '{name}' holds a single volume.")
+        return _Selection(tuple(index), len(kept), None, None)
+    count = shape[kept[3]]
+    if volume is None:
+        return _Selection(tuple(index), 4, count, None)
+    if not -count <= volume < count:
+        raise ReaderError(f"volume={volume} is out of range: '{name}' has {count} volumes.")
+    index[kept[3]] = volume % count
+    return _Selection(tuple(index), 3, count, volume % count)
+
+
+def _check_declared_size(image: Any, path: Path, selection: _Selection | None) -> None:
+    """Check the voxel data the header declares against the file and the free memory, before reading any.
+
+    A truncated or hostile file (a 66-byte ``.nii.gz`` claiming 2048 x 2048 x 1024 floats) is refused here,
+    instead of after nibabel has allocated and zero-filled the whole declared array. ``selection`` is the part
+    that will be read (None: all of it).
+    """
+    header = image.header
+    try:
+        shape = tuple(int(s) for s in header.get_data_shape())
+        itemsize = int(np.dtype(header.get_data_dtype()).itemsize)
+        offset = int(header.get_data_offset())
+        scaled = header.get_slope_inter() != (None, None)  # nibabel then returns float64
+    except Exception as exc:  # NaN / out-of-range header fields
+        raise ReaderError(f"'{path.name}' has a corrupt NIfTI header: {exc}.") from exc
+    if not shape or min(shape) <= 0:
+        raise ReaderError(f"'{path.name}' declares an image of shape {shape}, with no voxels; the header is corrupt.")
+    count = math.prod(shape)
+    end = max(offset, 0) + count * itemsize
+    if selection is not None:  # nibabel reads only the indexed part
+        count = math.prod(n for n, i in zip(shape, selection.index, strict=True) if isinstance(i, slice))
+    check_memory(count * (8 if scaled else itemsize), path.name, f"voxel data {shape}", path.stat().st_size)
+    compressed = _is_gzip(path)
+    held = gzip_size_up_to(path, end) if compressed else path.stat().st_size
+    if held < end:
+        raise ReaderError(
+            f"'{path.name}' is truncated: its header declares {shape} voxels of {itemsize} byte(s), "
+            f"{format_bytes(end)} with the header, but the file holds only {format_bytes(held)}"
+            f"{' once decompressed' if compressed else ''}. The file is incomplete or corrupt; copy or export it "
+            "again."
+        )
+
+
+def _read_voxels(image: Any, path: Path, selection: _Selection) -> npt.NDArray[Any]:
+    """The selected voxels, scaled as the file says, as an in-memory array (nibabel's ``(x, y, z[, t])``)."""
+    try:
+        data = np.asarray(image.dataobj[selection.index])
+    except MemoryError as exc:
+        raise ReaderError(f"Not enough memory to read the voxel data of '{path.name}'.") from exc
+    except Exception as exc:  # truncated data, broken gzip stream, impossible dtype
+        raise ReaderError(
+            f"Cannot read the voxel data of '{path.name}': {exc}. The file may be truncated or corrupt."
+        ) from exc
+    if data.dtype.kind not in "biufc":
+        raise ReaderError(
+            f"'{path.name}' holds voxels of type {data.dtype}, which is not a number per voxel; it cannot be used."
+        )
+    stored = np.dtype(image.header.get_data_dtype())
+    if data.dtype.kind == "f" and stored.kind in "biu" and data.size:
+        # integers scaled by scl_slope / scl_inter beyond float32 would turn into inf in any float32 pipeline
+        # (the models, the heatmaps): such a scaling is a corrupt header, as for DICOM's RescaleSlope
+        if float(np.max(np.abs(data))) > float(np.finfo(np.float32).max):
+            slope, inter = image.header.get_slope_inter()
+            raise ReaderError(
+                f"'{path.name}': the file's scaling (scl_slope {slope or 1.0:.4g}, scl_inter {inter or 0.0:.4g}) turns "
+                "its integer voxels into numbers too large to hold (beyond float32); the header is corrupt."
+            )
     return data
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
 
 
 def _header_metadata(image: Any) -> dict[str, Any]:
@@ -99,6 +205,13 @@ def _header_metadata(image: Any) -> dict[str, Any]:
         "axis_order": "zyx",
         "warnings": [],
     }
+
+
+def _metadata_or_error(image: Any, path: Path) -> dict[str, Any]:
+    try:
+        return _header_metadata(image)
+    except Exception as exc:  # unknown unit / intent codes, non-numeric header fields
+        raise ReaderError(f"'{path.name}' has a corrupt NIfTI header: {exc}.") from exc
 
 
 def read_nifti(
@@ -142,32 +255,21 @@ def read_nifti(
     ((176, 256, 256), (1.0, 1.0, 1.0))
     """
     path = Path(path)
-    if not path.is_file():
-        raise ReaderError(f"No such file: '{path}'.")
-    image = _load_image(path)
-    if canonical:
-        image = _nibabel().as_closest_canonical(image)
-    try:
-        raw = np.asanyarray(image.dataobj)
-    except Exception as exc:  # truncated data, broken gzip stream, impossible dtype
-        raise ReaderError(
-            f"Cannot read the voxel data of '{path.name}': {exc}. The file may be truncated or corrupt."
-        ) from exc
-    metadata = _header_metadata(image)  # after reorientation: original_affine matches the returned array
+    require_regular_file(path)  # a named pipe would block the read forever
+    with contextlib.ExitStack() as stack:
+        image = _load_image(path, stack)
+        selection = _select(tuple(int(s) for s in image.shape), volume, path.name)
+        _check_declared_size(image, path, None if canonical else selection)
+        if canonical:
+            try:
+                image = _nibabel().as_closest_canonical(image)
+            except Exception as exc:  # reads the voxels, and needs a usable affine
+                raise ReaderError(f"Cannot reorient '{path.name}': {exc}. The file may be corrupt.") from exc
+        data = _read_voxels(image, path, selection)
+        metadata = _metadata_or_error(image, path)  # after reorientation: original_affine matches the array
     metadata["canonical"] = canonical
-    data = _squeeze_nifti_dims(np.asarray(raw))
-    if data.ndim < 2 or data.ndim > 4:
-        raise ReaderError(
-            f"'{path.name}' has {data.ndim} image dimensions {data.shape}; only 2-D, 3-D and 4-D NIfTI are supported."
-        )
-    if data.ndim == 4 and volume is not None:
-        count = data.shape[3]
-        if not -count <= volume < count:
-            raise ReaderError(f"volume={volume} is out of range: '{path.name}' has {count} volumes.")
-        data = data[..., volume]
-        metadata["volume"] = volume % count
-    elif volume is not None and volume not in (0, -1):
-        raise ReaderError(f"volume={volume} was asked for, but '{path.name}' holds a single volume.")
+    if selection.volume is not None:
+        metadata["volume"] = selection.volume
     if data.ndim == 4:
         metadata["channel_axis"] = 0
         metadata["n_volumes"] = int(data.shape[3])

@@ -156,6 +156,8 @@ def _load(source: Source, explicit: ModelCard | None, imports: ImportPolicy) -> 
     imports = imports.with_folder(path)  # nothing is imported from the model's own folder (see ._imports)
     if path.is_dir():
         return _from_folder(path, explicit, imports)
+    if not path.is_file():  # a named pipe, socket or device: reading it would block forever
+        raise ModelLoadError(f"'{path.name}' is not a regular file (a named pipe, socket or device): give a file.")
     if path.name.lower().endswith(CARD_SUFFIXES):
         if explicit is not None:
             raise ModelLoadError(f"'{path.name}' is already a card: pass the card once (without card=).")
