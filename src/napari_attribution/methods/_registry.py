@@ -7,6 +7,8 @@ choices and the parametrised tests, so a method exists in all of them as soon as
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -117,7 +119,30 @@ class MethodInfo:
                     f"Method {self.name!r} does not take the parameter {key!r}. It takes: {known}."
                 )
             merged[key] = value
+        _check_common(merged)
         return merged
+
+
+def _check_common(params: Mapping[str, Any]) -> None:
+    """Refuse chunking parameters that would be silently replaced or break the chunking: a ``memory_budget`` that
+    is not a positive number of bytes (0 used to mean the default) and a ``max_batch`` below 1 (0 used to mean
+    "by memory")."""
+    budget = params.get("memory_budget")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not math.isfinite(float(budget)) \
+                or budget <= 0:
+            raise ParameterError(
+                f"memory_budget must be a positive number of bytes (e.g. 536870912 for 512 MiB), got {budget!r}; "
+                "leave it out for the default."
+            )
+    batch = params.get("max_batch")
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Real) or not float(batch).is_integer() \
+                or batch < 1:
+            raise ParameterError(
+                f"max_batch must be a whole number of at least 1 (samples per chunk), got {batch!r}; leave it out "
+                "to size the chunks by memory_budget."
+            )
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
