@@ -10,7 +10,7 @@ a real signal through it, unlike a thresholded voxel count whose gradient is zer
 target                                 scalar
 =====================================  =======================================================================
 ``int`` k                              classification: ``Class(k)``; segmentation: ``Predicted(k)``
-``Class(k, score="logit")``            ``y_k`` (segmentation: ``sum_u y_k(u)`` over the whole output)
+``Class(k)``                           ``y_k`` (segmentation: ``sum_u y_k(u)`` over the whole output)
 ``Region(k, mask)``                    ``sum_{u in mask} y_k(u)``; ``mask`` boolean, image voxel space
 ``Voxel(k, index)``                    ``y_k(index)``
 ``Predicted(k)``                       ``sum_{u in M} y_k(u)``, ``M`` = where the model predicts k, frozen at x
@@ -19,7 +19,10 @@ target                                 scalar
 ``None``                               the predicted class, or ``Predicted`` of the largest foreground class
 =====================================  =======================================================================
 
-Perturbation methods and metrics score the same weights on probabilities (``probability=True``).
+Which score ``s`` is used: a target's ``score`` defaults to ``None``, "the method's natural score": the logit
+for gradient and CAM methods, the probability for perturbation methods and metrics (they call the target with
+``probability=True``). An explicit ``score="logit"`` or ``"probability"`` is honoured by every method and metric
+(a method that cannot honour it refuses it with a message); it is never silently swapped.
 
 One output channel (a sigmoid or a single logit, e.g. brain extraction) follows one rule everywhere: the class
 index is the output channel, so its foreground is class 0 (``Predicted(0)``, the default), the region where the
@@ -54,14 +57,16 @@ __all__ = [
 ]
 
 Score = Literal["logit", "probability"]
+#: ``None``: the method's natural score (logit for gradient / CAM methods, probability for perturbation / metrics)
+ScoreChoice = Literal["logit", "probability"] | None
 
 
 @dataclass(frozen=True)
 class Class:
-    """Class ``k``'s output: the logit (default) or the probability."""
+    """Class ``k``'s output: the method's natural score (default), or the ``"logit"`` / ``"probability"``."""
 
     k: int
-    score: Score = "logit"
+    score: ScoreChoice = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,7 +75,7 @@ class Region:
 
     k: int
     mask: Any
-    score: Score = "logit"
+    score: ScoreChoice = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class Voxel:
 
     k: int
     index: tuple[int, ...]
-    score: Score = "logit"
+    score: ScoreChoice = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class Predicted:
     """Sum of class ``k``'s output over the region the model predicts as ``k`` (frozen after the first pass)."""
 
     k: int
-    score: Score = "logit"
+    score: ScoreChoice = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +103,7 @@ class Contrast:
     k1: int
     k2: int
     mask: Any = None
-    score: Score = "logit"
+    score: ScoreChoice = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,7 +114,7 @@ class ErrorRegion:
     k: int
     truth_mask: Any
     kind: Literal["fp", "fn"] = "fp"
-    score: Score = "logit"
+    score: ScoreChoice = None
 
 
 Target = int | Class | Region | Voxel | Predicted | Contrast | ErrorRegion | None
@@ -123,18 +128,20 @@ class ResolvedTarget:
     ----------
     weights : Tensor
         ``(K,)`` for classification or ``(K, *S_out)`` for segmentation.
-    score : str
-        ``"logit"`` or ``"probability"``: what the gradient and CAM methods differentiate.
+    score : str or None
+        The user's explicit ``"logit"`` or ``"probability"``, or ``None``: each method's natural score (logit for
+        gradient and CAM methods, probability for perturbation methods and metrics).
     activation : str
         ``"softmax"``, ``"sigmoid"`` or ``"none"`` (the model already outputs probabilities).
     spec : object
         The resolved user-level target (``int`` and ``None`` replaced by a target object).
     description : str
-        Human-readable, e.g. ``"class 1 (logit)"`` or ``"predicted region of class 1 (812 voxels)"``.
+        Human-readable, e.g. ``"class 1"``, ``"class 1 (probability)"`` or ``"predicted region of class 1 (812
+        voxels)"``.
     """
 
     weights: Tensor
-    score: Score
+    score: ScoreChoice
     activation: str
     spec: Any
     description: str
@@ -148,14 +155,23 @@ class ResolvedTarget:
             return torch.sigmoid(out)
         return out
 
+    def uses_probability(self, natural: bool = False) -> bool:
+        """Whether scores are probabilities: the target's explicit ``score``, else the caller's ``natural`` one."""
+        return natural if self.score is None else self.score == "probability"
+
     def __call__(self, out: Tensor, probability: bool | None = None) -> Tensor:
         """The target score of each batch item: ``(B, K, ...) -> (B,)``.
 
-        ``probability=None`` uses the target's own score mode; ``True`` scores probabilities (perturbation
-        methods, metrics); ``False`` scores raw outputs.
+        ``probability`` is the calling method's natural score (``True`` for perturbation methods and metrics;
+        ``None`` / ``False``: the logit, for gradient and CAM methods). A target with an explicit ``score``
+        overrides it, so ``Class(k, score="logit")`` is scored on logits by occlusion too.
         """
-        use_prob = (self.score == "probability") if probability is None else probability
-        values = self.probabilities(out) if use_prob else out
+        return self.score_as(out, self.uses_probability(bool(probability)))
+
+    def score_as(self, out: Tensor, probability: bool) -> Tensor:
+        """The weighted score on probabilities or raw outputs as asked, whatever the target's ``score`` (for
+        quantities that are defined on one of them only, e.g. log-odds)."""
+        values = self.probabilities(out) if probability else out
         w = self.weights.to(device=values.device, dtype=values.dtype)
         return (values * w).flatten(1).sum(1)
 
@@ -300,7 +316,14 @@ def resolve_target(
     spatial = tuple(out.shape[1:])
     w = torch.zeros_like(out, dtype=torch.float32)
 
-    def done(spec: Any, description: str, score: Score = "logit", **extras: Any) -> ResolvedTarget:
+    def done(spec: Any, description: str, score: ScoreChoice = None, **extras: Any) -> ResolvedTarget:
+        if score not in (None, "logit", "probability"):
+            raise TargetError(f"A target's score must be 'logit', 'probability' or None (the method's natural "
+                              f"score), got {score!r}.")
+        if score == "logit" and activation == "none":
+            raise TargetError("This model outputs probabilities (its card says output: probabilities), so it has no "
+                              "logit to score. Leave score out (the method's natural score) or use "
+                              "score='probability'.")
         return ResolvedTarget(w, score, activation, spec, description, dict(extras))
 
     if task == "classification":
@@ -311,7 +334,7 @@ def resolve_target(
         if isinstance(target, Class):
             k = _check_class(target.k, n, class_names)
             w[k] = 1
-            return done(target, f"class {_name(k, class_names)} ({target.score})", target.score)
+            return done(target, f"class {_name(k, class_names)}{_scored(target.score)}", target.score)
         if isinstance(target, Contrast):
             k1, k2 = _check_class(target.k1, n, class_names), _check_class(target.k2, n, class_names)
             w[k1] += 1
@@ -346,7 +369,7 @@ def resolve_target(
     if isinstance(target, Class):
         k = _check_class(target.k, n, class_names)
         w[k] = 1
-        return done(target, f"class {_name(k, class_names)} over the whole output ({target.score})", target.score)
+        return done(target, f"class {_name(k, class_names)} over the whole output{_scored(target.score)}", target.score)
     if isinstance(target, Predicted):
         k = _check_class(target.k, n, class_names, "Predicted")
         region = region_of(k)
@@ -410,6 +433,11 @@ def resolve_target(
         f"Cannot use {target!r} as a target. Use a class index or one of Class, Region, Voxel, Predicted, "
         "Contrast, ErrorRegion from napari_attribution.targets."
     )
+
+
+def _scored(score: ScoreChoice) -> str:
+    """`` (logit)`` / `` (probability)`` for an explicit score; nothing for the method's natural one."""
+    return "" if score is None else f" ({score})"
 
 
 def _name(k: int, names: list[str] | None) -> str:

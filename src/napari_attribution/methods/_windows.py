@@ -418,7 +418,9 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
 
     Scores are the target's probability normalised by the sum of its weights (the mean probability over a
     segmentation region), so log-odds apply; targets with negative weights (contrasts) use the plain
-    difference of probability scores, as Zintgraf et al. do for non-probability units.
+    difference of probability scores, as Zintgraf et al. do for non-probability units, and so does a target
+    that asks for the logit (``score="logit"``: the plain difference of logit scores, ``extras["log_odds"]``
+    False).
     """
     from ._run import MethodOutput
 
@@ -442,7 +444,8 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
     padded = gauss.pad_image(x.detach().cpu())
     target = run.target
     weights = target.weights
-    logodds = bool((weights >= 0).all()) and float(weights.sum()) > 0
+    # log-odds are defined on probabilities: a target that asks for the logit gets the plain difference instead
+    logodds = bool((weights >= 0).all()) and float(weights.sum()) > 0 and target.uses_probability(True)
     norm = float(weights.sum()) if logodds else 1.0
     out0 = run.output
     n_classes = out0.shape[1] if out0.shape[1] > 1 else 2

@@ -1,6 +1,7 @@
 """Perturbation methods: ``occlusion`` and ``rise``. Black-box: forward passes only, so they also work on
 TorchScript models. Per the project's convention they score the target on *probabilities* (softmax or
-sigmoid of the output, as the model card says), chunked to the memory budget, polling ``cancel`` between
+sigmoid of the output, as the model card says) unless the target asks for another score
+(``Class(k, score="logit")`` is scored on the logit), chunked to the memory budget, polling ``cancel`` between
 chunks."""
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def occlusion_windows(params: Mapping[str, Any], spatial: tuple[int, ...]) -> Wi
     choices={"baseline": ("min", "mean", ...)},
 )
 def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
-    """``R(u) = mean_{w contains u} [s(x) - s(x with window w <- baseline)]`` with ``s`` the target's probability.
+    """``R(u) = mean_{w contains u} [s(x) - s(x with window w <- baseline)]`` with ``s`` the target's probability
+    (its logit when the target says ``score="logit"``).
 
     Default window 16 (2D) or 8 (3D) voxels per axis, clipped to the image, stride half the window; on images
     where that needs more than 4,096 forward passes the window grows until it does not (16^3 at stride 8 on a
@@ -102,7 +104,8 @@ def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     choices={"baseline": ("min", "mean", ...)},
 )
 def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
-    """``S(u) = (1 / (N p)) sum_i s(x * M_i + b * (1 - M_i)) M_i(u)``, ``s`` the target's probability.
+    """``S(u) = (1 / (N p)) sum_i s(x * M_i + b * (1 - M_i)) M_i(u)``, ``s`` the target's probability (its logit
+    when the target says ``score="logit"``).
 
     Masks: binary grids of ``cells`` per axis with P(1) = ``p``, upsampled (bilinear / trilinear) to
     ``(cells + 1) * ceil(S / cells)`` and cropped at a random shift (Petsiuk et al.'s construction). Defaults:
@@ -150,7 +153,7 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
         with torch.no_grad():
             y = first_output(run.model(xs))
             assert run.target is not None
-            s = run.target(y, True).double().cpu()
+            s = run.target(y, probability=True).double().cpu()
         acc += (s.view((-1,) + (1,) * nd) * current[0][:, 0].double().cpu()).sum(0)
         run.advance(stop - start, "rise masks")
         start = stop

@@ -54,7 +54,9 @@ class Scorer:
 
     The target is resolved once on the unperturbed image and held fixed (methods.md §1.4: the region is frozen
     at the original prediction). Scores of a segmentation region are the mean probability over the region
-    (the target's score divided by the sum of its weights when the weights are non-negative).
+    (the target's score divided by the sum of its weights, ``norm``, when the weights are non-negative);
+    ``mean=False`` gives the plain weighted sum, which is what gradient maps explain. A target with an explicit
+    ``score`` (``Class(k, score="logit")``) is scored that way, whatever the metric's natural score.
     """
 
     def __init__(self, model: Any, image: np.ndarray, target: Target, *, geometry: Any = None,
@@ -109,15 +111,22 @@ class Scorer:
         shape = data.shape[1:] if self.channel_axis else data.shape
         return torch.from_numpy(np.ascontiguousarray(data.reshape((1, self.channels) + tuple(shape))))
 
-    def __call__(self, images: np.ndarray, probability: bool = True) -> np.ndarray:
-        """Scores of ``images`` ``(N, *image.shape)`` on the image grid, ``(N,)``."""
+    def __call__(self, images: np.ndarray, probability: bool = True, *, mean: bool = True,
+                 force: bool = False) -> np.ndarray:
+        """Scores of ``images`` ``(N, *image.shape)`` on the image grid, ``(N,)``.
+
+        ``probability``: the metric's natural score (the target's explicit ``score`` overrides it unless
+        ``force``, for quantities defined on probabilities only); ``mean``: divide by ``norm`` (a region's mean
+        rather than its sum)."""
+        use_prob = probability if force else self.target.uses_probability(probability)
+        scale = self.norm if mean else 1.0
         out = np.empty(len(images), np.float64)
         with model_guard(self.user_module), torch.no_grad():
             for start in range(0, len(images), self.batch):
                 chunk = images[start:start + self.batch]
                 xs = torch.cat([self._input(im) for im in chunk])
                 y = first_output(self.module(xs))
-                out[start:start + len(chunk)] = (self.target(y, probability) / self.norm).double().numpy()
+                out[start:start + len(chunk)] = (self.target.score_as(y, use_prob) / scale).double().numpy()
                 self.calls += len(chunk)
         return out
 
@@ -128,7 +137,7 @@ class Scorer:
         w = self.target.weights
         one_hot = self.task == "classification" and w.ndim == 1 and int((w != 0).sum()) == 1 and float(w.max()) == 1
         if not one_hot or self.target.activation != "softmax":
-            p = np.clip(self(images), 1e-12, 1 - 1e-12)
+            p = np.clip(self(images, force=True), 1e-12, 1 - 1e-12)
             result: np.ndarray = np.log(p) - np.log1p(-p)
             return result
         k = int(w.argmax())

@@ -120,7 +120,8 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
                        progress: Progress | None = None, cancel: Cancel | None = None
                        ) -> tuple[float, dict[str, Any]]:
     """Deletion: replace voxels in descending attribution order by the background (default: the image minimum,
-    i.e. air in CT) and record the target's probability; insertion: start from a blurred image (Gaussian, sigma
+    i.e. air in CT) and record the target's probability (its logit for a target with ``score="logit"``; a
+    region's mean probability for a segmentation target); insertion: start from a blurred image (Gaussian, sigma
     in mm per axis) and put the original voxels back in the same order. ``steps + 1`` points; AUC by the
     trapezoid rule normalised to [0, 1] along the x axis (Petsiuk et al.'s formula). Deletion: lower is better;
     insertion: higher is better. All input channels of a voxel are changed together.
@@ -189,7 +190,10 @@ def infidelity(scorer: Scorer, data: np.ndarray, *, sigma: float = 0.05, samples
                normalize: bool = True, progress: Progress | None = None, cancel: Cancel | None = None
                ) -> tuple[float, dict[str, Any]]:
     """``E_I[(sum_u I(u) Phi(u) - (T(x) - T(x - I)))^2]`` with Gaussian ``I ~ N(0, (sigma * range)^2)`` and the
-    target's logit score ``T`` (what gradient methods explain). ``normalize=True`` rescales ``Phi`` by the optimal
+    target's logit score ``T`` (what gradient methods explain; the probability for a target with
+    ``score="probability"``). For a region target ``T`` is the *sum* of the output over the region, as for the
+    methods (not the region's mean, which the other metrics score), so the exact gradient of a locally linear
+    model scores ~0 with ``normalize=False``. ``normalize=True`` rescales ``Phi`` by the optimal
     factor ``beta = E[<I,Phi> dT] / E[<I,Phi>^2]`` first (Yeh et al.; Captum's ``normalize``), so maps of
     different scales are comparable. Lower is better. Defaults are the project's (methods.md §A2.4), not
     TorchEsegeta's sigma = 1e-4, at which plain saliency scores ~0 by construction."""
@@ -203,7 +207,8 @@ def infidelity(scorer: Scorer, data: np.ndarray, *, sigma: float = 0.05, samples
     meter = Meter(1 + samples, progress, cancel, "infidelity")
 
     def logit(images: np.ndarray) -> np.ndarray:
-        return scorer(images, probability=False)
+        # the sum over a region (mean=False): the scalar a gradient map explains, not the region's mean
+        return scorer(images, probability=False, mean=False)
 
     t0 = score_batches(logit, image[None], scorer.batch, meter)[0]
     tp = score_batches(logit, image[None] - noise, scorer.batch, meter, "perturbed images")
@@ -344,6 +349,12 @@ def specificity(scorer: Scorer, data: np.ndarray, *, block: int = 8, q: float = 
     fill = _background(image, baseline)
     if score not in ("log_odds", "probability"):
         raise ParameterError("score must be 'log_odds' or 'probability'.")
+    if scorer.target.score == "logit":  # both scores are of the probability: never swap the target's logit for it
+        raise ParameterError(
+            "specificity measures the change of the target's probability (score='log_odds' or 'probability'), but "
+            "the target asks for the logit (score='logit'). Leave the target's score out, or use "
+            "score='probability' on it."
+        )
     eps = (1.0 if score == "log_odds" else 0.01) if eps is None else float(eps)
     measure = scorer.log_odds if score == "log_odds" else scorer
     meter = Meter(1 + len(corners), progress, cancel, "specificity")
