@@ -4,15 +4,19 @@ agreement between methods. ``napari_attribution.evaluate`` is the one entry poin
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, TypeVar, cast
 
 import numpy as np
+from torch import nn
 
 from .._attribution import Attribution
 from .._errors import Cancelled, CompletenessWarning, ParameterError
+from ..methods._lock import model_lock
 from ._score import Score, Scorer
 from .agreement import agreement
 from .faithfulness import deletion_insertion, infidelity, max_sensitivity, randomisation, specificity
@@ -50,6 +54,26 @@ METRICS = {
 }
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_run_per_model(fn: _F) -> _F:
+    """Hold the model's lock (:func:`~napari_attribution.methods._lock.model_lock`) for the whole call: a metric's
+    passes switch the model to eval mode and back, like ``explain``'s, so runs on one model take turns."""
+
+    @functools.wraps(fn)
+    def locked(model: Any, *args: Any, **kwargs: Any) -> Any:
+        from ..models._card import LoadedModel
+
+        module = model.module if isinstance(model, LoadedModel) else model
+        lock = model_lock(module, cancel=kwargs.get("cancel"), progress=kwargs.get("progress"))
+        with lock if isinstance(module, nn.Module) else nullcontext():
+            return fn(model, *args, **kwargs)
+
+    return cast(_F, locked)
+
+
+@_one_run_per_model
 def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metric: str, target: Any = None, *,
              progress: Callable[[int, int, str], None] | None = None, cancel: Callable[[], bool] | None = None,
              **params: Any) -> Score:
