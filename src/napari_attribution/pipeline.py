@@ -23,6 +23,7 @@ from ._errors import InputShapeError, MethodError, ParameterError, TargetError
 from .inputs import Layout, OnScanGrid, Prepared, fit_network, is_script, known_multiple, layout, prepare, unwrap
 from .io._geometry import Geometry
 from .methods._hooks import activation_rule, fast_cpu_conv3d, model_guard
+from .methods._lock import model_lock
 from .methods._registry import COMMON_PARAMS, MethodInfo, get_method, list_methods
 from .methods._run import MethodOutput, Run
 from .models._card import LoadedModel, ModelCard, infer_card
@@ -292,7 +293,14 @@ def _target_slices(target: Target, depth: int) -> list[int] | None:
 # running
 
 
-def _explain_many(
+def _explain_many(model: Any, image: Any, names: list[str], target: Target, **kwargs: Any) -> dict[str, Attribution]:
+    """:func:`_explain_unlocked` holding the model's lock: runs on one model take turns, because
+    :func:`model_guard` switches the model itself (eval mode, frozen parameters), not a per-thread copy."""
+    with model_lock(_model_and_card(model)[0], cancel=kwargs.get("cancel"), progress=kwargs.get("progress")):
+        return _explain_unlocked(model, image, names, target, **kwargs)
+
+
+def _explain_unlocked(
     model: Any,
     image: Any,
     names: list[str],
@@ -364,12 +372,13 @@ def network_on_scan(model: nn.Module | LoadedModel, image: Any, geometry: Geomet
         data = data[:, data.shape[1] // 2]
     x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
     net = module if prep.is_identity else prep.wrap(module)
-    try:
-        with model_guard(module), torch.no_grad():
-            net(x)
-    except Exception as err:
-        prep = fit_network(module, prep, card, err)
-        net = prep.wrap(module)
+    with model_lock(module):  # the trial passes switch the model too: not while another thread runs on it
+        try:
+            with model_guard(module), torch.no_grad():
+                net(x)
+        except Exception as err:
+            prep = fit_network(module, prep, card, err)
+            net = prep.wrap(module)
     return net, x
 
 
@@ -433,6 +442,7 @@ class _Part:
     layer: str | None
     prediction: Any
     channels: int
+    finite_output: bool = True
 
 
 def _prediction(out: Tensor, target: ResolvedTarget, task: str, card: ModelCard) -> Any:
@@ -534,6 +544,7 @@ def _run_methods(
         shared_seconds = time.perf_counter() - t0
         assert run.target is not None and run.output is not None
         pred = _prediction(run.output, run.target, task_box[0], card)
+        finite = bool(torch.isfinite(run.output).all())
         for n in group:
             info = infos[n]
             if run.params is not params[n]:
@@ -549,7 +560,7 @@ def _run_methods(
             # in a sweep the layers split the shared pass evenly, so their seconds add up to the sweep's time
             seconds = shared_seconds / (len(group) if sweep is not None else 1) + time.perf_counter() - t1
             used = info.needs_layer or (info.layer_optional and name_n is not None)
-            parts[n] = _Part(out, run.target, seconds, name_n if used else None, pred, x.shape[1])
+            parts[n] = _Part(out, run.target, seconds, name_n if used else None, pred, x.shape[1], finite)
         if progress is not None:
             progress((gi + 1) * 1000, n_groups * 1000, f"{label}: done")
     return parts
@@ -579,8 +590,23 @@ def _reduce(maps: Tensor, signed: bool) -> Tensor:
     return maps.gather(0, idx[None])[0]
 
 
+def _check_finite(maps: Tensor, info: MethodInfo, part: _Part) -> None:
+    """A map with NaN or infinite values is an error, never a result (it used to be written with exit code 0)."""
+    bad = int((~torch.isfinite(maps)).sum())
+    if bad == 0:
+        return
+    why = ("the model's output on this image is itself not finite: check the model (its weights) and the image's "
+           "intensities against what the model expects (the card's preprocessing)") if not part.finite_output else (
+           "the model's output on this image is finite, so the method's passes on changed inputs (a baseline, noise, "
+           "occluded windows) gave them: check its parameters (e.g. the baseline) and that the model is defined on "
+           "such inputs")
+    raise MethodError(f"{info.name} gave a map with {bad} of {maps.numel()} values NaN or infinite; {why}. "
+                      "No result was produced.")
+
+
 def _finish(part: _Part, info: MethodInfo, params: dict[str, Any], geometry: Any) -> Attribution:
     maps = part.output.maps.detach().float().cpu()
+    _check_finite(maps, info, part)
     data = _reduce(maps, info.signed).numpy().astype(np.float32, copy=False)
     per_channel = maps.numpy().astype(np.float32) if maps.shape[0] > 1 else None
     return Attribution(

@@ -102,8 +102,11 @@ def baseline_tensor(x: Tensor, baseline: Any) -> Tensor:
             return torch.full_like(x, float(x.mean()))
         raise ParameterError(f"baseline must be a number, 'min', 'mean' or an array; got {baseline!r}.")
     if isinstance(baseline, (int, float, np.number)):
-        return torch.full_like(x, float(baseline))
+        return torch.full_like(x, _finite_baseline(float(baseline)))
     b = torch.as_tensor(np.asarray(baseline), dtype=x.dtype, device=x.device)
+    if not bool(torch.isfinite(b).all()):
+        raise ParameterError("The baseline array contains NaN or infinite values; fill them (e.g. with the image "
+                             "minimum) or use baseline='min'.")
     try:
         return b.expand_as(x[0]).unsqueeze(0).clone() if b.ndim < x.ndim else b.expand_as(x).clone()
     except RuntimeError:
@@ -169,8 +172,15 @@ def _baseline_value(x: Tensor, baseline: Any) -> Tensor | float:
     if isinstance(baseline, str) and baseline in ("min", "mean"):
         return float(x.min()) if baseline == "min" else float(x.mean())
     if isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, bool):
-        return float(baseline)
+        return _finite_baseline(float(baseline))
     return baseline_tensor(x, baseline)
+
+
+def _finite_baseline(value: float) -> float:
+    """A baseline number, refused when NaN or infinite (the map would be NaN everywhere)."""
+    if not np.isfinite(value):
+        raise ParameterError(f"baseline must be a finite number, 'min', 'mean' or an array; got {value!r}.")
+    return value
 
 
 def _baseline_score(run: Run, b: Tensor | float) -> float:
@@ -318,8 +328,9 @@ def smoothgrad(run: Run, params: dict[str, Any]) -> MethodOutput:
     if n < 1:
         raise ParameterError("samples must be at least 1.")
     sigma = float(params["sigma"])
-    if sigma < 0:
-        raise ParameterError("sigma must be >= 0 (a fraction of the input's intensity range).")
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ParameterError(f"sigma must be a finite number >= 0 (a fraction of the input's intensity range), got "
+                             f"{params['sigma']!r}.")
     x = run.x
     std = sigma * float(x.max() - x.min())
     std_t = torch.full(x.shape, std, dtype=x.dtype)
