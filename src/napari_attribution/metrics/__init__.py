@@ -62,13 +62,14 @@ def _one_run_per_model(fn: _F) -> _F:
     passes switch the model to eval mode and back, like ``explain``'s, so runs on one model take turns."""
 
     @functools.wraps(fn)
-    def locked(model: Any, *args: Any, **kwargs: Any) -> Any:
+    def locked(*args: Any, **kwargs: Any) -> Any:
         from ..models._card import LoadedModel
 
+        model = args[0] if args else kwargs.get("model")
         module = model.module if isinstance(model, LoadedModel) else model
         lock = model_lock(module, cancel=kwargs.get("cancel"), progress=kwargs.get("progress"))
         with lock if isinstance(module, nn.Module) else nullcontext():
-            return fn(model, *args, **kwargs)
+            return fn(*args, **kwargs)
 
     return cast(_F, locked)
 
