@@ -183,3 +183,40 @@ def test_a_run_waiting_for_the_model_can_be_cancelled_and_says_it_waits() -> Non
     # the same thread may take the lock again (explain inside a metric inside a run)
     with model_lock(net), model_lock(net):
         assert na.explain(net, img, "saliency", 1).data.shape == (24, 24)
+
+
+def test_model_guard_on_one_model_waits_for_another_threads_guard() -> None:
+    """Every pass that switches the model (also outside explain / evaluate: fitting vebi's features, trial passes of
+    the input path) goes through model_guard, which takes the model's lock: a second thread's guard waits, so it
+    never finds the model in eval mode, records nothing and leaves it switched back under the first one's feet."""
+    from napari_attribution.methods._hooks import model_guard
+
+    net = _net().train(True)
+    inside, release, entered = threading.Event(), threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def first() -> None:
+        with model_guard(net):
+            inside.set()
+            release.wait(30)
+
+    def second() -> None:
+        with model_guard(net):
+            entered.set()
+            time.sleep(0.05)
+            seen.append(net.training)
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert inside.wait(30)
+    b = threading.Thread(target=second)
+    b.start()
+    try:
+        assert not entered.wait(0.3), "the second guard did not wait for the first"
+    finally:
+        release.set()
+        a.join(30)
+        b.join(30)
+    assert entered.is_set() and seen == [False]
+    assert net.training and all(m.training for m in net.modules())
+    assert all(p.requires_grad for p in net.parameters())

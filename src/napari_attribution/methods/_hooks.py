@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ._lock import model_lock
+
 __all__ = [
     "ChannelEnergy",
     "LayerCapture",
@@ -48,20 +50,23 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
     Parameters are frozen so that backward passes compute input and activation gradients only (less memory
     and time); the user's ``.grad`` fields are never written because methods use ``torch.autograd.grad``.
     """
-    # only what needs changing is touched (cheap for a model that is already in eval mode and frozen)
-    training = [m for m in model.modules() if m.training]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    try:
-        for m in training:
-            m.training = False
-        for p in trainable:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
-        for m in training:
-            m.training = True
+    # the model's lock (re-entrant; explain / evaluate already hold it): another thread's guard on the same model
+    # waits, so the two never interleave these switches (methods/_lock.py)
+    with model_lock(model):
+        # only what needs changing is touched (cheap for a model that is already in eval mode and frozen)
+        training = [m for m in model.modules() if m.training]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:
+            for m in training:
+                m.training = False
+            for p in trainable:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+            for m in training:
+                m.training = True
 
 
 @dataclass
