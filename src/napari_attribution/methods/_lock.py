@@ -7,7 +7,9 @@ batch statistics and overwrite their running statistics for good, and the maps d
 eval mode ``layer_conductance`` failed with a raw ``RuntimeError`` in 3 of 20 runs (hooks are registered on the
 module, so the layer hooks of one run also fire in the other's passes). ``explain``,
 ``compare``, ``explain_layers`` and ``evaluate`` therefore hold :func:`model_lock` on the user's module for
-the whole run: runs on one model are serialised, runs on different models stay parallel. The lock is
+the whole run, and ``model_guard`` itself takes it (for passes outside those entry points: fitting vebi's
+features, the input path's trial passes): runs on one model are serialised, runs on different models stay
+parallel. The lock is
 re-entrant, so a metric that re-runs ``explain`` on the same model in the same thread (max-sensitivity) does
 not wait for itself; a run that waits still answers ``cancel``.
 """
