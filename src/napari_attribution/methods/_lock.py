@@ -5,11 +5,10 @@ parameters for a run and restores both afterwards. Two threads on one model inte
 first to finish restores train mode while the other still computes (its BatchNorm layers then normalise with
 batch statistics and overwrite their running statistics for good, and the maps differ from serial runs), and in
 eval mode ``layer_conductance`` failed with a raw ``RuntimeError`` in 3 of 20 runs (hooks are registered on the
-module, so the layer hooks of one run also fire in the other's passes). ``explain``,
-``compare``, ``explain_layers`` and ``evaluate`` therefore hold :func:`model_lock` on the user's module for
-the whole run, and ``model_guard`` itself takes it (for passes outside those entry points: fitting vebi's
-features, the input path's trial passes): runs on one model are serialised, runs on different models stay
-parallel. The lock is
+module, so the layer hooks of one run also fire in the other's passes). ``explain``, ``compare``,
+``explain_layers`` and ``evaluate`` therefore hold :func:`model_lock` on the user's module for the whole run,
+and ``model_guard`` itself takes it (for passes outside those entry points: fitting vebi's features, the input
+path's trial passes): runs on one model are serialised, runs on different models stay parallel. The lock is
 re-entrant, so a metric that re-runs ``explain`` on the same model in the same thread (max-sensitivity) does
 not wait for itself; a run that waits still answers ``cancel``.
 """
