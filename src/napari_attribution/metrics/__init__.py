@@ -8,7 +8,6 @@ import functools
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -67,8 +66,9 @@ def _one_run_per_model(fn: _F) -> _F:
 
         model = args[0] if args else kwargs.get("model")
         module = model.module if isinstance(model, LoadedModel) else model
-        lock = model_lock(module, cancel=kwargs.get("cancel"), progress=kwargs.get("progress"))
-        with lock if isinstance(module, nn.Module) else nullcontext():
+        if not isinstance(module, nn.Module):  # the mask metrics need no model
+            return fn(*args, **kwargs)
+        with model_lock(module, cancel=kwargs.get("cancel"), progress=kwargs.get("progress")):
             return fn(*args, **kwargs)
 
     return cast(_F, locked)
