@@ -252,19 +252,24 @@ def _pass_seconds(module: Any, x: Any, device: Any) -> tuple[float, float]:
     set-up (3-5x a later pass at 48^3), which the run's many passes do not."""
     import torch
 
+    from ..inputs import unwrap
+    from ..methods._hooks import model_guard
+
     both = math.inf
-    for _ in range(2):
-        xs = x.detach().clone().requires_grad_(True)
-        t0 = time.perf_counter()
-        out = module(xs)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        torch.autograd.grad(out.float().sum(), xs)
-        both = min(both, time.perf_counter() - t0)
-        del out, xs
-    t1 = time.perf_counter()
-    with torch.no_grad():
-        module(x)
+    # eval mode, frozen parameters and the model's lock, as for a run: another dock's run on the same model waits
+    with model_guard(unwrap(module)):
+        for _ in range(2):
+            xs = x.detach().clone().requires_grad_(True)
+            t0 = time.perf_counter()
+            out = module(xs)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            torch.autograd.grad(out.float().sum(), xs)
+            both = min(both, time.perf_counter() - t0)
+            del out, xs
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            module(x)
     return both, min(time.perf_counter() - t1, both)
 
 
