@@ -146,6 +146,38 @@ def test_dicom_in_a_folder_declaring_more_pixels_than_it_holds_is_skipped(tmp_pa
     assert data.shape == (3, 128, 128)
 
 
+def deflated_ct(path: Path, padding: int) -> None:
+    """CT_small.dcm in Deflated Explicit VR Little Endian, with ``padding`` zero bytes in a private element."""
+    dataset = pydicom.dcmread(bundled_dicom("CT_small.dcm"))
+    dataset.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    dataset.private_block(0x0009, "napari-attribution test", create=True).add_new(0x10, "OB", b"\0" * padding)
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def test_deflated_dicom_that_inflates_beyond_memory_is_refused_before_pydicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydicom inflates a deflated dataset in one call: a 65 KB file holding 40 MiB of zeros here, and a few MB
+    could hold many GiB. The reader counts the inflated size first, against the memory available (here a
+    pretended 64 MiB, so nothing large is allocated)."""
+    from napari_attribution.io import _dicom
+
+    deflated_ct(tmp_path / "bomb.dcm", 40 * 2**20)
+    deflated_ct(tmp_path / "small.dcm", 1000)
+    assert (tmp_path / "bomb.dcm").stat().st_size < 100_000
+    monkeypatch.setattr(_dicom, "available_memory", lambda: 64 * 2**20, raising=False)
+    with pytest.raises(ReaderError, match=r"'bomb.dcm' is a deflated DICOM file whose content inflates to more"):
+        read_dicom(tmp_path / "bomb.dcm")
+    data, _, _ = read_dicom(tmp_path / "small.dcm")  # an ordinary deflated file still reads
+    assert data.shape == (128, 128)
+    (tmp_path / "study").mkdir()
+    write_series(tmp_path / "study", positions=[0.0, 2.5])
+    (tmp_path / "study" / "bomb.dcm").write_bytes((tmp_path / "bomb.dcm").read_bytes())
+    with pytest.warns(ReaderWarning, match="bomb.dcm"):  # in a folder: skipped with the unreadable files
+        data, _, _ = read_dicom(tmp_path / "study")
+    assert data.shape == (2, 128, 128)
+
+
 # ---------------------------------------------------------------------------------------------- item 3: pipes
 @contextmanager
 def watchdog(fifo: Path, seconds: float = 5.0) -> Iterator[threading.Event]:
@@ -276,3 +308,21 @@ def test_real_files_keep_their_defined_terms(ct_small: Path) -> None:
     assert "series_description" not in meta
     _, _, rgb = read_dicom(bundled_dicom("SC_rgb_small_odd.dcm"))
     assert rgb["photometric_interpretation"] == "RGB" and rgb["modality"] == "OT"
+
+
+def test_pydicom_warnings_that_quote_values_are_counted_not_shown(tmp_path: Path, ct_small: Path) -> None:
+    """pydicom warns "Invalid value for VR UI: '<the value>'": with a name in a UID field, that warning would
+    show the name. The reader replays other warnings and counts pydicom's in one ReaderWarning."""
+    dataset = pydicom.dcmread(ct_small)
+    dataset.SeriesInstanceUID = "1.2.3.4.5.6.7.8"
+    (tmp_path / "study").mkdir()
+    dataset.save_as(tmp_path / "study" / "a.dcm")
+    raw = (tmp_path / "study" / "a.dcm").read_bytes()
+    (tmp_path / "study" / "a.dcm").write_bytes(raw.replace(b"1.2.3.4.5.6.7.8\0", b"Doe^Jane Smith  "))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data, _, meta = read_dicom(tmp_path / "study")
+    texts = [str(w.message) for w in caught]
+    assert data.shape == (128, 128)
+    assert texts == meta["warnings"] and len(texts) == 1 and "pydicom reported 1 problem" in texts[0]
+    assert all(issubclass(w.category, ReaderWarning) for w in caught)

@@ -46,6 +46,8 @@ _GAP_FACTOR = 1.5
 _UNEVEN_FRACTION = 1e-2
 # Orientation cosines that differ by less than this are the same orientation.
 _ORIENTATION_TOL = 1e-4
+# Larger positions or spacings (mm) are malformed values (NaN fails the comparison as well).
+_LARGEST_MM = 1e9
 _DECODER_HINT = (
     "Compressed DICOM needs a decoder: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)."
 )
@@ -113,14 +115,18 @@ class _Notes:
 
 
 def _floats(value: Any, count: int) -> npt.NDArray[np.float64] | None:
-    """``count`` finite floats from a DICOM multi-value, or None when absent or malformed."""
+    """``count`` finite floats from a DICOM multi-value, or None when absent or malformed.
+
+    Values beyond +-1e9 (a thousand kilometres, for positions and spacings in mm) count as malformed too: they
+    would overflow the geometry's arithmetic.
+    """
     if value is None:
         return None
     try:
         array = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if array.shape != (count,) or not np.all(np.isfinite(array)):
+    if array.shape != (count,) or not np.all(np.abs(array) <= _LARGEST_MM):
         return None
     return array
 
@@ -252,7 +258,7 @@ def _pixel_size_problem(dataset: Any) -> str | None:
     held = len(dataset[keyword].value or b"")
     syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     declared = f"{frames} frame(s) of {rows} x {columns} pixels x {samples} sample(s) of {bits} bit(s)"
-    if keyword == "PixelData" and getattr(syntax, "is_encapsulated", False):
+    if keyword == "PixelData" and _syntax_is(syntax, "is_encapsulated"):
         if frames * 8 > held:  # every compressed frame needs at least one 8-byte item
             return f"declares {declared} but its compressed pixel data ({format_bytes(held)}) cannot hold that many"
         return None
@@ -265,6 +271,14 @@ def _pixel_size_problem(dataset: Any) -> str | None:
             f"declares {declared}, {format_bytes(expected)} of pixel data, but holds only {format_bytes(held)}"
         )
     return None
+
+
+def _syntax_is(syntax: Any, flag: str) -> bool:
+    """``syntax.is_encapsulated`` / ``.is_compressed``; False for a UID that is no transfer syntax (pydicom raises)."""
+    try:
+        return bool(getattr(syntax, flag, False))
+    except ValueError:
+        return False
 
 
 def _decoded_bytes(dataset: Any) -> int:
@@ -385,12 +399,13 @@ def _collect_folder(folder: Path, notes: _Notes) -> list[tuple[str, Any]]:
         except Exception:  # a DICOM file that cannot be parsed (truncated, corrupt, a deflate bomb)
             broken.append(name)
             continue
-        if _has_pixels(dataset):
-            if _pixel_size_problem(dataset) is None:
-                images.append((name, dataset))
-            else:
-                broken.append(name)
-        elif _is_image_class(dataset):  # an image file cut before its pixel data
+        try:
+            kind = _classify(dataset)
+        except Exception:  # a malformed attribute, parsed only now
+            kind = "broken"
+        if kind == "image":
+            images.append((name, dataset))
+        elif kind == "broken":
             broken.append(name)
         else:
             no_pixels += 1
@@ -406,6 +421,13 @@ def _collect_folder(folder: Path, notes: _Notes) -> list[tuple[str, Any]]:
             f"{len(broken)} unreadable, {no_pixels} without pixel data (e.g. DICOMDIR, reports, structure sets)."
         )
     return images
+
+
+def _classify(dataset: Any) -> str:
+    """``image``; ``broken`` (an image cut short, or declaring more pixel data than it holds); ``other``."""
+    if _has_pixels(dataset):
+        return "image" if _pixel_size_problem(dataset) is None else "broken"
+    return "broken" if _is_image_class(dataset) else "other"
 
 
 def _group_largest(items: Sequence[_T], key: Callable[[_T], Hashable]) -> tuple[list[_T], dict[Hashable, list[_T]]]:
@@ -469,15 +491,31 @@ def _decode(dataset: Any, name: str, cache: dict[int, npt.NDArray[Any]]) -> npt.
         except Exception as exc:  # missing decoder, truncated pixel data, bad attributes
             syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
             syntax_name = getattr(syntax, "name", str(syntax))
-            hint = _DECODER_HINT if getattr(syntax, "is_compressed", False) else ""
+            hint = _DECODER_HINT if _syntax_is(syntax, "is_compressed") else ""
             raise ReaderError(
                 f"Cannot decode the pixel data of '{name}' (transfer syntax {syntax_name}): {exc}. "
                 f"The file may be truncated or corrupt. {hint}".rstrip()
             ) from exc
+        array = _declared_frames(array, dataset, name)
         if _frame_count(dataset) == 1:  # used once: no need to keep it
             return array
         cache[key] = array
     return cache[key]
+
+
+def _declared_frames(array: npt.NDArray[Any], dataset: Any, name: str) -> npt.NDArray[Any]:
+    """The decoded array as the header declares it: ``(frames, rows, cols[, samples])``, without the frame axis
+    for one frame. pydicom decodes every frame the data can hold, which may be more than NumberOfFrames says."""
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    frame_shape = (int(dataset.Rows), int(dataset.Columns)) + ((samples,) if samples > 1 else ())
+    count = _frame_count(dataset)
+    if array.shape[array.ndim - len(frame_shape) :] != frame_shape or array.size < count * math.prod(frame_shape):
+        raise ReaderError(
+            f"The pixel data of '{name}' decodes to shape {array.shape}, not the {count} frame(s) of {frame_shape} "
+            "its header declares; the file is corrupt."
+        )
+    frames = array.reshape((-1, *frame_shape))
+    return frames[:count] if count > 1 else frames[0]
 
 
 def _rescale_number(value: Any, keyword: str, default: float, name: str) -> float:
@@ -804,9 +842,61 @@ def read_dicom(
     """
     path = Path(path)
     notes = _Notes()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            data, geometry, metadata = _read(path, series, notes)
+        finally:
+            _replay_warnings(caught, notes)
+    metadata["warnings"] = list(notes.messages)
+    for message in notes.messages:
+        warnings.warn(message, ReaderWarning, stacklevel=2)
+    return data, geometry, metadata
+
+
+def _read(path: Path, series: str | int | None, notes: _Notes) -> tuple[npt.NDArray[Any], Geometry, dict[str, Any]]:
+    try:
+        images = _images(path, series, notes)
+        frames: list[_Frame] = []
+        for name, dataset in images:
+            frames.extend(_frames_of(dataset, name))
+        return _assemble(_keep_consistent(frames, notes), notes, len(images))
+    except ReaderError:
+        raise
+    except MemoryError as exc:
+        raise ReaderError(f"Not enough memory to read the pixel data of '{path.name}'.") from exc
+    except Exception as exc:  # pydicom parses attributes when they are first read: a malformed one raises here
+        # pydicom's message is left out: it can quote the attribute's value, which can be patient data
+        message = f"'{path.name}' has a malformed attribute ({type(exc).__name__}); the file is corrupt."
+        raise ReaderError(message) from exc
+
+
+def _replay_warnings(caught: list[warnings.WarningMessage], notes: _Notes) -> None:
+    """Re-emit the warnings caught while reading, except pydicom's, which are counted in one note instead.
+
+    pydicom's warnings about malformed values quote the value ("Invalid value for VR UI: '...'"), and a value can
+    be a patient's name. (``catch_warnings`` is process-wide: a warning another thread raises meanwhile is
+    replayed from here.)
+    """
+    from_pydicom = 0
+    for record in caught:
+        if "pydicom" in Path(record.filename).parts:
+            from_pydicom += 1
+        else:
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno,
+                                   source=record.source)
+    if from_pydicom:
+        notes.add(
+            f"pydicom reported {from_pydicom} problem(s) with malformed attributes while reading; they are not "
+            "shown because attribute values can hold patient data."
+        )
+
+
+def _images(path: Path, series: str | int | None, notes: _Notes) -> list[tuple[str, Any]]:
+    """(name, dataset) of the images to read: the chosen series of a folder, or the one file."""
     if path.is_dir():
-        images = _pick_series(_collect_folder(path, notes), series, notes)
-    elif is_regular_file(path):
+        return _pick_series(_collect_folder(path, notes), series, notes)
+    if is_regular_file(path):
         dataset = _read_dataset(path)
         if not _has_pixels(dataset):
             sop_class = dataset.get("SOPClassUID")
@@ -817,27 +907,13 @@ def read_dicom(
         problem = _pixel_size_problem(dataset)
         if problem is not None:
             raise ReaderError(f"'{path.name}' {problem}; the file is truncated or its header is corrupt.")
-        images = [(path.name, dataset)]
-    elif path.exists():
+        return [(path.name, dataset)]
+    if path.exists():
         raise ReaderError(
             f"'{path.name}' is not a regular file (a named pipe, socket or device); scans are read from files on "
             "disk only."
         )
-    else:
-        raise ReaderError(f"No such file or folder: '{path}'.")
-    frames: list[_Frame] = []
-    for name, dataset in images:
-        frames.extend(_frames_of(dataset, name))
-    frames = _keep_consistent(frames, notes)
-    try:
-        data, geometry, metadata = _assemble(frames, notes, len(images))
-    except MemoryError as exc:
-        where = f"'{path.name}'" if len(images) == 1 else f"the series in '{path.name}'"
-        raise ReaderError(f"Not enough memory to read the pixel data of {where}.") from exc
-    metadata["warnings"] = list(notes.messages)
-    for message in notes.messages:
-        warnings.warn(message, ReaderWarning, stacklevel=2)
-    return data, geometry, metadata
+    raise ReaderError(f"No such file or folder: '{path}'.")
 
 
 def _assemble(frames: list[_Frame], notes: _Notes, n_files: int) -> tuple[npt.NDArray[Any], Geometry, dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _sniff(path: Path) -> str | None:
         if head[:2] == b"\x1f\x8b":
             with gzip.open(path, "rb") as handle:
                 head = handle.read(544)
-    except (OSError, EOFError):
+    except (OSError, EOFError, zlib.error):  # unreadable, or a damaged gzip stream
         return None
     if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] in (b"n+2\x00", b"ni2\x00"):
         return "nifti"
