@@ -146,6 +146,23 @@ def test_dicom_in_a_folder_declaring_more_pixels_than_it_holds_is_skipped(tmp_pa
     assert data.shape == (3, 128, 128)
 
 
+def test_dicom_volume_larger_than_the_memory_available_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consistent series that cannot fit: refused before any slice is decoded (here the memory available is a
+    pretended 300 KiB; the float32 volume of six 128 x 128 slices needs 384 KiB)."""
+    from napari_attribution.io import _limits
+
+    series = write_series(tmp_path / "s")
+    monkeypatch.setattr(_limits, "available_memory", lambda: 300 * 1024, raising=False)
+    decoded: list[str] = []
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(lambda ds: decoded.append("x") or np.zeros(1)))
+    expected = r"series \(6 files, first 'img0001.dcm'\) declares 6 frame\(s\) of \(128, 128\) pixels of 384 KiB, more"
+    with pytest.raises(ReaderError, match=expected):
+        read_dicom(series.folder)
+    assert decoded == []
+
+
 def deflated_ct(path: Path, padding: int) -> None:
     """CT_small.dcm in Deflated Explicit VR Little Endian, with ``padding`` zero bytes in a private element."""
     dataset = pydicom.dcmread(bundled_dicom("CT_small.dcm"))

@@ -945,8 +945,9 @@ def _check_pixel_memory(frames: Sequence[_Frame]) -> None:
     frame_bytes = _decoded_bytes(first) // _frame_count(first)
     stored_itemsize = max(frame_bytes // (frames[0].shape[0] * frames[0].shape[1]), 1)
     volume = len(frames) * frame_bytes // stored_itemsize * max(stored_itemsize, 4)  # float32 once rescaled
-    name = frames[0].name if len({f.name for f in frames}) == 1 else f"{frames[0].name} and its series"
-    check_memory(sum(decoded.values()) + volume, name, f"{len(frames)} frame(s) of {frames[0].shape} pixels")
+    files = len({f.name for f in frames})
+    subject = f"'{frames[0].name}'" if files == 1 else f"The series ({files} files, first '{frames[0].name}')"
+    check_memory(sum(decoded.values()) + volume, subject, f"{len(frames)} frame(s) of {frames[0].shape} pixels")
 
 
 def _single_geometry(frame: _Frame, notes: _Notes) -> _Volume:

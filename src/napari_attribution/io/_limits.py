@@ -172,13 +172,14 @@ def available_memory() -> int | None:
     return min(figures) if figures else None
 
 
-def check_memory(nbytes: int, name: str, what: str, file_size: int | None = None) -> None:
-    """Raise ReaderError when ``nbytes`` (what reading ``what`` of file ``name`` needs) cannot fit in memory."""
+def check_memory(nbytes: int, subject: str, what: str, file_size: int | None = None) -> None:
+    """Raise ReaderError when ``nbytes`` (what reading ``what`` of ``subject``, e.g. ``"'scan.nii.gz'"``, needs)
+    cannot fit in memory."""
     available = available_memory()
     if available is not None and nbytes > available:
         size = "" if file_size is None else f" ({format_bytes(file_size)} on disk)"
         raise ReaderError(
-            f"'{name}'{size} declares {what} of {format_bytes(nbytes)}, more than the {format_bytes(available)} of "
+            f"{subject}{size} declares {what} of {format_bytes(nbytes)}, more than the {format_bytes(available)} of "
             "memory available; it cannot be read here. If the header is right, read the file on a machine with "
             "more memory; a small file that claims this much is corrupt."
         )

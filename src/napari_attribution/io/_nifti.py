@@ -139,7 +139,7 @@ def _check_declared_size(image: Any, path: Path, selection: _Selection | None) -
     end = max(offset, 0) + count * itemsize
     if selection is not None:  # nibabel reads only the indexed part
         count = math.prod(n for n, i in zip(shape, selection.index, strict=True) if isinstance(i, slice))
-    check_memory(count * (8 if scaled else itemsize), path.name, f"voxel data {shape}", path.stat().st_size)
+    check_memory(count * (8 if scaled else itemsize), f"'{path.name}'", f"voxel data {shape}", path.stat().st_size)
     compressed = _is_gzip(path)
     held = gzip_size_up_to(path, end) if compressed else path.stat().st_size
     if held < end:
