@@ -108,7 +108,7 @@ def test_bad_card_files(tmp_path: Path) -> None:
     (tmp_path / "b.card.json").write_text("[1, 2]")
     with pytest.raises(na.ModelLoadError, match="must hold one object of card fields"):
         ModelCard.from_file(tmp_path / "b.card.json")
-    with pytest.raises(na.ModelLoadError, match="No model card at"):
+    with pytest.raises(na.ModelLoadError, match="does not exist"):
         ModelCard.from_file(tmp_path / "none.card.json")
 
 

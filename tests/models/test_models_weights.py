@@ -209,3 +209,17 @@ def test_input_shape_and_spacing_in_a_card_file_fail_on_load(tmp_path: Path) -> 
     write_json(tmp_path / "net.card.json", {"input_shape": [32, 32], "spacing": [1.0, 1.0]})
     with pytest.raises(na.ModelLoadError, match="input_shape .* replaces spacing"):
         na.load_model(tmp_path / "net.ts")
+
+
+def test_a_pipe_as_weights_or_as_the_card_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "w.pt").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "w.pt")
+    os.mkfifo(tmp_path / "c.json")
+    spec = {"factory": "torch.nn:Conv3d", "kwargs": {"in_channels": 1, "out_channels": 2, "kernel_size": 3},
+            "weights": str(tmp_path / "w.pt")}
+    with pytest.raises(na.ModelLoadError, match="not a regular file"):
+        na.load_model(spec)
+    with pytest.raises(na.ModelLoadError, match="not a regular file"):
+        na.load_model("demo:lesion3d", card=tmp_path / "c.json")

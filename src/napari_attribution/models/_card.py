@@ -298,8 +298,9 @@ class ModelCard:
         """Read a card file (``.json``, ``.yaml`` or ``.yml``); a relative ``weights`` path becomes absolute,
         relative to the card's folder."""
         p = Path(path)
-        if not p.is_file():
-            raise ModelLoadError(f"No model card at '{p}'.")
+        if not p.is_file():  # also a named pipe: reading it would block
+            what = "is not a regular file (a named pipe, socket or device)" if p.exists() else "does not exist"
+            raise ModelLoadError(f"The model card '{p}' {what}.")
         data = _read_mapping(p)
         card = cls.from_dict(data)
         weights = card.weights

@@ -302,7 +302,8 @@ def _from_card(card: ModelCard, imports: ImportPolicy, label: str, source: str |
     if not wpath.is_file():
         hint = f" (\"weights\": \"{RANDOM_WEIGHTS}\" asks for an untrained network)" if wpath.name.lower() in (
             "none", "null", "rand", "random_weights") else ""
-        raise ModelLoadError(f"The weights file '{wpath}' named by {label} does not exist{hint}.")
+        what = "is not a regular file (a named pipe, socket or device)" if wpath.exists() else "does not exist"
+        raise ModelLoadError(f"The weights file '{wpath}' named by {label} {what}{hint}.")
     kind = _sniff(wpath)
     digest = _checked_sha256(wpath, card, label)
     # a TorchScript archive's weights go into the Python network the factory builds (which takes hooks)
