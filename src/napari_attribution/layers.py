@@ -33,9 +33,7 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import platform
 from collections.abc import Mapping, Sequence
 from importlib import metadata as _metadata
@@ -61,7 +59,6 @@ __all__ = [
     "prepend_axes",
     "prediction_layer",
     "provenance",
-    "sha256_file",
     "target_label",
     "versions",
 ]
@@ -350,15 +347,6 @@ def versions() -> dict[str, str]:
         except _metadata.PackageNotFoundError:
             continue
     return out
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file (read in chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def json_safe(obj: Any, *, max_list: int = 64) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 
 import napari_attribution as na
 
-from ..layers import sha256_file
+from .._provenance import file_sha256
 
 __all__ = ["ModelInfo", "RecentModels", "config_dir", "default_features_path", "demo_names", "load_model_info",
            "model_info"]
@@ -269,7 +269,7 @@ def model_info(model: Any, source: str = "python object") -> ModelInfo:
     # handed over from Python) falls back to hashing the weights file its card names
     info.sha256 = lm.weights_sha256
     if info.sha256 is None and not random and weights and os.path.isfile(weights):
-        info.sha256 = sha256_file(weights)
+        info.sha256 = file_sha256(weights)
     _probe(info)
     info.guessed = _guessed(lm.card, card, info)
     return info
