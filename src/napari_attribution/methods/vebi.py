@@ -52,15 +52,9 @@ import numpy as np
 import torch
 
 from .._errors import MethodError, ParameterError
-from ..interpretation import (
-    RelevantFeatures,
-    backproject_features,
-    features_file,
-    layer_modules,
-    model_responses,
-    normalise_maps,
-)
 from ..targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
+from ._features import backproject_features, layer_modules, model_responses, normalise_maps
+from ._features_file import RelevantFeatures, features_file
 from ._registry import register
 from ._run import MethodOutput, Run
 
