@@ -5,6 +5,8 @@ found fails before the run with one InputShapeError naming the card keys, never 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -119,7 +121,7 @@ def test_a_network_that_fails_for_another_reason_keeps_its_own_error() -> None:
         na.explain(Broken(), scan(), "saliency", na.targets.Voxel(1, (3, 3, 3)))
 
 
-def test_a_channel_first_scan_is_read_alike_by_the_api_the_cli_and_the_docks(tmp_path: Any) -> None:
+def test_a_channel_first_scan_is_read_alike_by_the_api_the_cli_and_the_docks(tmp_path: Path) -> None:
     """A one-channel 3D model given (1, D, H, W): one rule (inputs.layout) in every caller."""
     from napari_attribution._cli_run import explain_file
     from napari_attribution._widget._jobs import spatial_offset

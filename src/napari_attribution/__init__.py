@@ -3,8 +3,8 @@
 The public API is this module's ``__all__``. Importing it imports neither Qt, magicgui nor napari.
 
 >>> import napari_attribution as na
->>> sorted(m.name for m in na.list_methods())[:3]
-['cam', 'deconvnet', 'grad_cam']
+>>> na.get_method("grad_cam").family, na.get_method("grad_cam").needs_layer
+('cam', True)
 """
 
 from __future__ import annotations

@@ -364,7 +364,8 @@ def resolve_target(
         target = Predicted(int(target))
 
     def region_of(k: int) -> Tensor:
-        return class_region(labels, k, n)
+        region: Tensor = class_region(labels, k, n)
+        return region
 
     if isinstance(target, Class):
         k = _check_class(target.k, n, class_names)

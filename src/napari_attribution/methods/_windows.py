@@ -189,8 +189,10 @@ def scaled_windows(params: Mapping[str, Any], spatial: tuple[int, ...], *, defau
         return Windows(window, stride, n0, passes(n0))
     first, first_stride, n = window, stride, n0
     larger = range(default + 1, max(spatial) + 1)
+    steps: list[tuple[int, int | None]]
     if tile and not given_stride:  # first the stride grows to the window, then both together
-        steps = [(default, st) for st in range(default // 2 + 1, default + 1)] + [(w, w) for w in larger]
+        steps = [(default, st) for st in range(default // 2 + 1, default + 1)]
+        steps += [(w, w) for w in larger]
     else:
         steps = [(w, None) for w in larger]
     for w, step in steps:

@@ -270,7 +270,7 @@ def _independent_copy(model: nn.Module) -> nn.Module:
         torch.jit.save(model, buffer)
         buffer.seek(0)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        clone: nn.Module = torch.jit.load(buffer, map_location=device)
+        clone: nn.Module = torch.jit.load(buffer, map_location=device)  # type: ignore[no-untyped-call]
     return clone.train(model.training)
 
 
