@@ -402,7 +402,7 @@ def _explain_prepared(
     net = module if prep.is_identity else prep.wrap(module)
     arr = prep.scan
     spatial = lay.spatial(arr.shape)
-    home = _model_device(module)
+    home = model_device(module)
     dev = torch.device(device) if device is not None else home
     moved = home != dev
     try:
@@ -426,7 +426,8 @@ def _explain_prepared(
     return results
 
 
-def _model_device(module: nn.Module) -> torch.device:
+def model_device(module: nn.Module) -> torch.device:
+    """The device of the module's first parameter (else buffer); the CPU for a module with neither."""
     for p in module.parameters():
         return p.device
     for b in module.buffers():
@@ -452,7 +453,9 @@ def _prediction(out: Tensor, target: ResolvedTarget, task: str, card: ModelCard)
     return predicted_labels(o, card.output).to(torch.int16).numpy()
 
 
-def _task(out: Tensor, x: Tensor, card: ModelCard) -> str:
+def task_of(out: Tensor, x: Tensor, card: ModelCard) -> str:
+    """``"classification"`` or ``"segmentation"``: the card's task, else told from the output shape (one rule for
+    the pipeline, the metrics and the fitting of relevant features)."""
     if card.task is not None:
         return card.task
     if out.ndim == 2:
@@ -524,7 +527,7 @@ def _run_methods(
         task_box: list[str] = []
 
         def resolve(out: Tensor, _task_box: list[str] = task_box) -> ResolvedTarget:
-            task = _task(out, x, card)
+            task = task_of(out, x, card)
             _task_box.append(task)
             return resolve_target(target, out, task=task, output_kind=card.output, background=card.background,
                                   class_names=list(card.class_names) if card.class_names else None)

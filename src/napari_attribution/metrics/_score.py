@@ -63,7 +63,7 @@ class Scorer:
                  batch: int = 8) -> None:
         from ..inputs import fit_network, layout
         from ..io._geometry import Geometry
-        from ..pipeline import _as_array, _model_and_card, _task, prepared_input
+        from ..pipeline import _as_array, _model_and_card, prepared_input, task_of
 
         self.user_module, self.card = _model_and_card(model)
         arr = _as_array(image)
@@ -88,7 +88,7 @@ class Scorer:
             prep = fit_network(self.user_module, prep, self.card, err)
             out = self._first(prep)
         x = self._tensor(prep.scan)
-        task = _task(out, x, self.card)
+        task = task_of(out, x, self.card)
         self.target: ResolvedTarget = resolve_target(
             target, out, task=task, output_kind=self.card.output, background=self.card.background,
         )

@@ -69,6 +69,7 @@ __all__ = [
     "get_demo",
     "lesion_phantom",
     "list_demos",
+    "spec_for",
     "vessel_batch",
     "vessel_phantom",
 ]
@@ -145,7 +146,8 @@ def list_demos() -> list[str]:
     return list(DEMO_MODELS)
 
 
-def _spec_for(name: str) -> DemoSpec:
+def spec_for(name: str) -> DemoSpec:
+    """The demo called ``name`` (``"lesion3d"`` or ``"demo:lesion3d"``); an unknown name is a ModelLoadError."""
     key = name[5:] if name.startswith("demo:") else name
     if key not in DEMO_MODELS:
         raise ModelLoadError(
@@ -179,7 +181,7 @@ def get_demo(name: str) -> LoadedModel:
     ModelLoadError
         Unknown name (the message lists the demos), or missing / unreadable weights.
     """
-    spec = _spec_for(name)
+    spec = spec_for(name)
     blob = _blob(spec)
     module = spec.network(**spec.kwargs)
     try:
@@ -195,4 +197,4 @@ def get_demo(name: str) -> LoadedModel:
 
 def demo_metrics(name: str) -> dict[str, Any]:
     """The held-out metrics stored with the demo's weights (accuracy or Dice, training settings)."""
-    return dict(_blob(_spec_for(name)).get("metrics", {}))
+    return dict(_blob(spec_for(name)).get("metrics", {}))
