@@ -17,6 +17,9 @@ CHECKED = [
     "methods/vebi.py",
     "methods/_features.py",
     "methods/_features_file.py",
+    "models/_load.py",
+    "models/_bundle.py",
+    "models/_build.py",
 ]
 
 
@@ -93,3 +96,17 @@ def test_interpretation_keeps_its_public_names() -> None:
     assert all(hasattr(interp, name) for name in interp.__all__)
     assert napari_attribution.RelevantFeatures is interp.RelevantFeatures
     assert napari_attribution.fit_relevant_features is interp.fit_relevant_features
+
+
+def test_the_model_loaders_import_each_other_one_way() -> None:
+    """``_load`` -> ``_bundle`` -> ``_build`` and ``_load`` -> ``_build``; nothing back (not even in a function)."""
+    loaders = ("_load", "_bundle", "_build")
+    edges = set()
+    for name in loaders:
+        path = PACKAGE / "models" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                mod = _absolute(node, "napari_attribution.models").rsplit(".", 1)[-1]
+                if mod in loaders:
+                    edges.add((name, mod))
+    assert edges == {("_load", "_bundle"), ("_load", "_build"), ("_bundle", "_build")}

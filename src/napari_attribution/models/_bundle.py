@@ -33,20 +33,20 @@ from typing import Any
 from torch import nn
 
 from .._errors import ModelLoadError
-from ._card import CARD_SUFFIXES, RANDOM_WEIGHTS, LoadedModel, ModelCard, _read_mapping, infer_card
-from ._imports import ImportPolicy, refused_import
-from ._load import (
-    _MONAI_CLASSIFICATION,
-    _MONAI_SEGMENTATION,
-    _checked_sha256,
-    _jit_load,
-    _refuse_random,
-    _state_dict,
-    _torch_load,
+from ._build import (
+    MONAI_CLASSIFICATION,
+    MONAI_SEGMENTATION,
     call_factory,
     check_safe_factory,
+    checked_sha256,
+    jit_load,
     load_weights,
+    refuse_random,
+    state_dict_of,
+    torch_load,
 )
+from ._card import CARD_SUFFIXES, RANDOM_WEIGHTS, LoadedModel, ModelCard, infer_card, read_mapping
+from ._imports import ImportPolicy, refused_import
 
 __all__ = ["load_bundle"]
 
@@ -65,15 +65,15 @@ def load_bundle(folder: Path, explicit: ModelCard | None, imports: ImportPolicy)
     ``weights_sha256`` (the ``card`` argument's or one in the folder) is checked against it."""
     imports = imports.with_folder(folder)
     trust = imports.trust
-    _refuse_random(explicit, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
+    refuse_random(explicit, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
     folder_card = _folder_card(folder) if explicit is None else None
-    _refuse_random(folder_card, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
+    refuse_random(folder_card, f"the MONAI bundle '{folder.name}' (models/model.pt or models/model.ts)")
     pinned = explicit or folder_card
     label = "the card you passed" if explicit is not None else "the card in the bundle folder"
     configs = folder / "configs"
     cfg_path = next((configs / n for n in _CONFIG_NAMES if (configs / n).is_file()), None)
     pt, ts = folder / "models" / "model.pt", folder / "models" / "model.ts"
-    config: Mapping[str, Any] = _read_mapping(cfg_path) if cfg_path is not None else {}
+    config: Mapping[str, Any] = read_mapping(cfg_path) if cfg_path is not None else {}
     net_def = config.get("network_def")
     factory: str | None = None
     kwargs: dict[str, Any] | None = None
@@ -85,21 +85,21 @@ def load_bundle(folder: Path, explicit: ModelCard | None, imports: ImportPolicy)
                 f"'{folder.name}' looks like a MONAI bundle but {where}, and there is no TorchScript "
                 "models/model.ts, so the network cannot be built."
             )
-        digest = _checked_sha256(ts, pinned, label)
-        module = _jit_load(ts)
+        digest = checked_sha256(ts, pinned, label)
+        module = jit_load(ts)
         weights = ts
     else:
         assert cfg_path is not None
         module, factory, kwargs = _build(net_def, config, cfg_path, imports)
         if pt.is_file():
-            digest = _checked_sha256(pt, pinned, label)
-            state = _torch_load(pt, trust)
+            digest = checked_sha256(pt, pinned, label)
+            state = torch_load(pt, trust)
             load_weights(module, dict(state.state_dict()) if isinstance(state, nn.Module) else
-                         _state_dict(state, "models/model.pt"), "models/model.pt", factory or "network_def")
+                         state_dict_of(state, "models/model.pt"), "models/model.pt", factory or "network_def")
             weights = pt
         elif ts.is_file():
-            digest = _checked_sha256(ts, pinned, label)
-            module, weights, factory, kwargs = _jit_load(ts), ts, None, None
+            digest = checked_sha256(ts, pinned, label)
+            module, weights, factory, kwargs = jit_load(ts), ts, None, None
         else:
             raise ModelLoadError(
                 f"The MONAI bundle '{folder.name}' has no weights: expected models/model.pt (a state_dict) or "
@@ -344,7 +344,7 @@ def _bundle_card(folder: Path, config: Mapping[str, Any], net_def: Any) -> Model
     meta: Mapping[str, Any] = {}
     if meta_path.is_file():
         try:
-            meta = _read_mapping(meta_path)
+            meta = read_mapping(meta_path)
         except ModelLoadError:
             meta = {}
     if isinstance(meta.get("name"), str):
@@ -375,9 +375,9 @@ def _bundle_card(folder: Path, config: Mapping[str, Any], net_def: Any) -> Model
             fields["task"] = fmt
     if "task" not in fields and isinstance(net_def, Mapping):
         short = str(net_def.get("_target_", "")).split(".")[-1]
-        if short in _MONAI_SEGMENTATION:
+        if short in MONAI_SEGMENTATION:
             fields["task"] = "segmentation"
-        elif short in _MONAI_CLASSIFICATION:
+        elif short in MONAI_CLASSIFICATION:
             fields["task"] = "classification"
     fields.update(_preprocessing(config))
     inferer = config.get("inferer")

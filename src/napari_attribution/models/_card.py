@@ -301,7 +301,7 @@ class ModelCard:
         if not p.is_file():  # also a named pipe: reading it would block
             what = "is not a regular file (a named pipe, socket or device)" if p.exists() else "does not exist"
             raise ModelLoadError(f"The model card '{p}' {what}.")
-        data = _read_mapping(p)
+        data = read_mapping(p)
         card = cls.from_dict(data)
         weights = card.weights
         if weights is None or card.random_weights:
@@ -439,7 +439,7 @@ def _yaml_module() -> Any:
     return yaml
 
 
-def _read_mapping(p: Path) -> Mapping[str, Any]:
+def read_mapping(p: Path) -> Mapping[str, Any]:
     """A JSON or YAML file holding one object, or a ModelLoadError that says where it is broken."""
     suffix = p.suffix.lower()
     try:
