@@ -594,7 +594,7 @@ def _reduce(maps: Tensor, signed: bool) -> Tensor:
 
 
 def _check_finite(maps: Tensor, info: MethodInfo, part: _Part) -> None:
-    """A map with NaN or infinite values is an error, never a result (it used to be written with exit code 0)."""
+    """A map with NaN or infinite values is an error, never a result (a heatmap of NaN would look like a success)."""
     bad = int((~torch.isfinite(maps)).sum())
     if bad == 0:
         return

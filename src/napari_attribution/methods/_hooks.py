@@ -536,8 +536,8 @@ def fast_cpu_conv3d(model: nn.Module, device: torch.device | str | None = None) 
     5D input — so a single 3D volume of a typical medical network (``C*D*H`` well below 20480) goes through the
     slow im2col kernel (``slow_conv3d_forward``). On the 96^3 benchmark network one forward takes 13.6 ms of
     convolution there against 3.3 ms with oneDNN, and a forward + backward 35 ms against 28 ms; with batch 2
-    PyTorch already uses oneDNN, so single-sample passes were 1.4x slower per sample than batched ones and the
-    memory-lean one-sample chunks cost time. Here the forward runs ``aten.mkldnn_convolution`` (the kernel
+    PyTorch already uses oneDNN, so without this mode single-sample passes are 1.4x slower per sample than batched
+    ones and the memory-lean one-sample chunks cost time. Here the forward runs ``aten.mkldnn_convolution`` (the kernel
     PyTorch uses for batched input) and the backward ``aten.convolution_backward`` (PyTorch's own); results
     agree with the default kernel to float32 rounding. Thread-local (a function mode): other threads and the
     model itself are untouched. Active only on the CPU, when oneDNN is available and enabled

@@ -108,7 +108,7 @@ class WindowGrid:
 
 
 #: default windows are sized so that one input costs at most this many forward passes (the first, unperturbed one
-#: included). Occlusion's former fixed 8^3 window at stride 4 needed 29,792 passes on a 128^3 scan (~22 h on a CPU);
+#: included). A fixed 8^3 occlusion window at stride 4 would need 29,792 passes on a 128^3 scan (~22 h on a CPU);
 #: explicit ``window`` / ``stride`` parameters are always used as given.
 MAX_PASSES = 4096
 

@@ -6,7 +6,7 @@
 ``demo:contrast-phase-3d``  the same task on 24 x 48 x 48 slabs (3D CNN, GAP + linear head).
 ``demo:vessel-seg``         small 3D UNet, background / vessel logits (softmax), on TOF-MRA-like volumes with
                             random branching tubes; seed 001's task.
-``demo:lesion3d``           the original lesion / no-lesion 3D CNN of :mod:`napari_attribution._demo`.
+``demo:lesion3d``           lesion / no-lesion 3D CNN on CT phantoms: the headless demo's model.
 ==========================  ==================================================================================
 
 >>> from napari_attribution.models.demo import get_demo, list_demos

@@ -99,8 +99,8 @@ class VesselUNet3d(nn.Module):
 
 
 class LesionNet3d(nn.Module):
-    """The original demo lesion classifier (same layers and parameter names as
-    :class:`napari_attribution._demo.DemoClassifier`). Input HU, windowed ``(HU - 40) / 300`` to ``[-1, 1]``."""
+    """The demo lesion classifier (``demo:lesion3d``, used by :mod:`napari_attribution._demo`). Input HU, windowed
+    ``(HU - 40) / 300`` to ``[-1, 1]``."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -11,8 +11,8 @@ Three generators, each driven by a ``numpy.random.Generator`` (or an int seed) a
 - :func:`vessel_phantom`: a TOF-MRA-like volume in ``[0, 1]`` with random branching tubes (radius tapering
   along the tree, partial-volume edges), non-tubular bright distractors, a smooth bias field and Rician noise;
   the ground truth is the set of voxels whose centre lies inside a tube.
-- :func:`lesion_phantom`: the soft-tissue ellipsoid with an optional enhancing sphere of the original demo
-  (identical to :func:`napari_attribution._demo.phantom` for the same generator state).
+- :func:`lesion_phantom`: a soft-tissue ellipsoid with an optional enhancing sphere, the phantom of the lesion
+  demo (:func:`napari_attribution._demo.phantom` draws from it).
 
 Axis order is numpy order (``(z, y, x)``); rows run anterior -> posterior and columns the patient's right ->
 left (radiological display), so the liver is on the image's left.
@@ -416,7 +416,7 @@ def vessel_batch(seed: Seed, n: int, *, shape: tuple[int, int, int] = VESSEL_SHA
 
 
 def lesion_phantom(seed: Seed, lesion: bool, shape: tuple[int, ...] = LESION_SHAPE) -> Phantom:
-    """The original demo phantom: a soft-tissue body (40 HU) in air with noise; with ``lesion`` an enhancing
+    """The lesion demo's phantom: a soft-tissue body (40 HU) in air with noise; with ``lesion`` an enhancing
     sphere (+200 HU). ``mask`` = the lesion (all False without one); ``label`` = 1 with a lesion, else 0."""
     rng = _rng(seed)
     zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")

@@ -175,10 +175,9 @@ def train_vessel_seg(*, iterations: int = 800, batch: int = 4, crop: int = 32, p
 
 def train_lesion3d(*, iterations: int = 1200, seed: int = 0, held_out: int = 200,
                    log: Log = _quiet) -> tuple[LesionNet3d, dict[str, Any]]:
-    """The original demo recipe (``napari_attribution._demo.train_demo_classifier``: Adam 3e-3, batches of 8
-    fresh lesion phantoms), run longer and with the cosine decay of the other demos (the original's 300
-    constant-rate iterations miss about 1 small lesion in 6); metrics on ``held_out`` phantoms from the
-    held-out seed stream."""
+    """The lesion recipe: Adam 3e-3, batches of 8 fresh lesion phantoms, with the cosine decay of the other demos
+    (300 constant-rate iterations instead miss about 1 small lesion in 6); metrics on ``held_out`` phantoms from
+    the held-out seed stream."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = LesionNet3d()
