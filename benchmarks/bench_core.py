@@ -32,7 +32,7 @@ Rows
    ``n_passes x`` one plain batch-1 pass (forward + backward for gradient methods, forward only for
    perturbation methods; the baseline runs 16 such passes in a row and is scaled to ``n_passes``). Extra
    passes a method needs (the unperturbed forward, IG's baseline forward) count as overhead. Below 1 means
-   that batching beats one-by-one passes. No goal in the issue. The memory table also compares occlusion's
+   that batching beats one-by-one passes. No goal. The memory table also compares occlusion's
    peak with its own ``memory_budget``.
 3. **compare vs explain.** ``na.compare(model, image, ["saliency", "input_x_gradient", "grad_cam",
    "hires_cam"], k, layer=LAYER)`` against ``na.explain`` of saliency alone (the most expensive of the four).
@@ -46,7 +46,7 @@ Rows
    peak at its best ``b``; ours with ``max_batch=1`` is shown to separate the default budget from fixed costs.
    (c) time to a completeness error below 1 %: for each side the smallest steps in {4, ..., 128} whose
    ``|sum(attr) - (f(x) - f(0))| / |f(x) - f(0)| < 0.01`` (same Gauss-Legendre rule on both sides), and the
-   time of that run. No goal in the issue.
+   time of that run. No goal.
 5. **Grad-CAM 3D against Captum** on the 96^3 volume: ``na.explain(..., "grad_cam")`` against
    ``LayerGradCam(model, layer).attribute(x, target=k, relu_attributions=True)`` +
    ``LayerAttribution.interpolate(..., x.shape[2:], "trilinear")``; the two maps must agree (checked).
