@@ -1,10 +1,10 @@
 """Make the brain-extraction test network: a small 3D U-Net that takes exactly 64^3 voxels and gives ONE logit
 channel (brain), trained on nilearn's MNI152 T1 template and its brain mask, exported to TorchScript.
 
-It stands in for the kind of network users bring (a fixed-input TorchScript export with one sigmoid channel,
-issue 10): ``tests/test_real_model.py`` explains it on the template resampled to an anisotropic grid through the
+It stands in for the kind of network users bring (a fixed-input TorchScript export with one sigmoid channel):
+``tests/test_real_model.py`` explains it on the template resampled to an anisotropic grid through the
 API, the CLI and the Explain dock. Run ``.venv/bin/python scripts/make_brain_unet.py`` to regenerate
-``tests/data/brain_unet64.ts`` and its card (about a minute on 2 CPU cores; training is seeded but not
+``tests/data/brain_unet64.ts`` and its card (300 steps, about 15 minutes on 2 busy CPU cores; training is seeded but not
 bit-reproducible across machines). Prints the Dice of the exported network on the template.
 """
 

@@ -1,4 +1,4 @@
-"""A user's own network on a real scan, the same in Python, the CLI and the Explain dock (issue 10's test case).
+"""A user's own network on a real scan, the same in Python, the CLI and the Explain dock.
 
 The network: ``tests/data/brain_unet64.ts`` (made by ``scripts/make_brain_unet.py``), a 3D U-Net brain extractor
 exported to TorchScript that raises on any input but 64^3, with ONE logit channel, and its card beside it
