@@ -479,7 +479,7 @@ def _write_heatmap(files: AtomicFiles, path: Path, res: Any, geometry: Any, meta
     sha256."""
     from ._provenance import model_fields, scan_fields
     from .io._nifti import nifti_writer
-    from .layers import json_safe, provenance
+    from .layers import json_safe, provenance, used_settings
 
     digest = _model_hash(model_source, model)
     facts = {**model_fields(model), "weights_sha256": digest}
@@ -488,6 +488,7 @@ def _write_heatmap(files: AtomicFiles, path: Path, res: Any, geometry: Any, meta
                         **facts, **scan_fields(image_path))
     if isinstance(res.extras.get("completeness"), dict):  # integrated gradients: does the map add up?
         record["completeness"] = json_safe(res.extras["completeness"])
+    record["used"] = used_settings(res.extras)  # what the defaults became (occlusion's window, the input path)
     if str(path).endswith(".npy"):
         data = res.data
         files.add(path, lambda fh: np.save(fh, data))

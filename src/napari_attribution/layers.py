@@ -59,6 +59,7 @@ __all__ = [
     "prepend_axes",
     "prediction_layer",
     "provenance",
+    "used_settings",
     "target_label",
     "versions",
 ]
@@ -376,6 +377,21 @@ def json_safe(obj: Any, *, max_list: int = 64) -> Any:
         out.update({f: json_safe(getattr(obj, f)) for f in fields})
         return out
     return str(obj)
+
+
+#: the result's extras that say what a run actually used where a parameter was left to its default
+USED_KEYS = ("window", "stride", "windows", "masks", "cells", "steps", "window_note", "preprocessing",
+             "model_grid_shape", "output_channels")
+
+
+def used_settings(extras: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run actually used (window, stride, steps, the input path's steps...), JSON-safe, for sidecars: the
+    parameters record what was asked (``None`` = the default), this records what the default became."""
+    out = {k: json_safe(extras[k]) for k in USED_KEYS if k in extras}
+    completeness = extras.get("completeness")
+    if isinstance(completeness, Mapping) and "steps" in completeness:
+        out.setdefault("steps", json_safe(completeness["steps"]))
+    return out
 
 
 def provenance(

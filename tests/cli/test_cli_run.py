@@ -185,3 +185,16 @@ def test_batch_summary_carries_each_scans_warnings_and_sidecars_the_completeness
             assert row["warnings"] == ""
     assert any(row["warnings"] for row in rows)
     assert not any("Deprecat" in row["warnings"] for row in rows)
+
+
+def test_the_sidecar_records_what_the_defaults_became(model_and_scans, tmp_path: Path) -> None:
+    """Occlusion's default window and stride are chosen from the scan's size: the sidecar says which ones ran
+    (its params say None, i.e. 'the default')."""
+    model, scans = model_and_scans
+    out = tmp_path / "occ.nii.gz"
+    assert main(["explain", "--model", str(model), "--image", str(scans[0]), "--method", "occlusion",
+                 "--target", "voxel:1:4,6,6", "-o", str(out), "-q"]) == 0
+    side = json.loads((tmp_path / "occ.json").read_text())
+    res = na.explain(na.load_model(str(model)), read_nifti(scans[0])[0], "occlusion", na.targets.Voxel(1, (4, 6, 6)))
+    assert side["params"].get("window") is None
+    assert side["used"]["window"] == list(res.extras["window"]) and side["used"]["windows"] == res.extras["windows"]

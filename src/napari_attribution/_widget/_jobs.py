@@ -193,57 +193,21 @@ def _paste(att: Any, full_shape: tuple[int, ...], roi: tuple[slice, ...]) -> Any
 # ------------------------------------------------------------------------------------------------ cost
 
 
-#: methods whose passes are forward-only (evidence's taylor / screened modes: all but one, see
-#: :func:`pass_kinds`): a forward costs about a third of a forward + backward
-_FORWARD_ONLY = {"occlusion", "rise", "prediction_difference", "evidence", "score_cam", "layer_activation"}
-
-
 def pass_kinds(method: str, params: Mapping[str, Any], passes: float) -> tuple[float, float]:
     """How many of ``method``'s ``passes`` (from :func:`estimate_passes`) are forward-only, and how many have a
-    backward that stops at a layer (the "1F + partial B" methods: Grad-CAM and its kin)."""
-    if "partial B" in na.get_method(method).passes:
-        return 0.0, passes
-    if method not in _FORWARD_ONLY:
-        return 0.0, 0.0
-    mode = na.get_method(method).resolve_params(params).get("mode")
-    if method == "evidence" and mode in ("taylor", "screened"):
-        return max(0.0, passes - 1.0), 0.0  # one forward + backward ranks the windows
-    return passes, 0.0
+    backward that stops at a layer (the "1F + partial B" methods: Grad-CAM and its kin): the registry entry's
+    ``pass_kind``."""
+    info = na.get_method(method)
+    return info.split_passes(info.resolve_params(params), passes)
 
 
 def estimate_passes(method: str, params: Mapping[str, Any], spatial: tuple[int, ...], *,
                     layer_channels: int | None = None) -> tuple[float, bool]:
     """Forward(+backward) passes a method needs on one input of spatial shape ``spatial``; ``(passes, upper)``
-    where ``upper`` says the count is an upper bound (adaptive methods). Window methods count the windows their
-    (scaled) defaults give (:func:`napari_attribution.methods._windows.scaled_windows`)."""
-    info = na.get_method(method)
-    p = info.resolve_params(params)
-    nd = len(spatial)
-    if method == "integrated_gradients":
-        if p.get("steps") == "auto":
-            return float(p.get("max_steps") or 512), True
-        return float(p.get("steps") or 50), False
-    if method == "layer_conductance":
-        return float(p.get("steps") or 50) + 1, False
-    if method == "smoothgrad":
-        base, upper = estimate_passes(str(p.get("base") or "saliency"), p.get("base_params") or {}, spatial,
-                                      layer_channels=layer_channels)
-        return float(p.get("samples") or 50) * base, upper
-    if method == "occlusion":
-        from ..methods.perturbation import occlusion_windows
-
-        return float(occlusion_windows(p, spatial).passes), False
-    if method in ("prediction_difference", "evidence"):
-        from ..methods._windows import window_and_stride
-
-        return float(window_and_stride(p, spatial, method).passes), False
-    if method == "rise":
-        return float(p.get("masks") or (2000 if nd <= 2 else 1000)) + 1, False
-    if method == "score_cam":
-        return float((layer_channels or 64) + 1), layer_channels is None
-    if method == "guided_grad_cam":
-        return 2.0, False
-    return 1.0, False
+    where ``upper`` says the count is an upper bound (adaptive methods): the registry entry's cost
+    (:meth:`napari_attribution.MethodInfo.estimate`; window methods count the windows their scaled defaults give)."""
+    cost = na.get_method(method).estimate(params, spatial, layer_channels=layer_channels)
+    return cost.passes, cost.upper
 
 
 def _pass_seconds(module: Any, x: Any, device: Any) -> tuple[float, float]:
@@ -285,20 +249,16 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
     shared = False  # shared-pass methods compute every swept layer from the same pass
     for layer in req.sweep_layers or [default]:
         for m in req.methods:
-            params = req.params.get(m, {})
-            passes, up = estimate_passes(m, params, one, layer_channels=info.layer_channels.get(layer or ""))
-            if passes <= 2 and na.get_method(m).shared_pass:
+            cost = na.get_method(m).estimate(req.params.get(m, {}), one,
+                                             layer_channels=info.layer_channels.get(layer or ""))
+            if cost.passes <= 2 and na.get_method(m).shared_pass:
                 if shared:
                     continue
                 shared = True
-            total += passes
-            f_only, part = pass_kinds(m, params, passes)
-            forward, partial = forward + f_only, partial + part
-            if m in ("evidence", "prediction_difference"):
-                from ..methods._windows import gaussian_flops
-
-                flops += gaussian_flops(na.get_method(m).resolve_params(params), one, m) * (info.in_channels or 1)
-            upper |= up
+            total += cost.passes
+            forward, partial = forward + cost.forward, partial + cost.partial
+            flops += cost.flops * (info.in_channels or 1)  # the window methods' patch model, per input channel
+            upper |= cost.upper
     total *= n_slices
     forward *= n_slices
     partial *= n_slices
@@ -615,7 +575,7 @@ def _outcome(request: ExplainRequest, results: dict[str, Any]) -> Outcome:
         prov = L.provenance(
             method=m, params=att.params, target=att.target, seconds=att.seconds, model=info.source,
             model_sha256=info.sha256, layer=att.layer, device=request.device or "cpu", source=request.source,
-            roi=att.extras.get("roi"), target_description=att.description,
+            roi=att.extras.get("roi"), target_description=att.description, used=L.used_settings(att.extras),
             **info.provenance_fields(request.source_metadata),  # weights read / random, card, scan name and sha256
         )
         out.layers.append(L.attribution_layer(att, source=request.source, source_geometry=request.source_geometry,
