@@ -11,7 +11,7 @@ import pytest
 from _widget_helpers import PHANTOM_SCALE, PHANTOM_TRANSLATE, heatmaps, wait_idle, wait_model
 from qtpy.QtWidgets import QApplication
 
-from napari_attribution._widget._compare import SHORT
+import napari_attribution as na
 from napari_attribution.layers import OWNER_KEY
 from napari_attribution.metrics import landmark_table
 
@@ -135,7 +135,7 @@ def test_compare_landmark_table_has_a_row_per_method_matching_landmark_table(com
     assert box.labels.currentText() == "landmarks"
     rows = cells(box.table)
     assert sorted(r.name for r in box.result.rows) == sorted(methods)
-    assert [r[0] for r in rows] == [SHORT[r.name] for r in box.result.rows]  # short names, as the agreement table's
+    assert [r[0] for r in rows] == [na.get_method(r.name).short for r in box.result.rows]  # as the agreement table's
     assert [box.table.item(i, 0).toolTip() for i in range(len(rows))] == [r.name for r in box.result.rows]
     head = headers(box.table)
     assert head[0] == "method" and head[-2:] == ["peak in", "peak dist. mm"] and len(head) == 2 + 3
@@ -198,15 +198,6 @@ def test_compare_landmarks_of_another_grid_or_empty_give_one_notification(compar
     assert box.choose(labels="lesion") is not None and box.table.rowCount() == 2 and box.copy_button.isEnabled()
 
 
-def test_every_registered_method_has_a_short_table_name() -> None:
-    """The agreement and landmark tables name methods by short names; a new method needs one."""
-    import napari_attribution as na
-
-    missing = [m.name for m in na.list_methods() if m.name not in SHORT]
-    assert not missing, f"add short names for {missing} in _widget/_compare.py SHORT"
-    assert len(set(SHORT.values())) == len(SHORT)
-
-
 # ------------------------------------------------------------------------------------------------ layer picker
 
 
@@ -264,3 +255,25 @@ def test_the_layer_picker_chooses_the_layer_of_the_layer_methods(compare: Any, q
     # a new model resets the picker to its own layers, automatic
     compare.set_model(seeded(UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0), 6), source="small UNet")
     assert compare.layer.currentIndex() == 0 and "model.1.submodule" in compare.layer.names()
+
+
+def test_the_compare_defaults_come_from_the_registry(phantom_viewer: Any, qtbot: Any) -> None:
+    """The methods ticked when the dock opens and their cheap settings are the registry entries' ``compare_default``
+    and ``compare_params``: a method registered anywhere takes part without an edit to the dock."""
+    from napari_attribution._widget import CompareWidget
+    from napari_attribution.methods import _registry, register
+
+    def fn(run: Any, params: dict[str, Any]) -> Any:
+        raise AssertionError
+
+    register("_test_compared", label="x", family="gradient", passes="1F", paper="-", params={"n": 8},
+             compare_default=True, compare_params={"n": 2})(fn)
+    try:
+        widget = CompareWidget(phantom_viewer)
+        qtbot.addWidget(widget)
+        wait_model(qtbot, widget)
+        assert widget.methods() == ["saliency", "integrated_gradients", "grad_cam", "occlusion", "_test_compared"]
+        assert widget.method_params() == {"integrated_gradients": {"steps": "auto", "max_steps": 128},
+                                          "saliency": {}, "grad_cam": {}, "occlusion": {}, "_test_compared": {"n": 2}}
+    finally:
+        _registry._REGISTRY.pop("_test_compared", None)

@@ -103,3 +103,20 @@ def test_a_typed_baseline_reaches_the_run(dock: Any, qtbot: Any, notes: list[Any
     [heat] = heatmaps(dock.viewer)
     assert heat.metadata[OWNER_KEY]["params"]["baseline"] == 0
     assert not notes
+
+
+def test_the_seed_row_is_shown_exactly_for_the_stochastic_methods(qtbot: Any) -> None:
+    """The registry's ``stochastic`` decides the seed row (occlusion, deterministic, had one: it was shown for the
+    whole perturbation family)."""
+    import napari_attribution as na
+    from napari_attribution._widget._form import ParamsForm
+
+    form = ParamsForm()
+    qtbot.addWidget(form)
+    shown = []
+    for m in na.list_methods():
+        form.set_method(m)
+        if form.field("seed") is not None:
+            shown.append(m.name)
+    assert shown == [m.name for m in na.list_methods() if m.stochastic]
+    assert shown == ["smoothgrad", "rise", "prediction_difference", "evidence"]

@@ -14,10 +14,8 @@ import napari_attribution as na
 
 METHODS = [m.name for m in na.list_methods()] + ["captum:IntegratedGradients", "captum:DeepLift",
                                                  "captum:LayerGradCam", "captum:Occlusion"]
-FAST = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 12},
-        "layer_conductance": {"steps": 4}, "prediction_difference": {"window": 4, "samples": 2, "patches": 300},
-        "evidence": {"window": 4, "patches": 300}, "vebi": {"n_features": 2},
-        "captum:IntegratedGradients": {"n_steps": 4}, "captum:Occlusion": {"sliding_window_shapes": (1, 4, 4, 4)}}
+#: small settings: each registered method's ``quick_params`` (its registry entry), and these for the Captum classes
+FAST = {"captum:IntegratedGradients": {"n_steps": 4}, "captum:Occlusion": {"sliding_window_shapes": (1, 4, 4, 4)}}
 
 
 class Boom(nn.Module):
@@ -84,7 +82,7 @@ def models() -> list[tuple[str, nn.Module, tuple[int, ...], str]]:
 
 
 def _params(method: str, ndim: int, model: nn.Module | None = None, shape: tuple[int, ...] = ()) -> dict:
-    p = dict(FAST.get(method, {}))
+    p = {**na.get_method(method).quick_params, **FAST.get(method, {})}
     if method == "captum:Occlusion":
         p["sliding_window_shapes"] = (1,) + (4,) * ndim
     if method == "vebi" and model is not None:  # relevant features fitted for this very model, on 4 images

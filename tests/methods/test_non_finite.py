@@ -35,7 +35,8 @@ def test_a_model_that_outputs_nan_is_an_error_for_every_method(method: str) -> N
     net = _nan_model()
     layer = "features" if na.get_method(method).needs_layer else None
     with pytest.raises(na.MethodError, match=r"NaN or infinite.*model's output on this image is itself not finite"):
-        na.explain(net, image((12, 12)), method, K, layer=layer, params=SMALL.get(method, {}))
+        na.explain(net, image((12, 12)), method, K, layer=layer,
+                   params=SMALL.get(method, dict(na.get_method(method).quick_params)))
 
 
 class SqrtNet(torch.nn.Module):

@@ -41,15 +41,13 @@ if TYPE_CHECKING:
 
 __all__ = ["CompareWidget"]
 
-DEFAULT_METHODS = ("saliency", "integrated_gradients", "grad_cam", "occlusion")
 
-#: Column headers of the agreement table.
-SHORT = {"saliency": "Sal", "input_x_gradient": "IxG", "integrated_gradients": "IG", "smoothgrad": "SG",
-         "guided_backprop": "GBP", "deconvnet": "Deconv", "cam": "CAM", "grad_cam": "GradCAM",
-         "grad_cam_pp": "GradCAM++", "hires_cam": "HiRes", "score_cam": "ScoreCAM", "guided_grad_cam": "GGCAM",
-         "layer_activation": "Act", "occlusion": "Occl", "rise": "RISE", "prediction_difference": "PDA",
-         "sam": "SAM", "layer_gradient_x_activation": "LayerGxA", "layer_conductance": "LayerCond",
-         "response_backprojection": "RespBP", "evidence": "Evidence", "vebi": "VEBI"}
+def short_name(name: str) -> str:
+    """A method's name in the agreement and landmark tables' headers: its registry entry's ``short``."""
+    try:
+        return na.get_method(name).short or name[:8]
+    except na.AttributionError:
+        return name[:8]
 
 
 class CompareWidget(AttributionDock):
@@ -74,7 +72,7 @@ class CompareWidget(AttributionDock):
             item.setData(Qt.ItemDataRole.UserRole, name)
             item.setToolTip(info.label)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if name in DEFAULT_METHODS else Qt.CheckState.Unchecked)
+            item.setCheckState(Qt.CheckState.Checked if info.compare_default else Qt.CheckState.Unchecked)
             self.method_list.addItem(item)
         self.method_list.setMaximumHeight(120)
         self.method_list.itemChanged.connect(self._update_layer_row)
@@ -114,7 +112,7 @@ class CompareWidget(AttributionDock):
         lay.addWidget(self.runtime_table)
         lay.addWidget(self.table)
         lay.addWidget(self.table_note)
-        self.landmarks = MethodLandmarkBox(self.viewer, short=SHORT)
+        self.landmarks = MethodLandmarkBox(self.viewer, short={n: short_name(n) for n in self._infos})
         return column(box, self.landmarks)
 
     # ------------------------------------------------------------------ methods
@@ -154,11 +152,8 @@ class CompareWidget(AttributionDock):
         return self.layer.name() if self._uses_layer() else None
 
     def method_params(self) -> dict[str, dict[str, Any]]:
-        # cheap defaults for a side-by-side look; the Explain dock tunes one method. Integrated gradients: adaptive
-        # steps until complete (error < 1 %), at most 128 (16 fixed steps left 39 % on the demo lesion model)
-        cheap: dict[str, dict[str, Any]] = {"integrated_gradients": {"steps": "auto", "max_steps": 128},
-                                            "smoothgrad": {"samples": 16}, "rise": {"masks": 500}}
-        return {m: dict(cheap.get(m, {})) for m in self.methods()}
+        # cheap settings for a side-by-side look (each registry entry's compare_params); the Explain dock tunes one
+        return {m: dict(self._infos[m].compare_params) for m in self.methods()}
 
     def _model_changed(self) -> None:
         info = self.model_info
@@ -185,7 +180,7 @@ class CompareWidget(AttributionDock):
         agreement = outcome.agreement or {"methods": list(outcome.results), "spearman": [], "topk": [], "k": 0,
                                           "voxels": 0}
         names = agreement["methods"]
-        short = [SHORT.get(n, n[:8]) for n in names]
+        short = [short_name(n) for n in names]
         n = len(names)
         self.table.setRowCount(n)
         self.table.setColumnCount(n)

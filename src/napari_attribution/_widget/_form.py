@@ -176,8 +176,6 @@ class ParamsForm(QWidget):
     ``edits`` holds the line edits and ``combos`` the drop-downs, by parameter name; :meth:`field` finds either.
     """
 
-    SHOW_SEED = ("smoothgrad", "rise")
-
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.form = QFormLayout(self)
@@ -197,7 +195,7 @@ class ParamsForm(QWidget):
         if info is None:
             return
         params = dict(info.params)
-        if info.name in self.SHOW_SEED or info.family == "perturbation":
+        if info.stochastic:  # the map depends on the seed: let the user set it
             params["seed"] = 0
         for key, default in params.items():
             if key == "*":

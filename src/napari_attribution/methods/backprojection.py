@@ -53,6 +53,7 @@ from ._run import MethodOutput, Run, first_output
     params={"mode": "target", "channel": None, "top_n": 9, "stride_fix": False},
     choices={"mode": ("target", "dominant")},
     layer_optional=True,
+    short="RespBP",
 )
 def response_backprojection(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Deconvnet back-projection of responses (reconstruction; see the module docstring). Unsigned."""

@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from ._registry import register
 from ._run import MethodOutput, Run
+
+
+def _gradient(x: Tensor, g: Tensor) -> Tensor:
+    """The map is the input gradient under the activation rule."""
+    return g
 
 
 @register(
@@ -31,6 +38,8 @@ from ._run import MethodOutput, Run
     needs_input_grad=True,
     rule="guided_backprop",
     params={"stride_fix": False},
+    short="GBP",
+    input_grad_map=_gradient,
 )
 def guided_backprop(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Guided backprop input map per channel (signed). Equals ``captum.attr.GuidedBackprop`` on models whose
@@ -53,6 +62,8 @@ def guided_backprop(run: Run, params: dict[str, Any]) -> MethodOutput:
     needs_input_grad=True,
     rule="deconvnet",
     params={"stride_fix": False},
+    short="Deconv",
+    input_grad_map=_gradient,
 )
 def deconvnet(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Deconvnet input map per channel (signed). Equals ``captum.attr.Deconvolution`` on models whose ReLUs

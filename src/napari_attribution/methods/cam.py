@@ -9,6 +9,7 @@ maps are computed at the layer's resolution, ReLU'd where the definition has a R
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from .._errors import MethodError, ParameterError
 from ._hooks import activation_rule
-from ._registry import register
+from ._registry import Cost, register
 from ._run import MethodOutput, Run, first_output
 
 
@@ -48,7 +49,8 @@ def _finish(run: Run, m: Tensor, extras: dict[str, Any] | None = None) -> Method
     return MethodOutput(run.upsample(m)[0], {"layer_map": m[0, 0].detach().cpu().numpy(), **(extras or {})})
 
 
-_LAYER: dict[str, Any] = dict(family="cam", needs_layer=True, shared_pass=True)
+#: the shared-pass CAM variants: one forward and a backward that stops at the layer
+_LAYER: dict[str, Any] = dict(family="cam", needs_layer=True, shared_pass=True, pass_kind="partial")
 
 
 @register(
@@ -57,6 +59,8 @@ _LAYER: dict[str, Any] = dict(family="cam", needs_layer=True, shared_pass=True)
     passes="1F + partial B",
     paper="Selvaraju et al. 2017, arXiv:1610.02391",
     supports_torchscript=False,
+    short="GradCAM",
+    compare_default=True,
     **_LAYER,
 )
 def grad_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
@@ -74,6 +78,7 @@ def grad_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     passes="1F + partial B",
     paper="Draelos & Carin 2020, arXiv:2011.08891",
     supports_torchscript=False,
+    short="HiRes",
     **_LAYER,
 )
 def hires_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
@@ -89,6 +94,7 @@ def hires_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     passes="1F + partial B",
     paper="Chattopadhay et al. 2018, arXiv:1710.11063",
     supports_torchscript=False,
+    short="GradCAM++",
     **_LAYER,
 )
 def grad_cam_pp(run: Run, params: dict[str, Any]) -> MethodOutput:
@@ -113,6 +119,7 @@ def grad_cam_pp(run: Run, params: dict[str, Any]) -> MethodOutput:
     paper="Zhou et al. 2016, arXiv:1512.04150",
     signed=True,
     supports_torchscript=False,
+    short="CAM",
     **_LAYER,
 )
 def cam(run: Run, params: dict[str, Any]) -> MethodOutput:
@@ -151,7 +158,8 @@ def cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     params={"channel": None, "reduce": "mean"},
     choices={"reduce": ("mean", "sum", "max")},
     needs_grad=False,
-    **_LAYER,
+    short="Act",
+    **{**_LAYER, "pass_kind": "forward"},
 )
 def layer_activation(run: Run, params: dict[str, Any]) -> MethodOutput:
     """The layer's activation, independent of the target: channel ``channel`` (an int or a list, summed), or
@@ -172,6 +180,12 @@ def layer_activation(run: Run, params: dict[str, Any]) -> MethodOutput:
     return _finish(run, m)
 
 
+def _score_cam_cost(p: Mapping[str, Any], spatial: tuple[int, ...], layer_channels: int | None) -> Cost:
+    """One forward per channel of the layer, and the one that records the activations (64 channels assumed, as an
+    upper bound, while the layer is unknown)."""
+    return Cost(float((layer_channels or 64) + 1), upper=layer_channels is None)
+
+
 @register(
     "score_cam",
     label="Score-CAM: activation maps weighted by the score of the input masked with each map",
@@ -182,6 +196,9 @@ def layer_activation(run: Run, params: dict[str, Any]) -> MethodOutput:
     supports_torchscript=False,
     shared_pass=False,
     needs_grad=False,
+    short="ScoreCAM",
+    cost=_score_cam_cost,
+    pass_kind="forward",
 )
 def score_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``H_k = Norm(Up(A_k))``, ``s_k = T(x * H_k)``, ``w = softmax_k(s)``, ``L = ReLU(sum_k w_k A_k)``.
@@ -215,6 +232,8 @@ def score_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     supports_torchscript=False,
     shared_pass=False,
     needs_grad=True,
+    short="GGCAM",
+    cost=2,
 )
 def guided_grad_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``GBP(x) * Up(Grad-CAM)`` per input channel (signed). Equals ``captum.attr.GuidedGradCam(...,

@@ -76,6 +76,7 @@ def captum_method_info(class_name: str) -> MethodInfo:
         paper="Kokhlikyan et al. 2020, arXiv:2009.07896 (Captum)",
         supports_torchscript=not hook_based,
         params={"init": None, "*": None},
+        short=class_name,
         fn=fn,
     )
 

@@ -27,15 +27,25 @@ windows) says how far the first-order ranking can be trusted on this model and i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .._errors import ParameterError
 from ._registry import register
 from ._run import MethodOutput, Run
 from ._windows import weight_of_evidence
+from .perturbation import window_cost
 
 WINDOW_PARAMS = {"window": None, "stride": None, "padding": 2, "patches": 20000, "patches_from": None,
                  "train_size": 100000}
+
+
+def _evidence_split(p: Mapping[str, Any], passes: float) -> tuple[float, float]:
+    """Forward-only passes, except the one forward + backward that ranks the windows in the taylor and screened
+    modes."""
+    if p.get("mode") in ("taylor", "screened"):
+        return max(0.0, passes - 1.0), 0.0
+    return passes, 0.0
 
 
 @register(
@@ -47,6 +57,11 @@ WINDOW_PARAMS = {"window": None, "stride": None, "padding": 2, "patches": 20000,
     signed=True,
     params={**WINDOW_PARAMS, "mode": "conditional_mean", "screen": 0.5},
     choices={"mode": ("conditional_mean", "taylor", "screened")},
+    short="Evidence",
+    stochastic=True,
+    cost=window_cost("evidence"),
+    pass_kind=_evidence_split,
+    quick_params={"window": 4, "patches": 300},
 )
 def evidence(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Signed weight of evidence per voxel (reconstruction; see the module docstring). Defaults: window 10

@@ -4,6 +4,7 @@ CAM family (``cam.py``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from .._errors import MethodError
 from ._hooks import capture_layer
-from ._registry import register
+from ._registry import Cost, register
 from ._run import MethodOutput, Run, first_output
 from .cam import channel_sum
 from .gradient import baseline_tensor, integration_rule
@@ -28,6 +29,8 @@ from .gradient import baseline_tensor, integration_rule
     signed=True,
     supports_torchscript=False,
     params={"channel": None},
+    short="LayerGxA",
+    pass_kind="partial",
 )
 def layer_gradient_x_activation(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``L = sum_k G_k * A_k`` at the layer, signed (evidence for the target where positive, against where
@@ -49,6 +52,10 @@ def layer_gradient_x_activation(run: Run, params: dict[str, Any]) -> MethodOutpu
     )
 
 
+def _conductance_cost(p: Mapping[str, Any], spatial: tuple[int, ...], layer_channels: int | None) -> Cost:
+    return Cost(float(p.get("steps") or 50) + 1)  # steps + 1 path points
+
+
 @register(
     "layer_conductance",
     label="Layer conductance: the target's change routed through each unit of a layer along the IG path",
@@ -61,6 +68,9 @@ def layer_gradient_x_activation(run: Run, params: dict[str, Any]) -> MethodOutpu
     params={"steps": 50, "baseline": "min", "rule": "riemann_trapezoid", "channel": None},
     choices={"baseline": ("min", "mean", ...),
              "rule": ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")},
+    short="LayerCond",
+    cost=_conductance_cost,
+    quick_params={"steps": 4},
 )
 def layer_conductance(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``Cond_j = sum_i dT/dA_j(x_{a_i}) * (A_j(x_{a_{i+1}}) - A_j(x_{a_i}))`` over ``steps + 1`` path points

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._errors import ParameterError
-from ._registry import register
+from ._registry import Cost, register
 from ._run import MethodOutput, Run, first_output
-from ._windows import Windows, per_axis, scaled_windows
+from ._windows import Windows, gaussian_flops, per_axis, scaled_windows, window_and_stride
 from .gradient import baseline_tensor
 
 
@@ -36,6 +36,10 @@ def occlusion_windows(params: Mapping[str, Any], spatial: tuple[int, ...]) -> Wi
                           tile=False, what="occlusion")
 
 
+def _occlusion_cost(p: Mapping[str, Any], spatial: tuple[int, ...], layer_channels: int | None) -> Cost:
+    return Cost(float(occlusion_windows(p, spatial).passes))
+
+
 @register(
     "occlusion",
     label="Occlusion: drop in probability when a sliding window is filled with the baseline",
@@ -45,6 +49,10 @@ def occlusion_windows(params: Mapping[str, Any], spatial: tuple[int, ...]) -> Wi
     signed=True,
     params={"window": None, "stride": None, "baseline": "min"},
     choices={"baseline": ("min", "mean", ...)},
+    short="Occl",
+    cost=_occlusion_cost,
+    pass_kind="forward",
+    compare_default=True,
 )
 def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``R(u) = mean_{w contains u} [s(x) - s(x with window w <- baseline)]`` with ``s`` the target's probability
@@ -94,6 +102,10 @@ def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     return MethodOutput(maps, extras)
 
 
+def _rise_cost(p: Mapping[str, Any], spatial: tuple[int, ...], layer_channels: int | None) -> Cost:
+    return Cost(float(p.get("masks") or (2000 if len(spatial) <= 2 else 1000)) + 1)
+
+
 @register(
     "rise",
     label="RISE: probability-weighted average of random masks",
@@ -102,6 +114,12 @@ def occlusion(run: Run, params: dict[str, Any]) -> MethodOutput:
     paper="Petsiuk et al. 2018, arXiv:1806.07421",
     params={"masks": None, "cells": None, "p": 0.5, "baseline": "min"},
     choices={"baseline": ("min", "mean", ...)},
+    short="RISE",
+    stochastic=True,
+    cost=_rise_cost,
+    pass_kind="forward",
+    compare_params={"masks": 500},
+    quick_params={"masks": 12},
 )
 def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``S(u) = (1 / (N p)) sum_i s(x * M_i + b * (1 - M_i)) M_i(u)``, ``s`` the target's probability (its logit
@@ -160,6 +178,16 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
     return MethodOutput((acc / (n * p)).to(x.dtype).unsqueeze(0), {"masks": n, "cells": cells, "p": p})
 
 
+def window_cost(method: str) -> Callable[[Mapping[str, Any], tuple[int, ...], int | None], Cost]:
+    """The cost of ``prediction_difference`` / ``evidence``: their windows' forward passes, and the patch model's
+    floating-point operations (:func:`~napari_attribution.methods._windows.gaussian_flops`)."""
+
+    def cost(p: Mapping[str, Any], spatial: tuple[int, ...], layer_channels: int | None) -> Cost:
+        return Cost(float(window_and_stride(p, spatial, method).passes), flops=gaussian_flops(p, spatial, method))
+
+    return cost
+
+
 @register(
     "prediction_difference",
     label="Prediction difference analysis: weight of evidence with conditionally sampled windows",
@@ -169,6 +197,11 @@ def rise(run: Run, params: dict[str, Any]) -> MethodOutput:
     signed=True,
     params={"window": None, "stride": None, "padding": 2, "patches": 20000, "patches_from": None,
             "train_size": 100000, "samples": 10},
+    short="PDA",
+    stochastic=True,
+    cost=window_cost("prediction_difference"),
+    pass_kind="forward",
+    quick_params={"window": 4, "samples": 2, "patches": 300},
 )
 def prediction_difference(run: Run, params: dict[str, Any]) -> MethodOutput:
     """``WE_w = log2 odds p(c|x) - log2 odds p(c|x_\\w)``, ``p(c|x_\\w) ~ (1/S) sum_s p(c | x_w <- sample_s)``,

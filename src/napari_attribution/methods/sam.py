@@ -35,6 +35,7 @@ from ._run import MethodOutput, Run
     params={"variant": "voxel", "reduce": "relu"},
     choices={"variant": ("voxel", "layer"), "reduce": ("relu", "abs", "signed")},
     needs_graph=True,
+    short="SAM",
 )
 def sam(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Saliency activation map (reconstruction, see the module docstring). Works at any layer, shallow or deep;

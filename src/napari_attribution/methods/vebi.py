@@ -115,6 +115,8 @@ def _target_class(spec: Any) -> int:
     signed=False,
     supports_torchscript=False,
     params={"features": None, "n_features": 3, "stride_fix": True},
+    short="VEBI",
+    quick_params={"n_features": 2},
 )
 def vebi(run: Run, params: dict[str, Any]) -> MethodOutput:
     """Visual explanation by interpretation (see the module docstring): the pixel-wise maximum of the min-max
