@@ -68,6 +68,26 @@ def test_estimate_of_window_methods_counts_the_passes_they_run(method: str, para
     assert passes == sum(seen) and not upper
 
 
+def test_a_new_method_is_costed_from_its_registry_entry() -> None:
+    """``estimate_passes`` and ``pass_kinds`` read the registry entry (before: an if-chain on method names gave any
+    other method one full pass)."""
+    from napari_attribution._widget._jobs import pass_kinds
+    from napari_attribution.methods import _registry, register
+    from napari_attribution.methods._registry import Cost
+
+    def fn(run: object, params: dict) -> object:
+        raise AssertionError
+
+    register("_test_windows", label="x", family="perturbation", passes="n F", paper="-", params={"n": 3},
+             cost=lambda p, spatial, channels: Cost(p["n"] * spatial[0] + 1.0), pass_kind="forward")(fn)
+    try:
+        assert estimate_passes("_test_windows", {}, (16, 16)) == (49.0, False)
+        assert estimate_passes("_test_windows", {"n": 1}, (16, 16)) == (17.0, False)
+        assert pass_kinds("_test_windows", {}, 49.0) == (49.0, 0.0)
+    finally:
+        _registry._REGISTRY.pop("_test_windows", None)
+
+
 def test_estimate_of_adaptive_ig_is_an_upper_bound() -> None:
     passes, upper = estimate_passes("integrated_gradients", {"steps": "auto", "max_steps": 64}, (8, 8))
     assert passes == 64 and upper
