@@ -1,8 +1,8 @@
 """Class activation maps on a chosen layer ``A`` (``(1, K, *S_l)``) and its gradient ``G = dT/dA``.
 
 Each variant is a weight function over the same shared pass (one forward, one partial backward that stops
-at the layer), so ``compare`` computes ``grad_cam``, ``hires_cam``, ``grad_cam_pp``, ``cam`` and
-``layer_activation`` together for the price of one. Reductions run over ``range(2, ndim)`` (2D and 3D alike);
+at the layer), so ``compare`` computes ``grad_cam``, ``hires_cam``, ``layer_cam``, ``grad_cam_pp``, ``cam``
+and ``layer_activation`` together for the price of one. Reductions run over ``range(2, ndim)`` (2D and 3D alike);
 maps are computed at the layer's resolution, ReLU'd where the definition has a ReLU, then upsampled in torch
 (bilinear / trilinear, ``align_corners=False``) to the input grid. No min-max normalisation.
 """
@@ -86,6 +86,28 @@ def hires_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
     a, g = _layer(run)
     assert g is not None
     return _finish(run, (g * a).sum(1, keepdim=True).clamp(min=0))
+
+
+@register(
+    "layer_cam",
+    label="LayerCAM: ReLU(sum_k ReLU(dT/dA_k) * A_k), upsampled",
+    passes="1F + partial B",
+    paper="Jiang et al. 2021, IEEE TIP 30:5875, doi:10.1109/TIP.2021.3089943",
+    supports_torchscript=False,
+    short="LayerCAM",
+    **_LAYER,
+)
+def layer_cam(run: Run, params: dict[str, Any]) -> MethodOutput:
+    """``L(u) = ReLU(sum_k w_k(u) A_k(u))`` with ``w_k(u) = ReLU(dT/dA_k(u))``: each position's activation weighted
+    by its own positive gradient (Jiang et al. 2021, LayerCAM), so that shallow layers, whose gradients change
+    sign from voxel to voxel, still give a class map. With non-negative activations (after a ReLU) it is never
+    below HiResCAM, and equals it where no gradient is negative. pytorch-grad-cam's ``LayerCAM`` computes the same
+    sum before its min-max scaling (read from its source; it cannot be imported here to compare). The paper's
+    ``tanh`` rescaling of shallow-layer maps (for fusing several layers into one picture) is display and left out,
+    like any normalisation."""
+    a, g = _layer(run)
+    assert g is not None
+    return _finish(run, (g.clamp(min=0) * a).sum(1, keepdim=True).clamp(min=0))
 
 
 @register(
