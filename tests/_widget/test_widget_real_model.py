@@ -51,3 +51,10 @@ def test_dock_gives_the_api_maps_on_a_real_scan_with_a_fixed_size_torchscript_ne
         [pred] = [la for la in viewer.layers if la.metadata.get(OWNER_KEY, {}).get("role") == "prediction"]
         assert np.array_equal(np.asarray(pred.data) == 1, fg)
         assert dock.prediction.text() == f"predicted voxels: 0: brain: {int(fg.sum())}"
+
+
+def test_loading_a_model_from_python_shows_it_in_the_model_drop_down(dock: Any, qtbot: Any) -> None:
+    dock.load_model(str(NET))
+    wait_model(qtbot, dock)
+    assert dock.model.combo.currentData() == str(NET) and dock.model.combo.currentText() == NET.name
+    assert dock.model_info.source == str(NET)

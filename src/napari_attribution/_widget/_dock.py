@@ -238,7 +238,12 @@ class AttributionDock(QWidget):
 
     # ------------------------------------------------------------------ model
     def load_model(self, source: str) -> None:
-        """Load ``source`` (``"demo:<name>"`` or a file) in a worker; the Explain button waits for it."""
+        """Load ``source`` (``"demo:<name>"`` or a file) in a worker; the Explain button waits for it. The model
+        drop-down shows ``source`` (also when called from Python)."""
+        combo = self.model.combo
+        if combo.findData(source) < 0:  # before "Browse…", named by the file, as a browsed model is
+            combo.insertItem(max(combo.count() - 1, 0), source.rsplit("/", 1)[-1], source)
+        combo.setCurrentIndex(combo.findData(source))  # no 'activated' signal: nothing is loaded twice
         self.loading = True
         self._model_gen += 1
         gen = self._model_gen
