@@ -6,7 +6,7 @@ checks that estimate against the measured time of the same run, at 128^3 (goal: 
     .venv/bin/python benchmarks/bench_estimate.py --quick    # 48^3, under a minute (smoke run)
 
 For every row the script builds the request the dock would build (``ExplainRequest``) and asks the dock's own
-estimate, ``_jobs._estimate`` — passes counted by ``estimate_passes`` (with the scaled window defaults) times one
+estimate, ``runs.jobs._estimate`` — passes counted by ``estimate_passes`` (with the scaled window defaults) times one
 forward + backward pass, forward-only passes times one forward, both timed on this input the way the dock times them
 (once, cold, in the run's thread setting) — then runs the request with ``run_job`` (what pressing Explain runs, minus
 adding the layer) and times it. The estimate is measured fresh for every row, and the window methods' patch model
@@ -81,10 +81,10 @@ def main() -> int:
     import napari_attribution as na
     from napari_attribution import targets as T
     from napari_attribution._demo import phantom
-    from napari_attribution._widget._jobs import ExplainRequest, _estimate, run_job
-    from napari_attribution._widget._models import model_info
-    from napari_attribution._widget._threads import torch_threads
     from napari_attribution.methods import _windows
+    from napari_attribution.runs.jobs import ExplainRequest, _estimate, run_job
+    from napari_attribution.runs.model_info import model_info
+    from napari_attribution.runs.threads import torch_threads
 
     size = 48 if args.quick else 128
     vol, _mask = phantom(np.random.default_rng(7), lesion=True, shape=(size,) * 3)

@@ -124,8 +124,8 @@ def test_a_network_that_fails_for_another_reason_keeps_its_own_error() -> None:
 def test_a_channel_first_scan_is_read_alike_by_the_api_the_cli_and_the_docks(tmp_path: Path) -> None:
     """A one-channel 3D model given (1, D, H, W): one rule (inputs.layout) in every caller."""
     from napari_attribution._cli_run import explain_file
-    from napari_attribution._widget._jobs import spatial_offset
-    from napari_attribution._widget._models import ModelInfo
+    from napari_attribution.runs.jobs import spatial_offset
+    from napari_attribution.runs.model_info import ModelInfo
 
     net = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1))
     loaded = na.LoadedModel(net, na.ModelCard(spatial_dims=3, in_channels=1, task="segmentation"))

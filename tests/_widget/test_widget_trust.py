@@ -239,9 +239,9 @@ def test_a_heatmap_the_dock_did_not_make_gets_one_clear_message(dock: Any, qtbot
 def test_a_box_run_is_checked_on_the_box_and_failures_are_one_line() -> None:
     """Qt-free parts: a heatmap of a box (ROI) is checked on the box, as it was explained; a check that cannot run
     gives a failed outcome with one readable message (never an exception)."""
-    from napari_attribution._widget._jobs import ExplainRequest
-    from napari_attribution._widget._models import model_info
     from napari_attribution._widget._trust import CheckRequest, check_job, explained_from
+    from napari_attribution.runs.jobs import ExplainRequest
+    from napari_attribution.runs.model_info import model_info
 
     net = ThresholdSegmenter.make()
     info = model_info(net, "segmenter")
@@ -386,9 +386,9 @@ def test_slice_wise_maps_of_a_box_are_cut_per_slice() -> None:
     and of the scan, that slice's target — and a map on the model's resampled grid keeps a clear note."""
     from _nets import Classifier
 
-    from napari_attribution._widget._jobs import ExplainRequest, _paste
-    from napari_attribution._widget._models import model_info
     from napari_attribution._widget._trust import CheckRequest, check_job, explained_from
+    from napari_attribution.runs.jobs import ExplainRequest, _paste
+    from napari_attribution.runs.model_info import model_info
 
     torch.manual_seed(0)
     net = Classifier(d=2, classes=2).eval()

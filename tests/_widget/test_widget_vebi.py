@@ -12,7 +12,7 @@ import pytest
 from _widget_helpers import heatmaps, wait_idle, wait_model
 from qtpy.QtCore import Qt
 
-from napari_attribution._widget._models import config_dir
+from napari_attribution.runs.model_info import config_dir
 
 pytestmark = pytest.mark.gui
 

@@ -111,7 +111,7 @@ def test_occlusion_run_says_its_window_grew(monkeypatch: pytest.MonkeyPatch) -> 
     assert 0 < counted.seen <= 4
     assert res.extras["window"] != (8, 8, 8) and "occlusion: window" in res.extras["window_note"]
     assert res.extras["windows"] + 1 == counted.seen
-    from napari_attribution._widget._jobs import estimate_passes
+    from napari_attribution.runs.jobs import estimate_passes
 
     assert estimate_passes("occlusion", {}, shape) == (counted.seen, False)
 
@@ -122,7 +122,7 @@ def test_occlusion_run_says_its_window_grew(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize("shape", [(16, 28, 28), (512, 512, 512), (4096, 4096)])
 def test_rise_default_stays_within_the_pass_budget(shape: tuple[int, ...]) -> None:
     """RISE's cost is its mask count; its cells grow with the image (a fixed number of cells per axis)."""
-    from napari_attribution._widget._jobs import estimate_passes
+    from napari_attribution.runs.jobs import estimate_passes
 
     assert estimate_passes("rise", {}, shape)[0] <= MAX_PASSES
 

@@ -5,8 +5,8 @@
   (fitted in the worker), and the heatmap compared with landmarks painted as a Labels layer.
 * :class:`CompareWidget` — several methods in one run, side by side in grid mode, with an agreement table.
 
-Both are thin: they read the form into a :class:`~napari_attribution._widget._jobs.ExplainRequest`, run
-:func:`~napari_attribution._widget._jobs.run_job` (``na.explain`` / ``na.compare``) in a napari worker thread
+Both are thin: they read the form into a :class:`~napari_attribution.runs.jobs.ExplainRequest`, run
+:func:`~napari_attribution.runs.jobs.run_job` (``na.explain`` / ``na.compare``) in a napari worker thread
 with ``progress`` and ``cancel``, and add the layer data tuples made by :mod:`napari_attribution.layers`.
 """
 

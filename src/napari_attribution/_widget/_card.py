@@ -22,7 +22,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QLineEdit,
 
 import napari_attribution as na
 
-from ._models import ModelInfo
+from ..runs.model_info import ModelInfo
 
 __all__ = ["CardEditor", "CardView", "card_text", "planned_steps"]
 
@@ -55,7 +55,7 @@ def planned_steps(info: ModelInfo, shape: Sequence[int], source_geometry: Mappin
     """
     from ..inputs import layout
     from ..pipeline import _model_and_card, prepared_input
-    from ._jobs import scan_geometry
+    from ..runs.jobs import scan_geometry
 
     shape = tuple(int(s) for s in shape)
     module, card = _model_and_card(info.model)

@@ -28,13 +28,13 @@ from qtpy.QtWidgets import (
 import napari_attribution as na
 
 from ..layers import OWNER_KEY
+from ..runs.jobs import Outcome
+from ..runs.model_info import RecentModels
 from ._common import column
 from ._dock import AttributionDock
 from ._form import set_row_visible
-from ._jobs import Outcome
 from ._landmarks import MethodLandmarkBox
 from ._layer_picker import NetworkLayerPicker
-from ._models import RecentModels
 
 if TYPE_CHECKING:
     import napari

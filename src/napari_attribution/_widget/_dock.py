@@ -28,11 +28,11 @@ import napari_attribution as na
 
 from ..layers import OWNER_KEY
 from ..models import infer_card
+from ..runs.jobs import ExplainRequest, Outcome, run_job, spatial_offset
+from ..runs.model_info import ModelInfo, RecentModels, load_model_info, model_info
 from ._card import CardEditor, CardView
 from ._common import LayerCombo, Runner, is_own, notify, place_layer, source_geometry
 from ._form import ModelPicker, ScopeBox, TargetPicker
-from ._jobs import ExplainRequest, Outcome, run_job, spatial_offset
-from ._models import ModelInfo, RecentModels, load_model_info, model_info
 
 if TYPE_CHECKING:
     import napari

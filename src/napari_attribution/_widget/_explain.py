@@ -13,13 +13,13 @@ import napari_attribution as na
 from napari_attribution import targets as T
 
 from ..interpretation import features_file
+from ..runs.jobs import ExplainRequest, FitOutcome, FitRequest, Outcome, fit_job
+from ..runs.model_info import RecentModels
 from ._common import column, notify
 from ._dock import AttributionDock
 from ._features import FeaturesBox
 from ._form import ParamsForm, set_row_visible
-from ._jobs import ExplainRequest, FitOutcome, FitRequest, Outcome, fit_job
 from ._landmarks import LandmarkBox
-from ._models import RecentModels
 from ._sweep import LayerSweepBox, SweepTable, is_sweep, sweep_index, sync_sweep_contrast
 from ._trust import TrustBox, explained_from
 

@@ -1,6 +1,6 @@
 """vebi's relevant features in the Explain dock: the file the method reads (next to the model by default, or
 chosen) and a button that fits them over a data set. The fit itself runs in the dock's worker
-(:func:`~napari_attribution._widget._jobs.fit_job`); this box only collects the choices."""
+(:func:`~napari_attribution.runs.jobs.fit_job`); this box only collects the choices."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._models import ModelInfo, default_features_path
+from ..runs.model_info import ModelInfo, default_features_path
 
 __all__ = ["FeaturesBox"]
 

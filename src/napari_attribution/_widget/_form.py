@@ -24,8 +24,8 @@ from qtpy.QtWidgets import (
 import napari_attribution as na
 from napari_attribution import targets as T
 
+from ..runs.model_info import MODEL_FILE_FILTER, ModelInfo, RecentModels, demo_names
 from ._common import LayerCombo
-from ._models import MODEL_FILE_FILTER, ModelInfo, RecentModels, demo_names
 
 if TYPE_CHECKING:
     import napari

@@ -7,7 +7,7 @@ from qtpy.QtWidgets import QComboBox, QWidget
 
 import napari_attribution as na
 
-from ._models import ModelInfo
+from ..runs.model_info import ModelInfo
 
 __all__ = ["AUTO_LAYER", "NetworkLayerPicker"]
 

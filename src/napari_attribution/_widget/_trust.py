@@ -57,9 +57,9 @@ import napari_attribution as na
 from .._atomic import csv_writer  # cells escaped against spreadsheet formulas
 from ..layers import OWNER_KEY, json_safe
 from ..metrics import METRICS
+from ..runs.jobs import ExplainRequest, in_low_priority_thread, spatial_offset
+from ..runs.model_info import ModelInfo
 from ._common import LayerCombo, Runner, is_own, notify
-from ._jobs import ExplainRequest, in_low_priority_thread, spatial_offset
-from ._models import ModelInfo
 from ._sweep import is_sweep, sweep_index
 
 if TYPE_CHECKING:

@@ -15,10 +15,10 @@ import torch
 
 import napari_attribution as na
 from napari_attribution import _napari_io as nio
-from napari_attribution._widget._jobs import ExplainRequest, run_job
-from napari_attribution._widget._models import load_model_info, model_info
 from napari_attribution.io import Geometry, write_nifti
 from napari_attribution.layers import OWNER_KEY
+from napari_attribution.runs.jobs import ExplainRequest, run_job
+from napari_attribution.runs.model_info import load_model_info, model_info
 
 UNET = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2],
         "num_res_units": 0}

@@ -1,4 +1,4 @@
-"""The widget's Qt-free job layer (no viewer): cost estimates, boxes, the agreement table, outcomes never raise."""
+"""The Qt-free job layer (no viewer): cost estimates, boxes, the agreement table, outcomes never raise."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import torch
 
 import napari_attribution as na
 from napari_attribution import targets as T
-from napari_attribution._widget._jobs import (
+from napari_attribution.runs.jobs import (
     ExplainRequest,
     _crop_target,
     agreement_table,
     estimate_passes,
     run_job,
 )
-from napari_attribution._widget._models import RecentModels, model_info
+from napari_attribution.runs.model_info import RecentModels, model_info
 
 
 def classifier3d() -> torch.nn.Module:
@@ -71,9 +71,9 @@ def test_estimate_of_window_methods_counts_the_passes_they_run(method: str, para
 def test_a_new_method_is_costed_from_its_registry_entry() -> None:
     """``estimate_passes`` and ``pass_kinds`` read the registry entry (before: an if-chain on method names gave any
     other method one full pass)."""
-    from napari_attribution._widget._jobs import pass_kinds
     from napari_attribution.methods import _registry, register
     from napari_attribution.methods._registry import Cost
+    from napari_attribution.runs.jobs import pass_kinds
 
     def fn(run: object, params: dict) -> object:
         raise AssertionError

@@ -15,9 +15,9 @@ import napari_attribution as na
 from napari_attribution import Attribution
 from napari_attribution import layers as L
 from napari_attribution import targets as T
-from napari_attribution._widget._jobs import ExplainRequest, FitRequest, fit_job, run_job
-from napari_attribution._widget._models import model_info
 from napari_attribution.io import Geometry
+from napari_attribution.runs.jobs import ExplainRequest, FitRequest, fit_job, run_job
+from napari_attribution.runs.model_info import model_info
 
 
 def _att(value: float, layer: str, signed: bool = False) -> Attribution:
@@ -59,9 +59,9 @@ def test_layer_sweep_layer_stacks_raw_maps_with_per_layer_limits() -> None:
 
 
 def _segmenter() -> Any:
-    from _widget_helpers import ThresholdSegmenter
+    from napari_attribution._demo import threshold_segmenter
 
-    return ThresholdSegmenter.make()
+    return threshold_segmenter()
 
 
 def _phantom() -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import napari_attribution as na
-from napari_attribution._widget import _threads
-from napari_attribution._widget._jobs import (
+from napari_attribution.runs import threads as _threads
+from napari_attribution.runs.jobs import (
     Estimate,
     ExplainRequest,
     FitRequest,
@@ -22,8 +22,8 @@ from napari_attribution._widget._jobs import (
     pass_kinds,
     run_job,
 )
-from napari_attribution._widget._models import model_info
-from napari_attribution._widget._threads import THREADS_ENV, job_thread_count, torch_threads
+from napari_attribution.runs.model_info import model_info
+from napari_attribution.runs.threads import THREADS_ENV, job_thread_count, torch_threads
 
 #: a thread count the tests set before a job, so that "restored" cannot pass by chance
 CALLER = 3

@@ -24,8 +24,8 @@ from napari_attribution import targets as T
 
 from .. import layers as L
 from .._errors import own_warnings
-from ._models import ModelInfo
-from ._threads import job_thread_count, torch_threads
+from .model_info import ModelInfo
+from .threads import job_thread_count, torch_threads
 
 __all__ = ["Estimate", "ExplainRequest", "FitOutcome", "FitRequest", "Outcome", "estimate_passes", "fit_job",
            "in_low_priority_thread", "job_thread_count", "run_job", "torch_threads"]

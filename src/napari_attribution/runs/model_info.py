@@ -231,7 +231,7 @@ def _probe(info: ModelInfo) -> None:
 def load_model_info(source: str) -> ModelInfo:
     """Load ``source`` (``"demo:<name>"`` or a file) and probe it. Raises ``na.ModelLoadError`` with a readable
     message."""
-    from ._threads import job_thread_count, torch_threads
+    from .threads import job_thread_count, torch_threads
 
     # as a job: all cores but one, and the caller's torch thread setting back afterwards
     with torch_threads(job_thread_count(strict=False)):
