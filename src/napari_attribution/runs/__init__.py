@@ -6,6 +6,8 @@ choices, and the one job wrapper that computes in a background thread.
   exception; the cost estimate; :func:`~napari_attribution.runs.jobs.fit_job` for vebi's relevant features.
 * :mod:`~napari_attribution.runs.model_info` — demo models, model files, recent models, and what a dock needs to
   know about a loaded model (:class:`~napari_attribution.runs.model_info.ModelInfo`).
+* :mod:`~napari_attribution.runs.checks` — the checks of a heatmap (:func:`~napari_attribution.runs.checks.check_job`)
+  and their verdicts in words (:func:`~napari_attribution.runs.checks.verdict`: the Explain dock and the CLI's CSVs).
 * :mod:`~napari_attribution.runs.threads` — how many torch threads a job computes with, and giving the caller's
   setting back afterwards.
 

@@ -1,0 +1,383 @@
+"""The checks of a heatmap, without Qt or napari: deletion and insertion against a random order of the voxels, the
+model-randomisation sanity check, max-sensitivity, and integrated gradients' completeness, each with a verdict in
+words (:func:`verdict`, the one place of the thresholds and the wording).
+
+The Explain dock's "Check this map" box (:mod:`napari_attribution._widget._trust`) runs :func:`check_job` in a
+worker and shows its rows; the command line's metrics CSV and the batch summary write the same verdict next to each
+metric that has one (:data:`VERDICTS`, :func:`verdict`), so a score reads the same wherever it was computed.
+
+:class:`Explained` is what a check needs of a heatmap (the Attribution, its model, the scan cropped to the explained
+box; a layer sweep or a slice-wise map as parts checked one at a time); :func:`check_job` runs the ticked checks with
+:func:`napari_attribution.evaluate`, never raises, and returns a :class:`CheckOutcome` whose rows come from
+:func:`rows_from` (a failed check: :func:`failed_row`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import napari_attribution as na
+
+from ..layers import json_safe
+from ..metrics import METRICS
+from .jobs import ExplainRequest, in_low_priority_thread, spatial_offset
+from .model_info import ModelInfo
+
+__all__ = ["CHECKS", "DEFAULT_CHECKS", "LABELS", "PARAMS", "TIPS", "VERDICTS", "CheckOutcome", "CheckRequest",
+           "Explained", "check_job", "deletion_fill", "explained_from", "failed_row", "rows_from", "slice_key",
+           "verdict"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+Cancel = Callable[[], bool]
+
+#: The checks (and ``na.evaluate`` metrics) that have a verdict in words; the others have none.
+VERDICTS = ("deletion", "insertion", "randomisation", "max_sensitivity", "completeness")
+#: The checks the box offers, in table order (``completeness`` is added for integrated gradients).
+CHECKS = ("deletion", "insertion", "randomisation", "max_sensitivity")
+DEFAULT_CHECKS = ("deletion", "insertion", "randomisation")
+LABELS = {"deletion": "deletion", "insertion": "insertion", "randomisation": "randomisation",
+          "max_sensitivity": "max-sensitivity", "completeness": "IG completeness"}
+#: Cheap settings: about 40 model calls for deletion and insertion each (their random reference included),
+#: five re-runs of the method for randomisation and max-sensitivity.
+PARAMS: dict[str, dict[str, Any]] = {"deletion": {"steps": 20}, "insertion": {"steps": 20},
+                                     "randomisation": {"max_layers": 5}, "max_sensitivity": {"samples": 5}}
+TIPS = {
+    "deletion": "Delete voxels in the map's order (most important first) and follow the target's probability: "
+                "the area under that curve (AUC). Lower is better; the reference is the AUC of a random order.",
+    "insertion": "Start from a blurred scan and put voxels back in the map's order: the AUC of the target's "
+                 "probability. Higher is better; the reference is the AUC of a random order.",
+    "randomisation": "Randomise the model's weights layer by layer (from the output back, on a copy) and "
+                     "re-run the method: the mean rank correlation with the original map. Low = the map depends "
+                     "on the model; the reference is the correlation with every layer randomised.",
+    "max_sensitivity": "Re-run the method on the scan with ±2 % noise: the largest relative change of the map. "
+                       "Lower is better.",
+    "completeness": "Integrated gradients: how far the map's sum is from the score difference it explains "
+                    "(relative error). The reference is that difference.",
+}
+
+
+# ------------------------------------------------------------------------------------------------ what to check
+
+
+@dataclass
+class Explained:
+    """A heatmap this dock made: the attribution on the image it was computed on (cropped to the explained box),
+    the model it came from, and ``note``, why it cannot be checked ("" when it can).
+
+    A layer sweep (``kind`` "network layer") or a slice-wise map (``kind`` "slice") is checked one part at a
+    time: ``parts`` maps the key its checks are stored under (the network layer's name, ``"slice <k>"``) to that
+    part as an ordinary :class:`Explained` (its own Attribution and image). ``accumulates``: the run explained
+    chosen slices, which join the layer's earlier ones (see :meth:`TrustBox.remember`)."""
+
+    attribution: Any  # na.Attribution
+    model: ModelInfo
+    image: Any  # the layer's array (numpy or dask: read in the worker), cropped to the box
+    note: str = ""
+    kind: str = ""  # "" (one map), "network layer" (a layer sweep) or "slice" (slice by slice)
+    parts: dict[str, Explained] = field(default_factory=dict)
+    accumulates: bool = False
+
+
+def slice_key(index: int) -> str:
+    """The key a slice-wise map's checks of slice ``index`` (of the scan) are stored under."""
+    return f"slice {int(index)}"
+
+
+def _box(attribution: Any) -> tuple[slice, ...] | None:
+    roi = attribution.extras.get("roi")
+    return None if roi is None else tuple(slice(int(a), int(b)) for a, b in roi)
+
+
+def _cropped(attribution: Any, model: ModelInfo, image: Any, off: int) -> Explained:
+    """``attribution`` and ``image`` cropped to the box (ROI) the map was explained on, if any."""
+    box = _box(attribution)
+    if box is not None:
+        image = image[(slice(None),) * off + box]
+        attribution = dataclasses.replace(attribution, data=np.asarray(attribution.data)[box])
+    return Explained(attribution, model, image)
+
+
+def _plane_geometry(geometry: Any) -> Any:
+    """The geometry of one slice (the last two axes) of a volume's ``geometry`` (None stays None)."""
+    spacing = getattr(geometry, "spacing", None)
+    if spacing is None or len(spacing) < 3:
+        return geometry
+    from ..io import Geometry
+
+    return Geometry(spacing=tuple(spacing)[-2:], origin=tuple(geometry.origin)[-2:])
+
+
+def _slice_parts(attribution: Any, model: ModelInfo, image: Any, off: int) -> dict[str, Explained]:
+    """One 2D :class:`Explained` per explained slice of a slice-wise map: the slice of the map (a 2D Attribution
+    with that slice's target, prediction and extras) and the same slice of the scan (of the box, for a box run)."""
+    data = np.asarray(attribution.data)
+    box = _box(attribution)
+    z0 = box[0].start if box is not None else 0
+    plane = box[1:] if box is not None else (slice(None), slice(None))
+    targets = attribution.target if isinstance(attribution.target, list) else None
+    preds = attribution.prediction if isinstance(attribution.prediction, list) else None
+    geometry = _plane_geometry(attribution.geometry)
+    parts: dict[str, Explained] = {}
+    for z in sorted(int(s) for s in attribution.extras.get("slices") or []):
+        i = z - z0  # per-slice targets and extras are indexed in the explained box
+        if not 0 <= z < data.shape[0]:
+            continue
+        values = data[z][plane]  # a view: the slices listed were explained (no scan of the volume here)
+        target = targets[i] if targets is not None and 0 <= i < len(targets) else attribution.target
+        pred = preds[z] if preds is not None and z < len(preds) else attribution.prediction
+        if box is not None and isinstance(pred, np.ndarray) and pred.ndim == 2:
+            pred = pred[plane]
+        extras = {k: v[i] for k, v in attribution.extras.items()
+                  if k not in ("skipped_slices", "slices", "roi") and isinstance(v, Mapping) and i in v}
+        att = dataclasses.replace(attribution, data=values, target=target, prediction=pred, per_channel=None,
+                                  geometry=geometry, extras=extras)
+        parts[slice_key(z)] = Explained(att, model, image[(slice(None),) * off + (z, *plane)])
+    return parts
+
+
+def explained_from(attribution: Any, request: ExplainRequest, name: str,
+                   results: Mapping[str, Any] | None = None) -> Explained:
+    """What :func:`check_job` needs for the heatmap ``name`` made by ``request``: a box (ROI) run is checked on
+    the box, as it was explained. For a layer sweep, ``results`` are the sweep's maps ({network layer: its
+    Attribution}); a slice-wise map is cut into its explained slices."""
+    image = request.image[0] if isinstance(request.image, (list, tuple)) else request.image  # multiscale: level 0
+    off = spatial_offset(request.model, tuple(np.shape(image)))
+    slicewise = request.slices is not None or attribution.extras.get("slices") is not None
+    if request.sweep_layers:
+        maps = dict(results or {})
+        if slicewise or not maps or any(a.extras.get("slices") is not None for a in maps.values()):
+            note = (f"'{name}' is a layer sweep of maps explained slice by slice with a 2D model. Run Explain at "
+                    "one network layer (without the sweep) and check that heatmap slice by slice."
+                    if maps or slicewise else
+                    f"'{name}' is a layer sweep whose maps are not known here: run the sweep again, then check it.")
+            return Explained(attribution, request.model, image, note)
+        parts = {str(layer): _cropped(att, request.model, image, off) for layer, att in maps.items()}
+        first = next(iter(parts.values()))
+        return Explained(first.attribution, request.model, first.image, kind="network layer", parts=parts)
+    if slicewise:
+        data_shape = tuple(np.shape(attribution.data))
+        box = _box(attribution)
+        shape = tuple(b.stop - b.start for b in box) if box is not None else data_shape
+        grid = attribution.extras.get("model_grid_shape")
+        if grid is not None and tuple(int(g) for g in grid) != shape:
+            note = (f"'{name}' was explained slice by slice on the model's resampled grid, whose slices are not "
+                    "the scan's, so the checks cannot check it slice by slice.")
+            return Explained(attribution, request.model, image, note)
+        return Explained(attribution, request.model, image, kind="slice",
+                         parts=_slice_parts(attribution, request.model, image, off),
+                         accumulates=request.slices is not None)
+    return _cropped(attribution, request.model, image, off)
+
+
+@dataclass
+class CheckRequest:
+    explained: Explained
+    checks: list[str]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per check, for na.evaluate
+
+
+@dataclass
+class CheckOutcome:
+    """What a check run gave: ``status`` "ok" when at least one check gave a number (the others that failed are in
+    ``failed``, check -> why, and have a row that says so), "failed" when none did, "cancelled"."""
+
+    status: str  # "ok" | "cancelled" | "failed"
+    message: str = ""
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)  # check -> row (see rows_from)
+    seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  # check -> why it failed (one line)
+
+
+# ------------------------------------------------------------------------------------------------ verdicts
+
+
+def _span(*curves: Any) -> float:
+    values = np.concatenate([np.asarray(c, float).ravel() for c in curves])
+    return float(values.max() - values.min()) if values.size else 0.0
+
+
+def verdict(check: str, value: float, details: Mapping[str, Any] | None = None) -> str:
+    """What a check's numbers say, in words (the thresholds are rules of thumb, stated in the user guide).
+
+    Parameters
+    ----------
+    check : str
+        The check or ``na.evaluate`` metric (one of :data:`VERDICTS`; any other gets ``""``).
+    value : float
+        Its :attr:`~napari_attribution.Score.value` (completeness: the relative error).
+    details : mapping, optional
+        The :attr:`~napari_attribution.Score.details`; deletion and insertion read their random-order reference and
+        both curves from them.
+
+    Returns
+    -------
+    str
+        The verdict the Explain dock shows, the CLI's metrics CSV and the batch summary write.
+    """
+    details = details or {}
+    if check in ("deletion", "insertion"):
+        ref = details.get("random_auc")
+        if ref is None:
+            return "no random reference to compare with"
+        span = _span(details.get("curve", [value]), details.get("random_curve", [ref]))
+        if span < 0.05:
+            fix = " or another fill value" if check == "deletion" else ""
+            return ("not informative: the target's probability hardly changes along either curve (the model is "
+                    f"saturated, or does not react to the {'deletion' if check == 'deletion' else 'blur'}); try "
+                    f"another target{fix}")
+        gain = (ref - value if check == "deletion" else value - ref) / span
+        if gain > 0.1:
+            return ("faithful: deleting the map's top voxels first drops the score faster than a random order"
+                    if check == "deletion" else
+                    "faithful: restoring the map's top voxels first brings the score back faster than a random order")
+        if gain < -0.1:
+            return "worse than a random order: the map's top voxels matter less to the model than random ones"
+        return "no better than a random order of the voxels"
+    if check == "randomisation":
+        if value < 0.3:
+            return "passes the sanity check: the map changes when the model is randomised (it depends on the model)"
+        if value < 0.6:
+            return "partly passes: the map keeps some of its structure when the model is randomised"
+        return ("fails the sanity check: the map barely changes when the model is randomised (it shows the image "
+                "more than the model)")
+    if check == "max_sensitivity":
+        pct = f"{100 * value:.0f} %"
+        if value < 0.1:
+            return f"stable: ±2 % noise on the scan changes the map by at most {pct}"
+        if value < 0.5:
+            return f"fairly stable: ±2 % noise on the scan changes the map by up to {pct}"
+        return f"unstable: ±2 % noise on the scan changes the map by up to {pct}"
+    if check == "completeness":
+        pct = f"{100 * value:.2g} %"
+        if value <= 0.01:
+            return f"complete: the map adds up to the score difference it explains (error {pct})"
+        if value <= 0.1:
+            return f"nearly complete (error {pct}); more steps make the numbers exact"
+        return f"incomplete: the map's sum misses the score difference by {pct}; use more steps (or steps 'auto')"
+    return ""
+
+
+def rows_from(scores: Mapping[str, Any], attribution: Any, params: Mapping[str, Mapping[str, Any]]
+              ) -> dict[str, dict[str, Any]]:
+    """One JSON-safe row per check (``value``, ``reference``, ``reference_kind``, ``verdict``, ``better``,
+    ``seconds``, ``params``) from the :class:`~napari_attribution.Score` of each, plus integrated gradients'
+    completeness from the attribution's extras when it has them."""
+    rows: dict[str, dict[str, Any]] = {}
+    for check, score in scores.items():
+        reference: float | None = None
+        kind = ""
+        if check in ("deletion", "insertion"):
+            reference, kind = score.details.get("random_auc"), "AUC of a random order"
+        elif check == "randomisation" and score.details.get("per_layer"):
+            reference, kind = score.details["per_layer"][-1][1], "correlation with every layer randomised"
+        rows[check] = {
+            "value": float(score.value), "reference": None if reference is None else float(reference),
+            "reference_kind": kind, "verdict": verdict(check, float(score.value), score.details),
+            "better": "higher" if score.higher_is_better else "lower", "seconds": float(score.seconds),
+            "params": json_safe(dict(params.get(check, {}))),
+        }
+    comp = attribution.extras.get("completeness") if attribution is not None else None
+    if isinstance(comp, Mapping) and "relative_error" in comp:
+        err = float(comp["relative_error"])
+        rows["completeness"] = {
+            "value": err, "reference": float(comp.get("delta", float("nan"))),
+            "reference_kind": "score difference f(x) - f(baseline)", "verdict": verdict("completeness", err, {}),
+            "better": "lower", "seconds": 0.0, "params": {"steps": json_safe(comp.get("steps"))},
+        }
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+def check_job(request: CheckRequest, progress: Progress | None = None, cancel: Cancel | None = None
+              ) -> CheckOutcome:
+    """Run the checks and return a :class:`CheckOutcome`; never raises. Called in napari's worker thread, at a
+    lower CPU priority as Explain jobs are."""
+    outcome: CheckOutcome = in_low_priority_thread(
+        _check_job, request, progress, cancel,
+        fallback=CheckOutcome("failed", "The checks stopped unexpectedly; nothing was stored."))
+    return outcome
+
+
+def _why(err: BaseException) -> str:
+    """Why a check failed, in one line: the library's own message (it says what to do), else the error's type and
+    first line (the traceback goes to the log)."""
+    if isinstance(err, MemoryError):
+        return "out of memory; explain a box (ROI) and check that"
+    text = str(err).strip().splitlines()
+    first = text[0].rstrip(".") if text else ""
+    if isinstance(err, na.AttributionError):
+        return first or type(err).__name__
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+def failed_row(check: str, why: str, seconds: float, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The row of a check that failed: no value, the reason as its verdict (and under ``error``)."""
+    return {"value": None, "reference": None, "reference_kind": "", "verdict": f"failed: {why}",
+            "better": "higher" if METRICS.get(check) else "lower", "seconds": float(seconds),
+            "params": json_safe(dict(params)), "error": why}
+
+
+def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel | None) -> CheckOutcome:
+    # torch threads: in_low_priority_thread's (all cores but one, the caller's setting restored afterwards)
+    t0 = time.perf_counter()
+    ex = request.explained
+    n = len(request.checks)
+    scores: dict[str, Any] = {}
+    failed: dict[str, tuple[str, float]] = {}
+    try:
+        image = np.asarray(ex.image)  # a dask array is read here, not on the GUI thread
+    except MemoryError:
+        return CheckOutcome("failed", "Out of memory while reading the scan; explain a box (ROI) and check that.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, check in enumerate(request.checks):
+            def step(done: int, total: int, message: str, i: int = i) -> None:
+                if progress is not None:
+                    frac = done / max(total, 1)
+                    progress(int(1000 * (i + frac)), 1000 * n, f"check {i + 1} of {n}, {message}")
+
+            t1 = time.perf_counter()
+            try:
+                scores[check] = na.evaluate(ex.model.model, image, ex.attribution, check,
+                                            progress=step, cancel=cancel, **request.params.get(check, {}))
+            except na.Cancelled:  # the user stopped the run: nothing is stored, not even the checks done
+                return CheckOutcome("cancelled", "Checks cancelled: nothing was stored.")
+            except Exception as err:  # noqa: BLE001 - one check's failure must not throw away the others
+                log.debug("check %s failed", check, exc_info=True)
+                failed[check] = (_why(err), time.perf_counter() - t1)
+    why = {c: w for c, (w, _) in failed.items()}
+    reasons = "; ".join(f"{LABELS.get(c, c)} failed: {w}" for c, w in why.items())
+    seconds = time.perf_counter() - t0
+    if not scores:
+        return CheckOutcome("failed", f"The checks failed: {reasons}.", seconds=seconds, failed=why)
+    rows = rows_from(scores, ex.attribution, request.params)
+    for check, (w, s) in failed.items():
+        rows[check] = failed_row(check, w, s, request.params.get(check, {}))
+    order = [*request.checks, "completeness"]
+    rows = {c: rows[c] for c in sorted(rows, key=lambda c: order.index(c) if c in order else len(order))}
+    done = f"{len(scores)} of {n} checks" if failed else f"{n} check{'s' if n != 1 else ''}"
+    message = f"{done} in {seconds:.1f} s." + (f" {reasons}; the other checks' results are kept." if failed else "")
+    return CheckOutcome("ok", message, rows, seconds, why)
+
+
+def deletion_fill(text: str) -> Any:
+    """The deletion fill value from the editable choice: "min", "mean" or a number."""
+    word = text.strip().split(" ")[0].lower()
+    if word in ("min", "mean", ""):
+        return word or "min"
+    try:
+        return float(text)
+    except ValueError:
+        raise na.ParameterError(f"The deletion fill value {text!r} is not 'min', 'mean' or a number.") from None
