@@ -19,7 +19,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +333,9 @@ class ExplainResult:
     metrics: dict[str, dict[str, float | None]]  # None: the metric failed (an empty cell)
     description: str
     weights: str = ""  # "random weights", or the sha256 of the weights read (for the batch summary)
+    #: per heatmap, the verdict of each metric that has one in the Explain dock (``runs.checks.verdict``, the same
+    #: words; "failed: why" for a metric that failed)
+    verdicts: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def explain_file(
@@ -398,10 +401,14 @@ def explain_file(
         # like compare: a key goes to every method that takes it; a key that none takes is an error
         results = na.compare(loaded, data, list(methods), tgt, layer=layers[0] if layers else None,
                              geometry=geometry, device=device, progress=progress, params=dict(params or {}))
+    from .runs.checks import VERDICTS, verdict
+
     scores: dict[str, dict[str, float | None]] = {}
+    verdicts: dict[str, dict[str, str]] = {}
     for key, res in results.items():
         for metric in metrics:
             row = scores.setdefault(key, {})
+            said = verdicts.setdefault(key, {})
             try:
                 score = na.evaluate(loaded, data, res, metric, geometry=geometry, progress=_stage(progress, key))
             except Exception as err:  # noqa: BLE001 - one metric's failure must not throw the others away
@@ -412,13 +419,17 @@ def explain_file(
                 row[metric] = None
                 if metric in ("deletion", "insertion"):
                     row[f"{metric}_random"] = None
+                if metric in VERDICTS:  # as the dock's row of a check that failed
+                    said[metric] = f"failed: {why}"
                 warnings.warn(f"The metric {metric} failed for {key} on {os.path.basename(image_path)}: {why}. Its "
                               "cell is left empty; the other metrics are written.", UserWarning, stacklevel=1)
                 continue
             row[metric] = score.value
             if "random_auc" in score.details:  # deletion / insertion: what a random voxel order scores
                 row[f"{metric}_random"] = float(score.details["random_auc"])
-    columns = list(next(iter(scores.values()))) if scores else []
+            if metric in VERDICTS:  # the dock's verdict, from the same thresholds and words
+                said[metric] = verdict(metric, float(score.value), score.details)
+    columns = _with_verdicts(list(next(iter(scores.values()))) if scores else [], metrics)
     scan = os.path.basename(image_path)
     # all of this run's files (heatmaps, sidecars, tables) land together or not at all: a full disk leaves none,
     # and a rerun is not refused because of a half-written run
@@ -428,14 +439,40 @@ def explain_file(
         if tables["metrics"] is not None:
             files.add_text(tables["metrics"], _csv_text(
                 [["scan", "method", *columns, "seconds"],
-                 *([scan, key, *(scores[key][k] for k in columns), f"{results[key].seconds:.4f}"] for key in keys)]))
+                 *([scan, key, *_cells({**scores[key], **_verdict_cells(verdicts.get(key, {}))}, columns),
+                    f"{results[key].seconds:.4f}"] for key in keys)]))
         if tables["layers"] is not None:
             _write_layer_table(files, tables["layers"], scan, methods, layers, results, _model_and_card(loaded)[1])
     desc = next(iter(results.values())).description
     from ._provenance import weights_label
 
     return ExplainResult(image_path, {k: str(outs[k]) for k in keys}, {k: r.seconds for k, r in results.items()},
-                         scores, desc, weights_label(loaded))
+                         scores, desc, weights_label(loaded), verdicts)
+
+
+def _with_verdicts(columns: Sequence[str], metrics: Sequence[str]) -> list[str]:
+    """The metrics CSV's columns: each metric that has a verdict (``runs.checks.VERDICTS``) gets
+    ``<metric>_verdict`` right after its own columns (its value, and deletion's and insertion's random reference)."""
+    from .runs.checks import VERDICTS
+
+    out: list[str] = []
+    for i, column in enumerate(columns):
+        out.append(column)
+        metric = column[: -len("_random")] if column.endswith("_random") else column
+        last = i + 1 == len(columns) or columns[i + 1] != f"{metric}_random"
+        if metric in metrics and metric in VERDICTS and last:
+            out.append(f"{metric}_verdict")
+    return out
+
+
+def _verdict_cells(verdicts: dict[str, str]) -> dict[str, str]:
+    """``{metric: verdict}`` as the CSV's ``{<metric>_verdict: verdict}`` cells."""
+    return {f"{metric}_verdict": text for metric, text in verdicts.items()}
+
+
+def _cells(row: dict[str, Any], columns: Sequence[str]) -> list[Any]:
+    """``row``'s cells in ``columns`` order; a missing one (a failed metric's reference, a failed scan) is empty."""
+    return [row.get(column, "") for column in columns]
 
 
 def _stage(progress: Callable[[int, int, str], None] | None, name: str) -> Callable[[int, int, str], None] | None:
@@ -601,7 +638,8 @@ def _one(args: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
         try:
             res = explain_file(**args)
             out = {"scan": args["image_path"], "status": "ok", "outputs": res.outputs, "seconds": res.seconds,
-                   "metrics": res.metrics, "target": res.description, "weights": res.weights}
+                   "metrics": res.metrics, "target": res.description, "weights": res.weights,
+                   "verdicts": res.verdicts}
         except Exception as err:  # one scan's failure must not stop the cohort; it is reported in the summary
             out = {"scan": args["image_path"], "status": f"error: {type(err).__name__}: {err}", "outputs": {},
                    "seconds": {}, "metrics": {}, "target": ""}
@@ -682,14 +720,18 @@ def run_batch(
             if cluster is not None:
                 cluster.close()
     results.sort(key=lambda r: r["scan"])
-    metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m})
+    # each metric's columns side by side (sorted: deletion, deletion_random, deletion_verdict, insertion, ...), the
+    # verdicts the Explain dock shows for the same scores
+    metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m}
+                          | {k for r in results for v in (r.get("verdicts") or {}).values() for k in _verdict_cells(v)})
     rows: list[list[Any]] = [["scan", "status", "method", "output", "seconds", "target", *metric_names, "warnings",
                               "weights"]]
     for r in results:
         for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
             rows.append([r["scan"], r["status"], m, r["outputs"].get(m, ""),
                          f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
-                         *(r["metrics"].get(m, {}).get(k, "") for k in metric_names), r.get("warnings", ""),
+                         *_cells({**r["metrics"].get(m, {}), **_verdict_cells((r.get("verdicts") or {}).get(m, {}))},
+                                 metric_names), r.get("warnings", ""),
                          r.get("weights", "")])
     text = _csv_text(rows)
     atomic_write(summary, lambda fh: fh.write(text.encode("utf-8")), overwrite=bool(kwargs.get("overwrite")))

@@ -60,8 +60,8 @@ def test_a_failing_metric_leaves_an_empty_cell_and_the_others_are_written(model_
         assert got[f"{metric}_random"] == pytest.approx(ref.details["random_auc"], rel=1e-5)
     with open(tmp_path / "out" / "heat_metrics.csv", newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["scan", "method", "deletion", "deletion_random", "pointing_game", "insertion",
-                       "insertion_random", "seconds"]
+    assert rows[0] == ["scan", "method", "deletion", "deletion_random", "deletion_verdict", "pointing_game",
+                       "insertion", "insertion_random", "insertion_verdict", "seconds"]
     row = dict(zip(rows[0], rows[1], strict=True))
     assert row["pointing_game"] == "" and float(row["deletion"]) == pytest.approx(got["deletion"], rel=1e-6)
     assert float(row["insertion"]) == pytest.approx(got["insertion"], rel=1e-6)

@@ -76,7 +76,7 @@ def test_explain_writes_an_aligned_heatmap_sidecar_and_metrics(model_and_scans, 
         assert side["method"] == m and side["model_sha256"] and "voxel" in side["target"]
         assert side["versions"]["python"]
     rows = (tmp_path / "out" / "heat_saliency_metrics.csv").read_text().splitlines()
-    assert rows[0] == "scan,method,deletion,deletion_random,seconds" and len(rows) == 3
+    assert rows[0] == "scan,method,deletion,deletion_random,deletion_verdict,seconds" and len(rows) == 3
     # the random-order reference is the one na.evaluate computes
     ig = na.explain(na.load_model(str(model)), read_nifti(scans[0])[0], "integrated_gradients",
                     na.targets.Voxel(1, (4, 6, 6)), params={"steps": 8})
