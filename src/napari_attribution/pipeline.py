@@ -29,16 +29,14 @@ from .methods._run import MethodOutput, Run
 from .models._card import LoadedModel, ModelCard, infer_card
 from .models._layers import resolve_layer
 from .targets import (
-    Contrast,
-    ErrorRegion,
-    Predicted,
-    Region,
     ResolvedTarget,
     Target,
-    Voxel,
     channel_argmax,
+    found_per_slice,
+    on_slice,
     predicted_labels,
     resolve_target,
+    slices_needed,
 )
 
 __all__ = ["compare", "explain"]
@@ -256,37 +254,6 @@ def _as_array(image: Any) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise InputShapeError("The image contains NaN or infinite values; fill or crop them before explaining.")
     return arr
-
-
-def _slice_target(target: Target, i: int) -> Target:
-    """The part of a volume-space target that lies on slice ``i``."""
-    if isinstance(target, Region):
-        return Region(target.k, np.asarray(target.mask)[i], target.score)
-    if isinstance(target, ErrorRegion):
-        return ErrorRegion(target.k, np.asarray(target.truth_mask)[i], target.kind, target.score)
-    if isinstance(target, Contrast) and target.mask is not None:
-        return Contrast(target.k1, target.k2, np.asarray(target.mask)[i], target.score)
-    if isinstance(target, Voxel):
-        return Voxel(target.k, tuple(target.index[1:]), target.score)
-    return target
-
-
-def _skippable(target: Target) -> bool:
-    """Targets whose region is found per slice (so an empty slice is not an error for the volume)."""
-    return target is None or isinstance(target, (int, np.integer, Predicted, ErrorRegion, Contrast))
-
-
-def _target_slices(target: Target, depth: int) -> list[int] | None:
-    if isinstance(target, Voxel):
-        return [int(target.index[0])]
-    mask = getattr(target, "mask", None) if isinstance(target, (Region, Contrast)) else None
-    if isinstance(target, ErrorRegion):
-        mask = target.truth_mask
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.ndim == 3 and m.shape[0] == depth:
-            return [i for i in range(depth) if m[i].any()] if isinstance(target, Region) else None
-    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -652,7 +619,7 @@ def _run_slicewise(
     first_params = next(iter(params.values()))
     chosen = first_params.get("slices")
     if chosen is None:
-        chosen = _target_slices(target, depth) or list(range(depth))
+        chosen = slices_needed(target, depth) or list(range(depth))
     slices = sorted({int(s) for s in ([chosen] if isinstance(chosen, (int, np.integer)) else chosen)})
     if any(not 0 <= s < depth for s in slices):
         raise ParameterError(f"slices must lie in 0..{depth - 1}, got {slices}.")
@@ -674,10 +641,10 @@ def _run_slicewise(
         sl = arr[:, s] if lay.channels > 1 else arr[s]
         x = torch.from_numpy(np.ascontiguousarray(sl.reshape((1, lay.channels) + sl.shape[-2:]))).to(dev)
         try:
-            parts = _run_methods(module, card, x, infos, params, _slice_target(target, s), layer_of, report, cancel)
+            parts = _run_methods(module, card, x, infos, params, on_slice(target, s), layer_of, report, cancel)
         except TargetError as err:
             # a slice without the predicted structure has nothing to explain: leave it NaN, say why
-            if len(slices) == 1 or not _skippable(target):
+            if len(slices) == 1 or not found_per_slice(target):
                 raise
             skipped[s] = str(err)
             continue

@@ -33,8 +33,8 @@ channels)``, never ``labels == k``; class 1 does not exist and is a :class:`Targ
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -53,7 +53,11 @@ __all__ = [
     "Voxel",
     "class_of_label",
     "class_region",
+    "cropped",
+    "found_per_slice",
+    "on_slice",
     "resolve_target",
+    "slices_needed",
 ]
 
 Score = Literal["logit", "probability"]
@@ -61,8 +65,42 @@ Score = Literal["logit", "probability"]
 ScoreChoice = Literal["logit", "probability"] | None
 
 
+class _Spatial:
+    """What a target knows about its place in the image: its part on one slice of a volume, its part inside a box
+    (ROI), and the slices a slice-wise run must explain. A target without a mask or index (``Class``,
+    ``Predicted``) is the same on every slice and in every box: these defaults."""
+
+    #: whether the target's region is found on each slice (the predicted region, an error region, a contrast),
+    #: so a slice without it is skipped by a slice-wise run instead of failing the whole volume
+    found_per_slice: ClassVar[bool] = False
+
+    def on_slice(self, i: int) -> Any:
+        """The part of this volume-space target on slice ``i`` (axis 0), for a 2D model run slice by slice."""
+        return self
+
+    def cropped(self, roi: tuple[slice, ...]) -> Any:
+        """This target inside the box ``roi`` (one slice with explicit start and stop per spatial axis), in the
+        box's voxel space. A mask of another dimensionality than the box is left as it is."""
+        return self
+
+    def slices_needed(self, depth: int) -> list[int] | None:
+        """The slices of a volume of ``depth`` slices that a slice-wise run must explain for this target, or
+        ``None``: every slice (the default when no slices are chosen)."""
+        return None
+
+
+def _slice_of(mask: Any, i: int) -> Any:
+    # an int label map stays an int label map (ErrorRegion reads its class from it)
+    return np.asarray(mask)[i]
+
+
+def _crop(mask: Any, roi: tuple[slice, ...]) -> Any:
+    m = np.asarray(mask)
+    return m[roi] if m.ndim == len(roi) else m
+
+
 @dataclass(frozen=True)
-class Class:
+class Class(_Spatial):
     """Class ``k``'s output: the method's natural score (default), or the ``"logit"`` / ``"probability"``."""
 
     k: int
@@ -70,33 +108,70 @@ class Class:
 
 
 @dataclass(frozen=True, eq=False)
-class Region:
+class Region(_Spatial):
     """Sum of class ``k``'s output over a boolean ``mask`` of the image's spatial shape."""
 
     k: int
     mask: Any
     score: ScoreChoice = None
 
+    def on_slice(self, i: int) -> Region:
+        """The mask's slice ``i``."""
+        return replace(self, mask=_slice_of(self.mask, i))
+
+    def cropped(self, roi: tuple[slice, ...]) -> Region:
+        """The mask inside the box."""
+        return replace(self, mask=_crop(self.mask, roi))
+
+    def slices_needed(self, depth: int) -> list[int] | None:
+        """The slices the mask touches, when it is a volume of ``depth`` slices (``[]``: an empty mask)."""
+        m = np.asarray(self.mask)
+        if m.ndim == 3 and m.shape[0] == depth:
+            return [i for i in range(depth) if m[i].any()]
+        return None
+
 
 @dataclass(frozen=True)
-class Voxel:
+class Voxel(_Spatial):
     """Class ``k``'s output at one voxel ``index`` (image voxel space, numpy axis order)."""
 
     k: int
     index: tuple[int, ...]
     score: ScoreChoice = None
 
+    def on_slice(self, i: int) -> Voxel:
+        """The voxel's in-slice index (the slice axis dropped)."""
+        return replace(self, index=tuple(self.index[1:]))
+
+    def cropped(self, roi: tuple[slice, ...]) -> Voxel:
+        """The voxel's index in the box.
+
+        Raises
+        ------
+        TargetError
+            The voxel lies outside the box.
+        """
+        idx = tuple(int(i) - int(sl.start) for i, sl in zip(self.index, roi, strict=False))
+        if any(i < 0 or i >= sl.stop - sl.start for i, sl in zip(idx, roi, strict=False)):
+            raise TargetError("The target point lies outside the box (ROI) to explain; move the point or the box.")
+        return replace(self, index=idx)
+
+    def slices_needed(self, depth: int) -> list[int] | None:
+        """The voxel's slice."""
+        return [int(self.index[0])]
+
 
 @dataclass(frozen=True)
-class Predicted:
+class Predicted(_Spatial):
     """Sum of class ``k``'s output over the region the model predicts as ``k`` (frozen after the first pass)."""
 
     k: int
     score: ScoreChoice = None
+    found_per_slice: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, eq=False)
-class Contrast:
+class Contrast(_Spatial):
     """Evidence for ``k1`` against ``k2``: ``T_k1 - T_k2`` (segmentation: over the region predicted as ``k1``,
     or over ``mask`` when given)."""
 
@@ -104,10 +179,19 @@ class Contrast:
     k2: int
     mask: Any = None
     score: ScoreChoice = None
+    found_per_slice: ClassVar[bool] = True
+
+    def on_slice(self, i: int) -> Contrast:
+        """The mask's slice ``i`` (without a mask: the predicted region, found on the slice)."""
+        return self if self.mask is None else replace(self, mask=_slice_of(self.mask, i))
+
+    def cropped(self, roi: tuple[slice, ...]) -> Contrast:
+        """The mask inside the box (without a mask: the predicted region, found in the box)."""
+        return self if self.mask is None else replace(self, mask=_crop(self.mask, roi))
 
 
 @dataclass(frozen=True, eq=False)
-class ErrorRegion:
+class ErrorRegion(_Spatial):
     """Class ``k``'s output over its false positives (``kind="fp"``) or false negatives (``"fn"``) against a
     ground-truth label mask ``truth_mask`` (an integer label map, or a boolean mask of class ``k``)."""
 
@@ -115,9 +199,43 @@ class ErrorRegion:
     truth_mask: Any
     kind: Literal["fp", "fn"] = "fp"
     score: ScoreChoice = None
+    found_per_slice: ClassVar[bool] = True
+
+    def on_slice(self, i: int) -> ErrorRegion:
+        """The ground truth's slice ``i``."""
+        return replace(self, truth_mask=_slice_of(self.truth_mask, i))
+
+    def cropped(self, roi: tuple[slice, ...]) -> ErrorRegion:
+        """The ground truth inside the box."""
+        return replace(self, truth_mask=_crop(self.truth_mask, roi))
 
 
 Target = int | Class | Region | Voxel | Predicted | Contrast | ErrorRegion | None
+
+
+# ``int`` and ``None`` stand for Class / Predicted (which one depends on the task), the same on every slice and in
+# every box: these functions give them the defaults of :class:`_Spatial` and call the target's method otherwise.
+
+def on_slice(target: Target, i: int) -> Target:
+    """The part of a volume-space ``target`` on slice ``i`` (see ``Region.on_slice``)."""
+    return target.on_slice(i) if isinstance(target, _Spatial) else target
+
+
+def cropped(target: Target, roi: tuple[slice, ...]) -> Target:
+    """``target`` inside the box ``roi`` (see ``Voxel.cropped``, which raises TargetError outside the box)."""
+    return target.cropped(roi) if isinstance(target, _Spatial) else target
+
+
+def slices_needed(target: Target, depth: int) -> list[int] | None:
+    """The slices a slice-wise run must explain for ``target``, or ``None``: every slice."""
+    return target.slices_needed(depth) if isinstance(target, _Spatial) else None
+
+
+def found_per_slice(target: Target) -> bool:
+    """Whether ``target``'s region is found on each slice, so a slice without it is skipped, not an error
+    (``None`` and ``int`` mean a predicted class or region: yes)."""
+    return target.found_per_slice if isinstance(target, _Spatial) else (
+        target is None or isinstance(target, (int, np.integer)))
 
 
 @dataclass

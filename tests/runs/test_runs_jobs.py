@@ -7,10 +7,8 @@ import pytest
 import torch
 
 import napari_attribution as na
-from napari_attribution import targets as T
 from napari_attribution.runs.jobs import (
     ExplainRequest,
-    _crop_target,
     agreement_table,
     estimate_passes,
     run_job,
@@ -91,17 +89,6 @@ def test_a_new_method_is_costed_from_its_registry_entry() -> None:
 def test_estimate_of_adaptive_ig_is_an_upper_bound() -> None:
     passes, upper = estimate_passes("integrated_gradients", {"steps": "auto", "max_steps": 64}, (8, 8))
     assert passes == 64 and upper
-
-
-def test_crop_target_moves_masks_and_voxels_into_the_box() -> None:
-    mask = np.zeros((4, 10, 10), bool)
-    mask[1, 5, 5] = True
-    roi = (slice(0, 4), slice(3, 8), slice(2, 9))
-    region = _crop_target(T.Region(1, mask), roi, (0, 3, 2))
-    assert region.mask.shape == (4, 5, 7) and region.mask[1, 2, 3]
-    assert _crop_target(T.Voxel(1, (1, 5, 5)), roi, (0, 3, 2)).index == (1, 2, 3)
-    with pytest.raises(na.TargetError, match="outside the box"):
-        _crop_target(T.Voxel(1, (1, 0, 0)), roi, (0, 3, 2))
 
 
 def test_agreement_table_subsamples_large_maps_and_matches_on_small_ones() -> None:

@@ -146,25 +146,6 @@ def scan_geometry(source_geometry: Mapping[str, Any], spatial: tuple[int, ...],
     return na.Geometry(spacing=tuple(float(v) for v in scale), origin=tuple(float(v) for v in translate))
 
 
-def _crop_target(target: Any, roi: tuple[slice, ...], starts: tuple[int, ...]) -> Any:
-    def crop(mask: Any) -> Any:
-        m = np.asarray(mask)
-        return m[roi] if m.ndim == len(roi) else m
-
-    if isinstance(target, T.Region):
-        return T.Region(target.k, crop(target.mask), target.score)
-    if isinstance(target, T.ErrorRegion):
-        return T.ErrorRegion(target.k, crop(target.truth_mask), target.kind, target.score)
-    if isinstance(target, T.Contrast) and target.mask is not None:
-        return T.Contrast(target.k1, target.k2, crop(target.mask), target.score)
-    if isinstance(target, T.Voxel):
-        idx = tuple(int(i) - s for i, s in zip(target.index, starts, strict=False))
-        if any(i < 0 or i >= sl.stop - sl.start for i, sl in zip(idx, roi, strict=False)):
-            raise na.TargetError("The target point lies outside the box (ROI) to explain; move the point or the box.")
-        return T.Voxel(target.k, idx, target.score)
-    return target
-
-
 def _paste(att: Any, full_shape: tuple[int, ...], roi: tuple[slice, ...]) -> Any:
     data = np.full(full_shape, np.nan, np.float32)
     data[roi] = att.data
@@ -416,7 +397,7 @@ def _compute(request: ExplainRequest, progress: Progress | None, cancel: Cancel 
         if any(sl.stop - sl.start < 1 for sl in roi):
             raise na.InputShapeError("The box (ROI) to explain is empty or lies outside the image.")
         sub = image[(slice(None),) * off + roi]
-        target = _crop_target(target, roi, tuple(sl.start for sl in roi))
+        target = T.cropped(target, roi)
     if cancel is not None and cancel():
         raise na.Cancelled("cancelled")
     sub_spatial = tuple(sub.shape[off:])
