@@ -28,6 +28,7 @@ import numpy as np
 from ._atomic import AtomicFiles, atomic_write, csv_writer
 from ._errors import ParameterError, ReaderError, TargetError
 from ._progress import format_duration
+from .pipeline import model_and_card, split_params
 from .targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
 
 __all__ = ["check_device", "check_npy", "check_request", "explain_file", "expand_images", "parse_params",
@@ -383,16 +384,13 @@ def explain_file(
     loaded = model if model is not None else na.load_model(model_source, trust=trust, allow_modules=allow_modules)
     data, geometry, meta = _read_scan(image_path)
     from .inputs import layout
-    from .pipeline import _model_and_card
 
-    spatial = layout(data.shape, _model_and_card(loaded)[1]).spatial(data.shape)  # the input path's channel rule
+    spatial = layout(data.shape, model_and_card(loaded)[1]).spatial(data.shape)  # the input path's channel rule
     tgt = parse_target(target, tuple(spatial))
     results: dict[str, Any] = {}
     if len(layers) > 1:
         # a sweep: each method at every layer with na.explain_layers (one pass for the shared-pass methods); the
         # parameters are distributed as compare does
-        from .pipeline import split_params
-
         for m, own in split_params(list(methods), params).items():
             got = na.explain_layers(loaded, data, m, layers, tgt, params=own, geometry=geometry, device=device,
                                     progress=progress)
@@ -442,7 +440,7 @@ def explain_file(
                  *([scan, key, *_cells({**scores[key], **_verdict_cells(verdicts.get(key, {}))}, columns),
                     f"{results[key].seconds:.4f}"] for key in keys)]))
         if tables["layers"] is not None:
-            _write_layer_table(files, tables["layers"], scan, methods, layers, results, _model_and_card(loaded)[1])
+            _write_layer_table(files, tables["layers"], scan, methods, layers, results, model_and_card(loaded)[1])
     desc = next(iter(results.values())).description
     from ._provenance import weights_label
 

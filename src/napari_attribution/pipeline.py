@@ -224,7 +224,32 @@ def explain_layers(
 _INFERRED: weakref.WeakKeyDictionary[nn.Module, ModelCard] = weakref.WeakKeyDictionary()
 
 
-def _model_and_card(model: Any) -> tuple[nn.Module, ModelCard]:
+def model_and_card(model: Any) -> tuple[nn.Module, ModelCard]:
+    """The network and its card, as :func:`explain` runs them.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or LoadedModel
+        A bare module (its card is inferred from the architecture, once per model) or a loaded model (its card,
+        completed from the architecture where it says nothing).
+
+    Returns
+    -------
+    tuple of (torch.nn.Module, ModelCard)
+        The module itself (not a copy) and its card.
+
+    Raises
+    ------
+    MethodError
+        ``model`` is neither a module nor a loaded model.
+
+    Examples
+    --------
+    >>> import torch
+    >>> module, card = model_and_card(torch.nn.Conv2d(1, 2, 3))
+    >>> isinstance(card, ModelCard)
+    True
+    """
     if isinstance(model, LoadedModel):
         return model.module, infer_card(model.module, model.card)
     if isinstance(model, nn.Module):
@@ -242,7 +267,30 @@ def _model_and_card(model: Any) -> tuple[nn.Module, ModelCard]:
     )
 
 
-def _as_array(image: Any) -> np.ndarray:
+def as_image(image: Any) -> np.ndarray:
+    """The user's image as a finite float32 numpy array (a tensor is detached and copied to the CPU; the
+    user's array is never modified).
+
+    Parameters
+    ----------
+    image : array-like or torch.Tensor
+        The image, any shape with at least one axis.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the image's shape.
+
+    Raises
+    ------
+    InputShapeError
+        The image is not numeric, is empty, or holds NaN or infinite values (the message says what to do).
+
+    Examples
+    --------
+    >>> as_image([[0, 1], [2, 3]]).dtype
+    dtype('float32')
+    """
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
     try:
@@ -263,7 +311,7 @@ def _as_array(image: Any) -> np.ndarray:
 def _explain_many(model: Any, image: Any, names: list[str], target: Target, **kwargs: Any) -> dict[str, Attribution]:
     """:func:`_explain_unlocked` holding the model's lock: runs on one model take turns, because
     :func:`model_guard` switches the model itself (eval mode, frozen parameters), not a per-thread copy."""
-    with model_lock(_model_and_card(model)[0], cancel=kwargs.get("cancel"), progress=kwargs.get("progress")):
+    with model_lock(model_and_card(model)[0], cancel=kwargs.get("cancel"), progress=kwargs.get("progress")):
         return _explain_unlocked(model, image, names, target, **kwargs)
 
 
@@ -282,7 +330,7 @@ def _explain_unlocked(
     sweep: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, Attribution]:
     """``names`` are method names, or with ``sweep`` (key -> (method, layer)) the keys of a layer sweep."""
-    module, card = _model_and_card(model)
+    module, card = model_and_card(model)
     infos = {n: get_method(sweep[n][0] if sweep else n) for n in names}
     layer_of: dict[str, str | None] = {n: (sweep[n][1] if sweep else layer) for n in names}
     resolved = {n: infos[n].resolve_params(params.get(n)) for n in names}
@@ -298,7 +346,7 @@ def _explain_unlocked(
                 "state_dict is copied into the network the factory builds, so the kwargs must be those it was "
                 "exported with), and run it on that."
             )
-    arr = _as_array(image)
+    arr = as_image(image)
     lay = layout(arr.shape, card)
     geo = geometry if isinstance(geometry, Geometry) else None
     prep = prepared_input(module, arr, geo, card, lay)
@@ -330,8 +378,8 @@ def network_on_scan(model: nn.Module | LoadedModel, image: Any, geometry: Geomet
     a 2D model on a volume, the middle slice ``(1, C, H, W)``). A network that fails on the scan's size is fitted
     as :func:`explain` fits it (padding found by a trial pass, or one :class:`InputShapeError`).
     """
-    module, card = _model_and_card(model)
-    arr = _as_array(image)
+    module, card = model_and_card(model)
+    arr = as_image(image)
     lay = layout(arr.shape, card)
     prep = prepared_input(module, arr, geometry, card, lay)
     data = prep.scan if lay.channel_axis else prep.scan[None]

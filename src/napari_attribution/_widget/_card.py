@@ -22,6 +22,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QLineEdit,
 
 import napari_attribution as na
 
+from ..pipeline import model_and_card, prepared_input
 from ..runs.model_info import ModelInfo
 
 __all__ = ["CardEditor", "CardView", "card_text", "planned_steps"]
@@ -54,11 +55,10 @@ def planned_steps(info: ModelInfo, shape: Sequence[int], source_geometry: Mappin
         When the image does not fit the model (the message says why), as the run would.
     """
     from ..inputs import layout
-    from ..pipeline import _model_and_card, prepared_input
     from ..runs.jobs import scan_geometry
 
     shape = tuple(int(s) for s in shape)
-    module, card = _model_and_card(info.model)
+    module, card = model_and_card(info.model)
     lay = layout(shape, card)
     spatial = lay.spatial(shape)
     steps = _intensity_steps(card, lay.channel_axis, lay.channels, len(spatial))

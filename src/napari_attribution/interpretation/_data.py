@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._errors import Cancelled, InputShapeError, MethodError, ParameterError, ReaderError
+from .._errors import Cancelled, InputShapeError, ParameterError, ReaderError
 from ..inputs import layout, prepare
-from ..models._card import LoadedModel, ModelCard, infer_card
+from ..models._card import ModelCard
 from ..targets import predicted_labels
 from ._solver import Cancel, FloatArray
 
@@ -31,7 +31,6 @@ __all__ = [
     "iter_items",
     "label_row",
     "labels_for",
-    "model_and_card",
     "read_labels_csv",
 ]
 
@@ -89,14 +88,6 @@ def iter_items(images: Any) -> Iterator[Item]:
             yield Item(np.asarray(item.image), NO_LABEL if label is None else label, None, str(i))
         else:
             yield Item(np.asarray(item), NO_LABEL, None, str(i))
-
-
-def model_and_card(model: nn.Module | LoadedModel) -> tuple[nn.Module, ModelCard]:
-    if isinstance(model, LoadedModel):
-        return model.module, infer_card(model.module, model.card)
-    if isinstance(model, nn.Module):
-        return model, infer_card(model)
-    raise MethodError(f"model must be a torch.nn.Module or a LoadedModel, got {type(model).__name__}.")
 
 
 def _model_input(item: Item, card: ModelCard) -> npt.NDArray[np.float32]:

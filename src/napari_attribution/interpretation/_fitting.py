@@ -18,8 +18,8 @@ from ..methods._features_file import RelevantFeatures
 from ..methods._hooks import model_guard, record_channel_energy, record_module_outputs
 from ..methods._run import first_output
 from ..models._card import LoadedModel
-from ..pipeline import model_device, task_of
-from ._data import image_batches, label_row, labels_for, model_and_card
+from ..pipeline import model_and_card, model_device, task_of
+from ._data import image_batches, label_row, labels_for
 from ._solver import Cancel, FloatArray, Progress, mu_lasso
 
 __all__ = ["feature_layers", "fit_relevant_features"]

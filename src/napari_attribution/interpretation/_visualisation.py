@@ -19,8 +19,8 @@ from ..methods._features import backproject_features, model_responses, normalise
 from ..methods._features_file import Feature, RelevantFeatures
 from ..methods._hooks import model_guard
 from ..models._card import LoadedModel
-from ..pipeline import model_device
-from ._data import image_batches, model_and_card
+from ..pipeline import model_and_card, model_device
+from ._data import image_batches
 from ._solver import Cancel, FloatArray, Progress
 
 __all__ = ["FeatureVisualisation", "average_visualisations"]

@@ -16,6 +16,7 @@ from torch import nn
 from .._attribution import Attribution
 from .._errors import Cancelled, CompletenessWarning, ParameterError
 from ..methods._lock import model_lock
+from ..pipeline import explain, model_and_card
 from ._score import Score, Scorer
 from .agreement import agreement
 from .faithfulness import deletion_insertion, infidelity, max_sensitivity, randomisation, specificity
@@ -147,9 +148,7 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
     elif metric in ("randomisation", "max_sensitivity"):
         if att is None:
             raise ParameterError(f"{metric} re-runs the method: pass the Attribution returned by explain().")
-        from ..pipeline import _model_and_card, explain
-
-        module, card = _model_and_card(model)
+        module, card = model_and_card(model)
         target = _frozen_target(model, image, target, geometry)
         kwargs: dict[str, Any] = {"layer": att.layer, "params": {k: v for k, v in att.params.items() if v is not None}}
         if metric == "randomisation":

@@ -12,6 +12,7 @@ from torch import nn
 from .._errors import InputShapeError
 from ..methods._hooks import model_guard
 from ..methods._run import first_output
+from ..pipeline import as_image, model_and_card, prepared_input, task_of
 from ..targets import ResolvedTarget, Target, resolve_target
 
 if TYPE_CHECKING:
@@ -63,10 +64,9 @@ class Scorer:
                  batch: int = 8) -> None:
         from ..inputs import fit_network, layout
         from ..io._geometry import Geometry
-        from ..pipeline import _as_array, _model_and_card, prepared_input, task_of
 
-        self.user_module, self.card = _model_and_card(model)
-        arr = _as_array(image)
+        self.user_module, self.card = model_and_card(model)
+        arr = as_image(image)
         lay = layout(arr.shape, self.card)
         if lay.slicewise:
             raise InputShapeError(

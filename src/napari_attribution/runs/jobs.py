@@ -24,6 +24,7 @@ from napari_attribution import targets as T
 
 from .. import layers as L
 from .._errors import own_warnings
+from ..pipeline import model_and_card, network_on_scan
 from .model_info import ModelInfo
 from .threads import job_thread_count, torch_threads
 
@@ -122,10 +123,9 @@ def spatial_offset(info: ModelInfo, shape: tuple[int, ...]) -> int:
     path's rule, :func:`napari_attribution.inputs.layout`; a shape that fits no rule counts as all spatial and
     the run says why)."""
     from ..inputs import layout
-    from ..pipeline import _model_and_card
 
     try:
-        return 1 if layout(tuple(shape), _model_and_card(info.model)[1]).channel_axis else 0
+        return 1 if layout(tuple(shape), model_and_card(info.model)[1]).channel_axis else 0
     except na.AttributionError:
         return 0
 
@@ -247,8 +247,6 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
     if total <= cheap:
         return None  # cheap: no need to measure
     import torch
-
-    from ..pipeline import network_on_scan
 
     geometry = scan_geometry(req.source_geometry, spatial)
     key = (tuple(image.shape), req.device, None if geometry is None else geometry.spacing)
