@@ -30,6 +30,7 @@ from ..layers import OWNER_KEY
 from ..models import infer_card
 from ..runs.jobs import ExplainRequest, Outcome, run_job, spatial_offset
 from ..runs.model_info import ModelInfo, RecentModels, load_model_info, model_info
+from ..runs.wrapper import Failures, never_raise
 from ._card import CardEditor, CardView
 from ._common import LayerCombo, Runner, is_own, notify, place_layer, source_geometry
 from ._form import ModelPicker, ScopeBox, TargetPicker
@@ -55,13 +56,13 @@ def _devices() -> list[str]:
     return out
 
 
+#: what loading a model says when it fails: one readable line, no traceback
+LOAD_FAILURES = Failures("loading the model",
+                         unexpected=lambda err: f"Cannot load the model ({type(err).__name__}): {err}")
+
+
 def _safe_load(source: str) -> tuple[ModelInfo | None, str]:
-    try:
-        return load_model_info(source), ""
-    except na.AttributionError as err:
-        return None, str(err)
-    except Exception as err:  # one readable line, no traceback
-        return None, f"Cannot load the model ({type(err).__name__}): {err}"
+    return never_raise(lambda: (load_model_info(source), ""), lambda status, message: (None, message), LOAD_FAILURES)
 
 
 def _group(title: str, *rows: Any) -> QGroupBox:

@@ -15,7 +15,6 @@ box; a layer sweep or a slice-wise map as parts checked one at a time); :func:`c
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,12 +29,12 @@ from ..layers import json_safe
 from ..metrics import METRICS
 from .jobs import ExplainRequest, in_low_priority_thread, spatial_offset
 from .model_info import ModelInfo
+from .wrapper import Failures, never_raise
 
 __all__ = ["CHECKS", "DEFAULT_CHECKS", "LABELS", "PARAMS", "TIPS", "VERDICTS", "CheckOutcome", "CheckRequest",
            "Explained", "check_job", "deletion_fill", "explained_from", "failed_row", "rows_from", "slice_key",
            "verdict"]
 
-log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
 Cancel = Callable[[], bool]
@@ -322,6 +321,11 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
+def _check_failures(check: str) -> Failures:
+    """What one check says when it does not finish: the whole run stops on a cancel, a failure is its row's why."""
+    return Failures(f"check {check}", cancelled="Checks cancelled: nothing was stored.", library=_why, unexpected=_why)
+
+
 def failed_row(check: str, why: str, seconds: float, params: Mapping[str, Any]) -> dict[str, Any]:
     """The row of a check that failed: no value, the reason as its verdict (and under ``error``)."""
     return {"value": None, "reference": None, "reference_kind": "", "verdict": f"failed: {why}",
@@ -349,14 +353,19 @@ def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel 
                     progress(int(1000 * (i + frac)), 1000 * n, f"check {i + 1} of {n}, {message}")
 
             t1 = time.perf_counter()
-            try:
-                scores[check] = na.evaluate(ex.model.model, image, ex.attribution, check,
-                                            progress=step, cancel=cancel, **request.params.get(check, {}))
-            except na.Cancelled:  # the user stopped the run: nothing is stored, not even the checks done
-                return CheckOutcome("cancelled", "Checks cancelled: nothing was stored.")
-            except Exception as err:  # noqa: BLE001 - one check's failure must not throw away the others
-                log.debug("check %s failed", check, exc_info=True)
-                failed[check] = (_why(err), time.perf_counter() - t1)
+
+            def body(check: str = check, step: Progress = step) -> tuple[str, Any]:
+                return "ok", na.evaluate(ex.model.model, image, ex.attribution, check,
+                                         progress=step, cancel=cancel, **request.params.get(check, {}))
+
+            # one check's failure must not throw away the others
+            status, got = never_raise(body, lambda status, why: (status, why), _check_failures(check))
+            if status == "cancelled":  # the user stopped the run: nothing is stored, not even the checks done
+                return CheckOutcome("cancelled", got)
+            if status == "failed":
+                failed[check] = (got, time.perf_counter() - t1)
+            else:
+                scores[check] = got
     why = {c: w for c, (w, _) in failed.items()}
     reasons = "; ".join(f"{LABELS.get(c, c)} failed: {w}" for c, w in why.items())
     seconds = time.perf_counter() - t0

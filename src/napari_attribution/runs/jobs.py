@@ -27,6 +27,7 @@ from .._errors import own_warnings
 from ..pipeline import model_and_card, network_on_scan
 from .model_info import ModelInfo
 from .threads import job_thread_count, torch_threads
+from .wrapper import Failures, never_raise
 
 __all__ = ["Estimate", "ExplainRequest", "FitOutcome", "FitRequest", "Outcome", "estimate_passes", "fit_job",
            "in_low_priority_thread", "job_thread_count", "run_job", "torch_threads"]
@@ -326,30 +327,28 @@ def in_low_priority_thread(fn: Callable[..., Any], *args: Any, fallback: Any, th
     return box[0] if box else fallback
 
 
+#: what an Explain job says when it does not finish
+EXPLAIN_FAILURES = Failures(
+    "explain", cancelled="Explain cancelled: no layer was added.",
+    out_of_memory="Out of memory. Explain a box (ROI) or a slice, or lower max_batch.",
+    unexpected=lambda err: f"Explain failed ({type(err).__name__}): {err}")
+
+
 def _run_job(request: ExplainRequest, progress: Progress | None, cancel: Cancel | None) -> Outcome:
-    t0 = time.perf_counter()
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught_list:
+    def body() -> Outcome:
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             outcome = _run_sweep(request, progress, cancel) if request.sweep_layers else _run(request, progress, cancel)
-            caught = list(caught_list)
-    except na.Cancelled:
-        return Outcome("cancelled", "Explain cancelled: no layer was added.")
-    except na.AttributionError as err:
-        return Outcome("failed", str(err))
-    except MemoryError:
-        return Outcome("failed", "Out of memory. Explain a box (ROI) or a slice, or lower max_batch.")
-    except Exception as err:  # an unexpected failure: one readable line for the user, the traceback in the log
-        log.debug("explain failed", exc_info=True)
-        return Outcome("failed", f"Explain failed ({type(err).__name__}): {err}")
-    # what this package warns about (incomplete maps, scans read with a caveat) reaches the user; other libraries'
-    # deprecation chatter goes to the log only
-    outcome.warnings = own_warnings(caught)
-    for w in caught:
-        log.debug("warning during explain: %s", w.message)
-    outcome.seconds = time.perf_counter() - t0
-    return outcome
+        # what this package warns about (incomplete maps, scans read with a caveat) reaches the user; other
+        # libraries' deprecation chatter goes to the log only
+        outcome.warnings = own_warnings(caught)
+        for w in caught:
+            log.debug("warning during explain: %s", w.message)
+        outcome.seconds = time.perf_counter() - t0
+        return outcome
+
+    return never_raise(body, Outcome, EXPLAIN_FAILURES)
 
 
 def _prepare(request: ExplainRequest) -> tuple[np.ndarray, int, tuple[int, ...]]:
@@ -646,7 +645,7 @@ def _fit_job(req: FitRequest, progress: Progress | None, cancel: Cancel | None) 
         else:
             progress(int(800 * frac), 1000, message)
 
-    try:
+    def body() -> FitOutcome:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             images, labels, what = _fit_data(req)
@@ -655,24 +654,24 @@ def _fit_job(req: FitRequest, progress: Progress | None, cancel: Cancel | None) 
             if cancel is not None and cancel():
                 raise na.Cancelled("cancelled")
             path = save_features_beside(feats, req.path)
-    except na.Cancelled:
-        return FitOutcome("cancelled", "Fitting the relevant features was cancelled: no file was written.")
-    except na.AttributionError as err:
-        return FitOutcome("failed", f"Fitting the relevant features failed: {err}")
-    except MemoryError:
-        return FitOutcome("failed", "Out of memory while fitting the relevant features; use fewer or smaller scans.")
-    except OSError as err:
-        return FitOutcome("failed", f"The relevant features could not be saved: {err}")
-    except Exception as err:  # unexpected: one line for the user, the traceback in the log
-        log.debug("fit failed", exc_info=True)
-        return FitOutcome("failed", f"Fitting the relevant features failed ({type(err).__name__}): {err}")
-    seconds = time.perf_counter() - t0
-    n = int(feats.info.get("n_images", 0))
-    per_class = ", ".join(f"{name} {k}" for name, k in zip(feats.class_names, feats.info.get("relevant_per_class", []),
-                                                           strict=False))
-    message = (f"Relevant features fitted on {n} {what} in {_duration(seconds)} (relevant features per class: "
-               f"{per_class}); saved as '{path}'.")
-    wanted = features_file(req.path)
-    if path != wanted:
-        message += f" '{wanted.name}' already existed and was kept."
-    return FitOutcome("ok", message, str(path), feats, seconds)
+        seconds = time.perf_counter() - t0
+        n = int(feats.info.get("n_images", 0))
+        per_class = ", ".join(f"{name} {k}" for name, k in zip(
+            feats.class_names, feats.info.get("relevant_per_class", []), strict=False))
+        message = (f"Relevant features fitted on {n} {what} in {_duration(seconds)} (relevant features per class: "
+                   f"{per_class}); saved as '{path}'.")
+        wanted = features_file(req.path)
+        if path != wanted:
+            message += f" '{wanted.name}' already existed and was kept."
+        return FitOutcome("ok", message, str(path), feats, seconds)
+
+    return never_raise(body, FitOutcome, FIT_FAILURES)
+
+
+#: what fitting the relevant features says when it does not finish
+FIT_FAILURES = Failures(
+    "fit", cancelled="Fitting the relevant features was cancelled: no file was written.",
+    library=lambda err: f"Fitting the relevant features failed: {err}",
+    out_of_memory="Out of memory while fitting the relevant features; use fewer or smaller scans.",
+    os_error=lambda err: f"The relevant features could not be saved: {err}",
+    unexpected=lambda err: f"Fitting the relevant features failed ({type(err).__name__}): {err}")
