@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _app() -> tuple[object, object, object]:
+def _app(timeout: float = 300.0) -> tuple[object, object, object]:
     """The Qt application and two helpers: ``wait(cond)`` (processing events) and ``shot(viewer, name)``."""
     from PIL import Image
     from qtpy.QtWidgets import QApplication
@@ -39,7 +39,7 @@ def _app() -> tuple[object, object, object]:
     app = QApplication.instance() or QApplication(sys.argv)
     OUT.mkdir(parents=True, exist_ok=True)
 
-    def wait(cond, timeout: float = 300.0) -> None:
+    def wait(cond, timeout: float = timeout) -> None:
         t0 = time.perf_counter()
         while not cond():
             app.processEvents()

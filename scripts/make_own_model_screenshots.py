@@ -153,29 +153,16 @@ def monai_files(work: Path) -> tuple[Path, Path]:
 
 
 def _app() -> tuple[object, object]:
-    """``wait(cond)`` (processing Qt events) and ``shot(viewer, name)``."""
-    from PIL import Image
-    from qtpy.QtWidgets import QApplication
+    """``wait(cond)`` (processing Qt events) and ``shot(viewer, name)``: docs/make_screenshots.py's helpers, with a
+    longer timeout (occlusion on the MNI scan takes minutes) and this script's output folder."""
+    import importlib.util
 
-    app = QApplication.instance() or QApplication(sys.argv)
-    OUT.mkdir(parents=True, exist_ok=True)
-
-    def wait(cond, timeout: float = 900.0) -> None:
-        t0 = time.perf_counter()
-        while not cond():
-            app.processEvents()
-            time.sleep(0.005)
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError
-        for _ in range(30):
-            app.processEvents()
-            time.sleep(0.01)
-
-    def shot(viewer, name: str) -> None:
-        wait(lambda: True)
-        Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(OUT / name)
-        print("wrote", OUT / name)
-
+    spec = importlib.util.spec_from_file_location("make_screenshots", ROOT / "docs" / "make_screenshots.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.OUT = OUT
+    _, wait, shot = module._app(timeout=900.0)
     return wait, shot
 
 
