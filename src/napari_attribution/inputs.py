@@ -571,7 +571,6 @@ def prepare(
     *,
     channel_axis: bool | None = None,
     slicewise: bool = False,
-    pad_multiple: int | None = None,
 ) -> Prepared:
     """Apply the card's intensity step to one image and plan the model's grid.
 
@@ -590,8 +589,6 @@ def prepare(
         channels, or a 3D model given one more axis).
     slicewise : bool
         A 2D model on a volume: ``input_shape`` and padding apply to the in-plane axes of each slice.
-    pad_multiple : int, optional
-        Pad to this multiple when the card gives none (what :func:`fit_network` found the network needs).
 
     Returns
     -------
@@ -629,17 +626,12 @@ def prepare(
         steps.append(f"not resampled to the model's {_mm(card.spacing)} mm: the image's voxel size is unknown")
 
     # padding
-    if "pad_to_multiple" not in spec and pad_multiple is not None and pad_multiple > 1:
-        spec = {**spec, "pad_to_multiple": int(pad_multiple)}
-        inferred = " found by a trial forward pass: the network failed on the unpadded size"
-    else:
-        inferred = ""
     k = 2 if slicewise else min(card.spatial_dims or nd, nd)
     pad = _pad_widths(target, spec, k)
     mode = spec.get("pad_mode", "constant")
     if any(a or b for a, b in pad):
         steps.append(f"padded {target} to {tuple(n + a + b for n, (a, b) in zip(target, pad, strict=True))} "
-                     f"(multiple of {spec['pad_to_multiple']}, {mode}{inferred})")
+                     f"(multiple of {spec['pad_to_multiple']}, {mode})")
 
     out_geometry = None
     if geometry is not None:

@@ -12,7 +12,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from .targets import (
 
 __all__ = ["compare", "explain"]
 
+_T = TypeVar("_T")
 Progress = Callable[[int, int, str], None]
 Cancel = Callable[[], bool]
 
@@ -369,14 +370,15 @@ def prepared_input(module: nn.Module, arr: np.ndarray, geometry: Geometry | None
     return prep.padded_to(multiple) if multiple and not prep.padded else prep
 
 
-def network_on_scan(model: nn.Module | LoadedModel, image: Any, geometry: Geometry | None = None
-                    ) -> tuple[nn.Module, Tensor]:
-    """The network as :func:`explain` runs it on ``image`` and one input for it, for timing and probing.
+def network_on_scan(model: nn.Module | LoadedModel, image: Any, geometry: Geometry | None,
+                    use: Callable[[nn.Module, Tensor], _T]) -> _T:
+    """``use(network, x)`` with the network as :func:`explain` runs it on ``image``, e.g. to time its passes.
 
-    Returns the network on the scan's grid (the card's resampling / resizing / padding inside its forward, or the
-    network itself when nothing changes the grid) and ``(1, C, *S)`` float32 after the card's intensity step (for
-    a 2D model on a volume, the middle slice ``(1, C, H, W)``). A network that fails on the scan's size is fitted
-    as :func:`explain` fits it (padding found by a trial pass, or one :class:`InputShapeError`).
+    ``network`` is the network on the scan's grid (the card's resampling / resizing / padding inside its forward, or
+    the network itself when nothing changes the grid); ``x`` is ``(1, C, *S)`` float32 after the card's intensity
+    step (for a 2D model on a volume, the middle slice ``(1, C, H, W)``). When ``use`` fails because the network
+    does not run on the scan's size, the network is fitted as :func:`explain` fits it (padding found by a trial
+    pass, or one :class:`InputShapeError`) and ``use`` runs again: no separate trial pass when it runs at once.
     """
     module, card = model_and_card(model)
     arr = as_image(image)
@@ -386,15 +388,11 @@ def network_on_scan(model: nn.Module | LoadedModel, image: Any, geometry: Geomet
     if lay.slicewise:
         data = data[:, data.shape[1] // 2]
     x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
-    net = module if prep.is_identity else prep.wrap(module)
-    with model_lock(module):  # the trial passes switch the model too: not while another thread runs on it
+    with model_lock(module):  # trial passes switch the model too: not while another thread runs on it
         try:
-            with model_guard(module), torch.no_grad():
-                net(x)
+            return use(module if prep.is_identity else prep.wrap(module), x)
         except Exception as err:
-            prep = fit_network(module, prep, card, err)
-            net = prep.wrap(module)
-    return net, x
+            return use(fit_network(module, prep, card, err).wrap(module), x)
 
 
 def _explain_prepared(

@@ -25,9 +25,8 @@ def test_dominant_mode_the_predicted_class_holds_the_strongest_voxels_where_the_
     for seed in range(12):
         img = abdomen_phantom(seed).image
         res = na.explain(model, img, "response_backprojection", None, params={"mode": "dominant"})
-        net, x = network_on_scan(model, img)
         with torch.no_grad():
-            logits = net(x)[0].numpy()
+            logits = network_on_scan(model, img, None, lambda net, x: net(x))[0].numpy()
         per_class, cls = res.extras["per_class"], res.extras["dominant_class"]
         for k in np.flatnonzero(logits <= 0):  # a class the model rejects has no response to back-project
             assert not per_class[k].any() and not (cls == k).any(), (seed, k, logits)

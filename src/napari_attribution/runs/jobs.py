@@ -256,8 +256,8 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
         if dev is not None and dev.type != "cpu":
             return None  # no timing on accelerators (the model would have to move twice)
         # the network as the run will see it: the card's resampling / input shape / padding in its forward
-        module, x = network_on_scan(info.model, image, geometry)
-        info.pass_seconds[key] = _pass_seconds(module, x, dev)
+        info.pass_seconds[key] = network_on_scan(info.model, image, geometry,
+                                                 lambda net, x: _pass_seconds(net, x, dev))
     both, fwd = info.pass_seconds[key]
     other = flops / _flop_rate() if flops else 0.0
     return Estimate(total, both, upper, forward_passes=forward, forward_seconds=fwd, other_seconds=other,
