@@ -191,6 +191,21 @@ def _run(dock, wait) -> None:
     print(dock.input_used.text())
 
 
+def _shares(viewer, method: str) -> None:
+    """Print the numbers the user guide quotes for the newest ``method`` heatmap: the share of its positive values
+    inside the predicted region and within 3 voxels of the region's border, each against that region's share of the
+    volume (what a map spread evenly would get: the chance level)."""
+    from scipy import ndimage
+
+    heat = [la for la in viewer.layers if la.name.startswith(method)][-1]
+    fg = np.asarray(next(la for la in viewer.layers if la.name.startswith("prediction")).data) == 1
+    pos = np.clip(np.nan_to_num(np.asarray(heat.data, np.float64)), 0, None)
+    band = ndimage.binary_dilation(fg, iterations=3) & ~ndimage.binary_erosion(fg, iterations=3)
+    print(f"{heat.name}: {pos[fg].sum() / pos.sum():.0%} of the positive values inside the prediction "
+          f"({fg.mean():.1%} of the volume), {pos[band].sum() / pos.sum():.0%} within 3 voxels of its border "
+          f"({band.mean():.0%} of the volume)")
+
+
 def _prediction(viewer):
     """The prediction layer outlined, on top of the heatmaps."""
     pred = next(la for la in viewer.layers if la.name.startswith("prediction"))
@@ -216,12 +231,14 @@ def brain(work: Path) -> None:
     dock.set_method("saliency")
     _run(dock, wait)
     _prediction(viewer)
+    _shares(viewer, "saliency")
     viewer.dims.set_current_step(0, 45)  # an axial slice through the ventricles
     viewer.reset_view()
     shot(viewer, "own_model_brain_saliency.png")
     dock.set_method("occlusion", **OCCLUSION)
     _run(dock, wait)
     _prediction(viewer)
+    _shares(viewer, "occlusion")
     _only(viewer, "occlusion")
     from qtpy.QtWidgets import QScrollArea
 
@@ -242,12 +259,14 @@ def monai(work: Path) -> None:
     dock.set_method("grad_cam")
     _run(dock, wait)
     pred = _prediction(viewer)
+    _shares(viewer, "grad_cam")
     viewer.dims.set_current_step(0, int(np.argmax((np.asarray(pred.data) == 1).sum((1, 2)))))  # most vessel
     viewer.reset_view()
     shot(viewer, "own_model_monai_default.png")
     dock.layer.setCurrentIndex(dock.layer.findData("model.1.submodule.1"))  # the bottleneck, quarter resolution
     _run(dock, wait)
     _prediction(viewer)
+    _shares(viewer, "grad_cam")
     shot(viewer, "own_model_monai_layer.png")
     viewer.close()
 
