@@ -4,38 +4,17 @@ shows for the same score (``runs.checks``: one set of thresholds and words); a m
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import napari_attribution as na
 from napari_attribution._cli_run import explain_file
 from napari_attribution.cli import main
-from napari_attribution.io import Geometry, read_nifti, write_nifti
+from napari_attribution.io import read_nifti
 from napari_attribution.runs.checks import _why, failed_row, rows_from, verdict
 
-KWARGS = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2],
-          "num_res_units": 0}
 TARGET = "voxel:1:4,6,6"
-
-
-@pytest.fixture
-def model_and_scan(tmp_path: Path) -> tuple[Path, Path]:
-    from monai.networks.nets import UNet
-
-    torch.manual_seed(0)
-    torch.save(UNet(**KWARGS).eval().state_dict(), tmp_path / "unet.pt")
-    (tmp_path / "unet.card.json").write_text(json.dumps(
-        {"factory": "monai.networks.nets:UNet", "kwargs": KWARGS, "task": "segmentation", "weights": "unet.pt"}))
-    vol = np.random.default_rng(0).normal(0, 1, (8, 12, 12)).astype(np.float32)
-    scan = tmp_path / "scans" / "case0.nii.gz"
-    scan.parent.mkdir()
-    write_nifti(scan, vol, Geometry(spacing=(1.5, 0.8, 0.8), origin=(0.0, 0.0, 0.0)))
-    return tmp_path / "unet.pt", scan
-
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
