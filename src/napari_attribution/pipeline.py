@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._attribution import Attribution
+from ._attribution import Attribution, SliceWise, TargetSpec
 from ._errors import InputShapeError, MethodError, ParameterError, TargetError
 from .inputs import Layout, OnScanGrid, Prepared, fit_network, is_script, known_multiple, layout, prepare, unwrap
 from .io._geometry import Geometry
@@ -459,11 +459,15 @@ class _Part:
     finite_output: bool = True
 
 
-def _prediction(out: Tensor, target: ResolvedTarget, task: str, card: ModelCard) -> Any:
+def _prediction(out: Tensor, target: ResolvedTarget, task: str, card: ModelCard) -> np.ndarray:
+    """Class probabilities ``(K,)`` float32 (classification) or the predicted label map ``(*S)`` int16
+    (segmentation) of one unperturbed output ``(1, K, ...)``."""
     o = out.detach().float().cpu()[0]
     if task == "classification":
-        return target.probabilities(o[None])[0].numpy()
-    return predicted_labels(o, card.output).to(torch.int16).numpy()
+        probs: np.ndarray = target.probabilities(o[None])[0].numpy().astype(np.float32, copy=False)
+        return probs
+    labels: np.ndarray = predicted_labels(o, card.output).to(torch.int16).numpy()
+    return labels
 
 
 def task_of(out: Tensor, x: Tensor, card: ModelCard) -> str:
@@ -635,15 +639,57 @@ def _finish(part: _Part, info: MethodInfo, params: dict[str, Any], geometry: Any
         seconds=part.seconds,
         prediction=part.prediction,
         per_channel=per_channel,
-        geometry=geometry,
+        geometry=geometry if isinstance(geometry, Geometry) else None,
         extras={**part.output.extras, "output_channels": int(part.target.weights.shape[0])},
         description=part.target.description,
     )
 
 
-def _first_value(per_slice: Any) -> Any:
-    """One slice's value of a per-slice extra (the same on every slice, e.g. the output channel count)."""
-    return next(iter(per_slice.values()), None) if isinstance(per_slice, dict) else per_slice
+def _stacked(per_slice: Mapping[int, np.ndarray], depth: int) -> np.ndarray | None:
+    """The slices' predictions as one array with a leading slice axis of ``depth``: label maps ``(D, H, W)`` with 0
+    (no label) on slices without one, class probabilities ``(D, K)`` with NaN there."""
+    if not per_slice:
+        return None
+    first = next(iter(per_slice.values()))
+    fill = np.nan if np.issubdtype(first.dtype, np.floating) else 0
+    out = np.full((depth, *first.shape), fill, first.dtype)
+    for s, p in per_slice.items():
+        out[s] = p
+    return out
+
+
+def _common_extras(per_slice: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The extras that every explained slice has with the same plain value (a number, a string, or a tuple or list
+    of them: ``window``, ``steps``, ``output_channels``); arrays and dicts stay per slice."""
+    def plain(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(plain(x) for x in v)
+        return v is None or isinstance(v, (bool, int, float, str, np.integer, np.floating))
+
+    if not per_slice:
+        return {}
+    first = per_slice[0]
+    return {k: v for k, v in first.items()
+            if plain(v) and all(k in e and plain(e[k]) and e[k] == v for e in per_slice[1:])}
+
+
+def _volume_target(target: Target, per_slice: Mapping[int, TargetSpec]) -> TargetSpec:
+    """A slice-wise run's target in the volume's voxel space: the target object the user gave; for ``int`` /
+    ``None``, what the explained slices resolved to (the first explained slice's when they differ)."""
+    if target is None or isinstance(target, (int, np.integer)):
+        return next(iter(per_slice.values()))
+    return target
+
+
+def _slicewise_description(descriptions: Mapping[int, str]) -> str:
+    """``"<target> (slice-wise, N slices)"``; when the slices' targets differ in words, the first two slices'."""
+    n = len(descriptions)
+    unit = "slice" if n == 1 else "slices"
+    words = list(dict.fromkeys(descriptions.values()))
+    if len(words) == 1:
+        return f"{words[0]} (slice-wise, {n} {unit})"
+    shown = "; ".join(f"slice {z}: {d}" for z, d in list(descriptions.items())[:2])
+    return f"{shown}{'; ...' if n > 2 else ''} (slice-wise, {n} {unit})"
 
 
 def _run_slicewise(
@@ -661,6 +707,9 @@ def _run_slicewise(
     progress: Progress | None,
     cancel: Cancel | None,
 ) -> dict[str, Attribution]:
+    """A 2D model over a volume, slice by slice (axis 0): one :class:`Attribution` per method with the same field
+    types as a whole-image run (the maps and predictions stacked on the volume's grid) and the slices' own targets
+    and extras in ``per_slice``."""
     depth = spatial[0]
     first_params = next(iter(params.values()))
     chosen = first_params.get("slices")
@@ -672,12 +721,8 @@ def _run_slicewise(
     names = list(infos)
     data = {n: np.full(spatial, np.nan, np.float32) for n in names}
     per_ch = {n: (np.full((lay.channels,) + spatial, np.nan, np.float32) if lay.channels > 1 else None) for n in names}
-    targets: dict[str, list[Any]] = {n: [None] * depth for n in names}
-    preds: list[Any] = [None] * depth
-    seconds = {n: 0.0 for n in names}
-    extras: dict[str, dict[str, Any]] = {n: {} for n in names}
-    layers: dict[str, str | None] = {n: None for n in names}
-    descriptions: dict[str, str] = {}
+    done_slices: dict[str, dict[int, Attribution]] = {n: {} for n in names}
+    preds: dict[int, np.ndarray] = {}
     skipped: dict[int, str] = {}
     for j, s in enumerate(slices):
         def report(done: int, total: int, message: str, _j: int = j, _s: int = s) -> None:
@@ -700,26 +745,30 @@ def _run_slicewise(
             pc = per_ch[n]
             if pc is not None and att.per_channel is not None:
                 pc[:, s] = att.per_channel
-            targets[n][s] = att.target
-            seconds[n] += att.seconds
-            layers[n] = att.layer
-            descriptions[n] = att.description
-            for key, value in att.extras.items():
-                extras[n].setdefault(key, {})[s] = value
-            preds[s] = att.prediction
+            done_slices[n][s] = att
+            if att.prediction is not None:
+                preds[s] = att.prediction
     if len(skipped) == len(slices):
         raise TargetError(
             f"No slice has anything to explain for this target ({next(iter(skipped.values()))}). "
             "Draw a region (Region) or pick a voxel (Voxel) instead."
         )
-    done = [s for s in slices if s not in skipped]
-    return {
-        n: Attribution(
-            data=data[n], method=infos[n].name, target=targets[n], layer=layers[n], params=dict(params[n]),
-            signed=infos[n].signed, seconds=seconds[n], prediction=preds, per_channel=per_ch[n],
-            geometry=geometry, extras={**extras[n], "slices": done, "skipped_slices": skipped,
-                                       "output_channels": _first_value(extras[n].get("output_channels"))},
-            description=f"{descriptions.get(n, '')} (slice-wise, {len(done)} slices)",
+    prediction = _stacked(preds, depth)
+    results: dict[str, Attribution] = {}
+    for n in names:
+        each = done_slices[n]
+        per_slice = SliceWise(
+            slices=tuple(each), targets={s: a.target for s, a in each.items()},
+            descriptions={s: a.description for s, a in each.items()},
+            extras={s: a.extras for s, a in each.items()}, skipped=skipped,
         )
-        for n in names
-    }
+        last = list(each.values())[-1]
+        results[n] = Attribution(
+            data=data[n], method=infos[n].name, target=_volume_target(target, per_slice.targets), layer=last.layer,
+            params=dict(params[n]), signed=infos[n].signed, seconds=sum(a.seconds for a in each.values()),
+            prediction=prediction, per_channel=per_ch[n],
+            geometry=geometry if isinstance(geometry, Geometry) else None,
+            extras=_common_extras([a.extras for a in each.values()]),
+            description=_slicewise_description(per_slice.descriptions), per_slice=per_slice,
+        )
+    return results
