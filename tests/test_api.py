@@ -208,8 +208,8 @@ def test_2d_model_on_volume_runs_slicewise_with_nan_elsewhere() -> None:
     assert res.data.shape == vol.shape
     assert np.isnan(res.data[0]).all() and np.isnan(res.data[2]).all()
     np.testing.assert_allclose(res.data[3], na.explain(model, vol[3], "saliency", 1).data, rtol=1e-6)
-    assert res.prediction[0] is None and res.prediction[1].shape == (3,)
-    assert res.target[1] == na.targets.Class(1)
+    assert res.prediction.shape == (4, 3) and np.isnan(res.prediction[0]).all() and np.isfinite(res.prediction[1]).all()
+    assert res.target == na.targets.Class(1) and res.per_slice.targets[1] == na.targets.Class(1)
     seg = seeded(TinyUNet(2))
     vox = na.explain(seg, vol, "saliency", na.targets.Voxel(1, (2, 5, 6)))
     assert np.isfinite(vox.data[2]).all() and np.isnan(vox.data[0]).all()
@@ -247,7 +247,7 @@ def test_torchscript_models_take_gradient_and_perturbation_methods_only() -> Non
 
 def test_attribution_is_raw_and_carries_metadata() -> None:
     make, shape = MODELS["cnn2d"]
-    geometry = object()
+    geometry = na.Geometry(spacing=(2.0, 0.5), origin=(1.0, 3.0))
     res = na.explain(make(), image(shape), "input_x_gradient", 1, geometry=geometry)
     assert res.geometry is geometry and res.signed and res.method == "input_x_gradient"
     assert res.data.min() < 0 < res.data.max()  # signed and not min-max normalised
@@ -271,7 +271,7 @@ def test_slicewise_segmentation_skips_slices_without_the_structure() -> None:
     vol = np.zeros((3, 8, 8), np.float32)
     vol[1, 2:5, 2:5] = 1.0
     res = na.explain(Blob2D(), vol, "saliency")
-    assert res.extras["slices"] == [1] and set(res.extras["skipped_slices"]) == {0, 2}
+    assert res.per_slice.slices == (1,) and set(res.per_slice.skipped) == {0, 2}
     assert np.isnan(res.data[0]).all() and np.isfinite(res.data[1]).all()
     with pytest.raises(na.TargetError, match="No slice"):
         na.explain(Blob2D(), np.zeros((3, 8, 8), np.float32), "saliency")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from napari_attribution import Attribution
+from napari_attribution._attribution import SliceWise
 from napari_attribution import layers as L
 from napari_attribution.io import Geometry
 from napari_attribution.targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
@@ -70,7 +71,8 @@ def test_contrast_limits_edge_cases(data: np.ndarray, signed: bool, expected: tu
 def test_nan_slices_are_ignored_by_limits_and_counted() -> None:
     data = np.full((3, 4, 4), np.nan, np.float32)
     data[1] = np.arange(16).reshape(4, 4)
-    _, kw, _ = L.attribution_layer(att(data, False, extras={"slices": [1]}), percentile=100)
+    one = SliceWise((1,), {1: Class(1)}, {1: "class 1"}, {1: {}})
+    _, kw, _ = L.attribution_layer(att(data, False, per_slice=one), percentile=100)
     assert kw["contrast_limits"] == [0.0, 15.0]
     info = kw["metadata"][L.OWNER_KEY]
     assert info["slices"] == [1] and info["explained_fraction"] == pytest.approx(1 / 3)
@@ -131,7 +133,6 @@ def test_json_safe_drops_patient_keys() -> None:
     (Voxel(1, (2, 3, 4)), "lesion at (2,3,4)"),
     (Region(1, np.ones((2, 2), bool)), "lesion in region (4 vox)"),
     (ErrorRegion(1, np.ones((2, 2)), "fn"), "lesion FN"),
-    ([None, Predicted(1)], "predicted lesion"),
 ])
 def test_target_label(target: object, expected: str) -> None:
     assert L.target_label(target, ["healthy", "lesion"]) == expected
@@ -144,9 +145,12 @@ def test_prediction_layer_for_segmentation_and_slicewise() -> None:
     data, kw, kind = L.prediction_layer(a, source="ct", model="unet", source_geometry={"scale": [2, 1, 1]})
     assert kind == "labels" and data.dtype == np.int32 and data[1, 1, 1] == 2 and kw["scale"] == [2.0, 1.0, 1.0]
     assert kw["metadata"][L.OWNER_KEY]["voxels_per_label"] == {"0": 17, "2": 1}
-    sw = att(np.zeros((3, 2, 2)), True, prediction=[None, np.ones((2, 2), np.int16), None])
+    stacked = np.zeros((3, 2, 2), np.int16)  # a slice-wise run's label maps, 0 on the slices not run
+    stacked[1] = 1
+    sw = att(np.zeros((3, 2, 2)), True, prediction=stacked,
+             per_slice=SliceWise((1,), {1: Predicted(1)}, {1: "predicted"}, {1: {}}))
     data, _, _ = L.prediction_layer(sw)
-    assert data[1].all() and not data[0].any()
+    assert data[1].all() and not data[0].any() and not data[2].any()
     assert L.prediction_layer(att(np.zeros((2, 2)), True, prediction=np.array([0.1, 0.9]))) is None
 
 

@@ -28,22 +28,24 @@ def test_slicewise_region_explains_only_the_slices_its_mask_touches(dtype: Any) 
     mask[1, 4:8, 4:8] = 1
     mask[3, 10:12, 2:5] = 1
     res = na.explain(model, vol, "saliency", T.Region(1, mask))
-    assert res.extras["slices"] == [1, 3] and res.extras["skipped_slices"] == {}
+    assert res.per_slice is not None and res.per_slice.slices == (1, 3) and res.per_slice.skipped == {}
     assert np.isnan(res.data[0]).all() and np.isnan(res.data[2]).all()
     for s in (1, 3):
         np.testing.assert_allclose(res.data[s], na.explain(model, vol[s], "saliency", T.Region(1, mask[s])).data,
                                    rtol=1e-6)
-    assert res.target[0] is None and res.target[1] is not None
+    assert set(res.per_slice.targets) == {1, 3} and np.asarray(res.per_slice.targets[3].mask).shape == (16, 16)
+    assert isinstance(res.target, T.Region) and np.asarray(res.target.mask).shape == vol.shape  # the volume's
 
 
 def test_slicewise_error_region_skips_slices_without_errors() -> None:
     model = seeded(TinyUNet(2))
     vol = volume(3)
     pred = na.explain(model, vol, "saliency", T.Class(1)).prediction
+    assert pred is not None
     truth = np.stack([p if s != 1 else 1 - p for s, p in enumerate(pred)]).astype(np.int64)
     res = na.explain(model, vol, "saliency", T.ErrorRegion(1, truth, "fp"))
     # the truth equals the prediction on slices 0 and 2: no false positives there, only slice 1 is explained
-    assert res.extras["slices"] == [1] and set(res.extras["skipped_slices"]) == {0, 2}
+    assert res.per_slice is not None and res.per_slice.slices == (1,) and set(res.per_slice.skipped) == {0, 2}
     assert np.isfinite(res.data[1]).all() and np.isnan(res.data[0]).all()
 
 

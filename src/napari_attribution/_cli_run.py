@@ -514,15 +514,16 @@ def _write_heatmap(files: AtomicFiles, path: Path, res: Any, geometry: Any, meta
     sha256."""
     from ._provenance import model_fields, scan_fields
     from .io._nifti import nifti_writer
-    from .layers import json_safe, provenance, used_settings
+    from .layers import completeness_record, provenance, used_settings
 
     digest = _model_hash(model_source, model)
     facts = {**model_fields(model), "weights_sha256": digest}
     record = provenance(method=res.method, params=res.params, target=res.description, seconds=res.seconds,
                         model=model_source, model_sha256=digest, layer=res.layer, device=device, signed=res.signed,
                         **facts, **scan_fields(image_path))
-    if isinstance(res.extras.get("completeness"), dict):  # integrated gradients: does the map add up?
-        record["completeness"] = json_safe(res.extras["completeness"])
+    completeness = completeness_record(res)  # integrated gradients: does the map add up? (per slice, slice-wise)
+    if completeness is not None:
+        record["completeness"] = completeness
     record["used"] = used_settings(res.extras)  # what the defaults became (occlusion's window, the input path)
     if str(path).endswith(".npy"):
         data = res.data

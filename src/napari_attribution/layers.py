@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from ._attribution import Attribution
+
 __all__ = [
     "DIVERGING",
     "GEOMETRY_KEYS",
@@ -291,8 +293,6 @@ def _class_name(k: int, class_names: Sequence[str] | None) -> str:
 def target_label(target: Any, class_names: Sequence[str] | None = None) -> str:
     """A short name of a resolved target for layer names (``"lesion"``, ``"predicted tumour"``, ``"a vs b"``).
 
-    Slice-wise results hold a list of per-slice targets; the first one that is set names the layer.
-
     Examples
     --------
     >>> from napari_attribution.targets import Contrast, Predicted
@@ -301,8 +301,6 @@ def target_label(target: Any, class_names: Sequence[str] | None = None) -> str:
     >>> target_label(Contrast(1, 0), ["no lesion", "lesion"])
     'lesion vs no lesion'
     """
-    if isinstance(target, (list, tuple)) and not isinstance(target, str):
-        target = next((t for t in target if t is not None), None)
     kind = type(target).__name__
     if target is None:
         return "predicted"
@@ -430,7 +428,7 @@ def provenance(
 
 
 def attribution_layer(
-    att: Any,
+    att: Attribution,
     *,
     source: str = "image",
     source_geometry: Mapping[str, Any] | None = None,
@@ -485,10 +483,11 @@ def attribution_layer(
         "contrast_percentile": percentile,
         "explained_fraction": float(np.isfinite(data).mean()) if data.size else 0.0,
     }
-    if "slices" in att.extras:
-        info["slices"] = [int(s) for s in att.extras["slices"]]
-    if "completeness" in att.extras and isinstance(att.extras["completeness"], Mapping):
-        info["completeness"] = json_safe(att.extras["completeness"])
+    if att.per_slice is not None:
+        info["slices"] = [int(s) for s in att.per_slice.slices]
+    completeness = completeness_record(att)
+    if completeness is not None:
+        info["completeness"] = completeness
     probs = class_probabilities(att, class_names)
     if probs is not None:
         info["probabilities"] = probs
@@ -583,29 +582,43 @@ def layer_sweep_layer(
     return data, kwargs, "image"
 
 
-def class_probabilities(att: Any, class_names: Sequence[str] | None = None) -> Any:
-    """Classification probabilities of a result as ``{name: p}`` (a dict per explained slice for slice-wise
-    runs); None for segmentation."""
+def completeness_record(att: Attribution) -> Any:
+    """Integrated gradients' completeness of a result, JSON-safe: the whole image's dict, or for a slice-wise run
+    ``{slice: dict}`` over the explained slices that have one; None when the method reports none."""
+    if att.per_slice is None:
+        comp = att.extras.get("completeness")
+        return json_safe(comp) if isinstance(comp, Mapping) else None
+    per = {str(z): json_safe(e["completeness"]) for z, e in att.per_slice.extras.items()
+           if isinstance(e.get("completeness"), Mapping)}
+    return per or None
 
-    def one(p: Any) -> dict[str, float] | None:
-        arr = np.asarray(p)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.floating):
-            return None
-        return {_class_name(i, class_names): float(v) for i, v in enumerate(arr)}
 
+def class_probabilities(att: Attribution, class_names: Sequence[str] | None = None) -> Any:
+    """Classification probabilities of a result as ``{name: p}``; for a slice-wise run ``{slice: {name: p}}`` over
+    its explained slices (``att.prediction[z]``); None for segmentation (a label map) and without a prediction.
+
+    Examples
+    --------
+    >>> from napari_attribution.targets import Class
+    >>> att = Attribution(np.zeros((4, 4), np.float32), "saliency", Class(1), None, {}, False, 0.1,
+    ...                   prediction=np.array([0.25, 0.75], np.float32))
+    >>> class_probabilities(att, ["healthy", "lesion"])
+    {'healthy': 0.25, 'lesion': 0.75}
+    """
     pred = att.prediction
-    if pred is None:
+    if pred is None or att.label_map is not None or not np.issubdtype(pred.dtype, np.floating):
         return None
-    if isinstance(pred, list):
-        per = {i: one(p) for i, p in enumerate(pred) if p is not None}
-        if not per or any(v is None for v in per.values()):
-            return None
-        return {str(i): v for i, v in per.items()}
-    return one(pred)
+
+    def named(p: np.ndarray) -> dict[str, float]:
+        return {_class_name(i, class_names): float(v) for i, v in enumerate(p)}
+
+    if att.per_slice is None:
+        return named(pred)
+    return {str(z): named(pred[z]) for z in att.per_slice.slices}
 
 
 def prediction_layer(
-    att: Any,
+    att: Attribution,
     *,
     source: str = "image",
     model: str = "model",
@@ -615,27 +628,16 @@ def prediction_layer(
     metadata: Mapping[str, Any] | None = None,
 ) -> LayerDataTuple | None:
     """The segmentation the model predicted, as a labels ``LayerDataTuple`` (None for classification, or when
-    the prediction's grid differs from the image's). Slices that were not run are 0.
+    the prediction's grid differs from the image's). Slices that a slice-wise run did not run are 0.
 
     Label values are those of the prediction: the argmax class with several output channels; with one output
     channel (a sigmoid or a single logit) its foreground is label 1 and stands for class 0 (napari shows label 0 as
     clear). ``metadata["label_names"]`` names each label value by its class (``{1: "brain"}`` for a one-channel
     model named ``["brain"]``), so the landmark tables name them too."""
-    pred = att.prediction
-    shape = np.asarray(att.data).shape
-    if isinstance(pred, list):
-        if not any(p is not None and np.asarray(p).ndim >= 2 for p in pred):
-            return None
-        labels = np.zeros(shape, np.int32)
-        for i, p in enumerate(pred):
-            if p is not None and np.asarray(p).shape == shape[1:]:
-                labels[i] = np.asarray(p)
-    else:
-        if pred is None or np.asarray(pred).ndim < 2:
-            return None
-        labels = np.asarray(pred).astype(np.int32)
-        if labels.shape != shape:
-            return None
+    pred = att.label_map
+    if pred is None or pred.ndim < 2:
+        return None
+    labels = pred.astype(np.int32)
     md = dict(metadata or {})
     md[OWNER_KEY] = {
         "role": "prediction",

@@ -331,8 +331,8 @@ def plane(att: Any, z: int) -> Any:
     """The 2D Attribution of slice ``z`` of a slice-wise map, as a user would build it."""
     from napari_attribution._widget._trust import _plane_geometry
 
-    return dataclasses.replace(att, data=att.data[z], target=att.target[z], prediction=att.prediction[z],
-                               per_channel=None, extras={}, geometry=_plane_geometry(att.geometry))
+    return dataclasses.replace(att, data=att.data[z], target=att.per_slice.targets[z], prediction=att.prediction[z],
+                               per_channel=None, extras={}, geometry=_plane_geometry(att.geometry), per_slice=None)
 
 
 def test_a_slice_wise_map_is_checked_on_the_slice_shown(dock: Any, qtbot: Any, notes: list[Any]) -> None:
@@ -345,7 +345,7 @@ def test_a_slice_wise_map_is_checked_on_the_slice_shown(dock: Any, qtbot: Any, n
     viewer.dims.set_current_step(0, 5)
     heat = explain(qtbot, dock, "grad_cam")
     att = dock.last_outcome.results["grad_cam"]
-    assert att.extras["slices"] == [5]
+    assert att.per_slice.slices == (5,)
     assert box.view(heat) == ("slice", "slice 5") and "slice 5" in box.view_label.text()
     outcome = check(qtbot, dock, checks=["deletion", "insertion", "randomisation"])
     assert outcome.status == "ok", outcome.message
@@ -398,14 +398,14 @@ def test_slice_wise_maps_of_a_box_are_cut_per_slice() -> None:
     sub = scan[roi]
     att = na.explain(net, sub, "saliency", 1, params={"slices": [1, 3]})
     pasted = _paste(att, scan.shape, roi)
-    assert pasted.extras["slices"] == [3, 5]
+    assert pasted.per_slice.slices == (3, 5) and pasted.per_slice.targets[5] == att.per_slice.targets[3]
     request = ExplainRequest(model=info, image=scan, source="scan", methods=["saliency"], roi=roi, slices=[3, 5])
     ex = explained_from(pasted, request, "heat")
     assert ex.note == "" and ex.kind == "slice" and list(ex.parts) == ["slice 3", "slice 5"]
     part = ex.parts["slice 5"]
     np.testing.assert_array_equal(part.image, sub[3])
     np.testing.assert_array_equal(part.attribution.data, att.data[3])
-    assert part.attribution.target == att.target[3]
+    assert part.attribution.target == att.per_slice.targets[3]
     out = check_job(CheckRequest(part, ["deletion"], {"deletion": {"steps": 10}}))
     assert out.status == "ok", out.message
     assert out.rows["deletion"]["value"] == na.evaluate(net, sub[3], plane(att, 3), "deletion", steps=10).value

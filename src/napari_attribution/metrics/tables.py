@@ -297,7 +297,8 @@ def landmark_comparison(tables: Mapping[str, LandmarkTable]) -> LandmarkComparis
 
 def target_region(att: Any, target: Any = None, *, channels: int | None = None) -> npt.NDArray[np.bool_] | None:
     """The region a segmentation target sums over, on the attribution's grid, or None (classification targets,
-    single voxels, slice-wise results, an unknown region).
+    single voxels, an unknown region). A slice-wise result's target and prediction are on the volume's grid too
+    (its label maps stacked, 0 on slices not run): a ``Predicted`` region lies on the slices that were run.
 
     ``Region(k, mask)`` -> the mask; ``Predicted(k)`` -> class ``k``'s region of ``att.prediction``;
     ``ErrorRegion`` -> the false positives or negatives of class ``k``. The region of class ``k`` in a label map is
@@ -315,10 +316,7 @@ def target_region(att: Any, target: Any = None, *, channels: int | None = None) 
 
     t = att.target if target is None else target
     shape = np.shape(att.data)
-    pred = att.prediction
-    pred_map = np.asarray(pred) if isinstance(pred, np.ndarray) and np.ndim(pred) == len(shape) else None
-    if pred_map is not None and pred_map.shape != shape:
-        pred_map = None
+    pred_map = att.label_map
     if channels is None:
         recorded = getattr(att, "extras", {}).get("output_channels")
         channels = int(recorded) if recorded is not None else None

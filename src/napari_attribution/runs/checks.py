@@ -25,6 +25,7 @@ import numpy as np
 
 import napari_attribution as na
 
+from .._attribution import plane_geometry
 from ..layers import json_safe
 from ..metrics import METRICS
 from .jobs import ExplainRequest, in_low_priority_thread, spatial_offset
@@ -106,40 +107,26 @@ def _cropped(attribution: Any, model: ModelInfo, image: Any, off: int) -> Explai
     return Explained(attribution, model, image)
 
 
-def _plane_geometry(geometry: Any) -> Any:
-    """The geometry of one slice (the last two axes) of a volume's ``geometry`` (None stays None)."""
-    spacing = getattr(geometry, "spacing", None)
-    if spacing is None or len(spacing) < 3:
-        return geometry
-    from ..io import Geometry
-
-    return Geometry(spacing=tuple(spacing)[-2:], origin=tuple(geometry.origin)[-2:])
+#: the geometry of one slice of a volume (the widget tests read it under this name)
+_plane_geometry = plane_geometry
 
 
-def _slice_parts(attribution: Any, model: ModelInfo, image: Any, off: int) -> dict[str, Explained]:
-    """One 2D :class:`Explained` per explained slice of a slice-wise map: the slice of the map (a 2D Attribution
-    with that slice's target, prediction and extras) and the same slice of the scan (of the box, for a box run)."""
-    data = np.asarray(attribution.data)
+def _slice_parts(attribution: na.Attribution, model: ModelInfo, image: Any, off: int) -> dict[str, Explained]:
+    """One 2D :class:`Explained` per explained slice of a slice-wise map (``Attribution.on_slice``: that slice's map,
+    target, prediction and extras) with the same slice of the scan; for a box run, both cut to the box's plane (the
+    slice's target is already in the box's voxel space)."""
+    if attribution.per_slice is None:
+        return {}
     box = _box(attribution)
-    z0 = box[0].start if box is not None else 0
     plane = box[1:] if box is not None else (slice(None), slice(None))
-    targets = attribution.target if isinstance(attribution.target, list) else None
-    preds = attribution.prediction if isinstance(attribution.prediction, list) else None
-    geometry = _plane_geometry(attribution.geometry)
     parts: dict[str, Explained] = {}
-    for z in sorted(int(s) for s in attribution.extras.get("slices") or []):
-        i = z - z0  # per-slice targets and extras are indexed in the explained box
-        if not 0 <= z < data.shape[0]:
-            continue
-        values = data[z][plane]  # a view: the slices listed were explained (no scan of the volume here)
-        target = targets[i] if targets is not None and 0 <= i < len(targets) else attribution.target
-        pred = preds[z] if preds is not None and z < len(preds) else attribution.prediction
-        if box is not None and isinstance(pred, np.ndarray) and pred.ndim == 2:
-            pred = pred[plane]
-        extras = {k: v[i] for k, v in attribution.extras.items()
-                  if k not in ("skipped_slices", "slices", "roi") and isinstance(v, Mapping) and i in v}
-        att = dataclasses.replace(attribution, data=values, target=target, prediction=pred, per_channel=None,
-                                  geometry=geometry, extras=extras)
+    for z in attribution.per_slice.slices:
+        att = attribution.on_slice(z)
+        if box is not None:
+            label_map = att.label_map
+            att = dataclasses.replace(
+                att, data=att.data[plane], prediction=label_map[plane] if label_map is not None else att.prediction,
+                per_channel=None if att.per_channel is None else att.per_channel[(slice(None), *plane)])
         parts[slice_key(z)] = Explained(att, model, image[(slice(None),) * off + (z, *plane)])
     return parts
 
@@ -151,10 +138,10 @@ def explained_from(attribution: Any, request: ExplainRequest, name: str,
     Attribution}); a slice-wise map is cut into its explained slices."""
     image = request.image[0] if isinstance(request.image, (list, tuple)) else request.image  # multiscale: level 0
     off = spatial_offset(request.model, tuple(np.shape(image)))
-    slicewise = request.slices is not None or attribution.extras.get("slices") is not None
+    slicewise = request.slices is not None or attribution.per_slice is not None
     if request.sweep_layers:
         maps = dict(results or {})
-        if slicewise or not maps or any(a.extras.get("slices") is not None for a in maps.values()):
+        if slicewise or not maps or any(a.per_slice is not None for a in maps.values()):
             note = (f"'{name}' is a layer sweep of maps explained slice by slice with a 2D model. Run Explain at "
                     "one network layer (without the sweep) and check that heatmap slice by slice."
                     if maps or slicewise else

@@ -147,29 +147,24 @@ def scan_geometry(source_geometry: Mapping[str, Any], spatial: tuple[int, ...],
     return na.Geometry(spacing=tuple(float(v) for v in scale), origin=tuple(float(v) for v in translate))
 
 
-def _paste(att: Any, full_shape: tuple[int, ...], roi: tuple[slice, ...]) -> Any:
+def _paste(att: na.Attribution, full_shape: tuple[int, ...], roi: tuple[slice, ...]) -> na.Attribution:
+    """The result of a run on the box ``roi`` placed in the scan of ``full_shape``: the map NaN outside the box, a
+    label map 0 outside it, a slice-wise run's per-slice probabilities NaN on the other slices and its slices
+    numbered in the scan; ``extras["roi"]`` records the box. The targets stay in the box's voxel space."""
     data = np.full(full_shape, np.nan, np.float32)
     data[roi] = att.data
     pred = att.prediction
-    if isinstance(pred, np.ndarray) and pred.ndim == len(full_shape) and pred.shape == att.data.shape:
+    if att.label_map is not None and pred is not None:
         full = np.zeros(full_shape, pred.dtype)
         full[roi] = pred
         pred = full
-    elif isinstance(pred, list) and len(pred) == att.data.shape[0]:
-        new = [None] * full_shape[0]
-        for i, p in enumerate(pred):
-            if p is not None and np.asarray(p).ndim == 2 and np.asarray(p).shape == att.data.shape[1:]:
-                canvas = np.zeros(full_shape[1:], np.asarray(p).dtype)
-                canvas[roi[1:]] = p
-                new[roi[0].start + i] = canvas
-            elif p is not None:
-                new[roi[0].start + i] = p
-        pred = new
-    extras = dict(att.extras)
-    if "slices" in extras:
-        extras["slices"] = [int(s) + roi[0].start for s in extras["slices"]]
-    extras["roi"] = [[sl.start, sl.stop] for sl in roi]
-    return dataclasses.replace(att, data=data, prediction=pred, extras=extras)
+    elif att.per_slice is not None and pred is not None:  # class probabilities, one row per slice
+        rows = np.full((full_shape[0], *pred.shape[1:]), np.nan, pred.dtype)
+        rows[roi[0]] = pred
+        pred = rows
+    per_slice = att.per_slice.shifted(int(roi[0].start)) if att.per_slice is not None else None
+    extras = {**att.extras, "roi": [[sl.start, sl.stop] for sl in roi]}
+    return dataclasses.replace(att, data=data, prediction=pred, extras=extras, per_slice=per_slice)
 
 
 # ------------------------------------------------------------------------------------------------ cost

@@ -115,10 +115,8 @@ class ModelInfo:
             self.classes_from_run = changed = True
         if self.task is None:
             pred = getattr(att, "prediction", None)
-            if isinstance(pred, list):  # slice-wise: one per slice (None for skipped slices)
-                pred = next((p for p in pred if p is not None), None)
-            if pred is not None:
-                self.task = "segmentation" if np.ndim(pred) >= 2 else "classification"
+            if pred is not None:  # a label map has the map's axes; class probabilities (K,), slice-wise (D, K)
+                self.task = "segmentation" if np.ndim(pred) == np.ndim(att.data) else "classification"
                 changed = True
         return changed
 
