@@ -25,6 +25,7 @@ __all__ = [
     "AttributionError",
     "Cancelled",
     "CompletenessWarning",
+    "MemoryBudgetError",
     "InputShapeError",
     "LayerNotFoundError",
     "MethodError",
@@ -70,6 +71,10 @@ class ModelLoadError(AttributionError):
 
 class ReaderError(AttributionError):
     """A scan that cannot be read."""
+
+
+class MemoryBudgetError(ParameterError):
+    """The job would need more memory than its budget (``memory_budget``); the message gives what it needs."""
 
 
 class Cancelled(AttributionError):

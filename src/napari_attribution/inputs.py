@@ -87,6 +87,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import AttributionError, InputShapeError, ModelLoadError
+from .inferers import SlidingWindow, SlidingWindowNet
 
 if TYPE_CHECKING:
     from .io._geometry import Geometry
@@ -378,6 +379,8 @@ class Prepared:
     pad_value: float = 0.0
     #: how many trailing spatial axes the model sees (2 for a 2D model on a volume); 0 means all
     model_axes: int = 0
+    #: the card's sliding-window inferer: the network runs window by window on the model grid
+    inferer: SlidingWindow | None = None
 
     def __post_init__(self) -> None:
         if not self.model_axes:
@@ -472,8 +475,15 @@ class Prepared:
 
     def wrap(self, module: nn.Module) -> OnScanGrid:
         """The network on the scan's grid: ``wrap(net)(x) == to_scan(net(to_model(x)))`` for segmentation outputs
-        (classification outputs ``(N, K)`` pass through). Layer names, parameters and hooks are the network's own."""
-        return OnScanGrid(module, self)
+        (classification outputs ``(N, K)`` pass through). Layer names, parameters and hooks are the network's own.
+        With the card's :attr:`inferer`, ``net`` runs window by window (:class:`~napari_attribution.inferers.
+        SlidingWindowNet`)."""
+        return OnScanGrid(module if self.inferer is None else SlidingWindowNet(module, self.inferer), self)
+
+    def network(self, module: nn.Module) -> nn.Module:
+        """The network as the methods run it on the scan: :meth:`wrap`, or the network itself when the grid does
+        not change and there is no inferer."""
+        return module if self.is_identity and self.inferer is None else self.wrap(module)
 
     # -------------------------------------------------------------- maps back
     def to_image_grid(self, map: npt.ArrayLike, *, mode: str = "linear") -> npt.NDArray[Any]:
@@ -636,8 +646,12 @@ def prepare(
     out_geometry = None
     if geometry is not None:
         out_geometry = _model_geometry(geometry, spatial, target, pad)
+    inferer = card.sliding_window
+    if inferer is not None:
+        model_grid = tuple(n + a + b for n, (a, b) in zip(target, pad, strict=True))[-k:]
+        steps.append(f"{inferer.describe()}: {inferer.plan(model_grid).count()} windows over {model_grid}")
     return Prepared(scan.astype(np.float32, copy=False), has_c, spatial, target, pad, out_geometry, tuple(steps),
-                    intensity, mode, float(spec.get("pad_value", 0.0)), k)
+                    intensity, mode, float(spec.get("pad_value", 0.0)), k, inferer)
 
 
 def _mm(values: Sequence[float]) -> str:
@@ -869,8 +883,10 @@ class OnScanGrid(nn.Module):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's network inside an :class:`OnScanGrid` (the model itself otherwise)."""
-    return model.net if isinstance(model, OnScanGrid) else model
+    """The user's network inside an :class:`OnScanGrid` and a sliding window (the model itself otherwise)."""
+    while isinstance(model, (OnScanGrid, SlidingWindowNet)):
+        model = model.net
+    return model
 
 
 def is_script(model: nn.Module) -> bool:
@@ -937,6 +953,16 @@ def fit_network(module: nn.Module, prepared: Prepared, card: ModelCard, error: B
     """
     if isinstance(error, (AttributionError, MemoryError)):
         raise error
+    if prepared.inferer is not None:  # the network sees roi_size windows, never the grid: only the window can fail
+        window = prepared.inferer.roi_size
+        failed = _runs(module, torch.zeros((1, prepared.scan.shape[0] if prepared.channel_axis else 1) + window))
+        if failed is None:
+            raise error
+        raise InputShapeError(
+            f"The network does not run on one window of the model card's inferer, roi_size {list(window)} "
+            f"({_short(failed)}). Set roi_size to the patch size the network was trained on (UNets need a multiple "
+            "of 2^(number of down-samplings), e.g. 96 or 128)."
+        ) from failed
     first = _runs(module, _sample(prepared))
     if first is None:
         raise error  # the network runs on this grid: the failure was something else

@@ -347,6 +347,17 @@ def _explain_unlocked(
                 "state_dict is copied into the network the factory builds, so the kwargs must be those it was "
                 "exported with), and run it on that."
             )
+    if card.inferer is not None:
+        for n, info in infos.items():
+            if info.sliding_window is None:
+                usable = ", ".join(i.name for i in list_methods() if i.sliding_window is not None)
+                raise MethodError(
+                    f"{n} cannot run through the model card's sliding-window inferer (it needs the whole network's "
+                    f"graph or a layer's single activation). Methods that can: {usable}."
+                )
+        if sweep is not None and len({layer for _, layer in sweep.values()}) > 1:
+            raise MethodError("A layer sweep cannot run through the model card's sliding-window inferer yet; "
+                              "explain one layer at a time.")
     arr = as_image(image)
     lay = layout(arr.shape, card)
     geo = geometry if isinstance(geometry, Geometry) else None
@@ -390,7 +401,7 @@ def network_on_scan(model: nn.Module | LoadedModel, image: Any, geometry: Geomet
     x = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
     with model_lock(module):  # trial passes switch the model too: not while another thread runs on it
         try:
-            return use(module if prep.is_identity else prep.wrap(module), x)
+            return use(prep.network(module), x)
         except Exception as err:
             return use(fit_network(module, prep, card, err).wrap(module), x)
 
@@ -412,7 +423,7 @@ def _explain_prepared(
     """Run the methods on the scan's grid; the network sees the model grid through :meth:`Prepared.wrap`, so maps,
     targets and predictions stay on the scan's grid."""
     names = list(infos)
-    net = module if prep.is_identity else prep.wrap(module)
+    net = prep.network(module)
     arr = prep.scan
     spatial = lay.spatial(arr.shape)
     home = model_device(module)
@@ -552,7 +563,12 @@ def _run_methods(
         t0 = time.perf_counter()
         chunks = not all(infos[n].shared_pass for n in group)  # single-pass methods need no memory estimate
         stride_fix = bool(params[group[0]].get("stride_fix"))
-        if first.shared_pass and (first.rule is not None or stride_fix):
+        windowed: dict[str, MethodOutput] | None = None
+        if run.windows is not None and needs_layer:
+            need_grad = any(infos[n].needs_grad for n in group)
+            windowed = run.windowed_layer_maps(resolve, {n: (_fn(infos[n]), params[n]) for n in group},
+                                               need_grad=need_grad)
+        elif first.shared_pass and (first.rule is not None or stride_fix):
             with activation_rule(first.rule, stride_fix=stride_fix):
                 run.first_pass(resolve, backward=needs_backward, layer=needs_layer, input_grad=input_grad or measure,
                                measure=chunks, layers=sweep)
@@ -574,8 +590,7 @@ def _run_methods(
             if sweep is not None and name_n is not None and module_n is not None:
                 run.use_layer(name_n, module_n)
             t1 = time.perf_counter()
-            assert info.fn is not None
-            out = info.fn(run, params[n])
+            out = windowed[n] if windowed is not None else _fn(info)(run, params[n])
             run.check_cancel()
             # in a sweep the layers split the shared pass evenly, so their seconds add up to the sweep's time
             seconds = shared_seconds / (len(group) if sweep is not None else 1) + time.perf_counter() - t1
@@ -584,6 +599,11 @@ def _run_methods(
         if progress is not None:
             progress((gi + 1) * 1000, n_groups * 1000, f"{label}: done")
     return parts
+
+
+def _fn(info: MethodInfo) -> Callable[[Run, dict[str, Any]], MethodOutput]:
+    assert info.fn is not None
+    return info.fn
 
 
 def _layer_for(module: nn.Module, card: ModelCard, x: Tensor, layer: str | None) -> tuple[str, nn.Module]:

@@ -78,7 +78,7 @@ def _one_pass(params: Mapping[str, Any], spatial: tuple[int, ...], layer_channel
 
 #: parameters every method accepts (handled by the pipeline, not by the method)
 COMMON_PARAMS: Mapping[str, Any] = MappingProxyType(
-    {"seed": 0, "max_batch": None, "memory_budget": 512 * 2**20, "slices": None}
+    {"seed": 0, "max_batch": None, "memory_budget": None, "slices": None}
 )
 
 
@@ -173,6 +173,20 @@ class MethodInfo:
     quick_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     input_grad_map: InputGradMap | None = field(default=None, repr=False, compare=False)
     fn: MethodFn | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def sliding_window(self) -> str | None:
+        """How the method runs through a card's sliding-window inferer (:mod:`napari_attribution.inferers`):
+        ``"exact"`` (gradients of the stitched output, window by window), ``"per-window"`` (layer maps computed per
+        window and blended with the inferer's weights), ``"changed windows"`` (perturbations run only the windows
+        they change), or None (not available through an inferer)."""
+        if self.family == "gradient" or (self.family == "backward_rule" and self.shared_pass):
+            return "exact"
+        if self.needs_layer and self.shared_pass:
+            return "per-window"
+        if self.family == "perturbation":
+            return "changed windows"
+        return None
 
     def choice_list(self, key: str) -> tuple[tuple[Any, ...], bool]:
         """``key``'s listed choices (without the ``...`` marker) and whether it also takes other values.

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._errors import Cancelled, MethodError
+from ..inferers import SlidingWindowNet, default_memory_budget, gpu_budget, sliding_window_of
 from ..inputs import OnScanGrid, is_script
 from ..targets import ResolvedTarget
 from ._hooks import capture_layer, output_meter, saved_tensor_meter
@@ -138,6 +139,27 @@ class Run:
         self.total = 1
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(int(params.get("seed") or 0))
+        #: the card's sliding-window inferer inside the model, if any (see :mod:`napari_attribution.inferers`)
+        self.windows: SlidingWindowNet | None = sliding_window_of(model)
+        if self.windows is not None:
+            self.windows.budget = self.memory_budget()
+            if progress is not None or cancel is not None:
+                self.windows.observer = self._window_done
+
+    def memory_budget(self) -> int:
+        """The job's memory budget in bytes: ``params["memory_budget"]``, else half of the memory available now
+        (and on a GPU at most 80 % of its free memory)."""
+        given = self.params.get("memory_budget")
+        budget = int(given) if given else default_memory_budget()
+        return gpu_budget(self.x.device, budget)
+
+    def _window_done(self, done: int, total: int, what: str) -> None:
+        """Progress inside one pass of a sliding-window network (a pass over all windows is one unit of work),
+        and cancellation within one chunk of windows."""
+        if self._progress is not None:
+            self._progress(min(self.done * total + done, self.total * total), self.total * total,
+                           f"{what} {done}/{total}")
+        self.check_cancel()
 
     # ---- progress and cancellation -------------------------------------------------------------
     def check_cancel(self) -> None:
@@ -241,6 +263,79 @@ class Run:
             sub.output = first_output(self.model(x)).detach()
         return sub
 
+    # ---- sliding-window networks (the card's inferer) ----------------------------------------------
+    def _model_grid(self, x: Tensor) -> Tensor:
+        """``x`` on the network's grid (the scan itself unless the network is wrapped on the scan's grid)."""
+        return self.model.prepared.to_model(x) if isinstance(self.model, OnScanGrid) else x
+
+    def _on_scan(self, y: Tensor) -> Tensor:
+        """A network-grid output or map ``(N, K, *M)`` on the scan's grid (classification outputs pass)."""
+        if isinstance(self.model, OnScanGrid) and y.ndim == self.x.ndim:
+            return self.model.prepared.to_scan(y)
+        return y
+
+    def windowed_layer_maps(
+        self,
+        resolve: Callable[[Tensor], ResolvedTarget],
+        fns: Mapping[str, tuple[Callable[[Run, dict[str, Any]], MethodOutput], dict[str, Any]]],
+        *,
+        need_grad: bool,
+    ) -> dict[str, MethodOutput]:
+        """Layer methods through a sliding-window network: one stitched forward fixes the target on the stitched
+        output; then every window runs again with the layer captured and a backward that stops there, carrying the
+        window's share of the global target's gradient. Each method computes its layer map per window (its
+        reductions, e.g. Grad-CAM's channel weights, are the window's), and the maps are blended with the inferer's
+        weights into one map on the scan's grid. Extras hold the window count."""
+        sw = self.windows
+        assert sw is not None and self.layer is not None
+        with torch.no_grad():
+            xm = self._model_grid(self.x)
+            out_m = sw(xm).detach()
+        self.sample_bytes = max(self.sample_bytes, int(self.x.numel() * self.x.element_size() * 8))
+        out_m.requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            out = self._on_scan(out_m)
+        self.output = out.detach()
+        self.target = resolve(self.output)
+        grad: Tensor | None = None
+        if need_grad:
+            (grad,) = torch.autograd.grad(self.target(out).sum(), out_m)
+        acc: dict[str, Tensor] = {}
+        plan = sw.plan(xm.shape[2:])
+        w, _ = plan.weights(xm.device)
+        den = torch.zeros(plan.padded, dtype=torch.float32, device=xm.device)
+        window_x = torch.zeros((1, xm.shape[1]) + sw.spec.roi_size, dtype=xm.dtype, device=xm.device)
+
+        def consume(b: int, i: int, act: Tensor, ga: Tensor) -> None:
+            sub = Run(sw.net, window_x, layer=self.layer, layer_name=self.layer_name, params={}, cancel=self._cancel)
+            sub.target = self.target
+            sub.shared = SharedPasses(output=out_m, activation=act, grad_activation=ga if need_grad else None)
+            for name, (fn, params) in fns.items():
+                sub.params = params
+                m = fn(sub, params).maps
+                if name not in acc:
+                    acc[name] = torch.zeros((m.shape[0],) + plan.padded, dtype=torch.float32, device=xm.device)
+                acc[name][(slice(None), *plan.slices[i])] += m.float() * w
+            den[plan.slices[i]] += w
+
+        sw.layer_windows(xm, grad, self.layer, consume)
+        crop = plan.crop()
+        outs: dict[str, MethodOutput] = {}
+        for name, a in acc.items():
+            blended = (a / den.clamp(min=1e-12))[(slice(None), *crop)]
+            outs[name] = MethodOutput(self._on_scan(blended[None])[0],
+                                      {"windows": len(plan), "blend": "per-window layer maps blended with the "
+                                       "inferer's weights"})
+        return outs
+
+    def reference_windows(self) -> None:
+        """Perturbation methods on a sliding-window network: make the unperturbed input the network's reference,
+        so that each perturbed input runs only the windows it changes (:meth:`SlidingWindowNet.set_reference`)."""
+        sw = self.windows
+        if sw is not None and sw._reference is None:
+            with torch.no_grad():
+                sw.set_reference(self._model_grid(self.x))
+
     # ---- batched helpers ----------------------------------------------------------------------------
     #: a chunk's activations are capped at this many bytes (besides the memory budget), so that a chunk is
     #: short and ``cancel()`` / progress respond quickly; activation bytes are a deterministic proxy of the
@@ -260,7 +355,7 @@ class Run:
         fixed = self.params.get("max_batch")
         if fixed:
             return max(1, min(n, int(fixed)))
-        budget = float(self.params.get("memory_budget") or 512 * 2**20)
+        budget = float(self.memory_budget())
         sample = max(1.0, float(self.sample_bytes))
         by_memory = int(budget // (sample * factor))
         by_work = int(self.RESPONSIVE_BYTES // sample)
@@ -280,6 +375,7 @@ class Run:
         """Target scores of ``n`` inputs built chunk by chunk: ``make(start, stop) -> (stop-start, C, *S)``.
         Returns ``(n,)``. No gradients."""
         assert self.target is not None
+        self.reference_windows()
         out = torch.empty(n, dtype=torch.float32)
         start = 0
         with torch.no_grad():

@@ -99,7 +99,7 @@ class Scorer:
 
     def _first(self, prep: Prepared) -> torch.Tensor:
         self.prepared = prep
-        self.module: nn.Module = self.user_module if prep.is_identity else prep.wrap(self.user_module)
+        self.module: nn.Module = prep.network(self.user_module)
         with model_guard(self.user_module), torch.no_grad():
             return first_output(self.module(self._tensor(prep.scan)))
 

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ModelLoadError
+from ..inferers import SlidingWindow
 from ..inputs import check_preprocess
 
 __all__ = ["CARD_SUFFIXES", "RANDOM_WEIGHTS", "LoadedModel", "ModelCard", "check_spatial_dims", "first_layer",
@@ -96,6 +97,9 @@ class ModelCard:
     input_shape : resize the whole scan to exactly this shape, one positive int per model spatial axis (2 values for
         a 2D model, 3 for a 3D one), numpy order; for networks that take one fixed size. Replaces ``spacing``: a
         card with both is an error.
+    inferer : how the network predicts a scan, e.g. ``{"type": "sliding_window", "roi_size": [96, 96, 96],
+        "overlap": 0.25, "mode": "gaussian"}`` (MONAI's names and defaults, see :mod:`napari_attribution.inferers`);
+        None: the whole scan in one piece. ``patch_size`` alone never switches sliding windows on.
     inferred : True when the card was guessed rather than read: show it to the user as an editable guess.
     num_classes : number of output classes (channels of a segmentation output).
     name, description : free text for people.
@@ -124,6 +128,7 @@ class ModelCard:
     patch_size: tuple[int, ...] | None = None
     spacing: tuple[float, ...] | None = None
     input_shape: tuple[int, ...] | None = None
+    inferer: dict[str, Any] | None = None
     inferred: bool = False
     num_classes: int | None = None
     name: str | None = None
@@ -201,6 +206,7 @@ class ModelCard:
                 "order: 3 values for a 3D model, 2 (in-plane y, x) or 3 for a 2D model."
             )
         self._check_input_shape()
+        self._check_inferer()
         if not isinstance(self.inferred, bool):
             raise ModelLoadError(f"Model card field 'inferred' must be true or false, got {self.inferred!r}.")
 
@@ -244,6 +250,28 @@ class ModelCard:
                 "Remove one of them."
             )
 
+    def _check_inferer(self) -> None:
+        if self.inferer is None:
+            return
+        spec = SlidingWindow.from_card(self.inferer)
+        self._set("inferer", spec.to_dict())
+        d = self.spatial_dims
+        if d is not None and len(spec.roi_size) != d:
+            raise ModelLoadError(
+                f"Model card field 'inferer': roi_size {list(spec.roi_size)} needs {d} values for a {d}D model."
+            )
+        if self.input_shape is not None:
+            raise ModelLoadError(
+                f"The model card gives both 'input_shape' {list(self.input_shape)} and a sliding-window 'inferer': "
+                "input_shape resizes the whole scan to one network input, the inferer runs the network on "
+                "roi_size windows of it. Remove one of them."
+            )
+
+    @property
+    def sliding_window(self) -> SlidingWindow | None:
+        """The card's inferer (:class:`~napari_attribution.inferers.SlidingWindow`), or None."""
+        return None if self.inferer is None else SlidingWindow.from_card(self.inferer)
+
     @property
     def random_weights(self) -> bool:
         """True when the card asks for an untrained network on purpose (``"weights": "random"``)."""
@@ -277,7 +305,7 @@ class ModelCard:
         ``inferred`` unless True. ``ModelCard.from_dict(card.to_dict()) == card``."""
         order = ("name", "description", "factory", "kwargs", "weights", "weights_sha256", "task", "spatial_dims",
                  "in_channels", "num_classes", "class_names", "output", "background", "preprocess", "default_layer",
-                 "patch_size", "spacing", "input_shape", "inferred")
+                 "patch_size", "spacing", "input_shape", "inferer", "inferred")
         out: dict[str, Any] = {}
         for key in order:
             value = getattr(self, key)
