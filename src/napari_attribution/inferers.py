@@ -511,7 +511,7 @@ class SlidingWindowNet(nn.Module):
         if acc.ndim == 2:
             return acc
         _, count = plan.weights(acc.device)
-        return (acc / count)[(slice(None), slice(None), *plan.crop())]
+        return acc.div_(count)[(slice(None), slice(None), *plan.crop())]  # in place: a full-size scan's output is big
 
     def _check_window(self, y: Tensor, classify: bool) -> None:
         if not classify and tuple(y.shape[2:]) != self.spec.roi_size:
@@ -521,21 +521,9 @@ class SlidingWindowNet(nn.Module):
             )
 
     # ---------------------------------------------------------------- the backward, window by window
-    def _cotangents(self, grad: Tensor, plan: WindowPlan) -> Tensor:
-        """The output gradient on the padded grid, divided by the summed weights (the blend's derivative, before
-        each window's own weights)."""
-        if grad.ndim == 2:
-            return grad / len(plan)
-        _, count = plan.weights(grad.device)
-        g = torch.zeros((grad.shape[0], grad.shape[1]) + plan.padded, dtype=grad.dtype, device=grad.device)
-        g[(slice(None), slice(None), *plan.crop())] = grad
-        return g / count
-
-    def _window_grad(self, g: Tensor, plan: WindowPlan, b: int, i: int) -> Tensor:
-        if g.ndim == 2:
-            return g[b]
-        w, _ = plan.weights(g.device)
-        return g[_at(b, plan.slices[i])] * w
+    def _cotangents(self, grad: Tensor, plan: WindowPlan) -> _Cotangent:
+        """The output gradient's share per window (the blend's derivative)."""
+        return _Cotangent(grad, plan)
 
     def input_gradient(self, x: Tensor, grad: Tensor) -> Tensor:
         """The vector-Jacobian product of the stitched output at ``x`` with ``grad``, window by window."""
@@ -553,7 +541,7 @@ class SlidingWindowNet(nn.Module):
         (gx,) = torch.autograd.grad(xp, xg, gxp)
         return gx
 
-    def each_window(self, xp: Tensor, g: Tensor, plan: WindowPlan,
+    def each_window(self, xp: Tensor, g: _Cotangent, plan: WindowPlan,
                     consume: Callable[[int, int, Tensor, Tensor], None], what: str,
                     layer: nn.Module | None = None,
                     consume_layer: Callable[[int, int, Tensor, Tensor], None] | None = None,
@@ -564,7 +552,7 @@ class SlidingWindowNet(nn.Module):
         from .methods._hooks import capture_layer  # noqa: PLC0415 - keeps the import graph flat
 
         items = [(b, i) for b, i in self._items(xp.shape[0], plan)
-                 if bool(self._window_grad(g, plan, b, i).any())]
+                 if bool(g.window(b, i).any())]
         if items and self.window_bytes is None:
             b0, i0 = items[0]
             self._measure(xp[(slice(b0, b0 + 1), slice(None), *plan.slices[i0])], plan, xp.shape[0])
@@ -572,7 +560,7 @@ class SlidingWindowNet(nn.Module):
         while start < len(items):
             stop = min(len(items), start + self._chunk(len(items) - start, backward=True))
             chunk = items[start:stop]
-            gs = torch.stack([self._window_grad(g, plan, b, i) for b, i in chunk])
+            gs = torch.stack([g.window(b, i) for b, i in chunk])
             with torch.enable_grad():
                 xs = torch.cat([xp[(slice(b, b + 1), slice(None), *plan.slices[i])] for b, i in chunk])
                 xs = xs.detach().requires_grad_(layer is None)
@@ -612,7 +600,8 @@ class SlidingWindowNet(nn.Module):
         with torch.no_grad():
             xp = plan.pad_input(x.detach())
         if grad is None:
-            g = torch.ones((x.shape[0], 1) + plan.padded, dtype=x.dtype, device=x.device)
+            ones = torch.ones((), dtype=x.dtype, device=x.device)
+            g = self._cotangents(ones.expand((x.shape[0], 1) + plan.padded), plan)
         else:
             g = self._cotangents(grad, plan)
         self.each_window(xp, g, plan, lambda *a: None, "layer: windows", layer=layer, consume_layer=consume,
@@ -712,6 +701,35 @@ class SlidingWindowNet(nn.Module):
             start = stop
             self._tick(start, len(windows), "reference: changed windows")
         return out
+
+
+class _Cotangent:
+    """A stitched output's gradient, handed out window by window: ``g[window] * w / count[window]`` (for ``(N, K)``
+    outputs ``g / windows``). Computed per window rather than as one more scan-sized tensor, unless the input was
+    padded up to the window (a small scan)."""
+
+    def __init__(self, grad: Tensor, plan: WindowPlan) -> None:
+        self.plan = plan
+        self.classify = grad.ndim == 2
+        self.divide = not self.classify and not any(plan.pad)
+        if self.classify:
+            self.g = grad / len(plan)
+        elif self.divide:
+            self.g = grad
+        else:
+            _, count = plan.weights(grad.device)
+            g = torch.zeros((grad.shape[0], grad.shape[1]) + plan.padded, dtype=grad.dtype, device=grad.device)
+            g[(slice(None), slice(None), *plan.crop())] = grad
+            self.g = g.div_(count)
+
+    def window(self, b: int, i: int) -> Tensor:
+        """Sample ``b``'s share for window ``i`` ``(K, *roi)`` (or ``(K,)``)."""
+        if self.classify:
+            return self.g[b]
+        w, count = self.plan.weights(self.g.device)
+        sl = self.plan.slices[i]
+        gw = self.g[_at(b, sl)]
+        return gw * (w / count[sl]) if self.divide else gw * w
 
 
 @dataclass
