@@ -82,3 +82,17 @@ def test_a_box_run_moves_region_and_voxel_targets_into_the_box() -> None:
     out = run_job(ExplainRequest(model=model_info(model, "test net"), image=img, source="img",
                                  methods=["saliency"], target=T.Voxel(1, (3, 0, 0)), roi=roi))
     assert out.status == "failed" and "outside the box (ROI)" in out.message
+
+
+@pytest.mark.parametrize(("device", "words"), [("bogus", "not a device name"), ("cuda:7", "not available"),
+                                               ("xla", "not supported")])
+def test_a_device_torch_does_not_know_or_this_machine_lacks_gets_one_clear_message(device: str, words: str) -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
+    with pytest.raises(na.ParameterError, match=words):
+        na.explain(net, np.zeros((8, 8), np.float32), "saliency", 0, device=device)
+
+
+def test_a_geometry_that_is_not_a_geometry_is_refused_not_dropped() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
+    with pytest.raises(na.ParameterError, match="na.Geometry"):
+        na.explain(net, np.zeros((8, 8), np.float32), "saliency", 0, geometry={"scale": [1.0, 1.0]})

@@ -358,9 +358,15 @@ def _explain_unlocked(
         if sweep is not None and len({layer for _, layer in sweep.values()}) > 1:
             raise MethodError("A layer sweep cannot run through the model card's sliding-window inferer yet; "
                               "explain one layer at a time.")
+    if geometry is not None and not isinstance(geometry, Geometry):
+        raise ParameterError(
+            f"geometry must be a napari_attribution.Geometry (voxel spacing, origin, direction), got "
+            f"{type(geometry).__name__}; e.g. na.Geometry(spacing=(2.0, 1.6, 2.2)), or the one na.io.read_image gives."
+        )
+    device = _checked_device(device)
     arr = as_image(image)
     lay = layout(arr.shape, card)
-    geo = geometry if isinstance(geometry, Geometry) else None
+    geo = geometry
     prep = prepared_input(module, arr, geo, card, lay)
     try:
         return _explain_prepared(module, card, prep, lay, infos, resolved, target, layer_of, geometry, device,
@@ -370,6 +376,24 @@ def _explain_unlocked(
         better = fit_network(module, prep, card, err)
         return _explain_prepared(module, card, better, lay, infos, resolved, target, layer_of, geometry, device,
                                  progress, cancel)
+
+
+def _checked_device(device: Any) -> torch.device | None:
+    """``device`` as a torch device, or one clear error for a name torch does not know or a device this machine
+    does not have."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ParameterError(f"device {device!r} is not a device name; use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from err
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ParameterError(f"device {device!r} is not available on this machine (no such CUDA device); use 'cpu'.")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ParameterError(f"device {device!r} is not available on this machine; use 'cpu'.")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ParameterError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'mps'.")
+    return dev
 
 
 def prepared_input(module: nn.Module, arr: np.ndarray, geometry: Geometry | None, card: ModelCard,
