@@ -1,10 +1,12 @@
 """prepare(): the card's intensity preprocessing (exact maths), resampling to the model spacing and back, padding
-and its crop-back, and the mapping of masks and voxel indices between the image and the model grid."""
+and its crop-back (the differentiable ``Prepared.to_model`` / ``Prepared.to_scan``), and how masks and voxel
+indices on the scan line up with the model grid in world space."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import napari_attribution as na
 from napari_attribution.inputs import Prepared, prepare
@@ -28,6 +30,18 @@ def sample(geometry: Geometry, shape: tuple[int, ...]) -> np.ndarray:
     return blob(geometry.index_to_world(index)).astype(np.float32)
 
 
+def batch(arr: np.ndarray) -> torch.Tensor:
+    """``(*S) -> (1, 1, *S)``: one single-channel map as the torch path takes it."""
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
+
+
+def world_centre(geometry: Geometry, weights: np.ndarray) -> np.ndarray:
+    """The weighted centre (mm) of the voxels of a non-negative array on ``geometry``'s grid."""
+    index = np.argwhere(weights > 0)
+    w = weights[tuple(index.T)]
+    return np.asarray(geometry.index_to_world((index * w[:, None]).sum(0) / w.sum()))
+
+
 # ------------------------------------------------------------------------------------------------ identity
 
 
@@ -35,9 +49,10 @@ def test_nothing_asked_is_the_identity_without_copies() -> None:
     image = np.random.default_rng(0).normal(size=(8, 9, 10)).astype(np.float32)
     prepared = prepare(image, ANISO.with_spacing((1, 1, 1)), ModelCard())
     assert prepared.data is image and prepared.is_identity and prepared.steps == ()
-    heat = np.ones_like(image)
-    assert prepared.to_image_grid(heat) is heat
-    assert prepared.index_to_model_grid((3, 4, 5)) == (3, 4, 5)
+    heat = batch(np.ones_like(image))
+    assert prepared.to_scan(heat) is heat and prepared.to_model(heat) is heat
+    net = torch.nn.Conv3d(1, 1, 1)
+    assert prepared.network(net) is net  # the grid does not change: the network is not wrapped
     assert prepared.geometry == ANISO.with_spacing((1, 1, 1))
     # a card spacing equal to the scan's is no resampling either
     same = prepare(image, ANISO, ModelCard(spacing=ANISO.spacing))
@@ -99,12 +114,14 @@ def test_resampling_anisotropic_scan_to_model_spacing_and_back() -> None:
     np.testing.assert_allclose(prepared.geometry.spacing, (1.0, 1.0, 1.0))
     # the model grid holds the same function at its own voxels' world positions
     np.testing.assert_allclose(prepared.data, sample(prepared.geometry, prepared.shape), atol=0.01)
-    back = prepared.to_image_grid(prepared.data)
+    np.testing.assert_array_equal(prepared.to_model(batch(image))[0, 0].numpy(), prepared.data)
+    back = prepared.to_scan(prepared.to_model(batch(image)))[0, 0].numpy()
     assert back.shape == SHAPE and back.dtype == np.float32
     np.testing.assert_allclose(back, image, atol=0.025)
     assert np.abs(back - image).mean() < 3e-3
-    # a leading axis (several maps at once) is kept
-    assert prepared.to_image_grid(np.stack([prepared.data] * 2)).shape == (2, *SHAPE)
+    # a batch of several maps with several channels each is kept
+    two = torch.from_numpy(np.stack([prepared.data] * 3))[None].expand(2, 3, *prepared.shape)
+    assert prepared.to_scan(two).shape == (2, 3, *SHAPE)
 
 
 def test_resampling_keeps_the_field_of_view_when_lengths_round() -> None:
@@ -114,31 +131,24 @@ def test_resampling_keeps_the_field_of_view_when_lengths_round() -> None:
     assert prepared.geometry is not None
     fov = np.array(prepared.shape) * np.array(prepared.geometry.spacing)
     np.testing.assert_allclose(fov, [17.0, 33 * 0.7])
-    assert prepared.to_image_grid(prepared.data).shape == (17, 33)
+    assert prepared.to_scan(batch(prepared.data)).shape[2:] == (17, 33)
 
 
-def test_2d_model_on_a_volume_resamples_and_pads_in_plane_only_and_keeps_nan_slices() -> None:
+def test_2d_model_on_a_volume_resamples_and_pads_in_plane_only() -> None:
     card = ModelCard(spatial_dims=2, spacing=(0.8, 0.8), preprocess={"pad_to_multiple": 16})
     image = sample(ANISO, (5, 40, 40))
-    prepared = prepare(image, ANISO.with_spacing((3.0, 0.4, 0.4)), card)
+    prepared = prepare(image, ANISO.with_spacing((3.0, 0.4, 0.4)), card, slicewise=True)
     assert prepared.resampled_shape == (5, 20, 20) and prepared.shape == (5, 32, 32)
-    assert prepared.pad == ((0, 0), (6, 6), (6, 6))
-    heat = np.ones(prepared.shape, np.float32)
-    heat[:2] = np.nan  # slices the 2D model did not explain
-    back = prepared.to_image_grid(heat)
-    assert back.shape == (5, 40, 40)
-    assert np.isnan(back[:2]).all() and np.isfinite(back[2:]).all()
-    np.testing.assert_allclose(back[2:], 1.0, atol=1e-6)
-
-
-def test_nan_gaps_do_not_spread_when_resampling_across_slices() -> None:
-    geometry = Geometry(spacing=(2.0, 1.0, 1.0), origin=(0, 0, 0))
-    prepared = prepare(np.zeros((10, 4, 4), np.float32), geometry, ModelCard(spacing=(1.0, 1.0, 1.0)))
-    heat = np.ones(prepared.shape, np.float32)
-    heat[:4] = np.nan  # the first two original slices (four model slices)
-    back = prepared.to_image_grid(heat)
-    assert np.isnan(back[:2]).all() and np.isfinite(back[2:]).all()
-    np.testing.assert_allclose(back[2:], 1.0, atol=1e-6)
+    assert prepared.pad == ((0, 0), (6, 6), (6, 6)) and prepared.model_axes == 2
+    # the slices go through the 2D model as a batch of in-plane images
+    slices = torch.from_numpy(image)[:, None]
+    model = prepared.to_model(slices)
+    assert model.shape == (5, 1, 32, 32)
+    np.testing.assert_allclose(model[:, 0].numpy(), prepared.data, atol=1e-6)  # slice by slice = trilinear
+    heat = torch.ones((5, 1, 32, 32))
+    back = prepared.to_scan(heat)
+    assert back.shape == (5, 1, 40, 40)
+    np.testing.assert_allclose(back.numpy(), 1.0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ padding
@@ -150,27 +160,34 @@ def test_padding_is_cropped_back_exactly() -> None:
     prepared = prepare(image, None, card)
     assert prepared.shape == (32, 48, 48) and prepared.pad == ((6, 6), (5, 6), (1, 2))
     windowed = (np.clip(image, -1, 1) + 1) / 2
-    np.testing.assert_allclose(prepared.to_image_grid(prepared.data), windowed, atol=1e-6)
+    np.testing.assert_allclose(prepared.to_scan(batch(prepared.data))[0, 0].numpy(), windowed, atol=1e-6)
     assert prepared.data[0].max() == 0 and prepared.data[:, :, 0].max() == 0  # constant padding with 0
     edge = prepare(image, None, ModelCard(spatial_dims=3, preprocess={"pad_to_multiple": [1, 8, 8],
                                                                       "pad_mode": "edge"}))
     assert edge.shape == (20, 40, 48)
     np.testing.assert_array_equal(edge.data[:, 0], edge.data[:, 1])
-    assert prepared.index_to_model_grid((0, 0, 0)) == (6, 5, 1)
-    assert prepared.index_to_image_grid((0, 0, 0)) == (0, 0, 0)  # padding maps to the nearest edge
+    # scan voxel (0, 0, 0) is model voxel (6, 5, 1): the gradient of that scan voxel is one-hot there
+    y = torch.zeros((1, 1, *prepared.shape), requires_grad=True)
+    prepared.to_scan(y)[0, 0, 0, 0, 0].backward()
+    assert y.grad is not None
+    assert y.grad.count_nonzero() == 1 and y.grad[0, 0, 6, 5, 1] == 1
+    # what lies on the padding is cropped away: it never reaches the scan
+    on_padding = torch.ones((1, 1, *prepared.shape))
+    on_padding[:, :, 6:26, 5:42, 1:46] = 0
+    assert prepared.to_scan(on_padding).abs().max() == 0
 
 
 # ------------------------------------------------------------------------------------------------ masks and indices
 
 
-def test_mask_and_index_to_the_model_grid_line_up_in_world_space() -> None:
+def test_mask_and_index_on_the_scan_line_up_with_the_model_grid_in_world_space() -> None:
     card = ModelCard(spatial_dims=3, spacing=(1.0, 1.0, 1.0), preprocess={"pad_to_multiple": 16})
     prepared = prepare(np.zeros(SHAPE, np.float32), ANISO, card)
     assert prepared.shape == (32, 32, 32) and prepared.geometry is not None
     mask = np.zeros(SHAPE, bool)
     mask[5:12, 10:40, 20:50] = True
-    model_mask = prepared.mask_to_model_grid(mask)
-    assert model_mask.shape == prepared.shape and model_mask.dtype == bool
+    model_mask = prepared.to_model(batch(mask))[0, 0].numpy() >= 0.5
+    assert model_mask.shape == prepared.shape
     assert not model_mask[:4].any() and not model_mask[-4:].any()  # padding is False
     volume = mask.sum() * np.prod(ANISO.spacing)
     assert abs(model_mask.sum() * np.prod(prepared.geometry.spacing) - volume) < 0.15 * volume
@@ -178,31 +195,25 @@ def test_mask_and_index_to_the_model_grid_line_up_in_world_space() -> None:
     centre_model = prepared.geometry.index_to_world(np.argwhere(model_mask).mean(0))
     assert np.all(np.abs(centre_image - centre_model) <= 0.5)
 
+    # a target at a scan voxel reads the model grid around that voxel's world position
     for index in [(0, 0, 0), (7, 31, 12), (19, 59, 59)]:
-        j = prepared.index_to_model_grid(index)
-        gap = np.abs(ANISO.index_to_world(np.array(index)) - prepared.geometry.index_to_world(np.array(j)))
-        assert np.all(gap <= 0.5 + 1e-9), (index, j, gap)  # within half a model voxel
-        back = prepared.index_to_image_grid(j)
-        assert np.all(np.abs(np.array(back) - index) <= np.array([0.5, 1.25, 1.25]))
-
-
-def test_labels_go_back_with_nearest_neighbour() -> None:
-    prepared = prepare(np.zeros((10, 12), np.float32), Geometry((1.0, 1.0), (0, 0)), ModelCard(spacing=(2.0, 2.0)))
-    labels = np.arange(prepared.data.size, dtype=np.int16).reshape(prepared.shape)
-    back = prepared.to_image_grid(labels, mode="nearest")
-    assert back.shape == (10, 12) and back.dtype == np.int16
-    np.testing.assert_array_equal(back[::2, ::2], labels)
+        y = torch.zeros((1, 1, *prepared.shape), requires_grad=True)
+        prepared.to_scan(y)[(0, 0, *index)].backward()
+        assert y.grad is not None
+        grad = y.grad[0, 0].numpy()
+        assert grad.min() >= 0 and abs(grad.sum() - 1) < 1e-6  # interpolation weights
+        assert not grad[:4].any() and not grad[-4:].any()  # never the padding
+        gap = np.abs(ANISO.index_to_world(np.array(index)) - world_centre(prepared.geometry, grad))
+        assert np.all(gap <= 0.5 + 1e-6), (index, gap)  # within half a model voxel
 
 
 def test_shape_errors() -> None:
     prepared = prepare(np.zeros((10, 12), np.float32), Geometry((1.0, 1.0), (0, 0)), ModelCard(spacing=(2.0, 2.0)))
     assert isinstance(prepared, Prepared)
-    with pytest.raises(na.InputShapeError, match="not on the model grid: its last 2 axes must be \\(5, 6\\)"):
-        prepared.to_image_grid(np.zeros((10, 12)))
-    with pytest.raises(na.InputShapeError, match="masks are given in image voxel space"):
-        prepared.mask_to_model_grid(np.zeros((5, 6), bool))
-    with pytest.raises(na.InputShapeError, match="outside the image"):
-        prepared.index_to_model_grid((10, 0))
+    with pytest.raises(na.InputShapeError, match="spatial shape \\(5, 6\\) is not the scan's \\(10, 12\\)"):
+        prepared.to_model(torch.zeros((1, 1, 5, 6)))
+    with pytest.raises(na.InputShapeError, match="A 3D tensor does not fit the prepared grid \\(10, 12\\)"):
+        prepared.to_scan(torch.zeros((1, 1, 5, 5, 6)))
     with pytest.raises(na.InputShapeError, match="spacing .* has 3 values but the image has 2 spatial axes"):
         prepare(np.zeros((10, 12), np.float32), Geometry((1.0, 1.0), (0, 0)), ModelCard(spacing=(1.0, 1.0, 1.0)))
     with pytest.raises(na.InputShapeError, match="geometry has 3"):

@@ -37,7 +37,7 @@ means "feed the image as it is" (then :func:`prepare` copies nothing). The vocab
                                             (default, value ``"pad_value"``, default 0, after normalisation as in
                                             MONAI's ``DivisiblePad``), ``"edge"`` or ``"reflect"``. The padding is
                                             split evenly before and after and cropped away again by
-                                            :meth:`Prepared.to_image_grid`.
+                                            :meth:`Prepared.to_scan`.
 ==========================================  ==========================================================================
 
 At most one of ``window``, ``percentile`` and ``zscore`` may be given. The order is always: intensity
@@ -67,8 +67,9 @@ Examples
 (80, 32, 32)
 >>> prepared.scan.shape                                       # what the methods perturb: the scan's own grid
 (40, 64, 64)
->>> prepared.to_image_grid(np.ones(prepared.data.shape, np.float32)).shape
-(40, 64, 64)
+>>> import torch
+>>> prepared.to_scan(torch.ones((1, 1, *prepared.data.shape))).shape   # a model-grid map, back on the scan
+torch.Size([1, 1, 40, 64, 64])
 """
 
 from __future__ import annotations
@@ -485,90 +486,6 @@ class Prepared:
         not change and there is no inferer."""
         return module if self.is_identity and self.inferer is None else self.wrap(module)
 
-    # -------------------------------------------------------------- maps back
-    def to_image_grid(self, map: npt.ArrayLike, *, mode: str = "linear") -> npt.NDArray[Any]:
-        """Map an array on the model grid back onto the image grid.
-
-        Parameters
-        ----------
-        map : array, ``(*M)`` or ``(K, *M)``
-            ``M`` is :attr:`shape` (padding included). A leading axis (channels, classes, per-channel maps) is kept.
-            NaN marks "not computed" (e.g. slices a 2D model skipped) and stays NaN, without spreading.
-        mode : ``"linear"`` or ``"nearest"``
-            Linear interpolation for maps and probabilities; nearest for label images (then the dtype is kept).
-
-        Returns
-        -------
-        numpy.ndarray, ``(*S)`` or ``(K, *S)``
-            Exactly the image's spatial shape; float32 for ``"linear"``. The input itself when
-            :attr:`is_identity`.
-        """
-        arr = np.asarray(map)
-        nd = len(self.image_shape)
-        if arr.ndim not in (nd, nd + 1) or tuple(arr.shape[-nd:]) != self.shape:
-            raise InputShapeError(
-                f"A map of shape {arr.shape} is not on the model grid: its last {nd} axes must be {self.shape}."
-            )
-        if mode not in ("linear", "nearest"):
-            raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}.")
-        if self.is_identity:
-            return arr
-        lead = arr.ndim == nd + 1
-        crop = tuple(slice(b, n - a) for (b, a), n in zip(self.pad, self.shape, strict=True))
-        arr = arr[(slice(None),) * lead + crop]
-        if not self.resampled:
-            return np.ascontiguousarray(arr)
-        stack = arr if lead else arr[None]
-        if mode == "nearest":
-            out = _resize_nearest(stack, self.image_shape)
-        else:
-            out = _resize_linear_nan(stack.astype(np.float32, copy=False), self.image_shape)
-        return out if lead else out[0]
-
-    def mask_to_model_grid(self, mask: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-        """A boolean mask on the image grid ``(*S)`` -> the model grid ``(*M)`` (nearest neighbour; padding False)."""
-        m = np.asarray(mask)
-        if tuple(m.shape) != self.image_shape:
-            raise InputShapeError(
-                f"The mask has shape {m.shape} but the image's spatial shape is {self.image_shape}; masks are given "
-                "in image voxel space."
-            )
-        m = m.astype(bool, copy=False)
-        if self.is_identity:
-            return m
-        if self.resampled:
-            m = _resize_nearest(m[None].astype(np.uint8), self.resampled_shape)[0].astype(bool)
-        if self.padded:
-            m = np.pad(m, self.pad, mode="constant", constant_values=False)
-        return m
-
-    def index_to_model_grid(self, index: Sequence[float]) -> tuple[int, ...]:
-        """An image voxel index ``(z, y, x)`` -> the nearest model-grid voxel index (inside the unpadded region)."""
-        idx = self._check_index(index, self.image_shape, "image")
-        out = []
-        for i, n, r, (b, _) in zip(idx, self.image_shape, self.resampled_shape, self.pad, strict=True):
-            j = (i + 0.5) * r / n - 0.5
-            out.append(int(min(max(math.floor(j + 0.5), 0), r - 1)) + b)
-        return tuple(out)
-
-    def index_to_image_grid(self, index: Sequence[float]) -> tuple[int, ...]:
-        """A model-grid voxel index -> the nearest image voxel index (padding voxels map to the nearest edge)."""
-        idx = self._check_index(index, self.shape, "model grid")
-        out = []
-        for j, n, r, (b, _) in zip(idx, self.image_shape, self.resampled_shape, self.pad, strict=True):
-            i = (j - b + 0.5) * n / r - 0.5
-            out.append(int(min(max(math.floor(i + 0.5), 0), n - 1)))
-        return tuple(out)
-
-    @staticmethod
-    def _check_index(index: Sequence[float], shape: tuple[int, ...], grid: str) -> list[float]:
-        idx = [float(v) for v in index]
-        if len(idx) != len(shape):
-            raise InputShapeError(f"A voxel index needs {len(shape)} values {shape}, got {tuple(index)}.")
-        if any(not 0 <= v <= n - 1 for v, n in zip(idx, shape, strict=True)):
-            raise InputShapeError(f"The voxel index {tuple(index)} lies outside the {grid} of shape {shape}.")
-        return idx
-
 
 # ------------------------------------------------------------------------------------------------
 # prepare
@@ -797,42 +714,6 @@ _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 def _check_nd(nd: int) -> None:
     if nd not in _LINEAR:
         raise InputShapeError(f"Resampling supports 1 to 3 spatial axes, got {nd}.")
-
-
-def _resize_linear(stack: npt.NDArray[np.float32], size: tuple[int, ...]) -> npt.NDArray[np.float32]:
-    """``(C, *S) -> (C, *size)`` by (bi/tri)linear interpolation."""
-    _check_nd(len(size))
-    t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[None]
-    with torch.no_grad():
-        out = F.interpolate(t, size=size, mode=_LINEAR[len(size)], align_corners=False)
-    return out[0].numpy()
-
-
-def _resize_linear_nan(stack: npt.NDArray[np.float32], size: tuple[int, ...]) -> npt.NDArray[np.float32]:
-    """Linear resize that treats NaN as missing: normalised interpolation, NaN where no valid voxel contributes
-    at least half the weight."""
-    valid = np.isfinite(stack)
-    if valid.all():
-        return _resize_linear(stack, size)
-    filled = np.where(valid, stack, np.float32(0.0)).astype(np.float32)
-    num = _resize_linear(filled, size)
-    den = _resize_linear(valid.astype(np.float32), size)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = num / den
-    out[den < 0.5] = np.nan
-    return out.astype(np.float32, copy=False)
-
-
-def _resize_nearest(stack: npt.NDArray[Any], size: tuple[int, ...]) -> npt.NDArray[Any]:
-    """``(C, *S) -> (C, *size)`` by nearest neighbour at voxel centres (any dtype, indices computed in numpy)."""
-    _check_nd(len(size))
-    out = stack
-    for ax, (n, r) in enumerate(zip(stack.shape[1:], size, strict=True)):
-        if n == r:
-            continue
-        src = np.minimum(np.floor((np.arange(r) + 0.5) * (n / r)).astype(np.intp), n - 1)
-        out = np.take(out, src, axis=ax + 1)
-    return np.ascontiguousarray(out)
 
 
 def _interpolate(y: Tensor, size: tuple[int, ...]) -> Tensor:
