@@ -10,7 +10,7 @@ The public API is this module's ``__all__``. Importing it imports neither Qt, ma
 from __future__ import annotations
 
 from . import targets
-from ._attribution import Attribution
+from ._attribution import Attribution, SliceWise
 from ._errors import (
     AttributionError,
     Cancelled,
@@ -53,6 +53,7 @@ __all__ = [
     "RelevantFeatures",
     "ScaledDefaultsWarning",
     "Score",
+    "SliceWise",
     "TargetError",
     "__version__",
     "agreement",
