@@ -300,3 +300,28 @@ def test_a_window_the_network_cannot_take_gets_one_message_naming_roi_size(scan:
     c["inferer"] = {"type": "sliding_window", "roi_size": [30, 30, 30]}
     with pytest.raises(na.InputShapeError, match="roi_size"):
         na.explain(na.LoadedModel(net, na.ModelCard.from_dict(c)), scan, "saliency", T.Class(1))
+
+
+def test_a_whole_scan_too_big_for_the_budget_is_refused_before_its_first_pass() -> None:
+    net = unet()
+    shapes: list[tuple[int, ...]] = []
+    handle = net.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape[2:])))
+    scan = np.random.default_rng(2).normal(size=(72, 80, 68)).astype(np.float32)
+    whole = na.LoadedModel(net, na.ModelCard.from_dict({k: v for k, v in card().items() if k != "inferer"}))
+    try:
+        with pytest.raises(na.MemoryBudgetError, match=r"memory_budget of at least (\d+) bytes") as err:
+            na.explain(whole, scan, "saliency", T.Class(1), params={"memory_budget": 8 * 2**20})
+        assert (72, 80, 68) not in shapes  # only the two small trial crops ran
+        need = int(str(err.value).split("at least ")[1].split(" bytes")[0])
+        # the estimate is what autograd really keeps for the whole scan, plus the scan-sized buffers
+        from napari_attribution.methods._hooks import saved_tensor_meter
+
+        with torch.enable_grad(), saved_tensor_meter() as saved:
+            net(torch.from_numpy(scan)[None, None].requires_grad_(True))
+        buffers = 4 * scan.size * (2 + 4)
+        assert 0.8 < (need - buffers) / saved.bytes < 1.25
+        shapes.clear()
+        na.explain(whole, scan, "saliency", T.Class(1), params={"memory_budget": need})
+        assert (72, 80, 68) in shapes
+    finally:
+        handle.remove()

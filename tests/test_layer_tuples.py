@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from napari_attribution import Attribution
-from napari_attribution._attribution import SliceWise
 from napari_attribution import layers as L
+from napari_attribution._attribution import SliceWise
 from napari_attribution.io import Geometry
 from napari_attribution.targets import Class, Contrast, ErrorRegion, Predicted, Region, Voxel
 

@@ -574,6 +574,8 @@ def _run_methods(
         needs_layer = any(infos[n].needs_layer for n in group)
         needs_backward = any(infos[n].needs_grad and (infos[n].shared_pass or infos[n].needs_layer)
                              for n in group)
+        if gi == 0:
+            run.check_memory(backward=any(infos[n].needs_grad for n in infos))
         input_grad = any(infos[n].needs_input_grad for n in group)
         measure = first.family in ("gradient", "backward_rule", "captum") and not needs_backward
         task_box: list[str] = []

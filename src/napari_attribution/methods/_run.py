@@ -10,6 +10,7 @@ report progress.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -19,15 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._errors import Cancelled, MethodError
+from .._errors import Cancelled, MemoryBudgetError, MethodError
 from ..inferers import SlidingWindowNet, default_memory_budget, gpu_budget, sliding_window_of
-from ..inputs import OnScanGrid, is_script
+from ..inputs import OnScanGrid, is_script, unwrap
 from ..targets import ResolvedTarget
 from ._hooks import capture_layer, output_meter, saved_tensor_meter
 
 __all__ = ["MethodOutput", "Run", "SharedPasses", "first_output", "upsample"]
 
 Progress = Callable[[int, int, str], None]
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def first_output(out: Any) -> Tensor:
@@ -152,6 +157,62 @@ class Run:
         given = self.params.get("memory_budget")
         budget = int(given) if given else default_memory_budget()
         return gpu_budget(self.x.device, budget)
+
+    #: inputs below this many voxels are not checked against the memory budget before running (their passes are small)
+    CHECK_VOXELS = 64**3
+
+    def check_memory(self, backward: bool) -> None:
+        """Refuse, before the first pass, a whole-scan input whose one forward (+ backward) would not fit the memory
+        budget, with the budget it needs. The network's activation memory is measured on two small crops of the
+        input (a trial forward each, 32 and 64 voxels per axis, autograd recording) and extrapolated linearly in the
+        voxel count; the scan-sized input, output and gradients are added. A sliding-window network checks its own
+        (:class:`~napari_attribution.inferers.SlidingWindowNet`); networks that do not run on the crops are not
+        checked."""
+        if self.windows is not None or self.x.numel() // self.x.shape[1] < self.CHECK_VOXELS:
+            return
+        budget = self.memory_budget()
+        need = self._estimated_bytes(backward)
+        if need is not None and need > budget:
+            raise MemoryBudgetError(
+                f"This scan needs about {_gib(need)} for one "
+                f"{'forward and backward pass' if backward else 'forward pass'} of the whole scan, more than the "
+                f"memory budget of {_gib(budget)}. Give params memory_budget of at "
+                f"least {need} bytes (the default is half of the free memory); or, for a network trained on patches, "
+                "give its model card a sliding-window 'inferer' (roi_size = the training patch), which needs only "
+                "one window's memory."
+            )
+
+    def _estimated_bytes(self, backward: bool) -> int | None:
+        net = unwrap(self.model)
+        xm = self._model_grid(self.x) if isinstance(self.model, OnScanGrid) else self.x
+        spatial = tuple(int(n) for n in xm.shape[2:])
+        points: list[tuple[int, int, int]] = []  # (voxels, bytes, output channels)
+        for side in (32, 64):
+            crop = tuple(min(n, side) for n in spatial)
+            if points and math.prod(crop) == points[-1][0]:
+                break
+            x = xm[(slice(0, 1), slice(None), *(slice(0, c) for c in crop))].detach()
+            try:
+                if backward:
+                    with torch.enable_grad(), saved_tensor_meter() as saved:
+                        y = first_output(net(x.clone().requires_grad_(True)))
+                    used = saved.bytes
+                elif is_script(net):
+                    return None
+                else:
+                    with torch.no_grad(), output_meter(net) as out:
+                        y = first_output(net(x))
+                    used = 3 * out.largest
+            except Exception:  # noqa: BLE001 - a network that does not take the crop is simply not checked
+                return None
+            points.append((math.prod(crop), int(used), int(y.shape[1]) if y.ndim > 1 else 1))
+            del y
+        voxels = math.prod(spatial)
+        (v1, b1, k), (v2, b2, _) = points[0], points[-1]
+        per = (b2 - b1) / (v2 - v1) if v2 > v1 else b1 / v1
+        fixed = max(0.0, b1 - per * v1)
+        scan = 4 * math.prod(self.x.shape[2:]) * (2 * self.x.shape[1] + 2 * k)
+        return int(fixed + per * voxels + scan)
 
     def _window_done(self, done: int, total: int, what: str) -> None:
         """Progress inside one pass of a sliding-window network (a pass over all windows is one unit of work),
