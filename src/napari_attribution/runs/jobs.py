@@ -76,6 +76,9 @@ class Estimate:
     forward_seconds: float = 0.0
     other_seconds: float = 0.0  # work besides the model (the window methods' patch model), from its flop count
     partial_passes: float = 0.0
+    #: through the card's sliding-window inferer: the windows over one input (0: the network runs whole); the passes
+    #: then count window runs and the seconds are one window's (see :func:`window_passes`)
+    windows: int = 0
 
     @property
     def seconds(self) -> float:
@@ -86,12 +89,15 @@ class Estimate:
 
     def text(self) -> str:
         about = "up to" if self.upper_bound else "about"
-        timed = f"{self.pass_seconds * 1000:.0f} ms measured for one pass"
+        one = "one window" if self.windows else "one pass"
+        timed = f"{self.pass_seconds * 1000:.0f} ms measured for {one}"
         if self.forward_passes:
-            timed = (f"{self.forward_passes:.0f} of them forward only; one pass measured: "
+            timed = (f"{self.forward_passes:.0f} of them forward only; {one} measured: "
                      f"{self.forward_seconds * 1000:.0f} ms forward, {self.pass_seconds * 1000:.0f} ms with backward")
         other = f"; {_duration(self.other_seconds)} for the patch model" if self.other_seconds >= 1 else ""
-        return f"{about} {_duration(self.seconds)} ({self.passes:.0f} passes; {timed}{other})"
+        runs = f"{self.passes:.0f} window runs, {self.windows} windows over the scan" if self.windows else \
+            f"{self.passes:.0f} passes"
+        return f"{about} {_duration(self.seconds)} ({runs}; {timed}{other})"
 
 
 @dataclass
@@ -216,7 +222,10 @@ def _pass_seconds(module: Any, x: Any, device: Any) -> tuple[float, float]:
 
 def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[int, ...], *,
               cheap: float = 8) -> Estimate | None:
-    """The request's cost on this image; None for runs of at most ``cheap`` passes (not worth timing a pass)."""
+    """The request's cost on this image; None for runs of at most ``cheap`` passes (not worth timing a pass). With
+    the card's sliding-window inferer, one window is timed instead of the whole network and the passes count window
+    runs (:func:`window_passes`): a stitched pass over a full-size scan takes minutes, one window a fraction of a
+    second."""
     info = req.model
     slicewise = info.spatial_dims == 2 and len(spatial) == 3
     one = spatial[1:] if slicewise else spatial
@@ -224,22 +233,27 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
     total, forward, partial, flops, upper = 0.0, 0.0, 0.0, 0.0, False
     default = req.layer or info.default_layer or (info.layers[-1] if info.layers else "")
     shared = False  # shared-pass methods compute every swept layer from the same pass
+    costs: list[tuple[na.MethodInfo, Mapping[str, Any], Any]] = []
     for layer in req.sweep_layers or [default]:
         for m in req.methods:
-            cost = na.get_method(m).estimate(req.params.get(m, {}), one,
-                                             layer_channels=info.layer_channels.get(layer or ""))
-            if cost.passes <= 2 and na.get_method(m).shared_pass:
+            method = na.get_method(m)
+            cost = method.estimate(req.params.get(m, {}), one, layer_channels=info.layer_channels.get(layer or ""))
+            if cost.passes <= 2 and method.shared_pass:
                 if shared:
                     continue
                 shared = True
+            costs.append((method, req.params.get(m, {}), cost))
             total += cost.passes
             forward, partial = forward + cost.forward, partial + cost.partial
             flops += cost.flops * (info.in_channels or 1)  # the window methods' patch model, per input channel
             upper |= cost.upper
+    flops *= n_slices
+    inferer = model_and_card(info.model)[1].sliding_window
+    if inferer is not None:
+        return _window_estimate(req, image, spatial, one, n_slices, costs, flops, upper, cheap)
     total *= n_slices
     forward *= n_slices
     partial *= n_slices
-    flops *= n_slices
     if total <= cheap:
         return None  # cheap: no need to measure
     import torch
@@ -257,6 +271,125 @@ def _estimate(req: ExplainRequest, image: np.ndarray, off: int, spatial: tuple[i
     other = flops / _flop_rate() if flops else 0.0
     return Estimate(total, both, upper, forward_passes=forward, forward_seconds=fwd, other_seconds=other,
                     partial_passes=partial)
+
+
+def window_passes(method: na.MethodInfo, params: Mapping[str, Any], cost: Any, plan: Any,
+                  spatial: tuple[int, ...]) -> tuple[float, float, float]:
+    """Window runs of one method through a sliding-window inferer: ``(forward only, forward + backward, forward +
+    backward stopping at a layer)``, for the method's ``cost`` (:meth:`~napari_attribution.MethodInfo.estimate` on
+    the scan's grid ``spatial``) and the inferer's ``plan`` over the model grid (``W`` windows).
+
+    - a gradient method: each pass is one stitched forward over all windows (no graph kept) and one forward +
+      backward per window; a method whose passes are not shared (integrated gradients, SmoothGrad) also runs the
+      stitched forward that fixes the target first;
+    - a layer method (Grad-CAM and its kin): one stitched forward and one forward + partial backward per window
+      (forward only for ``layer_activation``);
+    - a perturbation method: one stitched forward for the target, one for the reference, and per perturbation the
+      windows it changes — estimated from the perturbation's box (the method's window, scaled to the model grid)
+      against the inferer's window placement, averaged over the box positions; a perturbation that changes more than
+      half of the windows runs all of them, one without a box (RISE's masks) changes them all. The reference
+      outputs of changed windows are computed once each (at most ``W`` more).
+    """
+    W = float(plan.count())
+    full = max(0.0, cost.passes - cost.forward - cost.partial)
+    if method.sliding_window == "changed windows":
+        box = _perturbation_box(method.name, params, spatial)
+        if box is None:
+            return 2 * W + cost.passes * W, 0.0, 0.0
+        return 3 * W + cost.passes * changed_windows(plan, box[0], box[1], spatial), 0.0, 0.0
+    first = W if method.shared_pass else W + W * full  # the stitched forward(s) before the windows' backward
+    return first + W * cost.forward, W * full, W * cost.partial
+
+
+def _perturbation_box(method: str, params: Mapping[str, Any],
+                      spatial: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The window and stride (scan voxels) a perturbation method changes at a time; None: the whole input."""
+    from ..methods._windows import window_and_stride
+    from ..methods.perturbation import occlusion_windows
+
+    p = na.get_method(method).resolve_params(params)
+    if method == "occlusion":
+        w = occlusion_windows(p, spatial)
+    elif method in ("prediction_difference", "evidence"):
+        w = window_and_stride(p, spatial, method)
+    else:
+        return None
+    return tuple(w.window), tuple(w.stride)
+
+
+def changed_windows(plan: Any, box: tuple[int, ...], stride: tuple[int, ...], spatial: tuple[int, ...]) -> float:
+    """The mean number of the inferer's windows that a box of ``box`` scan voxels changes, over the box's positions
+    at ``stride`` on the scan's grid ``spatial`` (the box and its positions scaled to the model grid; a box that
+    changes more than half of the windows counts them all, as the inferer then runs the input whole)."""
+    grid = plan.spatial
+    roi = plan.spec.roi_size
+    lo = plan.pad[::2][::-1]  # padding before each axis (a scan smaller than the window)
+    per_axis = []
+    for a, (n, m, r) in enumerate(zip(spatial, grid, roi, strict=True)):
+        f = m / max(n, 1)
+        starts = np.asarray(sorted({sl[a].start for sl in plan.slices}), np.float64)
+        b = max(1.0, box[a] * f)
+        pos = np.arange(0, max(n - box[a], 0) + 1, max(1, stride[a]), dtype=np.float64) * f + lo[a]
+        per_axis.append(((starts[None, :] < pos[:, None] + b) & (starts[None, :] + r > pos[:, None])).sum(1))
+    counts = per_axis[0].astype(np.float64)
+    for c in per_axis[1:]:
+        counts = np.multiply.outer(counts, c).ravel()
+    total = float(plan.count())
+    return float(np.where(2 * counts > total, total, counts).mean())
+
+
+def _window_estimate(req: ExplainRequest, image: np.ndarray, spatial: tuple[int, ...], one: tuple[int, ...],
+                     n_slices: int, costs: list[tuple[na.MethodInfo, Mapping[str, Any], Any]], flops: float,
+                     upper: bool, cheap: float) -> Estimate | None:
+    """:func:`_estimate` through the card's sliding-window inferer: one window's forward + backward and forward-only
+    timed on the network itself at ``roi_size``, times the window runs of :func:`window_passes`."""
+    import torch
+
+    from ..inferers import sliding_window_of
+
+    info = req.model
+    geometry = scan_geometry(req.source_geometry, spatial)
+    key = (tuple(image.shape), req.device, None if geometry is None else geometry.spacing, "window")
+    # the timing is cached with the model grid it was planned on, as the key's last element
+    hit = next((k for k in info.pass_seconds if k[:-1] == key), None)
+    grid: tuple[int, ...] | None = None if hit is None else hit[-1]
+    if grid is None:
+        # the model grid of the run (the card's resampling / padding), before anything is timed
+        dev = torch.device(req.device) if req.device else None
+        found: list[tuple[int, ...]] = []
+
+        def time_window(net: Any, x: Any) -> tuple[float, float]:
+            sw = sliding_window_of(net)
+            if sw is None:  # pragma: no cover - a card with an inferer always runs through one
+                raise na.ModelLoadError("The network does not run through the card's sliding-window inferer.")
+            k = len(sw.spec.roi_size)
+            prep = getattr(net, "prepared", None)
+            found.append(tuple(prep.shape[-k:]) if prep is not None else tuple(x.shape[-k:]))
+            if dev is not None and dev.type != "cpu":
+                return math.nan, math.nan
+            g = torch.Generator().manual_seed(0)
+            xw = torch.randn((1, x.shape[1], *sw.spec.roi_size), generator=g)
+            return _pass_seconds(sw.net, xw, dev)
+
+        timing = network_on_scan(info.model, image, geometry, time_window)
+        grid = found[-1]
+        if math.isnan(timing[0]):
+            return None  # no timing on accelerators (the model would have to move twice)
+        info.pass_seconds[key + (grid,)] = timing
+    both, fwd = info.pass_seconds[key + (grid,)]
+    inferer = model_and_card(info.model)[1].sliding_window
+    assert inferer is not None
+    plan = inferer.plan(grid)
+    forward = full = partial = 0.0
+    for method, params, cost in costs:
+        f, b, p = window_passes(method, params, cost, plan, one)
+        forward, full, partial = forward + f, full + b, partial + p
+    forward, full, partial = forward * n_slices, full * n_slices, partial * n_slices
+    if forward + full + partial <= cheap:
+        return None  # a few window runs: no need to measure
+    other = flops / _flop_rate() if flops else 0.0
+    return Estimate(forward + full + partial, both, upper, forward_passes=forward, forward_seconds=fwd,
+                    other_seconds=other, partial_passes=partial, windows=plan.count())
 
 
 def _flop_rate() -> float:
