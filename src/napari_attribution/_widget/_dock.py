@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 
 import napari_attribution as na
 
+from .._progress import Eta, WindowStages, format_duration
 from ..layers import OWNER_KEY
 from ..models import infer_card
 from ..runs.jobs import ExplainRequest, Outcome, run_job, spatial_offset
@@ -159,6 +160,7 @@ class AttributionDock(QWidget):
         self.layout_.addStretch(1)
 
         self.runner = Runner(self._on_progress, self)
+        self._window_stages, self._eta = WindowStages(), Eta()
         self._follow_timer = QTimer(self)
         self._follow_timer.setSingleShot(True)
         self._follow_timer.setInterval(250)
@@ -345,6 +347,7 @@ class AttributionDock(QWidget):
             return False
         self._job = kind
         self.progress.setValue(0)
+        self._window_stages, self._eta = WindowStages(), Eta()
         self.status.setText(text)
         self.runner.start(fn, request, returned=returned, errored=self._on_error)
         self._update_buttons()
@@ -356,8 +359,12 @@ class AttributionDock(QWidget):
             self.runner.cancel()
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.progress.setValue(int(1000 * done / max(total, 1)))
-        self.status.setText(message)
+        # a sliding-window run's passes over the windows as one fraction; the ETA per stage (next method, next layer)
+        fraction = self._window_stages(done, total, message)
+        self.progress.setValue(int(1000 * fraction))
+        eta = self._eta(fraction)
+        self.status.setText(f"{message} (about {format_duration(eta)} left)" if eta is not None and eta >= 2
+                            else message)
 
     def _on_error(self, err: BaseException) -> None:  # only for bugs: run_job catches everything else
         self.status.setText(f"failed: {err}")
