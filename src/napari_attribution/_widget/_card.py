@@ -92,7 +92,10 @@ def card_text(info: ModelInfo) -> tuple[str, str]:
         padding = "no padding (fixed input shape)"
     else:
         padding = "padding by a trial pass if needed"
-    short = [f"Card in effect ({source}): {grid} · {intensity} · {padding}."]
+    inferer = card.sliding_window
+    # a network trained on patches predicts the scan window by window; attribution explains the stitched output
+    running = f" · {inferer.describe()} (attribution of the stitched output)" if inferer is not None else ""
+    short = [f"Card in effect ({source}): {grid} · {intensity} · {padding}{running}."]
     at = f"test pass at {_x(info.probe_shape)}" if info.probe_shape else "test pass"
     if info.probe_error:
         if info.classes_from_run:
@@ -132,6 +135,7 @@ def card_text(info: ModelInfo) -> tuple[str, str]:
         ("pad multiple", str(pad) if pad is not None else "none" if card.input_shape
          else "none given (found by a trial forward pass if needed)", "pad multiple"),
         ("default layer", info.default_layer or "none", "default layer"),
+        ("inferer", json.dumps(card.inferer) if card.inferer else "none (the whole scan in one piece)", "inferer"),
     ]
     detail = [f"Card in effect for {info.label} ({source}):"]
     for name, value, word in rows:
