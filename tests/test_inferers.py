@@ -325,3 +325,44 @@ def test_a_whole_scan_too_big_for_the_budget_is_refused_before_its_first_pass() 
         assert (72, 80, 68) in shapes
     finally:
         handle.remove()
+
+
+def test_patch_local_blends_each_windows_own_explanation(scan: np.ndarray) -> None:
+    net = unet()
+    loaded = na.LoadedModel(net, na.ModelCard.from_dict(card(mode="gaussian")))
+    ours = na.explain(loaded, scan, "saliency", T.Class(1), params={"patch_local": True})
+    assert ours.extras["patch_local"] and ours.extras["windows"] == 18
+    # by hand: the network alone on every window, its own saliency, blended with the Gaussian weights
+    plain = na.LoadedModel(net, na.ModelCard.from_dict({k: v for k, v in card().items() if k != "inferer"}))
+    plan = SlidingWindow(roi_size=ROI, mode="gaussian").plan(SHAPE)
+    w = importance_map(ROI, "gaussian").numpy()
+    acc = np.zeros(SHAPE, np.float64)
+    den = np.zeros(SHAPE, np.float64)
+    for sl in plan.slices:
+        acc[sl] += w * na.explain(plain, scan[sl].copy(), "saliency", T.Class(1)).data
+        den[sl] += w
+    assert np.allclose(ours.data, acc / den, atol=1e-5 * np.abs(acc / den).max())
+    # the prediction is the stitched one
+    stitched = SlidingWindowNet(net, SlidingWindow(roi_size=ROI, mode="gaussian"))(torch.from_numpy(scan)[None, None])
+    assert np.array_equal(ours.prediction, stitched[0].argmax(0).numpy())
+
+
+def test_patch_local_runs_methods_a_global_target_cannot_and_restricts_points_to_their_windows(
+        scan: np.ndarray) -> None:
+    net = unet()
+    loaded = na.LoadedModel(net, na.ModelCard.from_dict(card()))
+    att = na.explain(loaded, scan, "sam", T.Class(1), layer="model.1.submodule.0", params={"patch_local": True})
+    assert att.data.shape == SHAPE and np.isfinite(att.data).all()
+    point = na.explain(loaded, scan, "saliency", T.Voxel(1, (3, 4, 5)), params={"patch_local": True})
+    assert point.extras["windows_explained"] == 1
+    assert np.count_nonzero(point.data[32:]) == 0 and np.count_nonzero(point.data[:32, :32, :32]) > 0
+    region = np.zeros(SHAPE, bool)
+    region[40:48, 60:70, 50:58] = True  # only in the last windows
+    part = na.explain(loaded, scan, "saliency", T.Region(1, region), params={"patch_local": True})
+    assert 0 < part.extras["windows_explained"] < 18
+
+
+def test_patch_local_needs_an_inferer(scan: np.ndarray) -> None:
+    plain = na.LoadedModel(unet(), na.ModelCard.from_dict({k: v for k, v in card().items() if k != "inferer"}))
+    with pytest.raises(na.ParameterError, match="no inferer"):
+        na.explain(plain, scan[:32, :32, :32].copy(), "saliency", T.Class(1), params={"patch_local": True})

@@ -29,8 +29,14 @@ from .methods._run import MethodOutput, Run
 from .models._card import LoadedModel, ModelCard, infer_card
 from .models._layers import resolve_layer
 from .targets import (
+    Class,
+    Contrast,
+    ErrorRegion,
+    Predicted,
+    Region,
     ResolvedTarget,
     Target,
+    Voxel,
     channel_argmax,
     found_per_slice,
     on_slice,
@@ -347,13 +353,15 @@ def _explain_unlocked(
                 "state_dict is copied into the network the factory builds, so the kwargs must be those it was "
                 "exported with), and run it on that."
             )
-    if card.inferer is not None:
+    patch_local = any(bool((params.get(n) or {}).get("patch_local")) for n in names)
+    if card.inferer is not None and not patch_local:
         for n, info in infos.items():
             if info.sliding_window is None:
                 usable = ", ".join(i.name for i in list_methods() if i.sliding_window is not None)
                 raise MethodError(
-                    f"{n} cannot run through the model card's sliding-window inferer (it needs the whole network's "
-                    f"graph or a layer's single activation). Methods that can: {usable}."
+                    f"{n} cannot explain a global target through the model card's sliding-window inferer (it needs "
+                    f"the whole network's graph or a layer's single activation). Methods that can: {usable}. Or "
+                    "explain each window on its own with params patch_local=True."
                 )
         if sweep is not None and len({layer for _, layer in sweep.values()}) > 1:
             raise MethodError("A layer sweep cannot run through the model card's sliding-window inferer yet; "
@@ -457,7 +465,18 @@ def _explain_prepared(
         if moved:
             module.to(dev)
         with model_guard(module), fast_cpu_conv3d(module, dev):
-            if not lay.slicewise:
+            patch_local = any(bool(p.get("patch_local")) for p in resolved.values())
+            if patch_local and (prep.inferer is None or lay.slicewise):
+                raise ParameterError(
+                    "patch_local explains each window of the model card's sliding-window inferer on its own; this "
+                    + ("model card has no inferer." if prep.inferer is None else
+                       "a 2D model run slice by slice cannot use it: leave patch_local out (a global target).")
+                )
+            if patch_local:
+                x = torch.from_numpy(np.ascontiguousarray(arr.reshape((1, lay.channels) + tuple(spatial)))).to(dev)
+                results = _run_patch_local(module, net, card, prep, x, infos, resolved, target, layer_of, geometry,
+                                           progress, cancel)
+            elif not lay.slicewise:
                 x = torch.from_numpy(np.ascontiguousarray(arr.reshape((1, lay.channels) + tuple(spatial)))).to(dev)
                 parts = _run_methods(net, card, x, infos, resolved, target, layer_of, progress, cancel)
                 results = {n: _finish(parts[n], infos[n], resolved[n], geometry) for n in names}
@@ -472,6 +491,138 @@ def _explain_prepared(
             r.extras["preprocessing"] = list(prep.steps)
             r.extras["model_grid_shape"] = prep.shape
     return results
+
+
+def _run_patch_local(
+    module: nn.Module,
+    net: nn.Module,
+    card: ModelCard,
+    prep: Prepared,
+    x: Tensor,
+    infos: dict[str, MethodInfo],
+    params: dict[str, dict[str, Any]],
+    target: Target,
+    layer_of: Mapping[str, str | None],
+    geometry: Any,
+    progress: Progress | None,
+    cancel: Cancel | None,
+) -> dict[str, Attribution]:
+    """methods.md §1.5's patch-local option: every window of the inferer is explained on its own, by the network
+    alone on that window, for the target restricted to the window (a drawn region's part in it, a point only in the
+    windows that hold it, the region the window's own output predicts), and the windows' maps are blended with the
+    inferer's weights, like TorchEsegeta's ``GridAggregator``. Any method runs this way; the caveat is that each
+    window's target is local. The prediction is the stitched one."""
+    spec = prep.inferer
+    assert spec is not None
+    if prep.resampled and not isinstance(target, (int, np.integer, type(None), Class, Predicted)) and not (
+            isinstance(target, Contrast) and target.mask is None):
+        raise TargetError(
+            "patch_local with a drawn region or point needs the scan at the model's own grid (this card resamples "
+            "it); use a class or the predicted region, or leave patch_local out (the default global target)."
+        )
+    with torch.no_grad():
+        xm = prep.to_model(x) if not prep.is_identity else x
+        stitched = net(x)
+    plan = spec.plan(xm.shape[2:])
+    xp = plan.pad_input(xm)
+    weights, _ = plan.weights(xp.device)
+    # scan voxel -> padded window grid: the input path's padding, then the plan's (no resampling here)
+    offset = [a + b for (a, _), b in zip(prep.pad[-len(plan.padded):], plan.pad[::2][::-1], strict=True)]
+    acc: dict[str, Tensor] = {}
+    acc_c: dict[str, Tensor] = {}
+    den = torch.zeros(plan.padded, dtype=torch.float32)
+    last: dict[str, Attribution] = {}
+    skipped: dict[int, str] = {}
+    n = len(plan)
+    for i, window in enumerate(plan.slices):
+        def report(done: int, total: int, message: str, _i: int = i) -> None:
+            if progress is not None:
+                progress(_i * 1000 + int(1000 * done / max(total, 1)), n * 1000, f"window {_i + 1}/{n}: {message}")
+
+        local = _window_target(target, window, offset, prep.image_shape[-len(window):])
+        if local is _OUTSIDE:
+            skipped[i] = "the target point is not in this window"
+            continue
+        xw = xp[(slice(0, 1), slice(None), *window)].contiguous()
+        try:
+            parts = _run_methods(module, card, xw, infos, params, local, layer_of, report, cancel)
+        except TargetError as err:
+            # a window without the predicted structure, or without any of a drawn region: nothing to explain there
+            if not (found_per_slice(target) or isinstance(target, (Region, ErrorRegion, Contrast))):
+                raise
+            skipped[i] = str(err)
+            continue
+        for name in infos:
+            att = _finish(parts[name], infos[name], params[name], None)
+            last[name] = att
+            m = torch.from_numpy(att.data).float()
+            acc.setdefault(name, torch.zeros(plan.padded))[window] += m * weights.cpu()
+            if att.per_channel is not None:
+                pc = torch.from_numpy(att.per_channel).float()
+                acc_c.setdefault(name, torch.zeros((pc.shape[0],) + plan.padded))[(slice(None), *window)] += \
+                    pc * weights.cpu()
+        den[window] += weights.cpu()
+    if not last:
+        raise TargetError(f"No window has anything to explain for this target ({next(iter(skipped.values()))}).")
+    crop = plan.crop()
+    out: dict[str, Attribution] = {}
+    for name, info in infos.items():
+        att = last[name]
+
+        def on_scan(a: Tensor) -> np.ndarray:
+            blended = torch.where(den > 0, a / den.clamp(min=1e-12), torch.zeros(()))  # windows never run: 0
+            m = blended[(slice(None), *crop)] if a.ndim > len(crop) else blended[crop]
+            m = m[None] if m.ndim == len(crop) else m
+            scan = prep.to_scan(m[None])[0] if not prep.is_identity else m
+            return scan.numpy().astype(np.float32)
+
+        data = on_scan(acc[name])[0]
+        per_channel = on_scan(acc_c[name]) if name in acc_c else None
+        # the stitched prediction (a patch classifier's windows each predict: no one label map)
+        pred = None if stitched.ndim == 2 else \
+            predicted_labels(stitched.detach().float().cpu()[0], card.output).to(torch.int16).numpy()
+        out[name] = Attribution(
+            data=data, method=info.name, target=att.target, layer=att.layer, params=dict(params[name]),
+            signed=info.signed, seconds=0.0, prediction=pred, per_channel=per_channel,
+            geometry=geometry if isinstance(geometry, Geometry) else None,
+            extras={"windows": n, "windows_explained": n - len(skipped), "skipped_windows": skipped,
+                    "patch_local": True},
+            description=f"{att.description}, patch-local in each of {n - len(skipped)} of {n} windows",
+        )
+    return out
+
+
+#: a window that does not hold the target point
+_OUTSIDE = object()
+
+
+def _window_target(target: Target, window: tuple[slice, ...], offset: Sequence[int],
+                   spatial: tuple[int, ...]) -> Any:
+    """``target`` restricted to one window of the padded window grid (scan voxel ``i`` sits at ``i + offset``)."""
+    if isinstance(target, Voxel):
+        idx = [int(v) + o for v, o in zip(target.index[-len(window):], offset, strict=True)]
+        if not all(sl.start <= j < sl.stop for j, sl in zip(idx, window, strict=True)):
+            return _OUTSIDE
+        return Voxel(target.k, tuple(j - sl.start for j, sl in zip(idx, window, strict=True)), target.score)
+
+    def on_window(mask: Any) -> np.ndarray:
+        m = np.asarray(mask)
+        full = np.zeros(_padded_of(window, m, offset), m.dtype)
+        full[tuple(slice(o, o + s) for o, s in zip(offset, m.shape[-len(window):], strict=True))] = m
+        return full[window]
+
+    if isinstance(target, Region):
+        return Region(target.k, on_window(target.mask), target.score)
+    if isinstance(target, ErrorRegion):
+        return ErrorRegion(target.k, on_window(target.truth_mask), target.kind, target.score)
+    if isinstance(target, Contrast) and target.mask is not None:
+        return Contrast(target.k1, target.k2, on_window(target.mask), target.score)
+    return target
+
+
+def _padded_of(window: tuple[slice, ...], mask: np.ndarray, offset: Sequence[int]) -> tuple[int, ...]:
+    """A shape that holds both the mask at its offset and the window."""
+    return tuple(max(sl.stop, o + s) for sl, o, s in zip(window, offset, mask.shape[-len(window):], strict=True))
 
 
 def model_device(module: nn.Module) -> torch.device:

@@ -78,7 +78,7 @@ def _one_pass(params: Mapping[str, Any], spatial: tuple[int, ...], layer_channel
 
 #: parameters every method accepts (handled by the pipeline, not by the method)
 COMMON_PARAMS: Mapping[str, Any] = MappingProxyType(
-    {"seed": 0, "max_batch": None, "memory_budget": None, "slices": None}
+    {"seed": 0, "max_batch": None, "memory_budget": None, "slices": None, "patch_local": False}
 )
 
 
@@ -261,6 +261,9 @@ def _check_common(params: Mapping[str, Any]) -> None:
                 f"memory_budget must be a positive number of bytes (e.g. 536870912 for 512 MiB), got {budget!r}; "
                 "leave it out for the default."
             )
+    local = params.get("patch_local")
+    if local is not None and not isinstance(local, bool):
+        raise ParameterError(f"patch_local must be true or false, got {local!r}.")
     batch = params.get("max_batch")
     if batch is not None:
         if isinstance(batch, bool) or not isinstance(batch, numbers.Real) or not float(batch).is_integer() \
