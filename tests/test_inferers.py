@@ -366,3 +366,15 @@ def test_patch_local_needs_an_inferer(scan: np.ndarray) -> None:
     plain = na.LoadedModel(unet(), na.ModelCard.from_dict({k: v for k, v in card().items() if k != "inferer"}))
     with pytest.raises(na.ParameterError, match="no inferer"):
         na.explain(plain, scan[:32, :32, :32].copy(), "saliency", T.Class(1), params={"patch_local": True})
+
+
+def test_the_automatic_layer_is_found_on_one_window_not_on_the_whole_scan(scan: np.ndarray) -> None:
+    net = unet()
+    shapes: list[tuple[int, ...]] = []
+    handle = net.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
+    try:
+        att = na.explain(na.LoadedModel(net, na.ModelCard.from_dict(card())), scan, "grad_cam", T.Class(1))
+    finally:
+        handle.remove()
+    assert att.layer and att.data.shape == SHAPE
+    assert all(s[2:] == ROI for s in shapes)  # every call of the network saw windows only

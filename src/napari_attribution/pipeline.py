@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ._attribution import Attribution, SliceWise, TargetSpec
 from ._errors import InputShapeError, MethodError, ParameterError, TargetError
+from .inferers import sliding_window_of
 from .inputs import Layout, OnScanGrid, Prepared, fit_network, is_script, known_multiple, layout, prepare, unwrap
 from .io._geometry import Geometry
 from .methods._hooks import activation_rule, fast_cpu_conv3d, model_guard
@@ -784,6 +785,11 @@ def _fn(info: MethodInfo) -> Callable[[Run, dict[str, Any]], MethodOutput]:
 
 
 def _layer_for(module: nn.Module, card: ModelCard, x: Tensor, layer: str | None) -> tuple[str, nn.Module]:
+    windows = sliding_window_of(module)
+    if windows is not None:
+        # a sliding-window network is walked on one window, never on the whole scan (minutes at full size)
+        module = unwrap(module)
+        x = torch.zeros((1, x.shape[1]) + windows.spec.roi_size, dtype=x.dtype, device=x.device)
     if layer is None and card.default_layer is None and not is_script(module):
         # the automatic choice walks the network with a forward pass: once per network and input grid
         net = unwrap(module)
