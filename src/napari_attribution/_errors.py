@@ -25,12 +25,13 @@ __all__ = [
     "AttributionError",
     "Cancelled",
     "CompletenessWarning",
-    "MemoryBudgetError",
     "InputShapeError",
     "LayerNotFoundError",
+    "MemoryBudgetError",
     "MethodError",
     "ModelLoadError",
     "ParameterError",
+    "PreprocessingWarning",
     "ReaderError",
     "ScaledDefaultsWarning",
     "TargetError",
@@ -92,11 +93,16 @@ class ScaledDefaultsWarning(UserWarning):
     always used as given)."""
 
 
+class PreprocessingWarning(UserWarning):
+    """A model's own preprocessing or inference steps (a MONAI bundle's transforms or inferer) that this tool does
+    not reproduce; the message lists them, so that a difference from the model's own predictions is explained."""
+
+
 def own_warnings(caught: list[Any]) -> list[str]:
     """The messages of the warnings this package raised (incomplete maps, scans read with a caveat) among
     ``warnings.catch_warnings(record=True)`` records, sorted and without repeats; other libraries' warnings
     (deprecations, ...) are left out: they are not about the user's result."""
     ours = {str(w.message) for w in caught if issubclass(w.category, UserWarning)
-            and (issubclass(w.category, (CompletenessWarning, ScaledDefaultsWarning))
+            and (issubclass(w.category, (CompletenessWarning, ScaledDefaultsWarning, PreprocessingWarning))
                  or "napari_attribution" in str(w.filename))}
     return sorted(ours)

@@ -125,3 +125,40 @@ def test_metadata_json_alone_gives_class_names_even_when_it_is_odd(tmp_path: Pat
     write_json(bundle / "configs" / "metadata.json", meta)
     card = na.load_model(bundle).card
     assert card.class_names is None and card.num_classes == 2
+
+
+def test_a_bundles_sliding_window_inferer_becomes_the_cards_and_runs_window_by_window(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": "random"}).module
+    inferer = {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 16], "overlap": [0.5, 0.25, 0.25],
+               "mode": "gaussian", "sigma_scale": 0.2, "sw_batch_size": 2}
+    bundle = make_bundle(tmp_path / "b", unet_def(), weights=trained, extra={"inferer": inferer})
+    loaded = na.load_model(bundle)
+    assert loaded.card.inferer == {"type": "sliding_window", "roi_size": [16, 32, 32], "overlap": [0.25, 0.25, 0.5],
+                                   "mode": "gaussian", "sigma_scale": 0.2, "padding_mode": "constant", "cval": 0.0,
+                                   "sw_batch_size": 2}
+    scan = torch.randn(20, 40, 37).numpy()
+    att = na.explain(loaded, scan, "saliency", na.targets.Class(1))
+    assert att.data.shape == scan.shape
+    assert any(step.startswith("sliding window 16x32x32") for step in att.extras["preprocessing"])
+
+
+def test_steps_a_bundle_asks_for_that_are_not_reproduced_are_listed_in_one_warning(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    trained = na.load_model({"factory": "monai:UNet", "kwargs": UNET_KWARGS, "weights": "random"}).module
+    preprocessing = {"transforms": [
+        {"_target_": "LoadImaged", "keys": "image"},
+        {"_target_": "EnsureChannelFirstd", "keys": "image"},
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        {"_target_": "CropForegroundd", "keys": "image", "source_key": "image"},
+        {"_target_": "NormalizeIntensityd", "keys": "image"},
+    ]}
+    bundle = make_bundle(tmp_path / "b", unet_def(), weights=trained,
+                         extra={"preprocessing": preprocessing, "inferer": {"_target_": "SaliencyInferer"}})
+    with pytest.warns(na.PreprocessingWarning) as caught:
+        loaded = na.load_model(bundle)
+    assert len(caught) == 1
+    text = str(caught[0].message)
+    assert "Orientationd" in text and "CropForegroundd" in text and "inferer SaliencyInferer" in text
+    assert "LoadImaged" not in text and "NormalizeIntensityd" not in text  # read / reproduced
+    assert loaded.card.preprocess == {"zscore": True}

@@ -16,8 +16,11 @@ The card comes from, in order: the ``card`` argument, a ``*.card.json`` / ``.yam
 bundle itself: ``metadata.json`` (channels, classes and their names, patch shape, task) and the inference config
 (``preprocessing``: ``ScaleIntensityRange(d)`` -> a window, ``NormalizeIntensity(d)`` -> zscore,
 ``ScaleIntensityRangePercentiles(d)`` -> percentile, ``Spacing(d)`` -> spacing, ``DivisiblePad(d)`` ->
-pad_to_multiple; ``inferer.roi_size`` -> patch_size). MONAI lists per-axis values in the file's voxel order
-``(x, y, z)``; the card holds them reversed, in numpy order ``(z, y, x)``.
+pad_to_multiple; ``inferer.roi_size`` -> patch_size; a ``SlidingWindowInferer`` -> the card's ``inferer``, so the
+network runs window by window as the bundle predicts). MONAI lists per-axis values in the file's voxel order
+``(x, y, z)``; the card holds them reversed, in numpy order ``(z, y, x)``. Transforms and inferers that are neither
+reproduced nor without effect here (reading, the channel axis, the dtype) are listed in one
+:class:`~napari_attribution.PreprocessingWarning`, never skipped silently.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +36,7 @@ from typing import Any
 
 from torch import nn
 
-from .._errors import ModelLoadError
+from .._errors import ModelLoadError, PreprocessingWarning
 from ._build import (
     MONAI_CLASSIFICATION,
     MONAI_SEGMENTATION,
@@ -54,6 +58,9 @@ _CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 _SEARCH = ("monai.networks.nets", "monai.networks.blocks", "torch.nn")
 _KNOWN_TRANSFORMS = ("ScaleIntensityRange", "ScaleIntensityRangePercentiles", "NormalizeIntensity", "Spacing",
                      "DivisiblePad")
+#: transforms whose work the readers and the input path already do (reading, the channel axis, the dtype)
+_NO_EFFECT = ("LoadImage", "EnsureChannelFirst", "AddChannel", "EnsureType", "ToTensor", "CastToType", "Identity",
+              "ToDevice", "ToNumpy")
 
 
 class _NeedsTrust(Exception):
@@ -380,18 +387,52 @@ def _bundle_card(folder: Path, config: Mapping[str, Any], net_def: Any) -> Model
         elif short in MONAI_CLASSIFICATION:
             fields["task"] = "classification"
     fields.update(_preprocessing(config))
+    unreproduced: list[str] = fields.pop("_unreproduced", [])
     inferer = config.get("inferer")
     if isinstance(inferer, Mapping):
+        kind = str(inferer.get("_target_", "")).split(".")[-1]
         roi = _numbers(_literal(inferer.get("roi_size"), config))
         if roi and len(roi) in (2, 3) and all(r.is_integer() and r > 0 for r in roi):
             fields["patch_size"] = tuple(int(r) for r in reversed(roi))
+        if kind == "SlidingWindowInferer" and "patch_size" in fields:
+            fields["inferer"] = _sliding_window(inferer, config, fields["patch_size"])
+        elif kind not in ("SimpleInferer", ""):
+            unreproduced.append(f"inferer {kind}")
     k = fields.get("num_classes")
     if k is not None:
         fields["background"] = 0 if k > 1 else None
+    if unreproduced:
+        warnings.warn(PreprocessingWarning(
+            f"The MONAI bundle '{folder.name}' asks for steps this tool does not reproduce: "
+            f"{', '.join(unreproduced)}. Its predictions here may differ from the bundle's own; apply those steps "
+            "to the scan before loading it, or give a model card that describes what the network expects."
+        ), stacklevel=4)
     try:
         return ModelCard(**fields)
     except ModelLoadError:  # an inconsistent metadata.json: keep what is certain
         return ModelCard(**{key: fields[key] for key in ("name", "description", "task") if key in fields})
+
+
+def _sliding_window(inferer: Mapping[str, Any], config: Mapping[str, Any], roi: tuple[int, ...]) -> dict[str, Any]:
+    """The card's ``inferer`` for a bundle's ``SlidingWindowInferer`` (per-axis values reversed to numpy order)."""
+    out: dict[str, Any] = {"type": "sliding_window", "roi_size": list(roi)}
+    for key in ("overlap", "sigma_scale"):
+        value = _literal(inferer.get(key), config)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = float(value)
+        elif isinstance(value, list) and len(value) == len(roi):
+            out[key] = [float(v) for v in reversed(value)]
+    for key in ("mode", "padding_mode"):
+        value = _literal(inferer.get(key), config)
+        if isinstance(value, str):
+            out[key] = value
+    cval = _literal(inferer.get("cval"), config)
+    if isinstance(cval, (int, float)) and not isinstance(cval, bool):
+        out["cval"] = float(cval)
+    batch = _literal(inferer.get("sw_batch_size"), config)
+    if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+        out["sw_batch_size"] = batch
+    return out
 
 
 def _preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -400,6 +441,8 @@ def _preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
     transforms = _deref(transforms, config, set()) if isinstance(transforms, str) else transforms
     out: dict[str, Any] = {}
     spec: dict[str, Any] = {}
+    skipped: list[str] = []
+    out["_unreproduced"] = skipped
     if not isinstance(transforms, list):
         return out
     for t in transforms:
@@ -407,7 +450,9 @@ def _preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(t, Mapping):
             continue
         raw = str(t.get("_target_", "")).split(".")[-1]
-        name = raw[:-1] if raw.endswith("d") and raw[:-1] in _KNOWN_TRANSFORMS else raw
+        name = raw[:-1] if raw.endswith("d") and raw[:-1] in _KNOWN_TRANSFORMS + _NO_EFFECT else raw
+        if name not in _KNOWN_TRANSFORMS + _NO_EFFECT:
+            skipped.append(raw or repr(t))
         if name == "ScaleIntensityRange":
             lo, hi = _literal(t.get("a_min"), config), _literal(t.get("a_max"), config)
             a, b = _literal(t.get("b_min", 0.0), config), _literal(t.get("b_max", 1.0), config)
