@@ -35,6 +35,12 @@ def _layer(m: na.MethodInfo) -> str:
     return "yes" if m.needs_layer else ("optional" if m.layer_optional else "")
 
 
+def _sliding(m: na.MethodInfo) -> str:
+    """How the method runs through a model card's sliding-window inferer (:attr:`MethodInfo.sliding_window`)."""
+    return {"exact": "exact", "per-window": "per window", "changed windows": "changed windows"}.get(
+        m.sliding_window or "", "no")
+
+
 def reference_text() -> str:
     """The whole of docs/methods/reference.md."""
     lines = [
@@ -43,14 +49,19 @@ def reference_text() -> str:
         "Generated from the registry and the docstrings by `scripts/gen_method_docs.py`; do not edit by hand.",
         "Methods marked *reconstruction* implement our documented reading of a paper whose exact formula was not",
         "available (see the method's text). *seed*: the map depends on random numbers drawn from the `seed` parameter.",
+        "*sliding window*: how the method runs when the model card has a sliding-window `inferer` — *exact* (the",
+        "gradient of the stitched output, window by window), *per window* (layer maps computed in each window and",
+        "blended with the inferer's weights), *changed windows* (each perturbed input runs only the windows it",
+        "changes), *no* (refused with such a card).",
         "",
-        "| name | family | layer | signed | seed | cost | TorchScript |",
-        "|---|---|---|---|---|---|---|",
+        "| name | family | layer | signed | seed | cost | sliding window | TorchScript |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     infos = na.list_methods()
     for m in infos:
         lines.append(f"| [`{m.name}`](#{m.name}) | {m.family} | {_layer(m)} | {'yes' if m.signed else ''} "
-                     f"| {'yes' if m.stochastic else ''} | {m.passes} | {'yes' if m.supports_torchscript else 'no'} |")
+                     f"| {'yes' if m.stochastic else ''} | {m.passes} | {_sliding(m)} "
+                     f"| {'yes' if m.supports_torchscript else 'no'} |")
     lines.append("")
     for m in infos:
         assert m.fn is not None
@@ -89,13 +100,13 @@ def _name_cell(m: na.MethodInfo) -> str:
 
 def readme_table() -> str:
     """README.md's methods table, markers included."""
-    lines = [START, "", "| name (parameters) | family | layer | signed | seed | cost | reference |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [START, "", "| name (parameters) | family | layer | signed | seed | cost | sliding window | reference |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in na.list_methods():
         lines.append(f"| {_name_cell(m)} | {m.family} | {_layer(m)} | {'yes' if m.signed else ''} "
-                     f"| {'yes' if m.stochastic else ''} | {m.passes} | {_citation(m.paper)} |")
+                     f"| {'yes' if m.stochastic else ''} | {m.passes} | {_sliding(m)} | {_citation(m.paper)} |")
     lines += ["| `captum:<ClassName>` (`init`, any `attribute` keyword) | captum (any `captum.attr` primary or layer "
-              "class) | as the class | yes | | as in Captum | Kokhlikyan et al. 2020 |", "", END]
+              "class) | as the class | yes | | as in Captum | no | Kokhlikyan et al. 2020 |", "", END]
     return "\n".join(lines)
 
 

@@ -90,6 +90,8 @@ def card_text(info: ModelInfo) -> tuple[str, str]:
         padding = f"pad to a multiple of {pad if isinstance(pad, int) else _x(pad)}"
     elif card.input_shape:
         padding = "no padding (fixed input shape)"
+    elif card.inferer:
+        padding = "no padding (the network sees the inferer's windows)"
     else:
         padding = "padding by a trial pass if needed"
     inferer = card.sliding_window
