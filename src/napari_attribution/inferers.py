@@ -9,6 +9,23 @@ windows' outputs. The card says so explicitly (``patch_size`` alone never switch
 ``roi_size`` is in the order of the array the network sees (numpy order, like ``input_shape``); ``overlap``,
 ``sigma_scale`` take one value or one per axis. The defaults are MONAI's.
 
+**nnU-Net's variant** (``"type": "nnunet"``, written by the nnU-Net loader) predicts as ``nnUNetPredictor`` does::
+
+    "inferer": {"type": "nnunet", "roi_size": [20, 28, 28], "step": 0.5, "mode": "gaussian", "sigma_scale": 0.125,
+                "mirror_axes": [0, 1, 2], "sw_batch_size": null}
+
+windows placed by ``compute_steps_for_sliding_window`` (``ceil((n - roi) / (roi * step)) + 1`` windows per axis,
+spread evenly and rounded), its importance map ``compute_gaussian`` (scipy's ``gaussian_filter`` of a unit impulse at
+the window's centre ``roi // 2``, sigma ``sigma_scale * roi``, scaled to a maximum of 10, zeros replaced by the
+smallest non-zero weight; ``"mode": "constant"`` is its ``use_gaussian=False``), a scan smaller than the window
+padded with zeros (split evenly, then cropped off), and the same normalisation by the summed weights, in float32
+(nnU-Net's predictor adds the tiles in float16).
+
+**Mirroring** (``"mirror_axes"``, either type; nnU-Net's test-time augmentation): each window's output is the mean
+of ``flip(net(flip(x, axes)), axes)`` over the window itself and every non-empty combination of the axes, in
+nnU-Net's order, so the prediction and every gradient of it (the attribution) are averaged over the mirrors.
+Layer methods (one activation per window) and patch-local runs see each window's un-mirrored pass.
+
 **The prediction** equals ``monai.inferers.sliding_window_inference`` for the same settings: the same window
 placement (interval ``int(roi * (1 - overlap))``, the last window flush with the border), the same padding of a
 scan smaller than the window (split evenly, then cropped off), the same importance map (constant, or
@@ -35,6 +52,7 @@ each perturbed input with a reference and run again only the windows whose input
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -49,13 +67,16 @@ from torch import Tensor, nn
 
 from ._errors import InputShapeError, MemoryBudgetError, ModelLoadError
 
-__all__ = ["INFERER_KEYS", "SlidingWindow", "SlidingWindowNet", "WindowPlan", "default_memory_budget",
-           "importance_map", "sliding_window_of", "window_slices"]
+__all__ = ["INFERER_KEYS", "NNUNET_KEYS", "SlidingWindow", "SlidingWindowNet", "WindowPlan", "default_memory_budget",
+           "importance_map", "nnunet_gaussian", "nnunet_window_starts", "sliding_window_of", "window_slices"]
 
 BLEND_MODES = ("constant", "gaussian")
 PADDING_MODES = ("constant", "reflect", "replicate", "circular")
 #: the card's ``inferer`` keys (MONAI's names), besides ``type``
 INFERER_KEYS = ("roi_size", "overlap", "mode", "sigma_scale", "padding_mode", "cval", "sw_batch_size")
+#: the keys of nnU-Net's variant (``"type": "nnunet"``), besides ``type``
+NNUNET_KEYS = ("roi_size", "step", "mode", "sigma_scale", "mirror_axes", "sw_batch_size")
+_TYPES = ("sliding_window", "nnunet")
 
 #: called after each chunk of windows: ``(windows done, windows in this pass, what the pass is)``; may raise
 #: :class:`~napari_attribution.Cancelled`
@@ -112,6 +133,12 @@ class SlidingWindow:
     padding_mode: str = "constant"
     cval: float = 0.0
     sw_batch_size: int | None = None
+    #: ``"sliding_window"`` (MONAI's placement and importance map) or ``"nnunet"`` (nnUNetPredictor's)
+    kind: str = "sliding_window"
+    #: nnU-Net's ``tile_step_size`` (windows ``roi * step`` apart at most); only for ``kind="nnunet"``
+    step: float = 0.5
+    #: axes (of the window, 0-based) whose mirrored passes are averaged into each window's output
+    mirror_axes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         roi = self.roi_size
@@ -140,6 +167,17 @@ class SlidingWindow:
         b = self.sw_batch_size
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise _bad(f"'sw_batch_size' must be a positive whole number or null (by the memory budget), got {b!r}.")
+        if self.kind not in _TYPES:
+            raise _bad(f"'type' {self.kind!r} is not known; the inferers are {', '.join(map(repr, _TYPES))}.")
+        if isinstance(self.step, bool) or not isinstance(self.step, (int, float)) or not 0 < self.step <= 1:
+            raise _bad(f"'step' must be above 0 and at most 1 (nnU-Net's tile_step_size), got {self.step!r}.")
+        object.__setattr__(self, "step", float(self.step))
+        axes = self.mirror_axes
+        if not isinstance(axes, (list, tuple)) or not all(
+                isinstance(a, int) and not isinstance(a, bool) and 0 <= a < n for a in axes) or len(set(axes)) != len(
+                axes):
+            raise _bad(f"'mirror_axes' must list distinct axes of the window (0 to {n - 1}), got {axes!r}.")
+        object.__setattr__(self, "mirror_axes", tuple(int(a) for a in axes))
 
     @classmethod
     def from_card(cls, value: Mapping[str, Any]) -> SlidingWindow:
@@ -148,33 +186,46 @@ class SlidingWindow:
             raise _bad(f"must be a mapping such as {{\"type\": \"sliding_window\", \"roi_size\": [96, 96, 96]}}, "
                        f"got {value!r}.")
         kind = value.get("type", "sliding_window")
-        if kind not in ("sliding_window", "SlidingWindowInferer"):
-            raise _bad(f"'type' {kind!r} is not known; the one inferer is \"sliding_window\".")
-        unknown = sorted(set(value) - set(INFERER_KEYS) - {"type"})
+        if kind not in ("sliding_window", "SlidingWindowInferer", "nnunet"):
+            raise _bad(f"'type' {kind!r} is not known; the inferers are \"sliding_window\" and \"nnunet\".")
+        keys = NNUNET_KEYS if kind == "nnunet" else (*INFERER_KEYS, "mirror_axes")
+        unknown = sorted(set(value) - set(keys) - {"type"})
         if unknown:
-            raise _bad(f"unknown key(s) {', '.join(map(repr, unknown))}; the keys are type, "
-                       f"{', '.join(INFERER_KEYS)}.")
+            raise _bad(f"unknown key(s) {', '.join(map(repr, unknown))}; the keys of {kind!r} are type, "
+                       f"{', '.join(keys)}.")
         if "roi_size" not in value:
             raise _bad("'roi_size' is required: the window the network was trained on, e.g. [96, 96, 96].")
-        kwargs = {k: value[k] for k in INFERER_KEYS if k in value}
+        kwargs = {k: value[k] for k in keys if k in value}
         if isinstance(kwargs["roi_size"], list):
             kwargs["roi_size"] = tuple(kwargs["roi_size"])
-        for key in ("overlap", "sigma_scale"):
+        for key in ("overlap", "sigma_scale", "mirror_axes"):
             if isinstance(kwargs.get(key), list):
                 kwargs[key] = tuple(kwargs[key])
+        if kind == "nnunet":
+            kwargs.setdefault("mode", "gaussian")
+            kwargs["kind"] = "nnunet"
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The card's ``inferer`` mapping (JSON-ready)."""
         def plain(v: Any) -> Any:
             return list(v) if isinstance(v, tuple) else v
-        return {"type": "sliding_window", **{k: plain(getattr(self, k)) for k in INFERER_KEYS}}
+        if self.kind == "nnunet":
+            return {"type": "nnunet", **{k: plain(getattr(self, k)) for k in NNUNET_KEYS}}
+        out = {"type": "sliding_window", **{k: plain(getattr(self, k)) for k in INFERER_KEYS}}
+        if self.mirror_axes:
+            out["mirror_axes"] = list(self.mirror_axes)
+        return out
 
     def describe(self) -> str:
         """In words, for logs and the GUI."""
         roi = "x".join(map(str, self.roi_size))
+        mirrors = f", averaged over mirroring along axes {list(self.mirror_axes)}" if self.mirror_axes else ""
+        if self.kind == "nnunet":
+            return (f"nnU-Net sliding window {roi}, step {self.step:g}, {self.mode} blending"
+                    + (f" (sigma {self.sigma_scale} of the window)" if self.mode == "gaussian" else "") + mirrors)
         return (f"sliding window {roi}, overlap {self.overlap}, {self.mode} blending"
-                + (f" (sigma {self.sigma_scale} of the window)" if self.mode == "gaussian" else ""))
+                + (f" (sigma {self.sigma_scale} of the window)" if self.mode == "gaussian" else "") + mirrors)
 
     def plan(self, spatial: Sequence[int]) -> WindowPlan:
         """The windows over an input of spatial shape ``spatial``."""
@@ -204,6 +255,39 @@ def window_slices(image_size: Sequence[int], roi: Sequence[int],
         starts.append([min(i * step, n - r) for i in range(count)])
     grid = torch.cartesian_prod(*[torch.tensor(s) for s in starts]).view(-1, nd).tolist()
     return [tuple(slice(s, s + r) for s, r in zip(corner, roi, strict=True)) for corner in grid]
+
+
+def nnunet_window_starts(image_size: Sequence[int], roi: Sequence[int], step: float) -> list[list[int]]:
+    """nnU-Net's ``compute_steps_for_sliding_window``: per axis, ``ceil((n - roi) / (roi * step)) + 1`` window
+    starts spread evenly from 0 to ``n - roi`` and rounded (``image_size`` at least ``roi`` along every axis)."""
+    out: list[list[int]] = []
+    for n, r in zip(image_size, roi, strict=True):
+        if r > n:
+            raise InputShapeError(f"A window of {r} voxels does not fit an axis of {n} (pad the input first).")
+        count = int(math.ceil((n - r) / (r * step))) + 1
+        actual = (n - r) / (count - 1) if count > 1 else 99999999999
+        out.append([int(round(actual * i)) for i in range(count)])  # numpy's round: half to even, as Python's
+    return out
+
+
+def nnunet_gaussian(roi: Sequence[int], sigma_scale: float | Sequence[float] = 0.125,
+                    value_scaling_factor: float = 10.0, device: torch.device | None = None) -> Tensor:
+    """nnU-Net's ``compute_gaussian`` in float32: a unit impulse at ``roi // 2`` filtered by scipy's
+    ``gaussian_filter`` (sigma ``sigma_scale * roi``, ``mode="constant"``, truncated at 4 sigma), scaled to a maximum
+    of ``value_scaling_factor``, zeros replaced by the smallest non-zero weight."""
+    import numpy as np  # noqa: PLC0415 - only nnU-Net's variant needs numpy and scipy here
+    from scipy.ndimage import gaussian_filter  # noqa: PLC0415
+
+    scales = tuple(sigma_scale) if isinstance(sigma_scale, Sequence) else (sigma_scale,) * len(roi)
+    tmp = np.zeros(tuple(roi))
+    tmp[tuple(r // 2 for r in roi)] = 1
+    g = gaussian_filter(tmp, [r * s for r, s in zip(roi, scales, strict=True)], 0, mode="constant", cval=0)
+    g /= np.max(g) / value_scaling_factor
+    w = torch.from_numpy(g).to(device=device, dtype=torch.float32)
+    zero = w == 0
+    if bool(zero.any()):
+        w[zero] = torch.min(w[~zero])
+    return w
 
 
 def importance_map(roi: Sequence[int], mode: str, sigma_scale: float | Sequence[float] = 0.125,
@@ -240,7 +324,12 @@ class WindowPlan:
             diff = max(r - n, 0)
             self.pad += [diff // 2, diff - diff // 2]
         self.padded = tuple(max(n, r) for n, r in zip(spatial, roi, strict=True))
-        self.slices = window_slices(self.padded, roi, spec.overlap)
+        if spec.kind == "nnunet":  # C order of the starts, as nnU-Net's slicers
+            starts = nnunet_window_starts(self.padded, roi, spec.step)
+            grid = torch.cartesian_prod(*[torch.tensor(s) for s in starts]).view(-1, len(roi)).tolist()
+            self.slices = [tuple(slice(s, s + r) for s, r in zip(c, roi, strict=True)) for c in grid]
+        else:
+            self.slices = window_slices(self.padded, roi, spec.overlap)
         self._weights: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def count(self) -> int:
@@ -253,7 +342,12 @@ class WindowPlan:
     def weights(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """The importance map ``(*roi)`` and the summed weights ``(*padded)`` (on ``device``)."""
         if device not in self._weights:
-            w = importance_map(self.spec.roi_size, self.spec.mode, self.spec.sigma_scale, device)
+            if self.spec.kind == "nnunet" and self.spec.mode == "gaussian":
+                w = nnunet_gaussian(self.spec.roi_size, self.spec.sigma_scale, 10.0, device)
+            elif self.spec.kind == "nnunet":
+                w = torch.ones(self.spec.roi_size, dtype=torch.float32, device=device)
+            else:
+                w = importance_map(self.spec.roi_size, self.spec.mode, self.spec.sigma_scale, device)
             count = torch.zeros(self.padded, dtype=torch.float32, device=device)
             for sl in self.slices:
                 count[sl] += w
@@ -401,6 +495,18 @@ class SlidingWindowNet(nn.Module):
             self._plans[key] = self.spec.plan(key)
         return self._plans[key]
 
+    def _window(self, xs: Tensor) -> Tensor:
+        """The network's output on a chunk of windows; with ``mirror_axes``, averaged over the mirrored passes as
+        nnU-Net's ``_internal_maybe_mirror_and_predict`` does (the same order of the sum)."""
+        y = _first_tensor(self.net(xs))
+        axes = [a + 2 for a in self.spec.mirror_axes]
+        if not axes or y.ndim != xs.ndim:
+            return y
+        combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+        for dims in combos:
+            y = y + torch.flip(_first_tensor(self.net(torch.flip(xs, dims))), dims)
+        return y / (len(combos) + 1)
+
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != len(self.spec.roi_size) + 2:
             raise InputShapeError(
@@ -444,7 +550,7 @@ class SlidingWindowNet(nn.Module):
         t0 = time.perf_counter()
         with torch.enable_grad(), saved_tensor_meter() as saved, output_meter(self.net) as out:
             xg = xw[:1].detach().requires_grad_(True)
-            y = _first_tensor(self.net(xg))
+            y = self._window(xg)
             classes = int(y.shape[1]) if y.ndim > 1 else 1
             del y, xg
         self.window_seconds = time.perf_counter() - t0
@@ -488,7 +594,7 @@ class SlidingWindowNet(nn.Module):
             stop = min(len(items), start + self._chunk(len(items) - start, backward=False))
             chunk = items[start:stop]
             xs = torch.cat([xp[(slice(b, b + 1), slice(None), *plan.slices[i])] for b, i in chunk])
-            y = _first_tensor(self.net(xs)).detach()
+            y = self._window(xs).detach()
             self.windows_run += len(chunk)
             if acc is None:
                 shape = (xp.shape[0], y.shape[1]) + (() if y.ndim == 2 else plan.padded)
@@ -565,7 +671,7 @@ class SlidingWindowNet(nn.Module):
                 xs = torch.cat([xp[(slice(b, b + 1), slice(None), *plan.slices[i])] for b, i in chunk])
                 xs = xs.detach().requires_grad_(layer is None)
                 if layer is None:
-                    y = _first_tensor(self.net(xs))
+                    y = self._window(xs)
                     self._check_window(y, y.ndim == 2)
                     (gx,) = torch.autograd.grad(y, xs, gs, allow_unused=True)
                     gx = torch.zeros_like(xs) if gx is None else gx
@@ -694,7 +800,7 @@ class SlidingWindowNet(nn.Module):
             stop = min(len(windows), start + self._chunk(len(windows) - start, backward=False))
             idx = windows[start:stop]
             xs = torch.cat([xp[(slice(0, 1), slice(None), *plan.slices[i])] for i in idx])
-            y = _first_tensor(self.net(xs)).detach()
+            y = self._window(xs).detach()
             self.windows_run += len(idx)
             for i, yi in zip(idx, y, strict=True):
                 out[i] = yi

@@ -38,6 +38,13 @@ means "feed the image as it is" (then :func:`prepare` copies nothing). The vocab
                                             MONAI's ``DivisiblePad``), ``"edge"`` or ``"reflect"``. The padding is
                                             split evenly before and after and cropped away again by
                                             :meth:`Prepared.to_scan`.
+``{"resample": {"order": 3, "order_z": 0}}``  resample to ``spacing`` as nnU-Net does (a cubic B-spline, the result
+                                            clipped to the input's range; ``order_z`` along an anisotropic axis,
+                                            ``force_separate_z``, ``anisotropy_threshold``) and bring outputs back
+                                            with ``back_order`` / ``back_order_z`` / ``back_force_separate_z``
+                                            (nnU-Net's ``resampling_fn_probabilities``); the shapes follow nnU-Net's
+                                            ``compute_new_shape`` (no tolerance). Exact and differentiable: one matrix
+                                            per axis (:mod:`napari_attribution._resample`).
 ==========================================  ==========================================================================
 
 At most one of ``window``, ``percentile`` and ``zscore`` may be given. The order is always: intensity
@@ -88,6 +95,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import AttributionError, InputShapeError, ModelLoadError
+from ._resample import AxisResampler, nnunet_new_shape, nnunet_resampler
 from .inferers import SlidingWindow, SlidingWindowNet
 
 if TYPE_CHECKING:
@@ -100,8 +108,11 @@ __all__ = ["PREPROCESS_KEYS", "Layout", "OnScanGrid", "Prepared", "check_preproc
 #: The keys a card's ``preprocess`` entry may hold (see the module docstring).
 PREPROCESS_KEYS = (
     "window", "percentile", "scale_to", "zscore", "mask_nonzero", "scale", "shift", "pad_to_multiple", "pad_mode",
-    "pad_value",
+    "pad_value", "resample",
 )
+#: the keys of ``preprocess["resample"]`` (nnU-Net's resampling) and their defaults
+RESAMPLE_KEYS: dict[str, Any] = {"order": 3, "order_z": 0, "force_separate_z": None, "back_order": 1,
+                                 "back_order_z": 0, "back_force_separate_z": None, "anisotropy_threshold": 3.0}
 _PAD_MODES = ("constant", "edge", "reflect")
 # relative spacing difference below which an axis is not resampled
 _SPACING_TOL = 1e-3
@@ -211,11 +222,34 @@ def check_preprocess(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
         out["pad_mode"] = spec["pad_mode"]
     if spec.get("pad_value") is not None:
         out["pad_value"] = _number(spec["pad_value"], "'pad_value'")
+    if spec.get("resample") is not None:
+        out["resample"] = _check_resample(spec["resample"])
     if ("pad_mode" in out or "pad_value" in out) and "pad_to_multiple" not in out:
         raise ModelLoadError("preprocess 'pad_mode' / 'pad_value' need 'pad_to_multiple'.")
     if out.get("pad_mode", "constant") != "constant" and "pad_value" in out:
         raise ModelLoadError("preprocess 'pad_value' only applies to pad_mode 'constant'.")
     return out or None
+
+
+def _check_resample(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ModelLoadError(f"preprocess 'resample' must be a dictionary such as {{\"order\": 3, \"order_z\": 0}}, "
+                             f"got {value!r}.")
+    unknown = [str(k) for k in value if k not in RESAMPLE_KEYS]
+    if unknown:
+        raise ModelLoadError(f"Unknown preprocess 'resample' key(s) {', '.join(map(repr, unknown))}; the keys are "
+                             f"{', '.join(RESAMPLE_KEYS)}.")
+    out = {**RESAMPLE_KEYS, **value}
+    for key in ("order", "order_z", "back_order", "back_order_z"):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v <= 5:
+            raise ModelLoadError(f"preprocess 'resample' {key!r} must be a spline order 0 to 5, got {v!r}.")
+        out[key] = int(v)
+    for key in ("force_separate_z", "back_force_separate_z"):
+        if out[key] is not None and not isinstance(out[key], bool):
+            raise ModelLoadError(f"preprocess 'resample' {key!r} must be true, false or null, got {out[key]!r}.")
+    out["anisotropy_threshold"] = _number(out["anisotropy_threshold"], "'resample' 'anisotropy_threshold'")
+    return out
 
 
 def _as_seq(value: Any, key: str, n: int) -> Sequence[Any]:
@@ -382,6 +416,9 @@ class Prepared:
     model_axes: int = 0
     #: the card's sliding-window inferer: the network runs window by window on the model grid
     inferer: SlidingWindow | None = None
+    #: ``preprocess["resample"]``: nnU-Net's resampling to the model grid and back (per-axis matrices) instead of
+    #: linear interpolation
+    resampler: tuple[AxisResampler, AxisResampler] | None = None
 
     def __post_init__(self) -> None:
         if not self.model_axes:
@@ -448,7 +485,9 @@ class Prepared:
         src, size, pad = self._axes(k)
         if tuple(x.shape[2:]) != src:
             raise InputShapeError(f"The input's spatial shape {tuple(x.shape[2:])} is not the scan's {src}.")
-        if size != src:
+        if size != src and self.resampler is not None and k == len(self.image_shape):
+            x = self.resampler[0](x)
+        elif size != src:
             _check_nd(k)
             x = F.interpolate(x, size=size, mode=_LINEAR[k], align_corners=False)
         if any(a or b for a, b in pad):
@@ -470,7 +509,9 @@ class Prepared:
             y = _interpolate(y, padded)
         if any(a or b for a, b in pad):
             y = y[(slice(None), slice(None)) + tuple(slice(a, n + a) for n, (a, _) in zip(size, pad, strict=True))]
-        if size != src:
+        if size != src and self.resampler is not None and k == len(self.image_shape):
+            y = self.resampler[1](y if y.is_floating_point() else y.float())
+        elif size != src:
             y = _interpolate(y, src)
         return y
 
@@ -542,13 +583,18 @@ def prepare(
     # resampling to the card's spacing, or resizing to its input shape
     input_shape = getattr(card, "input_shape", None)
     target = _target_shape(spatial, geometry, card, slicewise)
+    resampler = None
+    if "resample" in spec and target != spatial:
+        resampler = _nnunet_resamplers(spatial, target, geometry, card, spec["resample"])
     if input_shape is not None:
         if target != spatial:
             steps.append(f"resized {spatial} to the model's input shape {target}")
     elif target != spatial:
         assert geometry is not None
         reached = tuple(s * n / t for s, n, t in zip(geometry.spacing, spatial, target, strict=True))
-        steps.append(f"resampled {spatial} at {_mm(geometry.spacing)} mm to {target} at {_mm(reached)} mm")
+        how = "" if resampler is None else (f" (nnU-Net's spline of order {spec['resample']['order']}, back with "
+                                            f"order {spec['resample']['back_order']})")
+        steps.append(f"resampled {spatial} at {_mm(geometry.spacing)} mm to {target} at {_mm(reached)} mm{how}")
     elif card.spacing is not None and geometry is None:
         steps.append(f"not resampled to the model's {_mm(card.spacing)} mm: the image's voxel size is unknown")
 
@@ -568,7 +614,24 @@ def prepare(
         model_grid = tuple(n + a + b for n, (a, b) in zip(target, pad, strict=True))[-k:]
         steps.append(f"{inferer.describe()}: {inferer.plan(model_grid).count()} windows over {model_grid}")
     return Prepared(scan.astype(np.float32, copy=False), has_c, spatial, target, pad, out_geometry, tuple(steps),
-                    intensity, mode, float(spec.get("pad_value", 0.0)), k, inferer)
+                    intensity, mode, float(spec.get("pad_value", 0.0)), k, inferer, resampler)
+
+
+def _nnunet_resamplers(spatial: tuple[int, ...], target: tuple[int, ...], geometry: Geometry | None,
+                       card: ModelCard, how: Mapping[str, Any]) -> tuple[AxisResampler, AxisResampler]:
+    """nnU-Net's resampling to the model grid (``resampling_fn_data``) and back (``resampling_fn_probabilities``)."""
+    if geometry is None or card.spacing is None or len(card.spacing) != len(spatial):
+        raise InputShapeError(
+            f"preprocess 'resample' (nnU-Net's resampling) needs the scan's voxel size and one model spacing per "
+            f"axis of the scan {spatial}; the model card gives spacing {card.spacing}."
+        )
+    here, there = tuple(geometry.spacing), tuple(card.spacing)
+    threshold = float(how["anisotropy_threshold"])
+    forward = nnunet_resampler(spatial, target, here, there, order=how["order"], order_z=how["order_z"],
+                               force_separate_z=how["force_separate_z"], threshold=threshold)
+    back = nnunet_resampler(target, spatial, there, here, order=how["back_order"], order_z=how["back_order_z"],
+                            force_separate_z=how["back_force_separate_z"], threshold=threshold)
+    return forward, back
 
 
 def _mm(values: Sequence[float]) -> str:
@@ -670,6 +733,9 @@ def _target_shape(spatial: tuple[int, ...], geometry: Geometry | None, card: Mod
             f"The model card's spacing {card.spacing} has {k} values but the image has {nd} spatial axes {spatial}."
         )
     target = list(spatial)
+    spec = check_preprocess(card.preprocess) or {}
+    if "resample" in spec and k == nd:  # nnU-Net's compute_new_shape: every axis, no tolerance
+        return nnunet_new_shape(spatial, geometry.spacing, card.spacing)
     for ax in range(nd - k, nd):
         s, t = geometry.spacing[ax], card.spacing[ax - (nd - k)]
         if abs(s - t) > _SPACING_TOL * t:
