@@ -107,9 +107,20 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
     -------
     Score
         ``.value``, ``.details`` (curves, per-label tables), ``.seconds``, ``.higher_is_better``. Deletion and
-        insertion also give ``details["random_auc"]`` (and ``"random_curve"``): the same curve for a random
-        order of the voxels (seeded by ``seed``, default 0), the AUC a map that knows nothing gets;
-        ``reference=False`` skips it (half the model calls).
+        insertion also give ``details["random_auc"]`` (and ``"random_curve"``): the mean over ``random_orders``
+        (default 4) random orders of the same units (seeded by ``seed``, default 0), the AUC a map that knows
+        nothing gets, with ``details["random_band"]``, the noise (half-width of the 95 % prediction interval of
+        one more random order's AUC); ``reference=False`` skips them (a fifth of the model calls).
+
+    Notes
+    -----
+    Deletion and insertion take ``unit`` (``"auto"``: connected blocks of ``block_mm`` mm, default 3, for a
+    segmentation target, single voxels for a classification target; or ``"region"`` / ``"voxel"``), ``baseline``
+    (the deletion fill; ``"auto"``: the scan's blurred copy for a segmentation target, the modality's background
+    for a classification target: CT air at -1000 HU, or the MRI background; also ``"blur"``, ``"ct_air"``,
+    ``"mri_background"``, ``"min"``, ``"mean"``, a number), ``modality`` (``"CT"`` / ``"MRI"``; default: told
+    from the scan, HU values being CT), ``blur_mm`` (default 5), ``steps`` (default 50) and ``random_orders``;
+    see :func:`napari_attribution.metrics.faithfulness.deletion_insertion`.
 
     Examples
     --------

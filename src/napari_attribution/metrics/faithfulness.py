@@ -21,8 +21,9 @@ from torch import nn
 from .._errors import Cancelled, ParameterError
 from ._score import Scorer
 
-__all__ = ["Meter", "deletion_insertion", "infidelity", "max_sensitivity", "randomisation", "score_batches",
-           "specificity"]
+__all__ = ["CT_AIR_HU", "FILLS", "MODALITIES", "Meter", "blurred", "default_fill", "deletion_fill_value",
+           "deletion_insertion", "in_hu", "infidelity", "max_sensitivity", "modality_of", "mri_background",
+           "randomisation", "score_batches", "specificity"]
 
 Progress = Callable[[int, int, str], None]
 Cancel = Callable[[], bool]
@@ -114,74 +115,254 @@ def _background(image: np.ndarray, baseline: Any) -> np.ndarray:
     return np.broadcast_to(arr, image.shape).copy()
 
 
-def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletion", steps: int = 50,
-                       baseline: Any = "min", blur_mm: float | tuple[float, ...] = 5.0,
-                       spacing: tuple[float, ...] | None = None, reference: bool = True, seed: int = 0,
-                       progress: Progress | None = None, cancel: Cancel | None = None
-                       ) -> tuple[float, dict[str, Any]]:
-    """Deletion: replace voxels in descending attribution order by the background (default: the image minimum,
-    i.e. air in CT) and record the target's probability (its logit for a target with ``score="logit"``; a
-    region's mean probability for a segmentation target); insertion: start from a blurred image (Gaussian, sigma
-    in mm per axis) and put the original voxels back in the same order. ``steps + 1`` points; AUC by the
-    trapezoid rule normalised to [0, 1] along the x axis (Petsiuk et al.'s formula). Deletion: lower is better;
-    insertion: higher is better. All input channels of a voxel are changed together.
+#: What a deletion fill can be asked for by name (besides a number or an array), see :func:`deletion_fill_value`.
+FILLS = ("auto", "blur", "ct_air", "mri_background", "background", "min", "mean")
+#: The modalities :func:`modality_of` tells apart.
+MODALITIES = ("CT", "MRI")
+#: Air in CT, in Hounsfield units.
+CT_AIR_HU = -1000.0
 
-    With ``reference`` (default), the same curve for a random order of the voxels (seeded by ``seed``; the
-    voxels the map explained first, in random order, then the others — NaN marks voxels a map did not explain)
-    goes in ``details["random_curve"]`` / ``details["random_auc"]``: the AUC a map that knows nothing gets, so
-    that "deletion AUC 0.12 against 0.45 for a random order" can be read. It doubles the model calls."""
+
+def in_hu(image: np.ndarray) -> bool:
+    """Whether the scan's values look like Hounsfield units: air near -1000 (its minimum at or below -500) and
+    tissue or bone above 100."""
+    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
+    return lo <= -500.0 and lo >= -4000.0 and hi >= 100.0
+
+
+def modality_of(image: np.ndarray, hint: str | None = None) -> tuple[str, str]:
+    """``(modality, how it was told)``: ``"CT"`` or ``"MRI"``.
+
+    ``hint`` (a reader's ``metadata["modality"]``, e.g. DICOM's ``"CT"`` / ``"MR"``, or the user's word) wins;
+    else a scan in Hounsfield units (:func:`in_hu`) is CT; else MRI is assumed (non-HU intensities: MRI, or a
+    normalised scan, whose darkest region is its background all the same)."""
+    if hint:
+        word = str(hint).strip().upper()
+        if word.startswith("CT"):
+            return "CT", "given"
+        if word.startswith("MR"):
+            return "MRI", "given"
+    if in_hu(image):
+        return "CT", "the scan's values are in HU"
+    return "MRI", "assumed: the scan's values are not in HU"
+
+
+def mri_background(image: np.ndarray) -> float:
+    """The intensity of an MRI's background: the mode of the darkest tenth of the voxels (a 64-bin histogram of
+    the values up to the 10th percentile), which is the noise floor of the air around the head or body."""
+    values = np.asarray(image, np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0
+    dark = values[values <= np.percentile(values, 10)]
+    lo, hi = float(dark.min()), float(dark.max())
+    if hi <= lo:
+        return lo
+    counts, edges = np.histogram(dark, bins=64, range=(lo, hi))
+    k = int(np.argmax(counts))
+    return float((edges[k] + edges[k + 1]) / 2)
+
+
+def blurred(image: np.ndarray, blur_mm: float | tuple[float, ...], spacing: tuple[float, ...] | None,
+            channel_axis: bool) -> np.ndarray:
+    """The scan's own Gaussian-blurred copy (sigma ``blur_mm`` in mm per axis; ``spacing`` in mm, default 1)."""
     from scipy.ndimage import gaussian_filter
 
+    nd = image.ndim - (1 if channel_axis else 0)
+    sp = np.asarray(spacing if spacing is not None else (1.0,) * nd, float)
+    sig = np.broadcast_to(np.asarray(blur_mm, float), sp.shape) / sp
+    if channel_axis:
+        return np.stack([gaussian_filter(c, sig) for c in image]).astype(image.dtype)
+    return np.asarray(gaussian_filter(image, sig), image.dtype)
+
+
+def default_fill(task: str, modality: str) -> str:
+    """The deletion fill ``baseline="auto"`` stands for: the scan's blurred copy for a segmentation target (an
+    in-distribution fill: removing a region's detail, not painting a hole a segmenter has never seen), else the
+    modality's background (``"ct_air"`` for CT, ``"mri_background"`` for MRI)."""
+    if task == "segmentation":
+        return "blur"
+    return "ct_air" if modality == "CT" else "mri_background"
+
+
+def deletion_fill_value(image: np.ndarray, baseline: Any, *, task: str = "classification", modality: str = "MRI",
+                        blur_mm: float | tuple[float, ...] = 5.0, spacing: tuple[float, ...] | None = None,
+                        channel_axis: bool = False) -> tuple[np.ndarray, str]:
+    """The image deleted voxels take their values from, and its name: ``"auto"`` (:func:`default_fill`),
+    ``"blur"`` (the scan's Gaussian-blurred copy), ``"ct_air"`` (-1000 HU when the scan is in HU, else its
+    minimum), ``"mri_background"`` (:func:`mri_background`), ``"background"`` (the modality's: CT air or MRI
+    background), ``"min"``, ``"mean"``, a number or an array."""
+    if baseline is None:
+        baseline = "min"
+    if isinstance(baseline, str):
+        word = baseline.strip().lower()
+        if word == "auto":
+            word = default_fill(task, modality)
+        if word == "background":
+            word = "ct_air" if modality == "CT" else "mri_background"
+        if word == "blur":
+            return blurred(image, blur_mm, spacing, channel_axis), "blurred copy"
+        if word == "ct_air":
+            value = CT_AIR_HU if in_hu(image) else float(np.nanmin(image))
+            return np.full_like(image, value), ("CT air (-1000 HU)" if in_hu(image) else "CT air (the scan's minimum)")
+        if word == "mri_background":
+            if channel_axis:
+                return np.stack([np.full_like(c, mri_background(c)) for c in image]), "MRI background"
+            return np.full_like(image, mri_background(image)), "MRI background"
+        if word in ("min", "mean"):
+            return _background(image, word), word
+        raise ParameterError(f"Unknown baseline {baseline!r}: use {', '.join(repr(f) for f in FILLS)}, a number or "
+                             "an array.")
+    return _background(image, baseline), "value"
+
+
+def _block_shape(spatial: tuple[int, ...], block_mm: float | tuple[float, ...],
+                 spacing: tuple[float, ...] | None) -> tuple[int, ...]:
+    sp = np.asarray(spacing if spacing is not None else (1.0,) * len(spatial), float)
+    mm = np.broadcast_to(np.asarray(block_mm, float), sp.shape)
+    return tuple(int(max(1, min(s, round(float(m) / float(p))))) for s, m, p in zip(spatial, mm, sp, strict=True))
+
+
+def _block_ids(spatial: tuple[int, ...], block: tuple[int, ...]) -> np.ndarray:
+    """The block index of every voxel (C order of the block grid), flat."""
+    grid = [-(-s // b) for s, b in zip(spatial, block, strict=True)]
+    idx = np.meshgrid(*[np.arange(s) // b for s, b in zip(spatial, block, strict=True)], indexing="ij")
+    return np.ravel_multi_index(tuple(idx), grid).ravel()
+
+
+def _prediction_band(aucs: np.ndarray) -> float:
+    """Half-width of the 95 % prediction interval of one more random order's AUC from ``aucs`` (Student's t with
+    n - 1 degrees of freedom: ``t * s * sqrt(1 + 1/n)``); NaN with fewer than two."""
+    n = len(aucs)
+    if n < 2:
+        return float("nan")
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1) * np.std(aucs, ddof=1) * np.sqrt(1 + 1 / n))
+
+
+def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletion", steps: int = 50,
+                       baseline: Any = "auto", blur_mm: float | tuple[float, ...] = 5.0,
+                       spacing: tuple[float, ...] | None = None, unit: str = "auto",
+                       block_mm: float | tuple[float, ...] = 3.0, modality: str | None = None,
+                       reference: bool = True, random_orders: int = 4, seed: int = 0,
+                       progress: Progress | None = None, cancel: Cancel | None = None
+                       ) -> tuple[float, dict[str, Any]]:
+    """Deletion: replace the image in descending attribution order by a fill (``baseline``) and record the target's
+    probability (its logit for a target with ``score="logit"``; a region's mean probability for a segmentation
+    target); insertion: start from the scan's blurred copy (Gaussian, sigma ``blur_mm`` in mm per axis) and put the
+    original values back in the same order. ``steps + 1`` points; AUC by the trapezoid rule normalised to [0, 1]
+    along the x axis (Petsiuk et al.'s formula). Deletion: lower is better; insertion: higher is better. All input
+    channels of a voxel are changed together.
+
+    What is removed or restored (``unit``):
+
+    * ``"voxel"``: single voxels, in the map's voxel order (Petsiuk et al.'s pixels).
+    * ``"region"``: blocks of ``block_mm`` mm per axis (from ``spacing``, 1 mm per voxel without it) ranked by the
+      map's mean inside each block; a step removes or restores whole blocks. A segmenter's prediction collapses
+      once scattered single voxels are changed, whatever their order, so voxel-wise curves cannot tell maps apart
+      on segmenters; changing connected regions degrades the prediction as evidence goes.
+    * ``"auto"`` (default): ``"region"`` for a segmentation target, ``"voxel"`` for a classification target.
+
+    The deletion fill (``baseline``): ``"auto"`` (default) is the scan's blurred copy (``"blur"``, sigma
+    ``blur_mm``) for a segmentation target and the modality's background for a classification target:
+    ``"ct_air"`` (-1000 HU when the scan is in HU, else its minimum) or ``"mri_background"`` (the mode of the
+    darkest tenth of the voxels); also ``"background"`` (the modality's), ``"min"``, ``"mean"``, a number or an
+    array. The modality is ``modality`` when given (``"CT"``, ``"MR"``/``"MRI"``, or a reader's
+    ``metadata["modality"]``), else told from the scan (:func:`modality_of`: HU values are CT, others MRI).
+
+    With ``reference`` (default), the same curve for ``random_orders`` random orders of the same units (blocks or
+    voxels; one generator seeded by ``seed``; the units the map explained first, in random order, then the others —
+    NaN marks voxels a map did not explain): ``details["random_auc"]`` is their mean AUC and
+    ``details["random_curve"]`` their mean curve, the AUC a map that knows nothing gets; ``details["random_aucs"]``
+    each one's AUC and ``details["random_band"]`` the noise: the half-width of the 95 % prediction interval of one
+    more random order's AUC (Student's t over the random orders; NaN with one). It costs ``random_orders`` times
+    the map's own model calls."""
     image = scorer.image
-    spatial = scorer.spatial
-    if data.shape != tuple(spatial):
+    spatial = tuple(scorer.spatial)
+    if data.shape != spatial:
         raise ParameterError(f"The attribution {data.shape} does not match the image's spatial shape {spatial}.")
     if kind not in ("deletion", "insertion"):
         raise ParameterError("kind must be 'deletion' or 'insertion'.")
     if int(steps) < 1:
         raise ParameterError("steps must be at least 1.")
+    if unit == "auto":
+        unit = "region" if scorer.task == "segmentation" else "voxel"
+    if unit not in ("voxel", "region"):
+        raise ParameterError(f"unit must be 'auto', 'voxel' or 'region', not {unit!r}.")
+    n_random = int(random_orders) if reference else 0
+    if reference and n_random < 1:
+        raise ParameterError("random_orders must be at least 1 (or pass reference=False).")
+    mod, told = modality_of(image, modality)
     flat = np.nan_to_num(data, nan=-np.inf).ravel()
-    order = np.argsort(flat, kind="stable")[::-1]
-    n = order.size
-    counts = np.linspace(0, n, steps + 1).round().astype(int)
-    if kind == "deletion":
-        start, fill = image, _background(image, baseline)
+    n = flat.size
+    if unit == "voxel":
+        block: tuple[int, ...] = (1,) * len(spatial)
+        ids = np.arange(n)
+        unit_score, unit_explained, sizes = flat, np.isfinite(flat), np.ones(n, int)
     else:
-        sp = np.asarray(spacing if spacing is not None else (1.0,) * len(spatial), float)
-        sig = np.broadcast_to(np.asarray(blur_mm, float), sp.shape) / sp
-        if scorer.channel_axis:
-            start = np.stack([gaussian_filter(c, sig) for c in image])
-        else:
-            start = gaussian_filter(image, sig)
-        fill = image
-    meter = Meter(len(counts) * (2 if reference else 1), progress, cancel, kind)
+        block = _block_shape(spatial, block_mm, spacing)
+        ids = _block_ids(spatial, block)
+        finite = np.isfinite(data).ravel()
+        counted = np.bincount(ids, weights=finite.astype(float))
+        sums = np.bincount(ids, weights=np.where(finite, data.ravel(), 0.0).astype(float))
+        unit_explained = counted > 0
+        unit_score = np.where(unit_explained, sums / np.maximum(counted, 1), -np.inf)
+        sizes = np.bincount(ids)
+    n_units = unit_score.size
+    marks = np.linspace(0, n_units, steps + 1).round().astype(int)
 
-    def curve_of(voxels: np.ndarray, what: str) -> np.ndarray:
+    def voxels(unit_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The voxels in the units' order and the voxel counts at each step (whole units)."""
+        if unit == "voxel":
+            return unit_order, marks
+        rank = np.empty(n_units, np.int64)
+        rank[unit_order] = np.arange(n_units)
+        bounds = np.concatenate([[0], np.cumsum(sizes[unit_order])])
+        return np.argsort(rank[ids], kind="stable"), bounds[marks]
+
+    if kind == "deletion":
+        start = image
+        fill, fill_name = deletion_fill_value(image, baseline, task=scorer.task, modality=mod, blur_mm=blur_mm,
+                                              spacing=spacing, channel_axis=scorer.channel_axis)
+    else:
+        start, fill, fill_name = blurred(image, blur_mm, spacing, scorer.channel_axis), image, "the scan"
+    meter = Meter(len(marks) * (1 + n_random), progress, cancel, kind)
+    rows = (image.shape[0], n) if scorer.channel_axis else (1, n)
+    start_rows, fill_rows = start.reshape(rows), fill.reshape(rows)
+
+    def curve_of(order: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+        vox, counts = voxels(order)
         curve = np.empty(len(counts))
         for first in range(0, len(counts), scorer.batch):
             meter.check()
             batch = []
             for c in counts[first:first + scorer.batch]:
-                img = start.copy()
-                idx = np.unravel_index(voxels[:c], spatial)
-                if scorer.channel_axis:
-                    img[(slice(None),) + idx] = fill[(slice(None),) + idx]
-                else:
-                    img[idx] = fill[idx]
-                batch.append(img)
+                img = start_rows.copy()
+                img[:, vox[:c]] = fill_rows[:, vox[:c]]
+                batch.append(img.reshape(image.shape))
             curve[first:first + len(batch)] = scorer(np.stack(batch))
             meter.step(len(batch), f"{what}, {min(first + len(batch), len(counts))} of {len(counts)} steps")
-        return curve
+        return curve, counts
 
-    curve = curve_of(order, "the map's order")
-    details: dict[str, Any] = {"curve": curve, "fraction": counts / n, "kind": kind}
-    if reference:
+    order = np.argsort(unit_score, kind="stable")[::-1]
+    curve, counts = curve_of(order, "the map's order")
+    details: dict[str, Any] = {
+        "curve": curve, "fraction": counts / n, "kind": kind, "unit": unit, "block": block,
+        "fill": fill_name, "modality": mod, "modality_from": told, "units": n_units,
+    }
+    if n_random:
         rng = np.random.default_rng(seed)
-        explained = np.isfinite(flat)
-        shuffled = np.concatenate([rng.permutation(np.flatnonzero(explained)),
-                                   rng.permutation(np.flatnonzero(~explained))])
-        random_curve = curve_of(shuffled, "a random order")
-        details.update(random_curve=random_curve, random_auc=_auc(random_curve), seed=seed)
+        curves = []
+        for r in range(n_random):
+            shuffled = np.concatenate([rng.permutation(np.flatnonzero(unit_explained)),
+                                       rng.permutation(np.flatnonzero(~unit_explained))])
+            what = "a random order" if n_random == 1 else f"random order {r + 1} of {n_random}"
+            curves.append(curve_of(shuffled, what)[0])
+        aucs = np.array([_auc(c) for c in curves])
+        random_curve = np.mean(curves, axis=0)
+        details.update(random_curve=random_curve, random_auc=_auc(random_curve), random_aucs=aucs.tolist(),
+                       random_band=_prediction_band(aucs), random_orders=n_random, seed=seed)
     meter.finish()
     return _auc(curve), details
 
