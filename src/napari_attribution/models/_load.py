@@ -8,6 +8,9 @@ Sources, and what each needs::
     load_model("model.card.json")              the card itself; its "weights" names the checkpoint
     load_model({"factory": "monai:UNet", "kwargs": {...}, "weights": "model.pt" or "random"})
     load_model("bundle_folder/")               a MONAI bundle: configs/inference.json (network_def) + models/model.pt
+    load_model("Dataset_x/Trainer__Plans__3d_fullres")   an nnU-Net v2 result folder (its folds averaged), a fold_k
+                                               folder or a checkpoint in one (see ._nnunet; fold=, checkpoint=,
+                                               mirroring=)
     load_model("demo:vessel-seg")              a bundled demo model
     load_model("full_model.pt", trust=True)    a pickled nn.Module (torch.save(model)) -- only with trust=True
 
@@ -55,6 +58,7 @@ from ._build import (
 from ._bundle import load_bundle
 from ._card import CARD_SUFFIXES, RANDOM_WEIGHTS, LoadedModel, ModelCard, check_spatial_dims, infer_card
 from ._imports import ImportPolicy, allowed_modules
+from ._nnunet import load_nnunet, nnunet_options, nnunet_source
 
 __all__ = ["find_card", "load_model"]
 
@@ -69,6 +73,9 @@ def load_model(
     card: ModelCard | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     trust: bool = False,
     allow_modules: str | Iterable[str] | None = None,
+    fold: int | str | Iterable[int | str] | None = None,
+    checkpoint: str | None = None,
+    mirroring: bool | None = None,
 ) -> LoadedModel:
     """Load a model for explanation: the network in eval mode, on the CPU, with its :class:`ModelCard`.
 
@@ -92,6 +99,10 @@ def load_model(
         the network libraries (torch.nn, monai.networks, dynamic_network_architectures, the demo nets) are imported;
         a card cannot allow a module itself. An allowed module is imported as Python finds it (also from the working
         directory), and importing runs its code.
+    fold, checkpoint, mirroring : optional, nnU-Net result folders only
+        The fold(s) to use (``0``, ``"all"``, ``[0, 1]``; default: every ``fold_k`` with the checkpoint, averaged as
+        nnU-Net's ensemble), ``"final"`` (default) or ``"best"`` (``checkpoint_best.pth``), and whether to average
+        over nnU-Net's mirrored passes (default True, as nnU-Net's predictor).
 
     Returns
     -------
@@ -118,12 +129,18 @@ def load_model(
     ('classification', 3, True)
     """
     imports = ImportPolicy(trust=trust, allowed=allowed_modules(allow_modules))
-    loaded = _load(source, _card_argument(card), imports)
+    options = nnunet_options(fold, checkpoint, mirroring)
+    if options and not (isinstance(source, (str, os.PathLike)) and
+                        nnunet_source(Path(os.fspath(source)).expanduser()) is not None):
+        raise ModelLoadError(f"{', '.join(options)} apply only to nnU-Net result folders; '{source}' is not one "
+                             "(a folder with plans.json, dataset.json and fold_k/ checkpoints).")
+    loaded = _load(source, _card_argument(card), imports, options)
     check_spatial_dims(loaded.module, loaded.card)
     return loaded
 
 
-def _load(source: Source, explicit: ModelCard | None, imports: ImportPolicy) -> LoadedModel:
+def _load(source: Source, explicit: ModelCard | None, imports: ImportPolicy,
+          options: Mapping[str, Any] | None = None) -> LoadedModel:
     if isinstance(source, LoadedModel):
         return LoadedModel(source.module.eval(), explicit or source.card, source.source, source.weights_sha256)
     if isinstance(source, nn.Module):
@@ -146,6 +163,8 @@ def _load(source: Source, explicit: ModelCard | None, imports: ImportPolicy) -> 
         hint = " Bundled demo models are written 'demo:<name>'." if ":" in text and not path.parent.exists() else ""
         raise ModelLoadError(f"No model file or folder at '{path}'. Check the path.{hint}")
     imports = imports.with_folder(path)  # nothing is imported from the model's own folder (see ._imports)
+    if nnunet_source(path) is not None:
+        return load_nnunet(path, explicit, imports, **(options or {}))
     if path.is_dir():
         return _from_folder(path, explicit, imports)
     if not path.is_file():  # a named pipe, socket or device: reading it would block forever
