@@ -157,3 +157,24 @@ def test_a_2d_inferer_on_a_volume_runs_only_the_current_slice(make_napari_viewer
     data = np.asarray(heat.data)
     assert np.isfinite(data[17]).all() and np.abs(data[17]).max() > 0
     assert not np.isfinite(data[:17]).any() and not np.isfinite(data[18:]).any()
+
+
+def test_the_status_line_counts_windows_with_the_time_left(make_napari_viewer: Any, qtbot: Any,
+                                                           tmp_path: Path) -> None:
+    """Windows of 1 s forward and 3 s forward + backward, reported as the library reports them: the bar goes once
+    through both passes and the status line says the time really left."""
+    from napari_attribution._progress import Eta, WindowStages
+
+    card = write_card(tmp_path, 3, [24, 24, 24])
+    viewer, dock = open_dock(make_napari_viewer, qtbot, card, scan())
+    now = [0.0]
+    dock._window_stages, dock._eta = WindowStages(), Eta(clock=lambda: now[0])
+    shown = []
+    for kind, seconds in (("forward", 1.0), ("backward", 3.0)):
+        for k in range(1, 5):
+            now[0] += seconds
+            dock._on_progress(k, 4, f"saliency: {kind}: windows {k}/4")
+            shown.append((dock.progress.value(), dock.status.text()))
+    assert shown[1] == (125, "saliency: forward: windows 2/4 (about 14 s left)")
+    assert shown[5] == (625, "saliency: backward: windows 2/4 (about 6.0 s left)")
+    assert shown[-1] == (1000, "saliency: backward: windows 4/4")
