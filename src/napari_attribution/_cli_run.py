@@ -11,14 +11,17 @@ formulas.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
 import json
 import os
+import threading
 import time
+import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,6 +340,78 @@ class ExplainResult:
     #: per heatmap, the verdict of each metric that has one in the Explain dock (``runs.checks.verdict``, the same
     #: words; "failed: why" for a metric that failed)
     verdicts: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: per heatmap, :func:`_prediction_facts`: predicted volumes in mL, the energy inside the prediction and the
+    #: prediction's share of the scan
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The files one scan's run writes: a heatmap per key (``method``, or ``method@layer`` in a layer sweep), each
+    with its JSON sidecar, and the metrics and layer tables when asked for."""
+
+    keys: list[str]
+    runs: list[tuple[str, str | None]]  # (method, layer) per key
+    outs: dict[str, Path]
+    tables: dict[str, Path | None]
+
+    def files(self) -> list[Path]:
+        return [*self.outs.values(), *(_sidecar(p) for p in self.outs.values()),
+                *(p for p in self.tables.values() if p is not None)]
+
+
+def _plan(output: str, methods: Sequence[str], layers: Sequence[str], metrics: Sequence[str]) -> _Plan:
+    """Which files a run of ``methods`` (over ``layers``: several sweep them) writes for the output name ``output``."""
+    sweep: list[str | None] = [*layers] or [None]  # the layers, or one run with the default layer
+    runs = [(m, lay) for lay in sweep for m in methods]
+    keys = [m if len(layers) <= 1 else f"{m}@{lay}" for m, lay in runs]
+    outs = dict(zip(keys, _outputs(output, [k.replace("@", "_") for k in keys]).values(), strict=True))
+    tables = {"metrics": Path(_strip(str(next(iter(outs.values())))) + "_metrics.csv") if metrics else None,
+              "layers": Path(_strip(output) + "_layers.csv") if len(layers) > 1 else None}
+    return _Plan(keys, runs, outs, tables)
+
+
+def _request(method: str, layer: str | None, target: str | None, params: dict[str, Any] | None,
+             metrics: Sequence[str]) -> dict[str, Any]:
+    """What was asked for one heatmap, as its sidecar records it (``request``) and a batch's resume compares it: the
+    method, the layer, the ``--target`` text (None for the default), the parameters as given and the metrics."""
+    text = None if target is None or target.strip() in ("", "auto") else target.strip()
+    record = {"method": method, "layer": layer, "target": text, "params": dict(params or {}), "metrics": list(metrics)}
+    from .layers import json_safe
+
+    return dict(json.loads(json.dumps(json_safe(record))))  # as it reads back from the sidecar
+
+
+def _prediction_facts(res: Any, geometry: Any, card: Any) -> dict[str, Any]:
+    """One map's facts for the batch summary: the predicted volume of each class in mL (from the label map and the
+    scan's voxel spacing; None without a spacing, or for a 2D scan) and the share of the map's positive attribution
+    inside the predicted foreground (every class but the background; a one-channel model's foreground), with the
+    foreground's share of the scan's voxels as its reference (a map that ignores the prediction scores about that).
+    Empty for a classification result."""
+    from .targets import class_region
+
+    labels = res.label_map
+    channels = res.extras.get("output_channels") or getattr(card, "num_classes", None) or \
+        len(getattr(card, "class_names", None) or ())
+    if labels is None or not channels:
+        return {}
+    channels = int(channels)
+    names = tuple(getattr(card, "class_names", None) or ())
+    geo = res.geometry if res.geometry is not None else geometry
+    spacing = getattr(geo, "spacing", None)
+    voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing is not None and len(spacing) == labels.ndim == 3 else None
+    foreground = np.zeros(labels.shape, bool)
+    volumes: dict[str, float | None] = {}
+    for k in range(1, channels) if channels > 1 else (0,):
+        region = np.asarray(class_region(labels, k, channels), bool)
+        foreground |= region
+        volumes[names[k] if k < len(names) else f"class{k}"] = (None if voxel_ml is None
+                                                                else float(region.sum()) * voxel_ml)
+    positive = np.clip(np.nan_to_num(np.asarray(res.data, np.float64), nan=0.0), 0.0, None)
+    total = float(positive.sum())
+    return {"volumes_ml": volumes,
+            "energy_in_prediction": float(positive[foreground].sum()) / total if total > 0 else None,
+            "prediction_share": float(foreground.mean())}
 
 
 def explain_file(
@@ -355,12 +430,17 @@ def explain_file(
     allow_modules: Sequence[str] = (),
     model: Any = None,
     progress: Callable[[int, int, str], None] | None = None,
+    caught: list[Any] | None = None,
 ) -> ExplainResult:
     """Explain one scan and write the heatmap(s), a JSON sidecar per heatmap and, with ``metrics``, a CSV.
 
     ``layer``: one dotted layer name, or several to sweep layer methods over them (seed 001's per-layer view): one
     heatmap per method and layer (keys ``method@layer``) and ``<output stem>_layers.csv`` with, per method and layer,
-    the seconds, the share of positive attribution inside the target region (segmentation targets) and the peak."""
+    the seconds, the share of positive attribution inside the target region (segmentation targets) and the peak.
+
+    Each sidecar also records the ``request`` (method, layer, ``--target`` text, parameters as given, metrics: what a
+    batch's resume compares) and a ``summary`` of the map (:func:`_prediction_facts`, the metrics and verdicts, and
+    with ``caught`` — the caller's ``warnings.catch_warnings(record=True)`` list — this package's warnings so far)."""
     import napari_attribution as na
 
     layers = [layer] if isinstance(layer, str) else list(layer or [])
@@ -369,16 +449,10 @@ def explain_file(
         if not_layer:
             raise ParameterError(f"Several --layer values sweep layer methods; {', '.join(not_layer)} look(s) at no "
                                  "network layer: explain it in a separate run.")
-    sweep: list[str | None] = [*layers] or [None]  # the layers, or one run with the default layer
-    runs = [(m, lay) for lay in sweep for m in methods]
-    keys = [m if len(layers) <= 1 else f"{m}@{lay}" for m, lay in runs]
-    outs = _outputs(output, [k.replace("@", "_") for k in keys])
-    outs = dict(zip(keys, outs.values(), strict=True))
-    tables = {"metrics": Path(_strip(str(next(iter(outs.values())))) + "_metrics.csv") if metrics else None,
-              "layers": Path(_strip(output) + "_layers.csv") if len(layers) > 1 else None}
+    plan = _plan(output, methods, layers, metrics)
+    keys, outs, tables = plan.keys, plan.outs, plan.tables
     # every file this run will write, sidecars included, is checked before any work
-    planned = [*outs.values(), *(_sidecar(p) for p in outs.values()), *tables.values()]
-    existing = [str(p) for p in planned if p is not None and p.exists()]
+    existing = [str(p) for p in plan.files() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
     loaded = model if model is not None else na.load_model(model_source, trust=trust, allow_modules=allow_modules)
@@ -429,23 +503,33 @@ def explain_file(
                 said[metric] = verdict(metric, float(score.value), score.details)
     columns = _with_verdicts(list(next(iter(scores.values()))) if scores else [], metrics)
     scan = os.path.basename(image_path)
+    card = model_and_card(loaded)[1]
+    facts = {key: _prediction_facts(res, geometry, card) for key, res in results.items()}
+    from ._errors import own_warnings
+
+    warned = None if caught is None else own_warnings(list(caught))
+    extra = {key: {"request": _request(m, lay, target, params, metrics),
+                   "summary": {**facts[key], "metrics": scores.get(key, {}), "verdicts": verdicts.get(key, {}),
+                               **({} if warned is None else {"warnings": warned})}}
+             for key, (m, lay) in zip(keys, plan.runs, strict=True)}
     # all of this run's files (heatmaps, sidecars, tables) land together or not at all: a full disk leaves none,
     # and a rerun is not refused because of a half-written run
     with AtomicFiles(overwrite=overwrite) as files:
         for key, res in results.items():
-            _write_heatmap(files, outs[key], res, geometry, meta, model_source, image_path, device, model=loaded)
+            _write_heatmap(files, outs[key], res, geometry, meta, model_source, image_path, device, model=loaded,
+                           extra=extra[key])
         if tables["metrics"] is not None:
             files.add_text(tables["metrics"], _csv_text(
                 [["scan", "method", *columns, "seconds"],
                  *([scan, key, *_cells({**scores[key], **_verdict_cells(verdicts.get(key, {}))}, columns),
                     f"{results[key].seconds:.4f}"] for key in keys)]))
         if tables["layers"] is not None:
-            _write_layer_table(files, tables["layers"], scan, methods, layers, results, model_and_card(loaded)[1])
+            _write_layer_table(files, tables["layers"], scan, methods, layers, results, card)
     desc = next(iter(results.values())).description
     from ._provenance import weights_label
 
     return ExplainResult(image_path, {k: str(outs[k]) for k in keys}, {k: r.seconds for k, r in results.items()},
-                         scores, desc, weights_label(loaded), verdicts)
+                         scores, desc, weights_label(loaded), verdicts, facts)
 
 
 def _with_verdicts(columns: Sequence[str], metrics: Sequence[str]) -> list[str]:
@@ -507,14 +591,15 @@ def _csv_text(rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _write_heatmap(files: AtomicFiles, path: Path, res: Any, geometry: Any, meta: dict[str, Any], model_source: str,
-                   image_path: str, device: str | None, model: Any = None) -> None:
+                   image_path: str, device: str | None, model: Any = None,
+                   extra: dict[str, Any] | None = None) -> None:
     """Add the heatmap (NIfTI aligned with the scan, or .npy) and its JSON provenance sidecar to ``files`` (one
     group: they land together or not at all): the method and its parameters, the sha256 of the weights actually
     read, whether they are random, the card in effect, and the scan's file name (never its folder) with the scan's
-    sha256."""
+    sha256; ``extra``: more fields (explain_file's ``request`` and ``summary``)."""
     from ._provenance import model_fields, scan_fields
     from .io._nifti import nifti_writer
-    from .layers import completeness_record, provenance, used_settings
+    from .layers import completeness_record, json_safe, provenance, used_settings
 
     digest = _model_hash(model_source, model)
     facts = {**model_fields(model), "weights_sha256": digest}
@@ -525,6 +610,7 @@ def _write_heatmap(files: AtomicFiles, path: Path, res: Any, geometry: Any, meta
     if completeness is not None:
         record["completeness"] = completeness
     record["used"] = used_settings(res.extras)  # what the defaults became (occlusion's window, the input path)
+    record.update(json_safe(dict(extra or {})))
     if str(path).endswith(".npy"):
         data = res.data
         files.add(path, lambda fh: np.save(fh, data))
@@ -622,29 +708,234 @@ def _batch_outputs(scans: Sequence[str], outdir: Path) -> list[Path]:
     return named
 
 
-def _one(args: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
-    """One scan of a batch: ``explain_file(**args)``, never raising; ``threads``: torch threads of this process (a
-    Dask worker: one, the cluster runs one worker per core)."""
+class _ModelPool:
+    """The models loaded for one batch in one process. A scan borrows a model and gives it back, so a worker loads
+    the model once (for the first scan it runs), not once per scan; two scans running at the same time in one
+    process (a worker with several threads) never share a model (layer methods hook into it), each loads its own.
+    A load that failed fails every scan with the same error, without trying again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: dict[tuple[Any, ...], list[Any]] = {}
+        self._said: dict[tuple[Any, ...], list[str]] = {}  # this package's warnings while loading
+        self._failed: dict[tuple[Any, ...], Exception] = {}
+        self.loads = 0
+
+    @contextlib.contextmanager
+    def borrow(self, key: tuple[Any, ...], load: Callable[[], Any]) -> Iterator[tuple[Any, bool, list[str]]]:
+        """``(model, loaded, warnings)``: a free model of ``key``, or a new one from ``load()`` (``loaded``: this
+        call loaded it); ``warnings``: what this package warned about while loading it (they concern every scan)."""
+        with self._lock:
+            if key in self._failed:
+                raise self._failed[key]
+            free = self._free.setdefault(key, [])
+            model = free.pop() if free else None
+        loaded = model is None
+        if model is None:
+            from ._errors import own_warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    model = load()
+                except Exception as err:
+                    with self._lock:
+                        self._failed[key] = err
+                    raise
+            with self._lock:
+                self.loads += 1
+                self._said[key] = own_warnings(list(caught))
+        try:
+            yield model, loaded, list(self._said.get(key, []))
+        finally:
+            with self._lock:
+                self._free[key].append(model)
+
+
+# a Dask worker process's pools, by batch (the two latest: a shared cluster may serve two batches at once); the
+# driver drops its batch's pool from a running cluster's workers when the batch is done
+_POOLS: dict[str, _ModelPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _process_pool(batch: str) -> _ModelPool:
+    with _POOLS_LOCK:
+        pool = _POOLS.get(batch)
+        if pool is None:
+            while len(_POOLS) >= 2:
+                _POOLS.pop(next(iter(_POOLS)))
+            pool = _POOLS[batch] = _ModelPool()
+        return pool
+
+
+def _drop_pool(batch: str) -> None:
+    """Free a finished batch's models in this process (run on each worker of a running cluster)."""
+    with _POOLS_LOCK:
+        _POOLS.pop(batch, None)
+
+
+def _model_key(source: str, trust: bool, allow_modules: Sequence[str]) -> tuple[Any, ...]:
+    """Which loaded model a scan can reuse: the source and how it may be loaded, with the size and modification time
+    of the source's files (the file and the cards beside it, or a bundle folder's files), so that weights replaced
+    during a batch are loaded again."""
+    p = Path(source)
+    stamp: list[tuple[str, int, int]] = []
+    try:
+        if p.is_file():
+            files = [p, *(f for f in p.parent.iterdir() if f.suffix.lower() in (".json", ".yaml", ".yml"))]
+        elif p.is_dir():
+            files = [f for f in p.rglob("*") if f.is_file()]
+        else:
+            files = []
+        for f in sorted(files):
+            st = f.stat()
+            stamp.append((str(f), st.st_size, st.st_mtime_ns))
+    except OSError:  # unreadable: the load itself says why
+        pass
+    return (source, tuple(stamp), bool(trust), tuple(allow_modules))
+
+
+def _worker_name() -> str:
+    """The Dask worker this runs on (its address), or this process."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"process {os.getpid()}"
+
+
+def _json_norm(value: Any) -> Any:
+    from .layers import json_safe
+
+    return json.loads(json.dumps(json_safe(value)))
+
+
+def _resume(job: dict[str, Any], model: Any) -> tuple[str, Any]:
+    """What to do with a scan whose outputs may exist already: ``("run", None)`` when none of its files exist (or
+    with ``overwrite``); ``("skip", {key: sidecar})`` when all exist and every sidecar records the same model
+    (weights sha256 and card), the same scan (sha256) and the same request (method, layer, target, parameters,
+    metrics); else ``("refuse", why)``, one sentence that names the file and what differs."""
+    from ._provenance import model_fields, scan_sha256
+
+    layer = job.get("layer")
+    layers = [layer] if isinstance(layer, str) else list(layer or [])
+    metrics = list(job.get("metrics") or ())
+    plan = _plan(job["output"], job["methods"], layers, metrics)
+    files = plan.files()
+    present = [p for p in files if p.exists()]
+    if not present or job.get("overwrite"):
+        return "run", None
+    missing = [p for p in files if not p.exists()]
+    if missing:
+        return "refuse", (f"{present[0]} exists but {missing[0]} does not (another run's options, or files "
+                          "removed); pass --overwrite to run this scan again")
+    digest = _model_hash(job["model_source"], model)
+    card = _json_norm(model_fields(model)["card"])
+    scan = scan_sha256(job["image_path"])
+    sides: dict[str, dict[str, Any]] = {}
+    for key, (m, lay) in zip(plan.keys, plan.runs, strict=True):
+        path = _sidecar(plan.outs[key])
+        try:
+            side = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(side, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            return "refuse", f"{path} cannot be read ({err}); pass --overwrite to replace the scan's outputs"
+        differs = []
+        if side.get("model_sha256") != digest:
+            differs.append(f"another model (weights sha256 {str(side.get('model_sha256'))[:12]} there, "
+                           f"{str(digest)[:12]} now)")
+        elif _json_norm(side.get("card")) != card:
+            differs.append("another model card")
+        if side.get("scan_sha256") != scan:
+            differs.append("another version of the scan (its sha256 differs)")
+        want, got = _request(m, lay, job.get("target"), job.get("params"), metrics), side.get("request")
+        if not isinstance(got, dict):
+            differs.append("parameters it does not record")
+        elif got != want:
+            differs.append("other parameters (" + "; ".join(
+                f"{k}: {json.dumps(got.get(k))} there, {json.dumps(want[k])} now" for k in want
+                if got.get(k) != want[k]) + ")")
+        if differs:
+            return "refuse", f"{plan.outs[key]} exists from {', '.join(differs)}; pass --overwrite to replace it"
+        sides[key] = side
+    return "skip", {key: (str(plan.outs[key]), side) for key, side in sides.items()}
+
+
+def _skipped(sides: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A skipped scan's summary fields, read back from its sidecars (what the run that wrote them reported)."""
+    summaries = {key: side.get("summary") or {} for key, (_, side) in sides.items()}
+    first = next(iter(sides.values()))[1]
+    return {"status": "skipped", "outputs": {key: path for key, (path, _) in sides.items()},
+            "seconds": {key: float(side.get("seconds", float("nan"))) for key, (_, side) in sides.items()},
+            "metrics": {key: dict(s.get("metrics") or {}) for key, s in summaries.items()},
+            "verdicts": {key: dict(s.get("verdicts") or {}) for key, s in summaries.items()},
+            "facts": {key: {k: s[k] for k in ("volumes_ml", "energy_in_prediction", "prediction_share") if k in s}
+                      for key, s in summaries.items()},
+            "target": str(first.get("target") or ""),
+            "recorded_warnings": sorted({w for s in summaries.values() for w in s.get("warnings") or ()})}
+
+
+def _one(args: dict[str, Any], threads: int | None = None, pool: _ModelPool | None = None) -> dict[str, Any]:
+    """One scan of a batch, never raising: resume (skip the scan when its outputs exist from the same model and
+    request, refuse it when they exist from another), else ``explain_file``. ``threads``: torch threads while it
+    runs (a Dask worker: one, the cluster runs one worker per core). ``pool``: where the batch's models are kept
+    (default: this process's pool of the job's ``batch``), so a worker loads the model once."""
+    import napari_attribution as na
+
+    from ._errors import own_warnings
+    from ._provenance import weights_label
+
+    job = dict(args)
+    batch = str(job.pop("batch", ""))
+    pool = pool if pool is not None else _process_pool(batch)
+    key = _model_key(job["model_source"], bool(job.get("trust")), job.get("allow_modules") or ())
+
+    def load() -> Any:
+        return na.load_model(job["model_source"], trust=bool(job.get("trust")),
+                             allow_modules=job.get("allow_modules") or ())
+
+    before = None
     if threads is not None:
         import torch
 
+        before = torch.get_num_threads()
         torch.set_num_threads(threads)
-    from ._errors import own_warnings
+    t0, loaded, said = time.perf_counter(), False, list[str]()
+    out: dict[str, Any] = {"scan": args["image_path"], "outputs": {}, "seconds": {}, "metrics": {}, "target": ""}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with pool.borrow(key, load) as (model, loaded, said):
+                    action, detail = _resume(job, model)
+                    if action == "skip":
+                        out.update(_skipped(detail), weights=weights_label(model))
+                    elif action == "refuse":
+                        out["status"] = f"refused: {detail}"
+                    else:
+                        res = explain_file(**job, model=model, caught=caught)
+                        out.update(status="ok", outputs=res.outputs, seconds=res.seconds, metrics=res.metrics,
+                                   target=res.description, weights=res.weights, verdicts=res.verdicts,
+                                   facts=res.facts)
+            except Exception as err:  # one scan's failure must not stop the cohort; it is reported in the summary
+                out["status"] = f"error: {type(err).__name__}: {err}"
+    finally:
+        if before is not None:
+            import torch
 
-    t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            res = explain_file(**args)
-            out = {"scan": args["image_path"], "status": "ok", "outputs": res.outputs, "seconds": res.seconds,
-                   "metrics": res.metrics, "target": res.description, "weights": res.weights,
-                   "verdicts": res.verdicts}
-        except Exception as err:  # one scan's failure must not stop the cohort; it is reported in the summary
-            out = {"scan": args["image_path"], "status": f"error: {type(err).__name__}: {err}", "outputs": {},
-                   "seconds": {}, "metrics": {}, "target": ""}
+            torch.set_num_threads(before)
     # what the library warned about for this scan (an incomplete integrated-gradients map, a scan read with a
-    # caveat) goes into the summary next to it
-    return {**out, "warnings": " | ".join(own_warnings(list(caught))), "wall": time.perf_counter() - t0}
+    # caveat; for a skipped scan, what its sidecars recorded), and while loading the model, goes into the summary
+    told = set(said) | set(out.pop("recorded_warnings", ())) | set(own_warnings(list(caught)))
+    return {**out, "warnings": " | ".join(sorted(told)), "wall": time.perf_counter() - t0,
+            "worker": _worker_name(), "loaded": loaded}
+
+
+def _fmt(value: Any) -> str:
+    """A summary number (6 significant digits), or an empty cell for None."""
+    return "" if value is None else f"{float(value):.6g}"
 
 
 def run_batch(
@@ -658,12 +949,18 @@ def run_batch(
     local: bool = False,
     log: Callable[[str], None] = print,
     scan_progress: Callable[[int, int, str], None] | None = None,
+    processes: bool = True,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Explain every scan of ``images`` into ``outdir`` (one file per scan and method) and write
     ``outdir/summary.csv``. ``scheduler``: a Dask scheduler address; default: a local Dask cluster with
-    ``workers`` single-threaded processes; ``local=True``: in this process, one scan after the other (with torch's
-    own thread count).
+    ``workers`` single-threaded processes (``processes=False``: threads of this process); ``local=True``: in this
+    process, one scan after the other (with torch's own thread count). Each worker loads the model once.
+
+    Resume: a scan whose heatmaps and sidecars exist from the same model (weights sha256, card), the same scan and
+    the same request (methods, layers, target, parameters, metrics) is skipped (status ``skipped``, its row read
+    back from the sidecars); outputs that exist from anything else are refused (status ``refused: why``) unless
+    ``overwrite=True``, and the other scans go on. ``summary.csv`` is the batch's report and is replaced each run.
 
     ``log`` gets a line per finished scan with the batch's elapsed time and an ETA (from the scans done so far);
     ``scan_progress`` (``local=True`` only: Dask workers run elsewhere) gets each scan's own
@@ -672,11 +969,10 @@ def run_batch(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     summary = out / "summary.csv"
-    if summary.exists() and not kwargs.get("overwrite"):
-        raise FileExistsError(f"{summary} already exists; pass --overwrite or choose another output folder.")
+    batch = uuid.uuid4().hex
     # one output name per scan, kept below the scans' common folder: two scans called ct.nii.gz in different
     # folders never share (or overwrite) one heatmap; the summary's output column says where each went
-    jobs = [dict(model_source=model_source, image_path=s, methods=list(methods), output=str(o), **kwargs)
+    jobs = [dict(model_source=model_source, image_path=s, methods=list(methods), output=str(o), batch=batch, **kwargs)
             for s, o in zip(scans, _batch_outputs(scans, out), strict=True)]
     log(f"batch: {len(jobs)} scans x {len(methods)} method(s)")
     results: list[dict[str, Any]] = []
@@ -691,22 +987,22 @@ def run_batch(
         log(f"[{done}/{len(jobs)}] {res['scan']}: {res['status']} ({when})")
 
     if local:
+        pool = _ModelPool()
         for i, job in enumerate(jobs):
             if scan_progress is not None:
                 job = {**job, "progress": _stage(scan_progress, f"[{i + 1}/{len(jobs)}] {_stem(job['image_path'])}")}
-            finished(_one(job))
+            finished(_one(job, pool=pool))
     else:
         try:
             from dask.distributed import Client, LocalCluster, as_completed
-        except ImportError as err:
-            raise ParameterError(
-                "Batch runs use Dask distributed: pip install distributed (or run with --local)."
-            ) from err
+        except ImportError as err:  # a dependency: only a broken installation gets here
+            raise ParameterError(f"Dask's distributed, a dependency of napari-attribution, cannot be imported here "
+                                 f"({err}): reinstall napari-attribution, or run with --local.") from err
         cluster = None
         if scheduler is None:
-            n = workers or max(1, (os.cpu_count() or 2) - 0)
+            n = workers or max(1, os.cpu_count() or 2)
             cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+                n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None)
             client = Client(cluster)  # type: ignore[no-untyped-call]
         else:
             client = Client(scheduler)  # type: ignore[no-untyped-call]
@@ -714,29 +1010,58 @@ def run_batch(
             futures = [client.submit(_one, job, 1, pure=False) for job in jobs]
             for fut in as_completed(futures):  # type: ignore[no-untyped-call]
                 finished(fut.result())
+            if cluster is None:  # a running cluster's workers free this batch's models
+                with contextlib.suppress(Exception):
+                    client.run(_drop_pool, batch)
         finally:
             client.close()  # type: ignore[no-untyped-call]
             if cluster is not None:
                 cluster.close()
     results.sort(key=lambda r: r["scan"])
-    # each metric's columns side by side (sorted: deletion, deletion_random, deletion_verdict, insertion, ...), the
-    # verdicts the Explain dock shows for the same scores
-    metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m}
-                          | {k for r in results for v in (r.get("verdicts") or {}).values() for k in _verdict_cells(v)})
-    rows: list[list[Any]] = [["scan", "status", "method", "output", "seconds", "target", *metric_names, "warnings",
-                              "weights"]]
+    loads: dict[str, int] = {}
     for r in results:
-        for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
-            rows.append([r["scan"], r["status"], m, r["outputs"].get(m, ""),
-                         f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
-                         *_cells({**r["metrics"].get(m, {}), **_verdict_cells((r.get("verdicts") or {}).get(m, {}))},
-                                 metric_names), r.get("warnings", ""),
-                         r.get("weights", "")])
-    text = _csv_text(rows)
-    atomic_write(summary, lambda fh: fh.write(text.encode("utf-8")), overwrite=bool(kwargs.get("overwrite")))
-    failed = sum(1 for r in results if r["status"] != "ok")
-    log(f"wrote {summary} ({len(results) - failed} ok, {failed} failed)")
+        loads[r["worker"]] = loads.get(r["worker"], 0) + int(r["loaded"])
+    log(f"model loaded {sum(loads.values())} time(s) for {len(results)} scans on {len(loads)} worker(s)")
+    text = _csv_text(_summary_rows(results, methods))
+    replaced = summary.exists()
+    atomic_write(summary, lambda fh: fh.write(text.encode("utf-8")), overwrite=True)
+    counts = {word: sum(1 for r in results if r["status"].split(":")[0] == word)
+              for word in ("ok", "skipped", "refused", "error")}
+    log(f"wrote {summary}{' (replacing the previous summary)' if replaced else ''} ({counts['ok']} ok, "
+        f"{counts['skipped']} skipped, {counts['refused']} refused, {counts['error']} failed)")
+    if counts["refused"]:
+        log("refused scans have outputs from another model, scan or parameters: pass --overwrite to replace them, "
+            "or write into another folder")
     if any(r.get("weights") == "random weights" for r in results):
         log('random weights: the card asks for an untrained network ("weights": "random"); the maps explain no '
             "training")
     return results
+
+
+def _summary_rows(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[list[Any]]:
+    """summary.csv: a row per scan and heatmap with the status, output, seconds, target, the predicted volume of each
+    class in mL, the map's share of positive attribution inside the predicted foreground and the foreground's share
+    of the scan (its reference), each metric with its verdict, the warnings and the weights."""
+    # each metric's columns side by side (sorted: deletion, deletion_random, deletion_verdict, insertion, ...), the
+    # verdicts the Explain dock shows for the same scores
+    metric_names = sorted({k for r in results for m in r["metrics"].values() for k in m}
+                          | {k for r in results for v in (r.get("verdicts") or {}).values() for k in _verdict_cells(v)})
+    classes: list[str] = []  # in the model's class order
+    for r in results:
+        for facts in (r.get("facts") or {}).values():
+            classes += [c for c in facts.get("volumes_ml", {}) if c not in classes]
+    rows: list[list[Any]] = [["scan", "status", "method", "output", "seconds", "target",
+                              *(f"volume_ml_{c}" for c in classes), "energy_in_prediction", "prediction_share",
+                              *metric_names, "warnings", "weights"]]
+    for r in results:
+        for m in r["outputs"] or methods:  # method (or method@layer in a layer sweep); methods if it failed
+            facts = (r.get("facts") or {}).get(m, {})
+            volumes = facts.get("volumes_ml", {})
+            rows.append([r["scan"], r["status"], m, r["outputs"].get(m, ""),
+                         f"{r['seconds'].get(m, float('nan')):.4f}", r["target"],
+                         *(_fmt(volumes.get(c)) for c in classes), _fmt(facts.get("energy_in_prediction")),
+                         _fmt(facts.get("prediction_share")),
+                         *_cells({**r["metrics"].get(m, {}), **_verdict_cells((r.get("verdicts") or {}).get(m, {}))},
+                                 metric_names), r.get("warnings", ""),
+                         r.get("weights", "")])
+    return rows

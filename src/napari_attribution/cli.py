@@ -262,7 +262,16 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     finally:
         if line is not None:
             line.finish()
-    return 0 if all(r["status"] == "ok" for r in results) else 1
+    return _batch_exit_code(results)
+
+
+def _batch_exit_code(results: Sequence[dict[str, Any]]) -> int:
+    """0: every scan ran or was skipped (its outputs exist from the same model and parameters); 1: a scan failed;
+    3: none failed but some were refused (their outputs exist from another model, scan or parameters)."""
+    statuses = [str(r["status"]).split(":")[0] for r in results]
+    if "error" in statuses:
+        return 1
+    return 3 if "refused" in statuses else 0
 
 
 def _finishing_first(line: Any) -> Any:
@@ -320,12 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="NIfTI file, DICOM file or series folder, or .npy")
     p.add_argument("-o", "--output", required=True, help="output heatmap (.nii.gz or .npy)")
     p.set_defaults(func=_cmd_explain)
-    p = sub.add_parser("batch", help="explain a cohort (Dask: local cluster by default)")
+    p = sub.add_parser("batch", help="explain a cohort (Dask: local cluster by default)",
+                       epilog="A scan whose outputs exist from the same model, scan and parameters is skipped; "
+                       "outputs from anything else are refused unless --overwrite. Exit code: 0 every scan ran or "
+                       "was skipped, 1 a scan failed, 3 none failed but some were refused.")
     _add_run_options(p)
     p.add_argument("--images", required=True, help="a folder, a glob or a CSV list of scans")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--scheduler", help="address of a running Dask scheduler")
-    p.add_argument("--workers", type=int, help="local Dask workers (default: one per core)")
+    p.add_argument("--workers", type=int, help="local Dask workers (default: one per core); each loads the model "
+                   "once")
     p.add_argument("--local", action="store_true", help="no Dask: one scan after the other in this process")
     p.set_defaults(func=_cmd_batch)
     return parser
