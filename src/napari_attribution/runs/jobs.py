@@ -289,6 +289,9 @@ def window_passes(method: na.MethodInfo, params: Mapping[str, Any], cost: Any, p
       against the inferer's window placement, averaged over the box positions; a perturbation that changes more than
       half of the windows runs all of them, one without a box (RISE's masks) changes them all. The reference
       outputs of changed windows are computed once each (at most ``W`` more).
+
+    Every window is counted in the backward: a target whose gradient reaches fewer windows (a ``Voxel``, a small
+    region) runs fewer, so the estimate is then above the run's time.
     """
     W = float(plan.count())
     full = max(0.0, cost.passes - cost.forward - cost.partial)
