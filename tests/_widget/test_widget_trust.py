@@ -62,7 +62,9 @@ def test_checks_equal_evaluate_and_travel_with_the_layer(dock: Any, qtbot: Any, 
 
     att = dock.last_outcome.results["grad_cam"]
     model, image = dock.model_info.model, dock.viewer.layers["phantom"].data
-    assert rows["deletion"]["params"] == {"steps": 20, "baseline": "min"}
+    # a classifier on a scan in HU: the fill offered first is CT air, named so
+    assert box.fill.itemText(0) == "CT air (\u22121000 HU)" == box.fill.currentText()
+    assert rows["deletion"]["params"] == {"steps": 20, "baseline": "ct_air"}
     assert rows["insertion"]["params"] == {"steps": 20} and rows["randomisation"]["params"] == {"max_layers": 5}
     direct = {c: na.evaluate(model, image, att, c, **rows[c]["params"]) for c in rows}
     for c, score in direct.items():

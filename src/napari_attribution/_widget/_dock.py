@@ -319,8 +319,8 @@ class AttributionDock(QWidget):
             model=info, image=data, source=layer.name, methods=methods, params=self.method_params(),
             target=self.target.target(layer, spatial), layer=self.layer_name(),
             device=self.device.currentText(), source_geometry=source_geometry(layer),
-            source_metadata={k: layer.metadata[k] for k in ("original_affine", "source_file", "source_sha256")
-                             if k in layer.metadata},
+            source_metadata={k: layer.metadata[k] for k in ("original_affine", "source_file", "source_sha256",
+                                                            "modality") if k in layer.metadata},
             roi=self.scope.box(layer, spatial), slices=slices,
             confirm_above=self.confirm_above if confirm else None, compare=len(methods) > 1,
         )

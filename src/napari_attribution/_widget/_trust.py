@@ -66,6 +66,7 @@ from ..runs.checks import (
     deletion_fill,
     explained_from,
     failed_row,
+    fill_choices,
     rows_from,
     slice_key,
     verdict,
@@ -147,8 +148,11 @@ class TrustBox(QGroupBox):
             grid.addWidget(box, i // 2, i % 2)
         self.fill = QComboBox()
         self.fill.setEditable(True)
-        self.fill.addItems(["min (air in CT)", "mean"])
-        self.fill.setToolTip("What deleted voxels become: the image minimum, the image mean, or a value you type "
+        self.fill.addItems(fill_choices(None))
+        self.fill.setToolTip("What deleted voxels become; the first choice is the default for the chosen heatmap: "
+                             "the scan's blurred copy for a segmenter, for a classifier the background of the "
+                             "modality assumed (CT air at -1000 HU for a scan in HU, else the MRI background; the "
+                             "reader's modality wins). Also the image minimum, the image mean, or a value you type "
                              "(e.g. 40 for soft tissue in HU)")
         self.run_button = QPushButton(RUN_TEXT)
         self.run_button.setToolTip("Run the ticked checks in the background (about a minute at most on a demo)")
@@ -468,11 +472,29 @@ class TrustBox(QGroupBox):
         order = [*CHECKS, "completeness"]
         return {c: rows[c] for c in sorted(rows, key=lambda c: order.index(c) if c in order else len(order))}
 
+    def _offer_fills(self, layer: Layer | None) -> None:
+        """The deletion fills for ``layer``'s heatmap (:func:`fill_choices`: its default first, named after the
+        modality assumed). A fill the user picked that is still offered, or a value typed, stays chosen."""
+        choices = fill_choices(self.explained(layer) if layer is not None else None)
+        items = [self.fill.itemText(i) for i in range(self.fill.count())]
+        if choices == items:
+            return
+        current = self.fill.currentText()
+        keep = current if (current in choices and items and current != items[0]) or current not in items else ""
+        self.fill.blockSignals(True)
+        self.fill.clear()
+        self.fill.addItems(choices)
+        if keep:
+            self.fill.setCurrentText(keep)
+        self.fill.blockSignals(False)
+
     def show_checks(self, message: str | None = None, *, keep_message: bool = False) -> None:
         """Fill the table with the chosen heatmap's stored checks (for a sweep or a slice-wise map: of the part
         the viewer shows); ``message`` (default: what to do) under it, unless ``keep_message``."""
         self.setVisible(bool(self.heatmap.layers()))
         layer = self.heatmap.layer()
+        if not self.running:
+            self._offer_fills(layer)
         rows = self.stored(layer)
         kind, self._shown_key = self.view(layer)
         shown = self.view_text(layer)
@@ -489,7 +511,7 @@ class TrustBox(QGroupBox):
             if row.get("error"):
                 value = "failed"
             self.table.setItem(r, 1, _cell(value, True, better))
-            self.table.setItem(r, 2, _cell(_number(row.get("reference")), True, ref_kind))
+            self.table.setItem(r, 2, _cell(_number(row.get("reference")), True, ref_kind))  # the noise: in its tip
             self.table.setItem(r, 3, _cell(str(row.get("verdict", "")), tip=str(row.get("verdict", ""))))
         self.table.resizeRowsToContents()
         header = self.table.horizontalHeader()

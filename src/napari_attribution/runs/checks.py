@@ -1,6 +1,8 @@
-"""The checks of a heatmap, without Qt or napari: deletion and insertion against a random order of the voxels, the
-model-randomisation sanity check, max-sensitivity, and integrated gradients' completeness, each with a verdict in
-words (:func:`verdict`, the one place of the thresholds and the wording).
+"""The checks of a heatmap, without Qt or napari: deletion and insertion against random orders of the same units
+(connected blocks of a few mm on a segmenter, single voxels on a classifier), the model-randomisation sanity check,
+max-sensitivity, and integrated gradients' completeness, each with a verdict in words (:func:`verdict`, the one place
+of the thresholds and the wording), and the deletion fill the box offers for a heatmap (:func:`fill_choices`, read
+back by :func:`deletion_fill`).
 
 The Explain dock's "Check this map" box (:mod:`napari_attribution._widget._trust`) runs :func:`check_job` in a
 worker and shows its rows; the command line's metrics CSV and the batch summary write the same verdict next to each
@@ -32,9 +34,9 @@ from .jobs import ExplainRequest, in_low_priority_thread, spatial_offset
 from .model_info import ModelInfo
 from .wrapper import Failures, never_raise
 
-__all__ = ["CHECKS", "DEFAULT_CHECKS", "LABELS", "PARAMS", "TIPS", "VERDICTS", "CheckOutcome", "CheckRequest",
-           "Explained", "check_job", "deletion_fill", "explained_from", "failed_row", "rows_from", "slice_key",
-           "verdict"]
+__all__ = ["CANNOT_TELL", "CHECKS", "DEFAULT_CHECKS", "FILL_LABELS", "LABELS", "PARAMS", "TIPS", "VERDICTS",
+           "CheckOutcome", "CheckRequest", "Explained", "check_job", "deletion_fill", "explained_from", "failed_row",
+           "fill_choices", "rows_from", "slice_key", "verdict"]
 
 
 Progress = Callable[[int, int, str], None]
@@ -47,15 +49,18 @@ CHECKS = ("deletion", "insertion", "randomisation", "max_sensitivity")
 DEFAULT_CHECKS = ("deletion", "insertion", "randomisation")
 LABELS = {"deletion": "deletion", "insertion": "insertion", "randomisation": "randomisation",
           "max_sensitivity": "max-sensitivity", "completeness": "IG completeness"}
-#: Cheap settings: about 40 model calls for deletion and insertion each (their random reference included),
+#: Cheap settings: 21 model calls for deletion and insertion each, and as many for each of their four random orders;
 #: five re-runs of the method for randomisation and max-sensitivity.
 PARAMS: dict[str, dict[str, Any]] = {"deletion": {"steps": 20}, "insertion": {"steps": 20},
                                      "randomisation": {"max_layers": 5}, "max_sensitivity": {"samples": 5}}
 TIPS = {
-    "deletion": "Delete voxels in the map's order (most important first) and follow the target's probability: "
-                "the area under that curve (AUC). Lower is better; the reference is the AUC of a random order.",
-    "insertion": "Start from a blurred scan and put voxels back in the map's order: the AUC of the target's "
-                 "probability. Higher is better; the reference is the AUC of a random order.",
+    "deletion": "Delete the scan in the map's order (most important first) and follow the target's probability: "
+                "the area under that curve (AUC). A segmenter's scan is deleted in blocks of 3 mm filled with its "
+                "blurred copy, a classifier's voxel by voxel. Lower is better; the reference is the mean AUC of four "
+                "random orders, and AUCs within their noise cannot be told apart.",
+    "insertion": "Start from a blurred scan and put it back in the map's order (blocks of 3 mm on a segmenter, "
+                 "voxels on a classifier): the AUC of the target's probability. Higher is better; the reference "
+                 "is the mean AUC of four random orders, and AUCs within their noise cannot be told apart.",
     "randomisation": "Randomise the model's weights layer by layer (from the output back, on a copy) and "
                      "re-run the method: the mean rank correlation with the original map. Low = the map depends "
                      "on the model; the reference is the correlation with every layer randomised.",
@@ -86,6 +91,7 @@ class Explained:
     kind: str = ""  # "" (one map), "network layer" (a layer sweep) or "slice" (slice by slice)
     parts: dict[str, Explained] = field(default_factory=dict)
     accumulates: bool = False
+    modality: str = ""  # the reader's word for the scan ("CT", "MR", ...), "" when it gave none
 
 
 def slice_key(index: int) -> str:
@@ -136,6 +142,14 @@ def explained_from(attribution: Any, request: ExplainRequest, name: str,
     """What :func:`check_job` needs for the heatmap ``name`` made by ``request``: a box (ROI) run is checked on
     the box, as it was explained. For a layer sweep, ``results`` are the sweep's maps ({network layer: its
     Attribution}); a slice-wise map is cut into its explained slices."""
+    ex = _explained_from(attribution, request, name, results)
+    hint = str(request.source_metadata.get("modality") or "")
+    return dataclasses.replace(ex, modality=hint,
+                               parts={k: dataclasses.replace(p, modality=hint) for k, p in ex.parts.items()})
+
+
+def _explained_from(attribution: Any, request: ExplainRequest, name: str,
+                    results: Mapping[str, Any] | None) -> Explained:
     image = request.image[0] if isinstance(request.image, (list, tuple)) else request.image  # multiscale: level 0
     off = spatial_offset(request.model, tuple(np.shape(image)))
     slicewise = request.slices is not None or attribution.per_slice is not None
@@ -192,8 +206,27 @@ def _span(*curves: Any) -> float:
     return float(values.max() - values.min()) if values.size else 0.0
 
 
+#: The verdict of a deletion or insertion AUC that lies within the noise of the random orders' AUCs: the check cannot
+#: rank this map against a map that knows nothing (where every map checked on a scan reads so, it cannot rank them).
+CANNOT_TELL = "cannot tell maps apart here (all within noise of a random order)"
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
 def verdict(check: str, value: float, details: Mapping[str, Any] | None = None) -> str:
     """What a check's numbers say, in words (the thresholds are rules of thumb, stated in the user guide).
+
+    Deletion and insertion: "not informative" when the target's probability moves by less than 0.05 along both
+    curves; :data:`CANNOT_TELL` when the map's AUC lies within the noise of the random orders (``random_band``:
+    the 95 % prediction interval of one more random order's AUC, from the random orders' spread); else "faithful"
+    or "worse than a random order" when the AUC beats (or trails) the random orders' mean by more than a tenth of
+    the curves' span, and "no better than a random order" in between.
 
     Parameters
     ----------
@@ -221,14 +254,20 @@ def verdict(check: str, value: float, details: Mapping[str, Any] | None = None) 
             return ("not informative: the target's probability hardly changes along either curve (the model is "
                     f"saturated, or does not react to the {'deletion' if check == 'deletion' else 'blur'}); try "
                     f"another target{fix}")
+        band = _finite(details.get("random_band"))
+        if band is not None and abs(value - float(ref)) <= band:
+            n = int(details.get("random_orders") or 0)
+            return f"{CANNOT_TELL}: AUC {value:.3f} against {float(ref):.3f} ± {band:.3f} for {n} random orders"
+        units = "regions" if details.get("unit") == "region" else "voxels"
         gain = (ref - value if check == "deletion" else value - ref) / span
         if gain > 0.1:
-            return ("faithful: deleting the map's top voxels first drops the score faster than a random order"
+            return (f"faithful: deleting the map's top {units} first drops the score faster than a random order"
                     if check == "deletion" else
-                    "faithful: restoring the map's top voxels first brings the score back faster than a random order")
+                    f"faithful: restoring the map's top {units} first brings the score back faster than a random "
+                    "order")
         if gain < -0.1:
-            return "worse than a random order: the map's top voxels matter less to the model than random ones"
-        return "no better than a random order of the voxels"
+            return f"worse than a random order: the map's top {units} matter less to the model than random ones"
+        return f"no better than a random order of the {units}"
     if check == "randomisation":
         if value < 0.3:
             return "passes the sanity check: the map changes when the model is randomised (it depends on the model)"
@@ -253,6 +292,16 @@ def verdict(check: str, value: float, details: Mapping[str, Any] | None = None) 
     return ""
 
 
+def _reference_kind(details: Mapping[str, Any]) -> str:
+    n = int(details.get("random_orders") or 1)
+    units = "blocks" if details.get("unit") == "region" else "voxels"
+    if n == 1:
+        return f"AUC of a random order of the {units}"
+    band = _finite(details.get("random_band"))
+    noise = f" (noise ± {band:.3f}: 95 % prediction band)" if band is not None else ""
+    return f"mean AUC of {n} random orders of the {units}{noise}"
+
+
 def rows_from(scores: Mapping[str, Any], attribution: Any, params: Mapping[str, Mapping[str, Any]]
               ) -> dict[str, dict[str, Any]]:
     """One JSON-safe row per check (``value``, ``reference``, ``reference_kind``, ``verdict``, ``better``,
@@ -262,8 +311,10 @@ def rows_from(scores: Mapping[str, Any], attribution: Any, params: Mapping[str, 
     for check, score in scores.items():
         reference: float | None = None
         kind = ""
+        band: float | None = None
         if check in ("deletion", "insertion"):
-            reference, kind = score.details.get("random_auc"), "AUC of a random order"
+            reference, kind = score.details.get("random_auc"), _reference_kind(score.details)
+            band = _finite(score.details.get("random_band"))
         elif check == "randomisation" and score.details.get("per_layer"):
             reference, kind = score.details["per_layer"][-1][1], "correlation with every layer randomised"
         rows[check] = {
@@ -272,6 +323,8 @@ def rows_from(scores: Mapping[str, Any], attribution: Any, params: Mapping[str, 
             "better": "higher" if score.higher_is_better else "lower", "seconds": float(score.seconds),
             "params": json_safe(dict(params.get(check, {}))),
         }
+        if band is not None:
+            rows[check]["reference_band"] = band
     comp = attribution.extras.get("completeness") if attribution is not None else None
     if isinstance(comp, Mapping) and "relative_error" in comp:
         err = float(comp["relative_error"])
@@ -325,6 +378,10 @@ def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel 
     t0 = time.perf_counter()
     ex = request.explained
     n = len(request.checks)
+    params = {c: dict(request.params.get(c, {})) for c in request.checks}
+    for c in ("deletion", "insertion"):  # the reader's modality, which the scan's values cannot always tell
+        if c in params and ex.modality and "modality" not in params[c]:
+            params[c]["modality"] = ex.modality
     scores: dict[str, Any] = {}
     failed: dict[str, tuple[str, float]] = {}
     try:
@@ -343,7 +400,7 @@ def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel 
 
             def body(check: str = check, step: Progress = step) -> tuple[str, Any]:
                 return "ok", na.evaluate(ex.model.model, image, ex.attribution, check,
-                                         progress=step, cancel=cancel, **request.params.get(check, {}))
+                                         progress=step, cancel=cancel, **params[check])
 
             # one check's failure must not throw away the others
             status, got = never_raise(body, lambda status, why: (status, why), _check_failures(check))
@@ -358,9 +415,9 @@ def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel 
     seconds = time.perf_counter() - t0
     if not scores:
         return CheckOutcome("failed", f"The checks failed: {reasons}.", seconds=seconds, failed=why)
-    rows = rows_from(scores, ex.attribution, request.params)
+    rows = rows_from(scores, ex.attribution, params)
     for check, (w, s) in failed.items():
-        rows[check] = failed_row(check, w, s, request.params.get(check, {}))
+        rows[check] = failed_row(check, w, s, params.get(check, {}))
     order = [*request.checks, "completeness"]
     rows = {c: rows[c] for c in sorted(rows, key=lambda c: order.index(c) if c in order else len(order))}
     done = f"{len(scores)} of {n} checks" if failed else f"{n} check{'s' if n != 1 else ''}"
@@ -368,12 +425,49 @@ def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel 
     return CheckOutcome("ok", message, rows, seconds, why)
 
 
+#: The deletion fills the box offers, by ``na.evaluate``'s ``baseline`` word (CT air's label when the scan is in HU).
+FILL_LABELS = {"blur": "blurred copy", "ct_air": "CT air (\u22121000 HU)", "mri_background": "MRI background",
+               "min": "min", "mean": "mean"}
+
+
+def _is_segmentation(attribution: Any) -> bool:
+    return getattr(attribution, "label_map", None) is not None
+
+
+def fill_choices(explained: Explained | None) -> list[str]:
+    """The deletion fills the box offers for a heatmap, the one ``na.evaluate`` would take first (its ``"auto"``):
+    the scan's "blurred copy" for a segmenter; for a classifier the background of the modality assumed — "CT air
+    (−1000 HU)" for a scan in HU (or "CT air (scan minimum)" for a CT whose values are not in HU), else "MRI
+    background" — then the others, "min" and "mean". The modality is the reader's (``Explained.modality``) when it
+    gave one, else told from the scan's values (:func:`~napari_attribution.metrics.faithfulness.modality_of`)."""
+    from ..metrics.faithfulness import default_fill, in_hu, modality_of
+
+    if explained is None:
+        return [FILL_LABELS[k] for k in ("blur", "ct_air", "mri_background", "min", "mean")]
+    image = explained.image
+    if not isinstance(image, np.ndarray):  # a dask array: a strided sample tells HU from other values
+        image = np.asarray(image[tuple(slice(None, None, max(1, int(s) // 32)) for s in np.shape(image))])
+    modality, _ = modality_of(image, explained.modality or None)
+    air = FILL_LABELS["ct_air"] if in_hu(image) else "CT air (scan minimum)"
+    labels = {**FILL_LABELS, "ct_air": air}
+    background = "ct_air" if modality == "CT" else "mri_background"
+    first = default_fill("segmentation" if _is_segmentation(explained.attribution) else "classification", modality)
+    order = [first, *(k for k in ("blur", background, "min", "mean") if k != first)]
+    return [labels[k] for k in order]
+
+
 def deletion_fill(text: str) -> Any:
-    """The deletion fill value from the editable choice: "min", "mean" or a number."""
-    word = text.strip().split(" ")[0].lower()
+    """The deletion fill value from the editable choice (:func:`fill_choices`): "blurred copy", "CT air ...",
+    "MRI background", "min", "mean" (a label may carry words in brackets after it) or a number."""
+    low = text.strip().lower()
+    for prefix, word in (("blurred copy", "blur"), ("ct air", "ct_air"), ("mri background", "mri_background")):
+        if low.startswith(prefix):
+            return word
+    word = low.split(" ")[0]
     if word in ("min", "mean", ""):
         return word or "min"
     try:
         return float(text)
     except ValueError:
-        raise na.ParameterError(f"The deletion fill value {text!r} is not 'min', 'mean' or a number.") from None
+        raise na.ParameterError(f"The deletion fill value {text!r} is not 'min', 'mean' or a number (nor blurred "
+                                "copy, CT air or MRI background).") from None
