@@ -123,3 +123,21 @@ def test_a_windowed_run_asks_before_it_starts(net, scan) -> None:
     out = run_job(ExplainRequest(model=info, image=scan, source="s", methods=["saliency"], confirm_above=0.0))
     assert out.status == "confirm" and out.estimate is not None and out.estimate.windows == 18
     assert "18 windows over the scan" in out.message
+
+
+def test_a_2d_inferer_on_a_volume_counts_the_slices_windows(scan) -> None:
+    """A 2D model with a 2D inferer on a volume: one slice (the dock's "current slice") costs its own windows, the
+    whole volume as many times more as it has slices."""
+    torch.manual_seed(0)
+    net2d = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0).eval()
+    card2d = na.ModelCard.from_dict({"task": "segmentation", "spatial_dims": 2, "in_channels": 1, "num_classes": 2,
+                                     "inferer": {"type": "sliding_window", "roi_size": [32, 32]}})
+    info = model_info(na.LoadedModel(net2d, card2d), "unet2d")
+    W = card2d.sliding_window.plan(SHAPE[1:]).count()
+    one = _estimate(ExplainRequest(model=info, image=scan, source="s", methods=["saliency"], slices=[7]), scan, 0,
+                    SHAPE, cheap=0)
+    whole = _estimate(ExplainRequest(model=info, image=scan, source="s", methods=["saliency"]), scan, 0, SHAPE,
+                      cheap=0)
+    assert one is not None and whole is not None and one.windows == whole.windows == W == 9
+    assert (one.passes, one.forward_passes) == (2 * W, W)
+    assert whole.passes == SHAPE[0] * one.passes and whole.seconds == pytest.approx(SHAPE[0] * one.seconds)
