@@ -82,6 +82,22 @@ def test_window_runs_per_method_family(scan) -> None:
     assert b == p == 0 and 3 * W + occl * 1 <= f <= 3 * W + occl * W / 2
 
 
+def test_mirrored_windows_count_once_per_mirror() -> None:
+    """nnU-Net's test-time mirroring runs each window once per mirror (8 for three axes), except in a layer method's
+    per-window pass (one un-mirrored pass per window)."""
+    spec = na.ModelCard.from_dict({"spatial_dims": 3, "inferer": {"type": "sliding_window", "roi_size": list(ROI),
+                                                                  "mirror_axes": [0, 1, 2]}}).sliding_window
+    plan = spec.plan(SHAPE)
+    W = plan.count()
+
+    def runs(method: str) -> tuple[float, float, float]:
+        info = na.get_method(method)
+        return window_passes(info, {}, info.estimate({}, SHAPE), plan, SHAPE)
+
+    assert runs("saliency") == (8 * W, 8 * W, 0)
+    assert runs("grad_cam") == (8 * W, 0, W)
+
+
 def test_changed_windows_is_the_mean_coverage(scan) -> None:
     """A one-voxel box at every voxel changes, on average, as many windows as cover a voxel on average; a box as
     large as the scan changes all of them; the same on a scan smaller than the window (padded)."""

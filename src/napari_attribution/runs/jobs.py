@@ -291,17 +291,22 @@ def window_passes(method: na.MethodInfo, params: Mapping[str, Any], cost: Any, p
       outputs of changed windows are computed once each (at most ``W`` more).
 
     Every window is counted in the backward: a target whose gradient reaches fewer windows (a ``Voxel``, a small
-    region) runs fewer, so the estimate is then above the run's time.
+    region) runs fewer, so the estimate is then above the run's time. With the inferer's ``mirror_axes`` each window
+    runs once per mirror (``2 ** len(mirror_axes)`` network passes), except in a layer method's per-window pass,
+    which sees each window once.
     """
     W = float(plan.count())
+    m = float(2 ** len(getattr(plan.spec, "mirror_axes", ()) or ()))  # network passes per window run
     full = max(0.0, cost.passes - cost.forward - cost.partial)
     if method.sliding_window == "changed windows":
         box = _perturbation_box(method.name, params, spatial)
         if box is None:
-            return 2 * W + cost.passes * W, 0.0, 0.0
-        return 3 * W + cost.passes * changed_windows(plan, box[0], box[1], spatial), 0.0, 0.0
+            return m * (2 * W + cost.passes * W), 0.0, 0.0
+        return m * (3 * W + cost.passes * changed_windows(plan, box[0], box[1], spatial)), 0.0, 0.0
     first = W if method.shared_pass else W + W * full  # the stitched forward(s) before the windows' backward
-    return first + W * cost.forward, W * full, W * cost.partial
+    if method.sliding_window == "per-window":
+        return m * first + W * cost.forward, 0.0, W * cost.partial
+    return m * (first + W * cost.forward), m * W * full, m * W * cost.partial
 
 
 def _perturbation_box(method: str, params: Mapping[str, Any],
