@@ -148,13 +148,14 @@ def modality_of(image: np.ndarray, hint: str | None = None) -> tuple[str, str]:
 
 
 def mri_background(image: np.ndarray) -> float:
-    """The intensity of an MRI's background: the mode of the darkest tenth of the voxels (a 64-bin histogram of
-    the values up to the 10th percentile), which is the noise floor of the air around the head or body."""
+    """The intensity of an MRI's background: the mode of the darker half of the voxels (a 64-bin histogram of the
+    values up to the median), which is the noise floor of the air around the head or body (the peak of its
+    Rayleigh distribution in a magnitude image, 0 where the background was masked)."""
     values = np.asarray(image, np.float64).ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
         return 0.0
-    dark = values[values <= np.percentile(values, 10)]
+    dark = values[values <= np.percentile(values, 50)]
     lo, hi = float(dark.min()), float(dark.max())
     if hi <= lo:
         return lo
@@ -267,7 +268,7 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
     The deletion fill (``baseline``): ``"auto"`` (default) is the scan's blurred copy (``"blur"``, sigma
     ``blur_mm``) for a segmentation target and the modality's background for a classification target:
     ``"ct_air"`` (-1000 HU when the scan is in HU, else its minimum) or ``"mri_background"`` (the mode of the
-    darkest tenth of the voxels); also ``"background"`` (the modality's), ``"min"``, ``"mean"``, a number or an
+    darker half of the voxels); also ``"background"`` (the modality's), ``"min"``, ``"mean"``, a number or an
     array. The modality is ``modality`` when given (``"CT"``, ``"MR"``/``"MRI"``, or a reader's
     ``metadata["modality"]``), else told from the scan (:func:`modality_of`: HU values are CT, others MRI).
 
