@@ -52,7 +52,7 @@ def reference_text() -> str:
         "*sliding window*: how the method runs when the model card has a sliding-window `inferer` — *exact* (the",
         "gradient of the stitched output, window by window), *per window* (layer maps computed in each window and",
         "blended with the inferer's weights), *changed windows* (each perturbed input runs only the windows it",
-        "changes), *no* (refused with such a card).",
+        "changes), *no* (refused for the global target; runs with `patch_local=True`, each window on its own).",
         "",
         "| name | family | layer | signed | seed | cost | sliding window | TorchScript |",
         "|---|---|---|---|---|---|---|---|",

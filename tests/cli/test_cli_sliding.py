@@ -130,3 +130,16 @@ def test_the_progress_line_counts_windows_with_one_eta(monkeypatch: pytest.Monke
         " 62%  5.0 s elapsed, about 3.0 s left  saliency: backward: windows 1/2",
         "100%  8.0 s elapsed  saliency: backward: windows 2/2",
     ]
+
+
+def test_explain_patch_local_from_the_command_line(model_and_scan, tmp_path: Path) -> None:
+    """``--param patch_local=true``: each window explained on its own (the sidecar says so), on the scan's grid."""
+    model, scan = model_and_scan
+    out = tmp_path / "local.nii.gz"
+    rc = main(["explain", "--model", str(model), "--image", str(scan), "--method", "saliency", "--param",
+               "patch_local=true", "--quiet", "-o", str(out)])
+    assert rc == 0
+    heat, _, _ = read_image(out)
+    assert heat.shape == SHAPE and np.isfinite(heat).all() and heat.max() > 0
+    side = out.with_name("local.json").read_text()
+    assert '"patch_local": true' in side and "patch-local in each of 12 of 12 windows" in side

@@ -98,6 +98,20 @@ def test_mirrored_windows_count_once_per_mirror() -> None:
     assert runs("grad_cam") == (8 * W, 0, W)
 
 
+def test_patch_local_runs_the_method_on_each_window() -> None:
+    plan = card().sliding_window.plan(SHAPE)
+    W = plan.count()
+
+    def runs(method: str, params: dict) -> tuple[float, float, float]:
+        info = na.get_method(method)
+        return window_passes(info, params, info.estimate(params, SHAPE), plan, SHAPE)
+
+    assert runs("saliency", {"patch_local": True}) == (W, W, 0)  # the stitched prediction, one F+B per window
+    assert runs("integrated_gradients", {"steps": 8, "patch_local": True}) == (W, 8 * W, 0)
+    local = na.get_method("occlusion").estimate({"window": 8}, ROI).passes  # occlusion's windows in one window
+    assert runs("occlusion", {"window": 8, "patch_local": True}) == (W + W * local, 0, 0)
+
+
 def test_changed_windows_is_the_mean_coverage(scan) -> None:
     """A one-voxel box at every voxel changes, on average, as many windows as cover a voxel on average; a box as
     large as the scan changes all of them; the same on a scan smaller than the window (padded)."""

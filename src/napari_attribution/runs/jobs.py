@@ -290,6 +290,9 @@ def window_passes(method: na.MethodInfo, params: Mapping[str, Any], cost: Any, p
       half of the windows runs all of them, one without a box (RISE's masks) changes them all. The reference
       outputs of changed windows are computed once each (at most ``W`` more).
 
+    With ``params["patch_local"]``: the stitched prediction, then the method's own passes on each window (its cost
+    at ``roi_size``), the network alone.
+
     Every window is counted in the backward: a target whose gradient reaches fewer windows (a ``Voxel``, a small
     region) runs fewer, so the estimate is then above the run's time. With the inferer's ``mirror_axes`` each window
     runs once per mirror (``2 ** len(mirror_axes)`` network passes), except in a layer method's per-window pass,
@@ -297,6 +300,9 @@ def window_passes(method: na.MethodInfo, params: Mapping[str, Any], cost: Any, p
     """
     W = float(plan.count())
     m = float(2 ** len(getattr(plan.spec, "mirror_axes", ()) or ()))  # network passes per window run
+    if params.get("patch_local"):  # the stitched prediction, then the method on each window, by the network alone
+        local = method.estimate(params, tuple(plan.spec.roi_size))
+        return m * W + W * local.forward, W * (local.passes - local.forward - local.partial), W * local.partial
     full = max(0.0, cost.passes - cost.forward - cost.partial)
     if method.sliding_window == "changed windows":
         box = _perturbation_box(method.name, params, spatial)
