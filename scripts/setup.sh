@@ -51,5 +51,10 @@ fi
 # [test] includes napari[pyqt6] 0.9, pytest-qt and pytest-xvfb (the GUI tests run in a real viewer under Xvfb)
 .venv/bin/python -m pip install -q --disable-pip-version-check -c scripts/constraints.txt -e ".[test,io,monai,napari,batch]" \
     2>&1 | grep -v "^WARNING: Location" || true
+# nnU-Net result folders need dynamic-network-architectures (the [nnunet] extra). --no-deps: its declared
+# dependencies pull timm -> torchvision, which can replace the CPU torch with a multi-GB CUDA build; its UNets import
+# only torch and numpy
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -c scripts/constraints.txt \
+    dynamic-network-architectures==0.4.4 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import napari_attribution, torch, captum, monai, nibabel, pydicom, pytest, napari, pytestqt, qtpy, distributed, yaml, scipy, nilearn, importlinter"
 echo "$want" > "$stamp"
