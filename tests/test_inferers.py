@@ -378,3 +378,14 @@ def test_the_automatic_layer_is_found_on_one_window_not_on_the_whole_scan(scan: 
         handle.remove()
     assert att.layer and att.data.shape == SHAPE
     assert all(s[2:] == ROI for s in shapes)  # every call of the network saw windows only
+
+
+def test_compare_of_gradient_and_layer_methods_through_an_inferer_equals_single_runs(scan: np.ndarray) -> None:
+    loaded = na.LoadedModel(unet(), na.ModelCard.from_dict(card()))
+    both = na.compare(loaded, scan, ["saliency", "grad_cam", "guided_backprop"], T.Class(1),
+                      layer="model.1.submodule.0")
+    for name in ("saliency", "grad_cam", "guided_backprop"):
+        alone = na.explain(loaded, scan, name, T.Class(1), layer="model.1.submodule.0")
+        assert np.allclose(both[name].data, alone.data, atol=1e-6 * max(1e-12, float(np.abs(alone.data).max())))
+    local = na.explain(loaded, scan, "saliency", T.Class(1), params={"patch_local": True})
+    assert local.seconds > 0

@@ -535,6 +535,7 @@ def _run_patch_local(
     last: dict[str, Attribution] = {}
     skipped: dict[int, str] = {}
     n = len(plan)
+    seconds: dict[str, float] = dict.fromkeys(infos, 0.0)
     for i, window in enumerate(plan.slices):
         def report(done: int, total: int, message: str, _i: int = i) -> None:
             if progress is not None:
@@ -556,6 +557,7 @@ def _run_patch_local(
         for name in infos:
             att = _finish(parts[name], infos[name], params[name], None)
             last[name] = att
+            seconds[name] += att.seconds
             m = torch.from_numpy(att.data).float()
             acc.setdefault(name, torch.zeros(plan.padded))[window] += m * weights.cpu()
             if att.per_channel is not None:
@@ -584,7 +586,7 @@ def _run_patch_local(
             predicted_labels(stitched.detach().float().cpu()[0], card.output).to(torch.int16).numpy()
         out[name] = Attribution(
             data=data, method=info.name, target=att.target, layer=att.layer, params=dict(params[name]),
-            signed=info.signed, seconds=0.0, prediction=pred, per_channel=per_channel,
+            signed=info.signed, seconds=seconds[name], prediction=pred, per_channel=per_channel,
             geometry=geometry if isinstance(geometry, Geometry) else None,
             extras={"windows": n, "windows_explained": n - len(skipped), "skipped_windows": skipped,
                     "patch_local": True},
@@ -696,10 +698,13 @@ def _run_methods(
 
     groups: list[list[str]] = []
     shared: dict[str, list[str]] = {}
+    windowed_net = sliding_window_of(module) is not None
     for n, info in infos.items():
         if info.shared_pass or info.needs_graph:
             # a needs_graph method (sam) at several layers of a sweep shares one kept forward graph
             key = f"graph:{info.name}" if info.needs_graph else f"{info.rule}:{bool(params[n].get('stride_fix'))}"
+            if windowed_net and info.needs_layer:
+                key += ":layer"  # through a sliding window, layer maps come from their own per-window passes
             if key not in shared:
                 shared[key] = []
                 groups.append(shared[key])
