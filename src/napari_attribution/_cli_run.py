@@ -949,13 +949,13 @@ def run_batch(
     local: bool = False,
     log: Callable[[str], None] = print,
     scan_progress: Callable[[int, int, str], None] | None = None,
-    processes: bool = True,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Explain every scan of ``images`` into ``outdir`` (one file per scan and method) and write
     ``outdir/summary.csv``. ``scheduler``: a Dask scheduler address; default: a local Dask cluster with
-    ``workers`` single-threaded processes (``processes=False``: threads of this process); ``local=True``: in this
-    process, one scan after the other (with torch's own thread count). Each worker loads the model once.
+    ``workers`` single-threaded processes; ``local=True``: in this process, one scan after the other (with torch's
+    own thread count). Each worker loads the model once (the first scan it runs), and so does ``local=True``. A
+    scan's warnings are told apart by catching them in its process: run one thread per worker.
 
     Resume: a scan whose heatmaps and sidecars exist from the same model (weights sha256, card), the same scan and
     the same request (methods, layers, target, parameters, metrics) is skipped (status ``skipped``, its row read
@@ -1002,7 +1002,7 @@ def run_batch(
         if scheduler is None:
             n = workers or max(1, os.cpu_count() or 2)
             cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=None)
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
             client = Client(cluster)  # type: ignore[no-untyped-call]
         else:
             client = Client(scheduler)  # type: ignore[no-untyped-call]

@@ -190,6 +190,12 @@ def _load_calls(dask_worker: Any = None) -> int:
     return int(na.load_model.calls)  # type: ignore[attr-defined]
 
 
+def _pools(dask_worker: Any = None) -> int:
+    from napari_attribution import _cli_run
+
+    return len(_cli_run._POOLS)
+
+
 def test_four_scans_on_a_two_worker_cluster_give_the_serial_results_with_one_load_per_worker(
         cohort: tuple[Path, list[Path]], tmp_path: Path) -> None:
     """A LocalCluster of 2 single-threaded worker processes (the default kind), reached by its address as with
@@ -215,6 +221,7 @@ def test_four_scans_on_a_two_worker_cluster_give_the_serial_results_with_one_loa
                              scheduler=cluster.scheduler_address, **kwargs)
             dask_s = time.perf_counter() - t0
             calls = client.run(_load_calls)
+            pools = client.run(_pools)
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     print(f"4 scans x 2 methods: serial {serial_s:.2f} s, 2 workers {dask_s:.2f} s (cluster running); loads per "
@@ -222,6 +229,7 @@ def test_four_scans_on_a_two_worker_cluster_give_the_serial_results_with_one_loa
     used = {r["worker"] for r in dask}
     assert len(used) == 2 and set(calls) == used  # both workers ran scans
     assert list(calls.values()) == [1, 1]  # one load per worker, not one per scan
+    assert list(pools.values()) == [0, 0]  # the batch done, its models are freed on the running cluster
     assert {w: sum(r["loaded"] for r in dask if r["worker"] == w) for w in used} == calls
     assert [r["status"] for r in dask] == [r["status"] for r in serial] == ["ok"] * 4
     for s, d in zip(serial, dask, strict=True):
