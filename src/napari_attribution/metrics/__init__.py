@@ -131,7 +131,9 @@ def evaluate(model: Any, image: Any, attribution: Attribution | np.ndarray, metr
     >>> res = na.explain(net, image, "input_x_gradient", 1)
     >>> score = na.evaluate(net, image, res, "deletion", steps=8, progress=lambda done, total, message: None)
     >>> sorted(k for k in score.details if k.startswith("random"))
-    ['random_auc', 'random_curve']
+    ['random_auc', 'random_aucs', 'random_band', 'random_curve', 'random_orders']
+    >>> score.details["unit"], score.details["fill"]  # a classifier: voxel by voxel, to the MRI background
+    ('voxel', 'MRI background')
     """
     if metric not in METRICS:
         raise ParameterError(f"Unknown metric {metric!r}; choose one of {', '.join(METRICS)}.")
