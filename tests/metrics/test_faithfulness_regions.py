@@ -198,3 +198,31 @@ def test_a_monai_unet_ranks_its_evidence_above_a_random_map() -> None:
     # random orders 0.74 ± 0.07); 1 mm per voxel: blocks of 3 voxels, 512 blocks
     _assert_ranked(_faithful_on(net, image, label, None, steps=10, orders=8))
 
+
+
+def test_the_docks_fill_choices_name_the_modality_assumed() -> None:
+    """The box's deletion fill: the heatmap's default first, named after the modality; each label reads back as
+    the baseline na.evaluate takes."""
+    from napari_attribution.runs.checks import Explained, deletion_fill, fill_choices
+    from napari_attribution.runs.model_info import model_info
+
+    rng = np.random.default_rng(4)
+    ct = (rng.normal(40, 30, (16, 16)) - 1040 * (rng.random((16, 16)) < 0.3)).astype(np.float32)
+    mri = np.abs(rng.normal(0.2, 0.1, (16, 16))).astype(np.float32)
+    classifier = Classifier(d=2, classes=2).eval()
+    info = model_info(classifier, "classifier")
+    on_ct = fill_choices(Explained(na.explain(classifier, ct, "saliency", 1), info, ct))
+    assert on_ct == ["CT air (\u22121000 HU)", "blurred copy", "min", "mean"]
+    on_mri = fill_choices(Explained(na.explain(classifier, mri, "saliency", 1), info, mri))
+    assert on_mri[0] == "MRI background" and "CT air (\u22121000 HU)" not in on_mri
+    # the reader's word wins over the values: a CT not in HU offers its air as the scan's minimum
+    told = fill_choices(Explained(na.explain(classifier, mri, "saliency", 1), info, mri, modality="CT"))
+    assert told[0] == "CT air (scan minimum)"
+    seg = _identity_segmenter()
+    on_seg = fill_choices(Explained(na.explain(seg, mri[:12, :12], "saliency", Predicted(1)), model_info(seg, "seg"),
+                                    mri[:12, :12]))
+    assert on_seg[:2] == ["blurred copy", "MRI background"]
+    assert [deletion_fill(label) for label in on_ct] == ["ct_air", "blur", "min", "mean"]
+    assert deletion_fill("MRI background") == "mri_background" and deletion_fill("min (air in CT)") == "min"
+    for label in on_ct + on_mri + told:  # every label is a fill na.evaluate knows
+        deletion_fill_value(ct, deletion_fill(label), task="classification", modality="CT")
