@@ -379,9 +379,10 @@ def _check_job(request: CheckRequest, progress: Progress | None, cancel: Cancel 
     ex = request.explained
     n = len(request.checks)
     params = {c: dict(request.params.get(c, {})) for c in request.checks}
-    for c in ("deletion", "insertion"):  # the reader's modality, which the scan's values cannot always tell
-        if c in params and ex.modality and "modality" not in params[c]:
-            params[c]["modality"] = ex.modality
+    modality = getattr(ex, "modality", "")  # the reader's modality, which the scan's values cannot always tell
+    for c in ("deletion", "insertion"):
+        if c in params and modality and "modality" not in params[c]:
+            params[c]["modality"] = modality
     scores: dict[str, Any] = {}
     failed: dict[str, tuple[str, float]] = {}
     try:
