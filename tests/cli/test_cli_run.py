@@ -80,7 +80,9 @@ def test_explain_writes_an_aligned_heatmap_sidecar_and_metrics(model_and_scans, 
     # the random-order reference is the one na.evaluate computes
     ig = na.explain(na.load_model(str(model)), read_nifti(scans[0])[0], "integrated_gradients",
                     na.targets.Voxel(1, (4, 6, 6)), params={"steps": 8})
-    ref = na.evaluate(na.load_model(str(model)), read_nifti(scans[0])[0], ig, "deletion")
+    # with the scan's voxel size, as the CLI passes it (a segmenter's deletion blocks and blur are in mm)
+    ref = na.evaluate(na.load_model(str(model)), read_nifti(scans[0])[0], ig, "deletion",
+                      geometry=read_nifti(scans[0])[1])
     row = rows[2].split(",")
     assert row[1] == "integrated_gradients"
     assert float(row[2]) == pytest.approx(ref.value, rel=1e-5)
