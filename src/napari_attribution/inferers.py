@@ -217,6 +217,11 @@ class SlidingWindow:
             out["mirror_axes"] = list(self.mirror_axes)
         return out
 
+    @property
+    def passes_per_window(self) -> int:
+        """Network passes per window: 1, or with mirroring the window and each of its ``2^k - 1`` mirrors."""
+        return int(2 ** len(self.mirror_axes))
+
     def describe(self) -> str:
         """In words, for logs and the GUI."""
         roi = "x".join(map(str, self.roi_size))

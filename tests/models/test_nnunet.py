@@ -346,3 +346,31 @@ def test_mirroring_changes_the_prediction_and_averages_the_gradient(tmp_path: Pa
     expected = sum(grad(plain.wrap(sw_off.net), c) for c in combos) / len(combos)
     got = grad(wrapped_on, ())
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_nnunet_inferer_card_round_trip_and_mirror_passes() -> None:
+    from napari_attribution.inferers import SlidingWindow
+
+    spec = SlidingWindow.from_card({"type": "nnunet", "roi_size": [8, 8, 8], "mirror_axes": [0, 2]})
+    assert (spec.kind, spec.step, spec.mode, spec.passes_per_window) == ("nnunet", 0.5, "gaussian", 4)
+    assert SlidingWindow.from_card(spec.to_dict()) == spec
+    with pytest.raises(ModelLoadError, match="mirror_axes"):
+        SlidingWindow.from_card({"type": "nnunet", "roi_size": [8, 8, 8], "mirror_axes": [3]})
+    with pytest.raises(ModelLoadError, match="'step'"):
+        SlidingWindow.from_card({"type": "nnunet", "roi_size": [8, 8, 8], "step": 0})
+    with pytest.raises(ModelLoadError, match="unknown key"):
+        SlidingWindow.from_card({"type": "nnunet", "roi_size": [8, 8, 8], "overlap": 0.5})
+    calls = []
+    net = torch.nn.Conv3d(1, 2, 3, padding=1)
+    net.register_forward_hook(lambda *_: calls.append(1))
+    sw = SlidingWindowNet(net, spec)
+    with torch.no_grad():
+        sw(torch.randn(1, 1, 8, 12, 8))  # the first call also measures one window's memory
+        calls.clear()
+        sw(torch.randn(1, 1, 8, 12, 8))  # 2 windows, each with its 3 mirrors
+    assert len(calls) == 2 * 4
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        expected = sum(torch.flip(net(torch.flip(x, d)), d) if d else net(x)
+                       for d in [(), (2,), (4,), (2, 4)]) / 4
+        assert torch.allclose(sw(x), expected, atol=1e-6)
