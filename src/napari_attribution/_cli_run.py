@@ -969,6 +969,15 @@ def run_batch(
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     summary = out / "summary.csv"
+    if summary.exists() and not kwargs.get("overwrite"):
+        # the summary is written again whole by each run: a rerun's summary covers the same scans (those skipped
+        # read back from their sidecars), but one that reports other scans would lose their rows
+        others = sorted(_summary_scans(summary) - set(scans))
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise FileExistsError(f"{summary} reports other scans than this batch's ({others[0]}{more}), and a batch "
+                                  "writes its summary whole: choose another output folder, or move that summary "
+                                  "away (--overwrite would replace it, and every existing heatmap too).")
     batch = uuid.uuid4().hex
     # one output name per scan, kept below the scans' common folder: two scans called ct.nii.gz in different
     # folders never share (or overwrite) one heatmap; the summary's output column says where each went
@@ -1036,6 +1045,18 @@ def run_batch(
         log('random weights: the card asks for an untrained network ("weights": "random"); the maps explain no '
             "training")
     return results
+
+
+def _summary_scans(path: Path) -> set[str]:
+    """The scans an existing summary.csv reports (its ``scan`` cells, unescaped); a file that cannot be read as one
+    reports a scan of its own name, so it is never replaced unasked."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            cells = [row["scan"] for row in csv.DictReader(fh)]
+    except (OSError, UnicodeDecodeError, KeyError, csv.Error):
+        return {f"{path} (not a summary this command wrote)"}
+    # a cell that a spreadsheet would run as a formula was written with a leading ' (_atomic.csv_cell)
+    return {c[1:] if c[:1] == "'" and c[1:2] in ("=", "+", "-", "@", "\t", "\r") else c for c in cells}
 
 
 def _summary_rows(results: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[list[Any]]:

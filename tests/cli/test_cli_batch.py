@@ -141,6 +141,14 @@ def test_resume_skips_what_exists_from_the_same_model_and_request_and_refuses_th
     assert statuses == {"case0.nii.gz": "ok", "case1.nii.gz": "refused", "case2.nii.gz": "refused",
                         "case3.nii.gz": "refused"}
 
+    # a batch of fewer scans into this folder would drop the others' rows from the summary: refused before any work
+    kept = (out / "summary.csv").read_bytes()
+    capsys.readouterr()
+    assert main([a if a != str(scans[0].parent) else str(scans[1]) for a in other]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "reports other scans" in err and "case0.nii.gz and 2 more" in err
+    assert (out / "summary.csv").read_bytes() == kept
+
     # --overwrite replaces them: the sidecars now record the new request
     assert main([*other, "--overwrite"]) == 0
     assert {r["status"] for r in _rows(out / "summary.csv")} == {"ok"}
