@@ -3,7 +3,8 @@
 ``explain`` reads one scan (NIfTI, DICOM file or series folder, or .npy), explains it with one or more methods
 and writes each heatmap aligned with the scan (NIfTI with the scan's own affine) plus a JSON sidecar with the
 provenance and, with ``metrics``, a CSV of scores. ``batch`` runs the same over many scans, on a Dask cluster
-(a local one by default, one torch thread per worker) or in-process, and writes a summary CSV. Existing
+(a local one by default, one torch thread per worker, each worker loading the model once) or in-process, and writes
+a summary CSV; run again, it skips the scans whose outputs exist from the same model, scan and request. Existing
 outputs are never overwritten unless asked; every file goes through :mod:`._atomic` (a hidden temporary name,
 then put in place), so one run's files land together or not at all, and CSV cells cannot run as spreadsheet
 formulas.
