@@ -97,6 +97,7 @@ import torch
 from torch import Tensor, nn
 
 import napari_attribution as na
+from napari_attribution.inferers import default_memory_budget
 
 SINGLE_PASS = (
     "saliency",
@@ -1072,7 +1073,8 @@ def memory_perturbation(case: Case, cfg: Config, report: Report) -> None:
     log(f"  memory {label} occlusion")
     occ_mb = measure_memory(case.setting, "ours", threads, method="occlusion", params={"window": w, "stride": st})[0]
     fb_mb = measure_memory(case.setting, "fb", threads)[0]
-    budget = float(na.get_method("occlusion").resolve_params(None)["memory_budget"]) / 2**20
+    given = na.get_method("occlusion").resolve_params(None)["memory_budget"]
+    budget = float(given or default_memory_budget()) / 2**20  # none given: the default, half of the free memory
     report.memory.append(
         Row(
             f"2 occlusion, {label} vs its memory_budget",
