@@ -503,13 +503,20 @@ class SlidingWindowNet(nn.Module):
     def _window(self, xs: Tensor) -> Tensor:
         """The network's output on a chunk of windows; with ``mirror_axes``, averaged over the mirrored passes as
         nnU-Net's ``_internal_maybe_mirror_and_predict`` does (the same order of the sum)."""
-        y = _first_tensor(self.net(xs))
         axes = [a + 2 for a in self.spec.mirror_axes]
-        if not axes or y.ndim != xs.ndim:
-            return y
+        if not axes:
+            return _first_tensor(self.net(xs))
         combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
-        for dims in combos:
-            y = y + torch.flip(_first_tensor(self.net(torch.flip(xs, dims))), dims)
+        # one network call for the window and its mirrors (the network treats the samples of a batch apart)
+        ys = _first_tensor(self.net(torch.cat([xs, *(torch.flip(xs, dims) for dims in combos)])))
+        n = xs.shape[0]
+        parts = [ys[i * n:(i + 1) * n] for i in range(len(combos) + 1)]
+        if ys.ndim != xs.ndim:  # a classifier: its output has no axes to flip back
+            raise InputShapeError("Mirroring (mirror_axes) needs a segmentation network (an output with the "
+                                  "input's spatial axes).")
+        y: Tensor = parts[0]
+        for dims, part in zip(combos, parts[1:], strict=True):
+            y = y + torch.flip(part, dims)
         return y / (len(combos) + 1)
 
     def forward(self, x: Tensor) -> Tensor:
