@@ -125,7 +125,7 @@ def test_the_unit_and_the_fill_follow_the_task_and_the_modality() -> None:
     assert not np.allclose(deletion_fill_value(ct, "min")[0], air)
 
     seg = _identity_segmenter()
-    image = rng.random((12, 12)).astype(np.float32)
+    image = rng.normal(0, 1, (12, 12)).astype(np.float32)  # the region: the positive pixels
     s = na.evaluate(seg, image, amap[:12, :12], "deletion", target=Predicted(1), steps=4, random_orders=2)
     assert s.details["unit"] == "region" and s.details["fill"] == "blurred copy" and s.details["modality"] == "MRI"
     v = na.evaluate(seg, image, amap[:12, :12], "deletion", target=Predicted(1), steps=4, random_orders=2,
@@ -147,6 +147,35 @@ def test_the_modality_is_told_from_a_hint_or_the_values_and_the_mri_background_i
     assert deletion_fill_value(image, "ct_air")[0].max() == image.min()
     with pytest.raises(na.ParameterError, match="Unknown baseline"):
         deletion_fill_value(image, "air")
+
+
+class MeanReader(nn.Module):
+    """A segmenter that reads only the image's mean (logits -/+ 8 (mean - 0.5) everywhere): blurring keeps the mean,
+    so blurring deletes nothing this model reads — like a brain-extraction network, which segments a blurred head
+    as well."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = 8 * (x.mean(dim=(2, 3), keepdim=True).expand_as(x) - 0.5)
+        return torch.cat([-m, m], 1)
+
+
+def test_auto_falls_back_to_the_background_when_blurring_changes_nothing() -> None:
+    image = (0.5 + 0.3 * np.random.default_rng(5).random((16, 16))).astype(np.float32)  # MRI-like, mean 0.65
+    amap = np.random.default_rng(6).random((16, 16)).astype(np.float32)
+    net = MeanReader().eval()
+    s = na.evaluate(net, image, amap, "deletion", target=Predicted(1), steps=4, random_orders=2)
+    assert s.details["fill"] == "MRI background" and "(under 0.05): MRI background instead" in s.details["fill_note"]
+    explicit = na.evaluate(net, image, amap, "deletion", target=Predicted(1), steps=4, random_orders=2,
+                           baseline="mri_background")
+    np.testing.assert_allclose(s.details["curve"], explicit.details["curve"])
+    assert s.details["curve"][-1] < s.details["curve"][0] - 0.3  # the background deletes what the model reads
+    blur = na.evaluate(net, image, amap, "deletion", target=Predicted(1), steps=4, random_orders=2, baseline="blur")
+    assert blur.details["fill"] == "blurred copy" and np.ptp(blur.details["curve"]) < 0.05  # asked for: kept
+    # a segmenter that reads the detail keeps the blurred copy
+    detail = np.random.default_rng(7).normal(0, 1, (12, 12)).astype(np.float32)  # the region: the positive pixels
+    seg = na.evaluate(_identity_segmenter(), detail, amap[:12, :12], "deletion", target=Predicted(1), steps=4,
+                      random_orders=2)
+    assert seg.details["fill"] == "blurred copy" and "fill_note" not in seg.details
 
 
 # ------------------------------------------------------------------------------------------------ real segmenters
@@ -221,7 +250,8 @@ def test_the_docks_fill_choices_name_the_modality_assumed() -> None:
     seg = _identity_segmenter()
     on_seg = fill_choices(Explained(na.explain(seg, mri[:12, :12], "saliency", Predicted(1)), model_info(seg, "seg"),
                                     mri[:12, :12]))
-    assert on_seg[:2] == ["blurred copy", "MRI background"]
+    assert on_seg[:3] == ["blurred copy (MRI background if blur changes nothing)", "blurred copy", "MRI background"]
+    assert deletion_fill(on_seg[0]) == "auto" and deletion_fill(on_seg[1]) == "blur"
     assert [deletion_fill(label) for label in on_ct] == ["ct_air", "blur", "min", "mean"]
     assert deletion_fill("MRI background") == "mri_background" and deletion_fill("min (air in CT)") == "min"
     for label in on_ct + on_mri + told:  # every label is a fill na.evaluate knows

@@ -21,9 +21,9 @@ from torch import nn
 from .._errors import Cancelled, ParameterError
 from ._score import Scorer
 
-__all__ = ["CT_AIR_HU", "FILLS", "MODALITIES", "Meter", "blurred", "default_fill", "deletion_fill_value",
-           "deletion_insertion", "in_hu", "infidelity", "max_sensitivity", "modality_of", "mri_background",
-           "randomisation", "score_batches", "specificity"]
+__all__ = ["BLUR_UNCHANGED", "CT_AIR_HU", "FILLS", "MODALITIES", "Meter", "blurred", "default_fill",
+           "deletion_fill_value", "deletion_insertion", "in_hu", "infidelity", "max_sensitivity", "modality_of",
+           "mri_background", "randomisation", "score_batches", "specificity"]
 
 Progress = Callable[[int, int, str], None]
 Cancel = Callable[[], bool]
@@ -177,10 +177,16 @@ def blurred(image: np.ndarray, blur_mm: float | tuple[float, ...], spacing: tupl
     return np.asarray(gaussian_filter(image, sig), image.dtype)
 
 
+#: With ``baseline="auto"`` on a segmentation target: when the fully blurred scan moves the target's score by less
+#: than this, blurring deletes nothing the model reads and the modality's background is used instead.
+BLUR_UNCHANGED = 0.05
+
+
 def default_fill(task: str, modality: str) -> str:
     """The deletion fill ``baseline="auto"`` stands for: the scan's blurred copy for a segmentation target (an
-    in-distribution fill: removing a region's detail, not painting a hole a segmenter has never seen), else the
-    modality's background (``"ct_air"`` for CT, ``"mri_background"`` for MRI)."""
+    in-distribution fill: removing a region's detail, not painting a hole a segmenter has never seen; see
+    :data:`BLUR_UNCHANGED` for when the modality's background replaces it), else the modality's background
+    (``"ct_air"`` for CT, ``"mri_background"`` for MRI)."""
     if task == "segmentation":
         return "blur"
     return "ct_air" if modality == "CT" else "mri_background"
@@ -266,7 +272,10 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
     * ``"auto"`` (default): ``"region"`` for a segmentation target, ``"voxel"`` for a classification target.
 
     The deletion fill (``baseline``): ``"auto"`` (default) is the scan's blurred copy (``"blur"``, sigma
-    ``blur_mm``) for a segmentation target and the modality's background for a classification target:
+    ``blur_mm``) for a segmentation target — unless the fully blurred scan moves the target's score by less than
+    :data:`BLUR_UNCHANGED` (two model calls tell): a model that segments a blurred scan as well (a brain mask)
+    reads nothing blurring deletes, and the modality's background is used, with ``details["fill_note"]`` saying
+    so — and the modality's background for a classification target:
     ``"ct_air"`` (-1000 HU when the scan is in HU, else its minimum) or ``"mri_background"`` (the mode of the
     darker half of the voxels); also ``"background"`` (the modality's), ``"min"``, ``"mean"``, a number or an
     array. The modality is ``modality`` when given (``"CT"``, ``"MR"``/``"MRI"``, or a reader's
@@ -322,10 +331,20 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
         bounds = np.concatenate([[0], np.cumsum(sizes[unit_order])])
         return np.argsort(rank[ids], kind="stable"), bounds[marks]
 
+    fill_note = ""
     if kind == "deletion":
         start = image
         fill, fill_name = deletion_fill_value(image, baseline, task=scorer.task, modality=mod, blur_mm=blur_mm,
                                               spacing=spacing, channel_axis=scorer.channel_axis)
+        if isinstance(baseline, str) and baseline.strip().lower() == "auto" and fill_name == "blurred copy":
+            if cancel is not None and cancel():
+                raise Cancelled("deletion was cancelled; no score was produced.")
+            before, after = scorer(np.stack([image, fill]))
+            if abs(after - before) < BLUR_UNCHANGED:  # a blur the model does not read deletes nothing
+                fill, fill_name = deletion_fill_value(image, "background", modality=mod,
+                                                      channel_axis=scorer.channel_axis)
+                fill_note = (f"the fully blurred scan changed the target's score by {abs(after - before):.3f} "
+                             f"(under {BLUR_UNCHANGED}): {fill_name} instead")
     else:
         start, fill, fill_name = blurred(image, blur_mm, spacing, scorer.channel_axis), image, "the scan"
     meter = Meter(len(marks) * (1 + n_random), progress, cancel, kind)
@@ -352,6 +371,8 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
         "curve": curve, "fraction": counts / n, "kind": kind, "unit": unit, "block": block,
         "fill": fill_name, "modality": mod, "modality_from": told, "units": n_units,
     }
+    if fill_note:
+        details["fill_note"] = fill_note
     if n_random:
         rng = np.random.default_rng(seed)
         curves = []

@@ -295,6 +295,9 @@ def verdict(check: str, value: float, details: Mapping[str, Any] | None = None) 
 def _reference_kind(details: Mapping[str, Any]) -> str:
     n = int(details.get("random_orders") or 1)
     units = "blocks" if details.get("unit") == "region" else "voxels"
+    fill = details.get("fill")
+    if fill and fill != "the scan":  # deletion: what the deleted units became
+        units += f" (deleted to {fill}{'; ' + str(details['fill_note']) if details.get('fill_note') else ''})"
     if n == 1:
         return f"AUC of a random order of the {units}"
     band = _finite(details.get("random_band"))
@@ -437,10 +440,12 @@ def _is_segmentation(attribution: Any) -> bool:
 
 def fill_choices(explained: Explained | None) -> list[str]:
     """The deletion fills the box offers for a heatmap, the one ``na.evaluate`` would take first (its ``"auto"``):
-    the scan's "blurred copy" for a segmenter; for a classifier the background of the modality assumed — "CT air
-    (−1000 HU)" for a scan in HU (or "CT air (scan minimum)" for a CT whose values are not in HU), else "MRI
-    background" — then the others, "min" and "mean". The modality is the reader's (``Explained.modality``) when it
-    gave one, else told from the scan's values (:func:`~napari_attribution.metrics.faithfulness.modality_of`)."""
+    for a segmenter the scan's blurred copy, or the modality's background when blurring leaves the target's score
+    unchanged ("blurred copy (MRI background if blur changes nothing)"); for a classifier the background of the
+    modality assumed — "CT air (−1000 HU)" for a scan in HU (or "CT air (scan minimum)" for a CT whose values are
+    not in HU), else "MRI background" — then the others, "min" and "mean". The modality is the reader's
+    (``Explained.modality``) when it gave one, else told from the scan's values
+    (:func:`~napari_attribution.metrics.faithfulness.modality_of`)."""
     from ..metrics.faithfulness import default_fill, in_hu, modality_of
 
     if explained is None:
@@ -452,15 +457,22 @@ def fill_choices(explained: Explained | None) -> list[str]:
     air = FILL_LABELS["ct_air"] if in_hu(image) else "CT air (scan minimum)"
     labels = {**FILL_LABELS, "ct_air": air}
     background = "ct_air" if modality == "CT" else "mri_background"
-    first = default_fill("segmentation" if _is_segmentation(explained.attribution) else "classification", modality)
+    if _is_segmentation(explained.attribution):
+        short = "CT air" if background == "ct_air" else "MRI background"
+        return [f"{labels['blur']} ({short} if blur changes nothing)",
+                *(labels[k] for k in ("blur", background, "min", "mean"))]
+    first = default_fill("classification", modality)
     order = [first, *(k for k in ("blur", background, "min", "mean") if k != first)]
     return [labels[k] for k in order]
 
 
 def deletion_fill(text: str) -> Any:
-    """The deletion fill value from the editable choice (:func:`fill_choices`): "blurred copy", "CT air ...",
-    "MRI background", "min", "mean" (a label may carry words in brackets after it) or a number."""
+    """The deletion fill value from the editable choice (:func:`fill_choices`): "blurred copy (... if blur changes
+    nothing)" (``"auto"``), "blurred copy", "CT air ...", "MRI background", "min", "mean" (a label may carry words in
+    brackets after it) or a number."""
     low = text.strip().lower()
+    if low.startswith("blurred copy ("):  # the segmenter's default: na.evaluate's "auto"
+        return "auto"
     for prefix, word in (("blurred copy", "blur"), ("ct air", "ct_air"), ("mri background", "mri_background")):
         if low.startswith(prefix):
             return word
