@@ -606,6 +606,46 @@ def part_d(cfg: Config, threads: int, report: Report) -> None:
     report.section("\n".join(lines))
 
 
+def where_memory(cfg: Config, budget: float, threads: int) -> None:
+    """Where the memory of saliency at the CT-like volume goes: every tensor an operator returns that holds a quarter
+    of a float32 scan or more (views left out), with the resident set at that moment and its callers in this package,
+    in order."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.set_num_threads(threads)
+    vol, body = ct_volume(cfg.ct)
+    net = build_net()
+    t0 = time.perf_counter()
+    base = _rss()
+    least = math.prod(cfg.ct)  # a quarter of a float32 scan
+    views = ("slice", "select", "detach", "view", "expand", "alias", "lift_fresh", "as_strided", "unsqueeze",
+             "squeeze", "permute", "_unsafe_view", "t")
+
+    class Big(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            name = func.__name__.split(".")[0]
+            for o in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(o, Tensor) and o.numel() * o.element_size() >= least and name not in views:
+                    calls = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack()[:-1]
+                             if "napari_attribution" in f.filename and "_hooks.py" not in f.filename]
+                    print(f"{time.perf_counter() - t0:7.1f} s  resident +{(_rss() - base) / GiB:5.2f} GiB  "
+                          f"{func.__name__:24s} {tuple(o.shape)!s:24s} {o.dtype!s:14s} "
+                          f"{_gib(o.numel() * o.element_size()):>9s}  {' <- '.join(reversed(calls[-3:]))}",
+                          flush=True)
+            return out
+
+    _reset_peak()
+    try:
+        with Big():
+            ours(net, cfg.roi, vol, body, "saliency", {"memory_budget": int(budget * GiB)})
+        print(f"finished; peak resident set {_gib(_status('VmHWM') - base)} over the resting process")
+    except na.MemoryBudgetError as exc:
+        print(f"refused: {exc}")
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     import captum
     import monai
@@ -702,6 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="part B: address space the Captum baseline may add (default 8 GiB)")
     parser.add_argument("--write", type=Path, default=None,
                         help="also write the tables into this page, between its bench_sliding markers")
+    parser.add_argument("--where-memory", type=float, default=None, metavar="GIB",
+                        help="only list the large tensors of saliency at the CT-like volume with this memory_budget")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case is not None:
@@ -713,6 +755,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.threads = 1 if args.quick else 2
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
+    if args.where_memory is not None:
+        where_memory(cfg, args.where_memory, args.threads)
+        return 0
     parts = "".join(dict.fromkeys(p for p in args.parts.upper() if p in "ABCD"))  # in the order given
     every = [i.name for i in na.list_methods() if i.sliding_window]
     methods = args.methods.split(",") if args.methods else (QUICK_METHODS if args.quick else every)
