@@ -95,7 +95,8 @@ def test_blocks_follow_the_spacing_and_unexplained_blocks_go_last() -> None:
     amap = np.full((12, 12), np.nan, np.float32)
     amap[:6, :] = 1.0  # only the top half explained
     s = na.evaluate(_identity_segmenter(), image, amap, "insertion", target=Region(1, region), steps=4,
-                    block_mm=(3.0, 1.5), random_orders=2, geometry=na.Geometry(spacing=(1.5, 0.5), origin=(0.0, 0.0)))
+                    baseline="blur", block_mm=(3.0, 1.5), random_orders=2,
+                    geometry=na.Geometry(spacing=(1.5, 0.5), origin=(0.0, 0.0)))
     # 3 mm at 1.5 mm is 2 rows, 1.5 mm at 0.5 mm is 3 columns: 6 x 4 blocks, the top 3 x 4 explained
     assert s.details["block"] == (2, 3) and s.details["units"] == 24
     # halfway, both the map's order and every random order have restored exactly the explained half
@@ -171,6 +172,11 @@ def test_auto_falls_back_to_the_background_when_blurring_changes_nothing() -> No
     assert s.details["curve"][-1] < s.details["curve"][0] - 0.3  # the background deletes what the model reads
     blur = na.evaluate(net, image, amap, "deletion", target=Predicted(1), steps=4, random_orders=2, baseline="blur")
     assert blur.details["fill"] == "blurred copy" and np.ptp(blur.details["curve"]) < 0.05  # asked for: kept
+    # insertion starts from the same fill: from the background back to the scan
+    ins = na.evaluate(net, image, amap, "insertion", target=Predicted(1), steps=4, random_orders=2)
+    assert ins.details["fill"] == "the scan, from the MRI background" and "fill_note" in ins.details
+    assert ins.details["curve"][0] == pytest.approx(explicit.details["curve"][-1])
+    assert ins.details["curve"][-1] == pytest.approx(explicit.details["curve"][0])
     # a segmenter that reads the detail keeps the blurred copy
     detail = np.random.default_rng(7).normal(0, 1, (12, 12)).astype(np.float32)  # the region: the positive pixels
     seg = na.evaluate(_identity_segmenter(), detail, amap[:12, :12], "deletion", target=Predicted(1), steps=4,
@@ -190,7 +196,8 @@ def _faithful_on(model: object, image: np.ndarray, evidence: np.ndarray, geometr
         kw = {"target": Predicted(1), "steps": steps, "geometry": geometry}
         good = na.evaluate(model, image, evidence.astype(np.float32), check, random_orders=orders, **kw)
         rand = na.evaluate(model, image, random_map, check, reference=False, **kw)
-        assert good.details["unit"] == "region" and good.details["fill"] in ("blurred copy", "the scan")
+        assert good.details["unit"] == "region"
+        assert good.details["fill"] in ("blurred copy", "the scan, from the blurred copy")
         said = verdict(check, good.value, good.details)
         assert said.startswith(f"faithful: {'deleting' if check == 'deletion' else 'restoring'} the map's top "
                                "regions first"), said
