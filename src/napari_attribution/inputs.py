@@ -45,6 +45,10 @@ means "feed the image as it is" (then :func:`prepare` copies nothing). The vocab
                                             (nnU-Net's ``resampling_fn_probabilities``); the shapes follow nnU-Net's
                                             ``compute_new_shape`` (no tolerance). Exact and differentiable: one matrix
                                             per axis (:mod:`napari_attribution._resample`).
+``{"crop_nonzero": true}``                  the model's own pipeline crops a scan to the bounding box of its non-zero
+                                            voxels first (nnU-Net's ``crop_to_nonzero``). Not reproduced: a scan
+                                            with a border of exact zeros gets a :class:`~napari_attribution.
+                                            PreprocessingWarning` saying so (a CT in HU has none).
 ==========================================  ==========================================================================
 
 At most one of ``window``, ``percentile`` and ``zscore`` may be given. The order is always: intensity
@@ -108,7 +112,7 @@ __all__ = ["PREPROCESS_KEYS", "Layout", "OnScanGrid", "Prepared", "check_preproc
 #: The keys a card's ``preprocess`` entry may hold (see the module docstring).
 PREPROCESS_KEYS = (
     "window", "percentile", "scale_to", "zscore", "mask_nonzero", "scale", "shift", "pad_to_multiple", "pad_mode",
-    "pad_value", "resample",
+    "pad_value", "resample", "crop_nonzero",
 )
 #: the keys of ``preprocess["resample"]`` (nnU-Net's resampling) and their defaults
 RESAMPLE_KEYS: dict[str, Any] = {"order": 3, "order_z": 0, "force_separate_z": None, "back_order": 1,
@@ -194,7 +198,7 @@ def check_preprocess(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if a == b:
             raise ModelLoadError(f"preprocess 'scale_to' must be two different values, got {spec['scale_to']!r}.")
         out["scale_to"] = [a, b]
-    for key in ("zscore", "mask_nonzero"):
+    for key in ("zscore", "mask_nonzero", "crop_nonzero"):
         if key in spec and spec[key] is not None:
             if not isinstance(spec[key], bool):
                 raise ModelLoadError(f"preprocess '{key}' must be true or false, got {spec[key]!r}.")
@@ -574,6 +578,8 @@ def prepare(
         raise InputShapeError(f"The image of shape {arr.shape} has no spatial axes.")
     spec = check_preprocess(card.preprocess) or {}
     steps: list[str] = []
+    if spec.get("crop_nonzero"):
+        _warn_nonzero_crop(arr, has_c)
 
     intensity = _Intensity(spec, _intensity_numbers(arr, spec, has_c), has_c)
     scan = intensity(arr)
@@ -615,6 +621,27 @@ def prepare(
         steps.append(f"{inferer.describe()}: {inferer.plan(model_grid).count()} windows over {model_grid}")
     return Prepared(scan.astype(np.float32, copy=False), has_c, spatial, target, pad, out_geometry, tuple(steps),
                     intensity, mode, float(spec.get("pad_value", 0.0)), k, inferer, resampler)
+
+
+def _warn_nonzero_crop(arr: npt.NDArray[np.float32], has_c: bool) -> None:
+    """A :class:`PreprocessingWarning` when nnU-Net's crop to the non-zero voxels would crop this scan."""
+    nonzero = (arr != 0).any(0) if has_c else arr != 0
+    box = []
+    for ax in range(nonzero.ndim):
+        hit = np.flatnonzero(nonzero.any(tuple(a for a in range(nonzero.ndim) if a != ax)))
+        box.append((int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0))
+    if all(lo == 0 and hi == n for (lo, hi), n in zip(box, nonzero.shape, strict=True)):
+        return
+    import warnings
+
+    from ._errors import PreprocessingWarning
+
+    kept = tuple(hi - lo for lo, hi in box)
+    warnings.warn(PreprocessingWarning(
+        f"The model's own pipeline (nnU-Net's crop_to_nonzero) crops this scan to the bounding box of its non-zero "
+        f"voxels, {kept} of {nonzero.shape}, and predicts background outside it; that crop is not reproduced here, so "
+        "the network also sees the zero border and predictions near it may differ from the model's own."
+    ), stacklevel=3)
 
 
 def _nnunet_resamplers(spatial: tuple[int, ...], target: tuple[int, ...], geometry: Geometry | None,

@@ -374,3 +374,19 @@ def test_nnunet_inferer_card_round_trip_and_mirror_passes() -> None:
         expected = sum(torch.flip(net(torch.flip(x, d)), d) if d else net(x)
                        for d in [(), (2,), (4,), (2, 4)]) / 4
         assert torch.allclose(sw(x), expected, atol=1e-6)
+
+
+def test_a_zero_border_that_nnunet_would_crop_is_warned(tmp_path: Path) -> None:
+    loaded = na.load_model(nf.write_folder(tmp_path))
+    assert loaded.card.preprocess is not None and loaded.card.preprocess["crop_nonzero"] is True
+    geometry = Geometry(spacing=(2.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0))
+    ct = _phantom((8, 20, 20), 3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(ct, geometry, loaded.card)  # a CT in HU: no zero voxel, nothing cropped, no warning
+    padded = np.zeros((8, 24, 20), np.float32)
+    padded[:, 2:22] = ct
+    with pytest.warns(na.PreprocessingWarning, match=r"\(8, 20, 20\) of \(8, 24, 20\)"):
+        prepare(padded, geometry, loaded.card)

@@ -34,7 +34,7 @@ configurations, other normalisation schemes or a ``ZScoreNormalization`` with ``
 normalises inside the scan's non-zero region only), and resampling functions other than
 ``resample_data_or_seg_to_shape``. Not reproduced: nnU-Net's crop to the bounding box of the non-zero voxels, which
 changes nothing when no border of the scan is exactly zero (a CT scan in HU); on a scan with a zero border nnU-Net
-predicts background there, this loader runs the network on it.
+predicts background there, this loader runs the network on it, and the run warns (``preprocess["crop_nonzero"]``).
 """
 
 from __future__ import annotations
@@ -435,6 +435,7 @@ def load_nnunet(path: Path, explicit: ModelCard | None, imports: ImportPolicy, *
         raise ModelLoadError(f"plans.json's transpose_forward {transpose} is not a permutation of 0, 1, 2.")
     preprocess = _normalisation(config, plans, channels)
     preprocess["resample"] = _resampling(config)
+    preprocess["crop_nonzero"] = True  # not reproduced: prepare() warns when it would crop
     spacing = [float(s) for s in config["spacing"]]
     arch = _architecture(config)
 
