@@ -390,3 +390,26 @@ def test_a_zero_border_that_nnunet_would_crop_is_warned(tmp_path: Path) -> None:
     padded[:, 2:22] = ct
     with pytest.warns(na.PreprocessingWarning, match=r"\(8, 20, 20\) of \(8, 24, 20\)"):
         prepare(padded, geometry, loaded.card)
+
+
+def test_residual_encoder_unet_and_a_moved_class_path(tmp_path: Path) -> None:
+    """nnU-Net's ResEnc presets; plans converted from the old format name ``architectures.residual_unet``, which
+    dynamic-network-architectures 0.4 keeps in ``architectures.unet`` (nnU-Net looks the class up by name)."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    arch = deepcopy(nf.ARCH)
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet"
+    kw = arch["arch_kwargs"]
+    kw["n_blocks_per_stage"] = kw.pop("n_conv_per_stage")
+    kw["n_conv_per_stage_decoder"] = [1, 1]
+    root = nf.write_folder(tmp_path, folds=(), architecture=arch)
+    built = dict(kw, conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU)
+    torch.manual_seed(3)
+    net = ResidualEncoderUNet(input_channels=1, num_classes=3, deep_supervision=False, **built).eval()
+    (root / "fold_0").mkdir()
+    torch.save(nf.checkpoint(net, 0, nf.plans(architecture=arch)), root / "fold_0" / "checkpoint_final.pth")
+    m = na.load_model(root)
+    assert type(m.module) is ResidualEncoderUNet
+    x = torch.randn(1, 1, 16, 20, 20)
+    with torch.no_grad():
+        assert torch.allclose(m.module(x), net(x), atol=1e-6)

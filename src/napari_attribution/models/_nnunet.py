@@ -213,7 +213,7 @@ def _locate(dotted: Any, imports: ImportPolicy, what: str) -> type[nn.Module]:
             refused = refused_import(err)
             if refused is not None:
                 raise ModelLoadError(f"{what} {dotted!r} was not imported: {refused}") from err
-            if str(getattr(err, "name", None) or "").startswith("dynamic_network_architectures"):
+            if getattr(err, "name", None) == "dynamic_network_architectures":  # the package itself is missing
                 raise ModelLoadError(
                     f"nnU-Net result folders need the package dynamic-network-architectures, which builds their "
                     f"network ({dotted}), and it is not installed. Install it with: {NNUNET_INSTALL}."
@@ -232,12 +232,33 @@ def _locate(dotted: Any, imports: ImportPolicy, what: str) -> type[nn.Module]:
                          f"dynamic_network_architectures: {NNUNET_INSTALL}).")
 
 
+_DNA = "dynamic_network_architectures.architectures"
+
+
+def _network_class(name: Any, imports: ImportPolicy) -> type[nn.Module]:
+    """The plans' network class; a dynamic_network_architectures class that moved is looked up by its name in
+    ``architectures.unet`` (nnU-Net searches that package for it the same way)."""
+    what = "plans.json's network_class_name"
+    try:
+        return _locate(name, imports, what)
+    except ModelLoadError as err:
+        if not (isinstance(name, str) and name.startswith(_DNA + ".")) or "not installed" in str(err):
+            raise
+        moved = f"{_DNA}.unet.{name.rsplit('.', 1)[-1]}"
+        if moved == name:
+            raise
+        try:
+            return _locate(moved, imports, what)
+        except ModelLoadError:
+            raise err from None
+
+
 def _build(arch: Mapping[str, Any], in_channels: int, classes: int, imports: ImportPolicy) -> nn.Module:
     kwargs = dict(arch.get("arch_kwargs") or {})
     for key in arch.get("_kw_requires_import") or ():
         if kwargs.get(key) is not None:
             kwargs[key] = _locate(kwargs[key], imports, f"plans.json's architecture entry {key!r}")
-    cls = _locate(arch.get("network_class_name"), imports, "plans.json's network_class_name")
+    cls = _network_class(arch.get("network_class_name"), imports)
     kwargs["deep_supervision"] = False  # as nnU-Net's predictor builds it
     try:
         return cls(input_channels=in_channels, num_classes=classes, **kwargs)
