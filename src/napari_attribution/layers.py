@@ -9,6 +9,14 @@ display state that napari applies on top of the data:
   ``[0, percentile]``;
 * both use translucent blending and an opacity that leaves the scan visible; NaN (slices or voxels that were not
   explained) is drawn transparent by napari and ignored by the limits;
+* **what is shown, not what is stored**: :func:`body_mask` (the patient: CT above -500 HU, other scans above an
+  Otsu threshold, then the largest connected component with its holes filled) hides the map outside the patient
+  in the *layer* (NaN there) — the default for perturbation methods (:func:`masks_by_default`), whose "evidence
+  against" in the air is an artefact of filling air with air. The limits come from the map's values inside the
+  body (or inside the prediction, :func:`prediction_region`), so a hot spot outside the patient does not set them.
+  ``Attribution.data`` is never changed; ``metadata["napari_attribution"]["display_mask"]`` says what the layer
+  hides. The heatmap's ``interpolation2d`` / ``interpolation3d`` are the scan layer's (napari's defaults without
+  one), so a nearest-neighbour scan does not get a smoothed map;
 * the heatmap takes the source layer's ``scale`` / ``translate`` / ``rotate`` / ``affine`` (or, without a
   source layer, ``Attribution.geometry.to_napari()``), so it lies exactly on the scan;
 * everything needed to trust and reproduce the map goes in ``metadata["napari_attribution"]`` (method, target,
@@ -52,6 +60,10 @@ __all__ = [
     "SWEEP_AXES",
     "LayerDataTuple",
     "attribution_layer",
+    "body_mask",
+    "display_heatmap",
+    "masks_by_default",
+    "prediction_region",
     "class_probabilities",
     "contrast_limits",
     "geometry_kwargs",
@@ -179,6 +191,194 @@ def contrast_limits(data: Any, signed: bool, percentile: float = 99.5, *, nice: 
         low = -nice_limit(-low) if low < 0 else low
         high = nice_limit(high) if high > 0 else high
     return (low, high)
+
+
+# ------------------------------------------------------------------------------------------------ what is shown
+
+#: HU threshold of the CT body mask: fat is about -100 HU, lung about -850 HU, air -1000 HU.
+CT_BODY_HU = -500.0
+
+#: napari's own defaults for an image layer's interpolation (used when there is no source layer to follow).
+NAPARI_INTERPOLATION = {"interpolation2d": "nearest", "interpolation3d": "linear"}
+
+
+def masks_by_default(method: str) -> bool:
+    """Whether a heatmap of ``method`` is hidden outside the body unless the user says otherwise: the perturbation
+    methods (occlusion, RISE, prediction difference, evidence), whose scores outside the patient come from filling
+    air with air.
+
+    >>> masks_by_default("occlusion"), masks_by_default("integrated_gradients")
+    (True, False)
+    """
+    from .methods._registry import get_method
+
+    try:
+        return get_method(method).family == "perturbation"
+    except Exception:  # an unknown or unloadable method name: show the map as it is
+        return False
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1D array (the split that maximises the between-class variance of the histogram)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist).astype(np.float64)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
+    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def _looks_like_ct(finite: np.ndarray) -> bool:
+    """Values in HU: air near -1000 present (1 % of the voxels below -800) and soft tissue near 0."""
+    return bool(finite.min() < -800 and (finite < -800).mean() > 0.01 and finite.max() > -200)
+
+
+def body_mask(scan: Any, *, modality: str | None = None) -> tuple[np.ndarray, str]:
+    """The patient in ``scan`` ``(*S)``: a boolean mask and how it was found, in words.
+
+    CT (``modality`` "CT", or values in HU when the modality is unknown): voxels above -500 HU; any other scan:
+    voxels above Otsu's threshold. Then the largest connected component, its holes filled (in 3D and slice by slice
+    along the first axis, so lungs and bowel gas open at the volume's ends count as inside) and one voxel of
+    margin. An empty result (a blank scan) gives everything.
+
+    Examples
+    --------
+    >>> ct = np.full((5, 5), -1000.0); ct[1:4, 1:4] = 40.0; ct[2, 2] = -900.0  # a body with air inside
+    >>> mask, how = body_mask(ct, modality="CT")
+    >>> int(mask.sum()), how
+    (21, 'the body: CT above -500 HU, largest connected part, holes filled, 1 voxel margin')
+    """
+    from scipy import ndimage
+
+    arr = np.asarray(scan, dtype=np.float32)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0 or finite.min() == finite.max():
+        return np.ones(arr.shape, bool), "everything (the scan is blank)"
+    ct = modality.upper().startswith("CT") if modality else _looks_like_ct(finite)
+    if ct:
+        fg = arr > CT_BODY_HU
+        how = f"the body: CT above {CT_BODY_HU:.0f} HU"
+    else:
+        sample = finite if finite.size <= 2_000_000 else finite[:: finite.size // 2_000_000 + 1]
+        t = _otsu(sample)
+        fg = arr > t
+        how = f"the foreground: above Otsu's threshold {t:.4g}"
+    labels, n = ndimage.label(fg)
+    if n == 0:
+        return np.ones(arr.shape, bool), "everything (no foreground found)"
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        fg = labels == int(np.argmax(sizes))
+    fg = ndimage.binary_fill_holes(fg)
+    if fg.ndim == 3:
+        for z in range(fg.shape[0]):
+            fg[z] = ndimage.binary_fill_holes(fg[z])
+    fg = ndimage.binary_dilation(fg, iterations=1)
+    return np.asarray(fg, bool), f"{how}, largest connected part, holes filled, 1 voxel margin"
+
+
+def prediction_region(label_map: Any, *, margin: int = 3, min_voxels: int = 27) -> np.ndarray | None:
+    """The predicted foreground (label > 0) grown by ``margin`` voxels — a segmenter's evidence lies on and just
+    outside its boundary; None when less than ``min_voxels`` are predicted (too few for display limits).
+
+    >>> lab = np.zeros((9, 9), int); lab[3:6, 3:6] = 1
+    >>> int(prediction_region(lab, margin=1, min_voxels=4).sum())
+    21
+    """
+    from scipy import ndimage
+
+    fg = np.asarray(label_map) > 0
+    if int(fg.sum()) < min_voxels:
+        return None
+    return np.asarray(ndimage.binary_dilation(fg, iterations=margin) if margin > 0 else fg, bool)
+
+
+def _region_limits(data: np.ndarray, signed: bool, percentile: float, region: np.ndarray | None) -> tuple[float, float]:
+    """:func:`contrast_limits` (rounded) of the values inside ``region`` (broadcast over leading axes), or of the
+    whole map when the region is None or holds no finite value."""
+    if region is not None:
+        inside = data[..., region] if region.shape == data.shape[data.ndim - region.ndim:] else None
+        if inside is not None and np.isfinite(inside).any():
+            return contrast_limits(inside, signed, percentile, nice=True)
+    return contrast_limits(data, signed, percentile, nice=True)
+
+
+def display_heatmap(
+    ldt: LayerDataTuple,
+    *,
+    mask: np.ndarray | None = None,
+    mask_note: str = "",
+    limits_region: np.ndarray | None = None,
+    limits_note: str = "the whole map",
+    interpolation: Mapping[str, str] | None = None,
+) -> LayerDataTuple:
+    """A heatmap tuple (from :func:`attribution_layer` or :func:`layer_sweep_layer`) as it should be shown.
+
+    Parameters
+    ----------
+    ldt : (data, kwargs, "image")
+        Not modified; the returned tuple holds new objects.
+    mask : bool array of the map's spatial shape, optional
+        Voxels outside are NaN in the returned layer data (napari draws NaN transparent); ``metadata[OWNER_KEY]
+        ["display_mask"]`` records it. ``Attribution.data`` is a different array and stays as it was.
+    mask_note : str
+        What the mask is (e.g. :func:`body_mask`'s description).
+    limits_region : bool array of the map's spatial shape, optional
+        The contrast limits (and a sweep's per-layer limits) come from the values inside it.
+    limits_note : str
+        What the region is, recorded as ``contrast_region``.
+    interpolation : mapping, optional
+        The scan layer's ``interpolation2d`` / ``interpolation3d``, copied onto the heatmap.
+
+    Examples
+    --------
+    >>> from napari_attribution.targets import Class
+    >>> m = np.array([[9.0, 1.0], [-2.0, 0.5]], np.float32)
+    >>> att = Attribution(m, "occlusion", Class(1), None, {}, True, 0.1)
+    >>> body = np.array([[False, True], [True, True]])
+    >>> data, kw, _ = display_heatmap(attribution_layer(att), mask=body, mask_note="body", limits_region=body)
+    >>> data.tolist(), kw["contrast_limits"], float(att.data[0, 0])
+    ([[nan, 1.0], [-2.0, 0.5]], [-2.0, 2.0], 9.0)
+    """
+    data, kwargs, kind = ldt
+    kwargs = dict(kwargs)
+    md = dict(kwargs.get("metadata") or {})
+    info = dict(md.get(OWNER_KEY) or {})
+    arr = np.asarray(data)
+    spatial = arr.shape[1:] if info.get("sweep") else arr.shape
+    if mask is not None and np.shape(mask) == spatial:
+        shown = np.array(arr, dtype=np.float32 if arr.dtype.itemsize <= 4 else np.float64)
+        shown[..., ~np.asarray(mask, bool)] = np.nan
+        data = shown
+        info["display_mask"] = {
+            "region": mask_note or "a mask",
+            "voxels_inside": int(np.count_nonzero(mask)),
+            "outside": "NaN in this layer (drawn clear); the map itself (Attribution.data) is unchanged",
+        }
+        info["explained_fraction"] = float(np.isfinite(shown).mean()) if shown.size else 0.0
+    else:
+        info.pop("display_mask", None)
+    region = limits_region if limits_region is not None and np.shape(limits_region) == spatial else None
+    signed = bool(info.get("signed"))
+    pct = float(info.get("contrast_percentile", 99.5))
+    shown_arr = np.asarray(data)
+    if info.get("sweep"):
+        limits = [list(_region_limits(shown_arr[i], signed, pct, region)) for i in range(shown_arr.shape[0])]
+        info["layer_contrast_limits"] = limits
+        kwargs["contrast_limits"] = limits[0]
+    else:
+        kwargs["contrast_limits"] = list(_region_limits(shown_arr, signed, pct, region))
+    info["contrast_region"] = limits_note if region is not None else "the whole map"
+    for key in NAPARI_INTERPOLATION:
+        if interpolation is not None and interpolation.get(key):
+            kwargs[key] = str(interpolation[key])
+    md[OWNER_KEY] = info
+    kwargs["metadata"] = md
+    return data, kwargs, kind
 
 
 def geometry_kwargs(source: Mapping[str, Any] | None = None, geometry: Any = None, *,
@@ -439,6 +639,11 @@ def attribution_layer(
     opacity: float | None = None,
     blending: str = "translucent",
     metadata: Mapping[str, Any] | None = None,
+    interpolation: Mapping[str, str] | None = None,
+    mask: np.ndarray | None = None,
+    mask_note: str = "",
+    limits_region: np.ndarray | None = None,
+    limits_note: str = "",
 ) -> LayerDataTuple:
     """One :class:`~napari_attribution.Attribution` as an image ``LayerDataTuple``.
 
@@ -462,11 +667,22 @@ def attribution_layer(
         Default opacity 0.75 (signed) / 0.7 (unsigned), translucent blending (zero is transparent).
     metadata : mapping, optional
         Extra metadata (e.g. the source's ``original_affine`` so the writer saves the map aligned).
+    interpolation : mapping, optional
+        The source layer's ``interpolation2d`` / ``interpolation3d`` (default napari's: nearest in 2D).
+    mask, mask_note, limits_region, limits_note : optional
+        What the layer hides and where its limits come from (see :func:`display_heatmap`); the layer's data is then
+        a masked copy and ``att.data`` stays as it is.
 
     Returns
     -------
     (data, kwargs, "image")
     """
+    if mask is not None or limits_region is not None or interpolation is not None:
+        ldt = attribution_layer(att, source=source, source_geometry=source_geometry, class_names=class_names,
+                                provenance=provenance, percentile=percentile, name=name, opacity=opacity,
+                                blending=blending, metadata=metadata)
+        return display_heatmap(ldt, mask=mask, mask_note=mask_note, limits_region=limits_region,
+                               limits_note=limits_note or "a region", interpolation=interpolation)
     data = np.asarray(att.data)
     signed = bool(att.signed)
     tname = target_label(att.target, class_names)
@@ -501,7 +717,7 @@ def attribution_layer(
         "contrast_limits": list(contrast_limits(data, signed, percentile, nice=True)),
         "blending": blending,
         "opacity": opacity if opacity is not None else (0.75 if signed else 0.7),
-        "interpolation2d": "linear",
+        **NAPARI_INTERPOLATION,
         "metadata": md,
     }
     kwargs.update(geometry_kwargs(source_geometry, att.geometry, ndim=data.ndim))
