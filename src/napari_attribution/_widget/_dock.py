@@ -34,6 +34,7 @@ from ..runs.model_info import ModelInfo, RecentModels, load_model_info, model_in
 from ..runs.wrapper import Failures, never_raise
 from ._card import CardEditor, CardView
 from ._common import LayerCombo, Runner, is_own, notify, place_layer, source_geometry
+from ._display import DisplayBox
 from ._form import ModelPicker, ScopeBox, TargetPicker
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ class AttributionDock(QWidget):
         self.device.addItems(_devices())
         self.target = TargetPicker(viewer)
         self.scope = ScopeBox(viewer)
+        self.display = DisplayBox(viewer)  # how heatmaps are shown (a subclass puts it in its result section)
+        self._shown_over: Any = None  # the scan layer of the last run started (its body mask, its interpolation)
 
         self.run_button = QPushButton(self.RUN_TEXT)
         self.cancel_button = QPushButton("Cancel")
@@ -337,6 +340,7 @@ class AttributionDock(QWidget):
             return
         self._slices = None if request.sweep_layers else request.slices
         self._ran = request.model
+        self._shown_over = self.image.layer()
         self.start_job(run_job, request, self._on_outcome)
 
     def start_job(self, fn: Any, request: Any, returned: Any, *, kind: str = "explain",
@@ -378,7 +382,11 @@ class AttributionDock(QWidget):
             # is napari's slowest GUI-thread work, so the viewer keeps reacting in between
             placed: list[Any] = []
             slices = self._slices
+            first = next(iter(outcome.results.values()), None)
+            prediction = getattr(first, "label_map", None)
             for ldt in outcome.layers:
+                if ldt[2] == "image" and (ldt[1].get("metadata") or {}).get(OWNER_KEY, {}).get("role") == "heatmap":
+                    ldt = self.display.prepare(ldt, self._shown_over, prediction)
                 self._steps.append(lambda ldt=ldt: placed.append(self._place(ldt, slices)))
             self._steps.append(lambda: self._finish(outcome, placed))
             self._next_step()

@@ -60,6 +60,9 @@ def colour_bar_text(layer: Any, viewer: Any = None) -> str:
     info = AttributionDock.owner(layer)
     lo, hi = layer.contrast_limits
     pct = info.get("contrast_percentile", 99.5)
+    region = info.get("contrast_region")
+    where = f" {region}" if region and region != "the whole map" else ""
+    hidden = " Clear outside the body (the map itself is not changed)." if info.get("display_mask") else ""
     if info.get("sweep"):
         names = info.get("layers") or []
         shown = ""
@@ -72,10 +75,10 @@ def colour_bar_text(layer: Any, viewer: Any = None) -> str:
                     "clear = none.")
         return f"{shown}colour bar: {lo:.3g} … {hi:.3g} ({pct}unsigned). Brighter = more important."
     if info.get("signed"):
-        return (f"colour bar: ±{hi:.3g} ({pct}th percentile of |map|, rounded up). Red = evidence for the target, "
-                "blue = against, clear = none.")
-    return (f"colour bar: {lo:.3g} … {hi:.3g} ({pct}th percentile, rounded up). Unsigned: brighter = more "
-            "important.")
+        return (f"colour bar: ±{hi:.3g} ({pct}th percentile of |map|{where}, rounded up). Red = evidence for the "
+                f"target, blue = against, clear = none.{hidden}")
+    return (f"colour bar: {lo:.3g} … {hi:.3g} ({pct}th percentile{where}, rounded up). Unsigned: brighter = more "
+            f"important.{hidden}")
 
 
 class ExplainWidget(AttributionDock):
@@ -138,6 +141,8 @@ class ExplainWidget(AttributionDock):
         lay.addWidget(self.prediction)
         lay.addWidget(self.input_used)
         lay.addWidget(self.colour_bar)
+        lay.addWidget(self.display)  # outside the body, limits from, Adjust limits
+        self.display.adjust_button.clicked.connect(self._show_colour_bar)
         lay.addWidget(self.sweep_table)
         self.trust = TrustBox(self.viewer, is_busy=lambda: self.busy, current_model=lambda: self.model_info,
                               on_state=self._update_buttons)

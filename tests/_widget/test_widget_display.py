@@ -1,0 +1,81 @@
+"""How the Explain dock shows a heatmap in a real napari viewer: clear outside the body for perturbation methods
+(the map itself untouched), the scan's interpolation, limits from inside the body, and "Adjust limits"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from _widget_helpers import heatmaps, wait_idle
+from qtpy.QtCore import Qt
+
+from napari_attribution import layers as L
+from napari_attribution.layers import OWNER_KEY
+
+pytestmark = pytest.mark.gui
+
+
+def run(qtbot: Any, dock: Any, method: str, **params: Any) -> Any:
+    dock.set_method(method, **params)
+    dock.run(confirm=False)
+    wait_idle(qtbot, dock)
+    out = dock.last_outcome
+    assert out.status == "ok", out.message
+    return out
+
+
+def test_perturbation_map_is_clear_outside_the_body_and_the_map_is_unchanged(dock: Any, qtbot: Any) -> None:
+    viewer = dock.viewer
+    scan = viewer.layers["phantom"]
+    scan.interpolation2d = "linear"  # the heatmap follows the scan, whatever it is
+    out = run(qtbot, dock, "occlusion", window=8, stride=8)
+    [heat] = heatmaps(viewer)
+    body, how = L.body_mask(scan.data, modality=None)
+    assert 0.2 < body.mean() < 0.8  # a body in air
+    shown = np.asarray(heat.data)
+    raw = out.results["occlusion"].data
+    assert np.isnan(shown[~body]).all() and np.isfinite(shown[body]).all()
+    np.testing.assert_array_equal(shown[body], raw[body])
+    assert np.isfinite(raw).all() and np.abs(raw[~body]).max() > 0  # the map keeps its values outside the body
+    info = heat.metadata[OWNER_KEY]
+    assert info["display_mask"]["region"] == how and "unchanged" in info["display_mask"]["outside"]
+    assert heat.interpolation2d == "linear" and heat.interpolation3d == scan.interpolation3d
+    m = np.percentile(np.abs(raw[body]), 99.5)
+    assert tuple(heat.contrast_limits) == pytest.approx((-L.nice_limit(m), L.nice_limit(m)))
+    assert "inside the body" in dock.colour_bar.text() and "Clear outside the body" in dock.colour_bar.text()
+
+
+def test_gradient_map_is_shown_everywhere_unless_asked_and_follows_nearest(dock: Any, qtbot: Any) -> None:
+    viewer = dock.viewer
+    assert viewer.layers["phantom"].interpolation2d == "nearest"  # napari's default
+    run(qtbot, dock, "saliency")
+    [heat] = heatmaps(viewer)
+    assert np.isfinite(heat.data).all() and "display_mask" not in heat.metadata[OWNER_KEY]
+    assert heat.interpolation2d == "nearest"  # not linear over a nearest-neighbour scan
+    dock.display.outside.setCurrentIndex(dock.display.outside.findData("all"))
+    run(qtbot, dock, "saliency")
+    [heat] = heatmaps(viewer)
+    assert np.isnan(heat.data).any() and "display_mask" in heat.metadata[OWNER_KEY]
+
+
+def test_adjust_limits_button_recomputes_the_selected_heatmap(dock: Any, qtbot: Any) -> None:
+    viewer = dock.viewer
+    run(qtbot, dock, "integrated_gradients", steps=8)
+    [heat] = heatmaps(viewer)
+    body, _ = L.body_mask(viewer.layers["phantom"].data)
+    data = np.array(heat.data)
+    inside = float(np.percentile(np.abs(data[body]), 99.5))
+    hot = np.flatnonzero(~body)[:2000]  # a hot spot outside the body, 1000x the map's scale
+    data.ravel()[hot] = 1000 * inside
+    heat.data = data
+    viewer.layers.selection.active = heat
+    dock.display.region.setCurrentIndex(dock.display.region.findData("whole"))
+    qtbot.mouseClick(dock.display.adjust_button, Qt.MouseButton.LeftButton)
+    assert heat.contrast_limits[1] >= 1000 * inside  # the whole map: set by the hot spot
+    assert heat.metadata[OWNER_KEY]["contrast_region"] == "the whole map"
+    dock.display.region.setCurrentIndex(dock.display.region.findData("body"))
+    qtbot.mouseClick(dock.display.adjust_button, Qt.MouseButton.LeftButton)
+    assert tuple(heat.contrast_limits) == pytest.approx((-L.nice_limit(inside), L.nice_limit(inside)))
+    assert "inside the body" in heat.metadata[OWNER_KEY]["contrast_region"]
+    assert f"±{L.nice_limit(inside):.3g}" in dock.colour_bar.text()
