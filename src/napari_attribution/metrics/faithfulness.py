@@ -258,11 +258,9 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
     """Deletion: replace the image in descending attribution order by a fill (``baseline``) and record the target's
     probability (its logit for a target with ``score="logit"``; a region's mean probability for a segmentation
     target); insertion: start from the scan's blurred copy (Gaussian, sigma ``blur_mm`` in mm per axis) and put the
-    original values back in the same order (from the modality's background instead, on a segmentation target with
-    ``baseline="auto"``, when blurring changes nothing: see below; other ``baseline`` values are deletion's only).
-    ``steps + 1`` points; AUC by the trapezoid rule normalised to [0, 1] along the x axis (Petsiuk et al.'s
-    formula). Deletion: lower is better; insertion: higher is better. All input
-    channels of a voxel are changed together.
+    original values back in the same order (``baseline`` is deletion's only). ``steps + 1`` points; AUC by the
+    trapezoid rule normalised to [0, 1] along the x axis (Petsiuk et al.'s formula). Deletion: lower is better;
+    insertion: higher is better. All input channels of a voxel are changed together.
 
     What is removed or restored (``unit``):
 
@@ -276,8 +274,9 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
     The deletion fill (``baseline``): ``"auto"`` (default) is the scan's blurred copy (``"blur"``, sigma
     ``blur_mm``) for a segmentation target — unless the fully blurred scan moves the target's score by less than
     :data:`BLUR_UNCHANGED` (two model calls tell): a model that segments a blurred scan as well (a brain mask)
-    reads nothing blurring deletes, and the modality's background is used (also as insertion's start), with
-    ``details["fill_note"]`` saying so — and the modality's background for a classification target:
+    reads nothing blurring deletes, and the modality's background is used, with ``details["fill_note"]`` saying
+    so (insertion keeps its blurred start: restoring a hollow boundary first into an empty background measures
+    something else) — and the modality's background for a classification target:
     ``"ct_air"`` (-1000 HU when the scan is in HU, else its minimum) or ``"mri_background"`` (the mode of the
     darker half of the voxels); also ``"background"`` (the modality's), ``"min"``, ``"mean"``, a number or an
     array. The modality is ``modality`` when given (``"CT"``, ``"MR"``/``"MRI"``, or a reader's
@@ -340,7 +339,7 @@ def deletion_insertion(scorer: Scorer, data: np.ndarray, *, kind: str = "deletio
     else:
         fill, fill_name = blurred(image, blur_mm, spacing, scorer.channel_axis), "blurred copy"
     auto = isinstance(baseline, str) and baseline.strip().lower() == "auto"
-    if auto and scorer.task == "segmentation" and fill_name == "blurred copy":
+    if kind == "deletion" and auto and scorer.task == "segmentation" and fill_name == "blurred copy":
         if cancel is not None and cancel():
             raise Cancelled(f"{kind} was cancelled; no score was produced.")
         before, after = scorer(np.stack([image, fill]))

@@ -299,8 +299,6 @@ def _reference_kind(details: Mapping[str, Any]) -> str:
     note = f"; {details['fill_note']}" if details.get("fill_note") else ""
     if fill and not str(fill).startswith("the scan"):  # deletion: what the deleted units became
         units += f" (deleted to {fill}{note})"
-    elif note:  # insertion from the background instead of the blurred copy
-        units += f" (restored {str(fill)[len('the scan, '):]}{note})"
     if n == 1:
         return f"AUC of a random order of the {units}"
     band = _finite(details.get("random_band"))
