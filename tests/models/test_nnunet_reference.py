@@ -29,8 +29,10 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "nnunet"
 SCANS = ("scan_train_spacing", "scan_resampled")
 MIRRORS = {"mirror": True, "nomirror": False}
 
-pytestmark = pytest.mark.skipif(not (DATA / "references").is_dir(),
-                                reason="tests/data/nnunet (scripts/make_nnunet_folder.py) is not there")
+pytestmark = pytest.mark.skipif(
+    not all((DATA / "references" / f"{n}.npz").is_file() and (DATA / "scans" / f"{n}.nii.gz").is_file()
+            for n in SCANS),
+    reason="tests/data/nnunet's scans and references (scripts/make_nnunet_folder.py predict) are not there")
 
 
 def _folder() -> Path:
@@ -59,7 +61,8 @@ def _ours(name: str, tag: str) -> dict[str, np.ndarray]:
     with torch.no_grad():
         sw = SlidingWindowNet(model.module, model.card.sliding_window)  # type: ignore[arg-type]
         logits = sw(torch.from_numpy(prepared.data)[None, None])[0]
-        on_scan = prepared.wrap(model.module)(torch.from_numpy(prepared.scan)[None, None])[0]
+        # what prepared.wrap(module)(scan) computes, without running the windows again: data is to_model(scan)
+        on_scan = prepared.to_scan(logits[None])[0]
     return {"input": prepared.data, "logits": logits.numpy(), "scan_logits": on_scan.numpy(),
             "probabilities": torch.softmax(on_scan, 0).numpy(), "seg": on_scan.argmax(0).numpy()}
 
