@@ -21,7 +21,7 @@ from torch import nn
 from .models.demo import DEMO_MODELS, get_demo, lesion_phantom
 from .models.demo.phantoms import LESION_SHAPE, LESION_SPACING
 
-__all__ = ["WEIGHTS", "load_demo_classifier", "phantom", "run_headless_demo"]
+__all__ = ["WEIGHTS", "demo_figure", "load_demo_classifier", "phantom", "run_headless_demo"]
 
 SHAPE = LESION_SHAPE
 SPACING = LESION_SPACING  # mm, (z, y, x): anisotropic like a clinical CT
@@ -116,9 +116,100 @@ def run_headless_demo(out_dir: str | Path, *, methods: tuple[str, ...] = ("grad_
     return scores
 
 
+#: the scan's window in the figure (HU): soft tissue mid-grey, air black, the enhancing lesion bright
+WINDOW = (-200.0, 400.0)
+
+
+def _overlay_cmap(signed: bool) -> Any:
+    """The napari layer's colormap (:data:`~napari_attribution.layers.DIVERGING` / ``SEQUENTIAL``) for
+    matplotlib: the same colours, clear at zero."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    from .layers import DIVERGING, SEQUENTIAL
+
+    spec = DIVERGING if signed else SEQUENTIAL
+    stops = list(zip(spec["controls"], (tuple(c) for c in spec["colors"]), strict=True))
+    return LinearSegmentedColormap.from_list(str(spec["name"]), stops, N=511)  # odd: an entry at 0
+
+
+def demo_figure(vol: np.ndarray, mask: np.ndarray, results: dict[str, Any], scores: dict[str, float]) -> Any:
+    """The lesion's central slice: the scan in its own window, then each map over it (clear at zero, in the napari
+    layer's colours), as a matplotlib ``Figure``.
+
+    Maps of one kind (signed / unsigned) sit side by side and share one scale and one colour bar: each map is
+    divided by its mean |map| inside the body (so maps in different units compare), and the kind's limit is the
+    99.5th percentile of those values inside the body. Each caption gives the map's score and its chance level (the
+    lesion's share of the volume: what a map that ignores the lesion scores). ``fig.napari_attribution`` holds the
+    same facts for tests and the PNG's metadata."""
+    import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from .layers import body_mask
+
+    body, _ = body_mask(vol, modality="CT")
+    z = int(np.argmax(mask.sum((1, 2))))
+    chance = float(mask.mean())
+    scaled = {}
+    for name, res in results.items():
+        data = np.asarray(res.data, np.float64)
+        unit = float(np.nanmean(np.abs(data[body]))) or 1.0
+        scaled[name] = data / unit
+    kinds: dict[str, list[str]] = {}  # the panels grouped by kind (first kind first), each group by its colour bar
+    for name, res in results.items():
+        kinds.setdefault("signed" if res.signed else "unsigned", []).append(name)
+    order = [n for names in kinds.values() for n in names]
+    limits = {k: float(np.nanpercentile(np.abs(np.concatenate([scaled[n][body] for n in v])), 99.5)) or 1.0
+              for k, v in kinds.items()}
+    n = len(results) + 1
+    fig, axes = plt.subplots(1, n, figsize=(2.9 * n + 1.4, 3.9), layout="constrained")
+    aspect = SPACING[1] / SPACING[2]
+    grey = {"cmap": "gray", "vmin": WINDOW[0], "vmax": WINDOW[1], "aspect": aspect, "interpolation": "nearest"}
+    axes[0].imshow(vol[z], **grey)
+    axes[0].contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
+    axes[0].set_title(f"phantom CT, slice {z}\nwindow {WINDOW[0]:.0f} to {WINDOW[1]:.0f} HU (lesion outlined)",
+                      fontsize=9)
+    captions = []
+    kind_axes: dict[str, list[Any]] = {k: [] for k in kinds}
+    for ax, name in zip(axes[1:], order, strict=True):
+        res = results[name]
+        kind = "signed" if res.signed else "unsigned"
+        lim = limits[kind]
+        ax.imshow(vol[z], **grey)
+        ax.imshow(scaled[name][z], cmap=_overlay_cmap(bool(res.signed)), vmin=-lim if res.signed else 0.0,
+                  vmax=lim, aspect=aspect, interpolation="nearest")
+        ax.contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
+        caption = f"{name} ({kind})\ntop voxels in lesion: {scores[name]:.0%} (chance {chance:.1%})"
+        ax.set_title(caption, fontsize=9)
+        captions.append(caption)
+        kind_axes[kind].append(ax)
+    bars = []
+    for kind, axs in kind_axes.items():
+        lim = limits[kind]
+        sm = ScalarMappable(Normalize(-lim if kind == "signed" else 0.0, lim), _overlay_cmap(kind == "signed"))
+        label = ("signed: red for, blue against" if kind == "signed" else "unsigned: brighter = more") + \
+            "\nmap ÷ its mean |map| in the body"
+        cbar = fig.colorbar(sm, ax=axs, shrink=0.8, pad=0.02, aspect=25)
+        cbar.ax.set_facecolor(str((40.0 - WINDOW[0]) / (WINDOW[1] - WINDOW[0])))  # as over soft tissue
+        cbar.set_label(label, fontsize=8)
+        cbar.ax.tick_params(labelsize=7)
+        bars.append({"kind": kind, "methods": [n for n in kinds[kind]], "limits": [-lim if kind == "signed" else 0.0,
+                                                                                  lim], "label": label})
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.napari_attribution = {"slice": z, "chance": chance, "window": list(WINDOW), "captions": captions,  # type: ignore[attr-defined]
+                              "colour_bars": bars}
+    return fig
+
+
 def _figure(vol: np.ndarray, mask: np.ndarray, results: dict[str, Any], scores: dict[str, float]) -> bytes | None:
-    """The lesion's central slice with each map over it, as PNG bytes (None without matplotlib)."""
+    """:func:`demo_figure` as PNG bytes, its facts as JSON in the PNG's ``Description`` (None without
+    matplotlib)."""
     import io
+    import json
 
     try:
         import matplotlib
@@ -127,24 +218,9 @@ def _figure(vol: np.ndarray, mask: np.ndarray, results: dict[str, Any], scores: 
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - optional
         return None
-    z = int(np.argmax(mask.sum((1, 2))))
-    fig, axes = plt.subplots(1, len(results) + 1, figsize=(3.2 * (len(results) + 1), 3.6), layout="constrained")
-    aspect = SPACING[1] / SPACING[2]
-    axes[0].imshow(vol[z], cmap="gray", vmin=-200, vmax=400, aspect=aspect)
-    axes[0].contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
-    axes[0].set_title(f"phantom CT, slice {z}\n(lesion outlined)", fontsize=10)
-    for ax, (name, res) in zip(axes[1:], results.items(), strict=True):
-        data = res.data[z]
-        lim = float(np.nanpercentile(np.abs(res.data), 99.5)) or 1.0
-        ax.imshow(vol[z], cmap="gray", vmin=-200, vmax=400, aspect=aspect)
-        cmap, vmin = ("RdBu_r", -lim) if res.signed else ("inferno", 0.0)
-        ax.imshow(data, cmap=cmap, vmin=vmin, vmax=lim, alpha=0.6, aspect=aspect)
-        ax.contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
-        ax.set_title(f"{name}\ntop voxels in lesion: {scores[name]:.0%}", fontsize=10)
-    for ax in axes:
-        ax.axis("off")
+    fig = demo_figure(vol, mask, results, scores)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", pad_inches=0.15,
+                metadata={"Description": json.dumps(fig.napari_attribution)})
     plt.close(fig)
     return buf.getvalue()
-
