@@ -486,9 +486,10 @@ def load_nnunet(path: Path, explicit: ModelCard | None, imports: ImportPolicy, *
         )
     use_mirroring = True if mirroring is None else bool(mirroring)
     roi = tuple(int(v) for v in _in_scan_order(patch, transpose))
+    # the checkpoint's mirror axes are the network's (transposed) axes: network axis a is the scan's axis t[a]
+    mirrored = sorted(transpose[a] for a in mirror_axes) if use_mirroring else []
     inferer: dict[str, Any] = {"type": "nnunet", "roi_size": list(roi), "step": 0.5, "mode": "gaussian",
-               "sigma_scale": 0.125,
-               "mirror_axes": sorted(transpose[a] for a in mirror_axes) if use_mirroring else []}
+                               "sigma_scale": 0.125, "mirror_axes": mirrored}
     which = names[0] if len(names) == 1 else f"folds {', '.join(n[5:] for n in names)} averaged"
     weights = str(root / names[0] / ckpt_name) if len(names) == 1 else str(root)
     card = explicit or ModelCard(
