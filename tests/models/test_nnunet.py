@@ -413,3 +413,20 @@ def test_residual_encoder_unet_and_a_moved_class_path(tmp_path: Path) -> None:
     x = torch.randn(1, 1, 16, 20, 20)
     with torch.no_grad():
         assert torch.allclose(m.module(x), net(x), atol=1e-6)
+
+
+def test_the_checkpoints_mirror_axes_are_the_networks_transposed_axes(tmp_path: Path) -> None:
+    transpose = [2, 0, 1]
+    root = nf.write_folder(tmp_path, transpose=transpose)
+    net = nf.network(0)
+    torch.save(nf.checkpoint(net, 0, nf.plans(transpose), extra={"inference_allowed_mirroring_axes": (0, 1)}),
+               root / "fold_0" / "checkpoint_final.pth")
+    loaded = na.load_model(root)
+    assert loaded.card.inferer is not None and loaded.card.inferer["mirror_axes"] == [0, 2]  # scan axes t[0], t[1]
+    ct = _phantom((26, 14, 22), 4)
+    spacing = (1.0, 2.0, 1.0)
+    ref = _reference(net, ct, spacing, transpose, (0, 1))
+    prepared = prepare(ct, Geometry(spacing=spacing, origin=(0.0, 0.0, 0.0)), loaded.card)
+    with torch.no_grad():
+        on_scan = prepared.wrap(loaded.module)(torch.from_numpy(prepared.scan)[None, None])[0].numpy()
+    assert float(np.abs(on_scan - ref["back"]).max()) < 1e-4
