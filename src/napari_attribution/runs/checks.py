@@ -56,8 +56,9 @@ PARAMS: dict[str, dict[str, Any]] = {"deletion": {"steps": 20}, "insertion": {"s
 TIPS = {
     "deletion": "Delete the scan in the map's order (most important first) and follow the target's probability: "
                 "the area under that curve (AUC). A segmenter's scan is deleted in blocks of 3 mm filled with its "
-                "blurred copy, a classifier's voxel by voxel. Lower is better; the reference is the mean AUC of four "
-                "random orders, and AUCs within their noise cannot be told apart.",
+                "blurred copy (or the modality's background when blurring changes nothing), a classifier's voxel by "
+                "voxel. Lower is better; the reference is the mean AUC of four random orders, and AUCs within their "
+                "noise cannot be told apart.",
     "insertion": "Start from a blurred scan and put it back in the map's order (blocks of 3 mm on a segmenter, "
                  "voxels on a classifier): the AUC of the target's probability. Higher is better; the reference "
                  "is the mean AUC of four random orders, and AUCs within their noise cannot be told apart.",
