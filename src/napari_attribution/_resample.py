@@ -127,8 +127,8 @@ class AxisResampler:
                 y = _apply(y, torch.as_tensor(m, device=y.device), a)
         if self.clip:
             axes = tuple(2 + a for a in first) if self.separate is not None else spatial
-            lo = torch.amin(x.double(), dim=axes, keepdim=True)
-            hi = torch.amax(x.double(), dim=axes, keepdim=True)
+            lo = torch.amin(x, dim=axes, keepdim=True).double()  # exact: no second float64 copy of the scan
+            hi = torch.amax(x, dim=axes, keepdim=True).double()
             y = torch.minimum(torch.maximum(y, lo), hi)
         if self.separate is not None and self.matrices[self.separate] is not None:
             m = self.matrices[self.separate]
