@@ -474,10 +474,11 @@ def explain_file(
         # like compare: a key goes to every method that takes it; a key that none takes is an error
         results = na.compare(loaded, data, list(methods), tgt, layer=layers[0] if layers else None,
                              geometry=geometry, device=device, progress=progress, params=dict(params or {}))
-    from .runs.checks import VERDICTS, verdict
+    from .runs.checks import VERDICTS, verdict, verdicts_of_maps
 
     scores: dict[str, dict[str, float | None]] = {}
     verdicts: dict[str, dict[str, str]] = {}
+    evaluated: dict[str, dict[str, Any]] = {}  # metric -> {heatmap: Score}
     for key, res in results.items():
         for metric in metrics:
             row = scores.setdefault(key, {})
@@ -502,6 +503,10 @@ def explain_file(
                 row[f"{metric}_random"] = float(score.details["random_auc"])
             if metric in VERDICTS:  # the dock's verdict, from the same thresholds and words
                 said[metric] = verdict(metric, float(score.value), score.details)
+                evaluated.setdefault(metric, {})[key] = score
+    for metric, of_maps in evaluated.items():  # "cannot tell maps apart" only where every map is within noise
+        for key, text in verdicts_of_maps(metric, of_maps).items():
+            verdicts[key][metric] = text
     columns = _with_verdicts(list(next(iter(scores.values()))) if scores else [], metrics)
     scan = os.path.basename(image_path)
     card = model_and_card(loaded)[1]

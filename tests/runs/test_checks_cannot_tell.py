@@ -16,7 +16,15 @@ import torch
 from _seg_phantom import UNET_KWARGS, phantom, trained_unet
 
 import napari_attribution as na
-from napari_attribution.runs.checks import CANNOT_TELL, CheckRequest, Explained, check_job, rows_from, verdict
+from napari_attribution.runs.checks import (
+    CANNOT_TELL,
+    CheckRequest,
+    Explained,
+    check_job,
+    rows_from,
+    verdict,
+    verdicts_of_maps,
+)
 from napari_attribution.targets import Predicted
 
 pytest.importorskip("monai")
@@ -51,6 +59,20 @@ def test_without_a_band_the_tenth_of_the_span_decides_and_flat_curves_stay_not_i
         "no better than a random order of the voxels")
     flat = {**_details(0.50, 0.3), "curve": [0.5, 0.52], "random_curve": [0.5, 0.51]}
     assert verdict("deletion", 0.5, flat).startswith("not informative")
+
+
+def test_several_maps_cannot_be_told_apart_only_when_every_one_is_within_noise() -> None:
+    score = {name: na.Score("deletion", v, False, _details(0.50, 0.05)) for name, v in
+             (("a", 0.48), ("b", 0.53), ("c", 0.20))}
+    said = verdicts_of_maps("deletion", score)
+    assert said["c"].startswith("faithful") and said["c"] == verdict("deletion", 0.20, _details(0.50, 0.05))
+    for name in ("a", "b"):  # the check tells c apart: a and b are no better than a random order, not untellable
+        assert said[name].startswith("no better than a random order of the regions (within noise: AUC")
+        assert said[name].endswith("where other maps are told apart")
+    both = verdicts_of_maps("deletion", {k: score[k] for k in ("a", "b")})
+    assert all(text.startswith(CANNOT_TELL) for text in both.values())
+    assert verdicts_of_maps("randomisation", {"a": na.Score("randomisation", 0.2, False, {})}) == {
+        "a": verdict("randomisation", 0.2)}
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +111,11 @@ def test_the_evidence_map_is_told_apart_on_the_same_scan(case: Any) -> None:
 
 
 @pytest.fixture
-def random_maps_cli(case: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+def random_maps_cli(case: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                    request: pytest.FixtureRequest) -> tuple[Path, Path]:
     """The trained UNet as a model file with its card and the phantom as a NIfTI scan; every map the CLI makes is
-    replaced by a random map (one seed per method)."""
+    replaced by a random map (one seed per method), or in a test named "...evidence..." input x gradient's by the
+    known evidence (the spheres)."""
     from napari_attribution.io import write_nifti
 
     net, image, _, _ = case
@@ -105,8 +129,11 @@ def random_maps_cli(case: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     def compare(*args: Any, **kwargs: Any) -> dict[str, na.Attribution]:
         got = real(*args, **kwargs)
-        return {k: dataclasses.replace(a, data=np.random.default_rng(20 + i).random(a.data.shape).astype(np.float32))
+        maps = {k: np.random.default_rng(20 + i).random(a.data.shape).astype(np.float32)
                 for i, (k, a) in enumerate(got.items())}
+        if "evidence" in request.node.name and "input_x_gradient" in maps:  # this one is the known evidence
+            maps["input_x_gradient"] = phantom(np.random.default_rng(99))[1].astype(np.float32)
+        return {k: dataclasses.replace(a, data=maps[k]) for k, a in got.items()}
 
     monkeypatch.setattr(na, "compare", compare)
     return tmp_path / "unet.pt", scan
@@ -133,3 +160,18 @@ def test_the_metrics_csv_and_the_batch_summary_say_cannot_tell_when_every_map_is
     with open(tmp_path / "batch" / "summary.csv", newline="") as fh:
         summary = list(csv.DictReader(fh))
     assert len(summary) == 1 and summary[0]["deletion_verdict"].startswith(CANNOT_TELL)
+
+
+def test_beside_the_evidence_a_random_map_is_no_better_than_random_in_the_metrics_csv(
+        random_maps_cli: tuple[Path, Path], tmp_path: Path) -> None:
+    from napari_attribution._cli_run import explain_file
+
+    model, scan = random_maps_cli
+    res = explain_file(str(model), str(scan), ["saliency", "input_x_gradient"], str(tmp_path / "m" / "h.nii.gz"),
+                       target="predicted:1", metrics=["deletion"])
+    assert res.verdicts["input_x_gradient"]["deletion"].startswith("faithful: deleting the map's top regions")
+    said = res.verdicts["saliency"]["deletion"]
+    assert said.startswith("no better than a random order of the regions (within noise") and CANNOT_TELL not in said
+    with open(tmp_path / "m" / "h_saliency_metrics.csv", newline="") as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert rows["saliency"]["deletion_verdict"] == said

@@ -36,7 +36,7 @@ from .wrapper import Failures, never_raise
 
 __all__ = ["CANNOT_TELL", "CHECKS", "DEFAULT_CHECKS", "FILL_LABELS", "LABELS", "PARAMS", "TIPS", "VERDICTS",
            "CheckOutcome", "CheckRequest", "Explained", "check_job", "deletion_fill", "explained_from", "failed_row",
-           "fill_choices", "rows_from", "slice_key", "verdict"]
+           "fill_choices", "rows_from", "slice_key", "verdict", "verdicts_of_maps"]
 
 
 Progress = Callable[[int, int, str], None]
@@ -291,6 +291,28 @@ def verdict(check: str, value: float, details: Mapping[str, Any] | None = None) 
             return f"nearly complete (error {pct}); more steps make the numbers exact"
         return f"incomplete: the map's sum misses the score difference by {pct}; use more steps (or steps 'auto')"
     return ""
+
+
+def verdicts_of_maps(check: str, scores: Mapping[str, Any]) -> dict[str, str]:
+    """The verdicts of several maps of one scan and target (``{name: Score}``, e.g. the methods of one command-line
+    run): each map's :func:`verdict`, except that where some map lies outside the random orders' noise — so the
+    check can tell maps apart here — a deletion or insertion map inside it reads "no better than a random order"
+    (within noise) rather than :data:`CANNOT_TELL`, which then holds only when every map is within noise."""
+    said = {name: verdict(check, float(score.value), score.details) for name, score in scores.items()}
+    if check not in ("deletion", "insertion"):
+        return said
+    within = {name for name, text in said.items() if text.startswith(CANNOT_TELL)}
+    told = [name for name, text in said.items() if name not in within and not text.startswith(("not informative",
+                                                                                                "no random"))]
+    if not told:
+        return said
+    for name in within:
+        d = scores[name].details
+        units = "regions" if d.get("unit") == "region" else "voxels"
+        said[name] = (f"no better than a random order of the {units} (within noise: AUC "
+                      f"{float(scores[name].value):.3f} against {float(d['random_auc']):.3f} ± "
+                      f"{float(d['random_band']):.3f}), where other maps are told apart")
+    return said
 
 
 def _reference_kind(details: Mapping[str, Any]) -> str:
