@@ -27,10 +27,10 @@ OUTSIDE = (
 
 #: (label, key) of where the display limits come from
 REGIONS = (
-    ("inside the prediction, else the body", "auto"),
-    ("inside the body", "body"),
-    ("inside the prediction", "prediction"),
-    ("the whole map", "whole"),
+    ("prediction, else body", "auto"),
+    ("body", "body"),
+    ("prediction", "prediction"),
+    ("whole map", "whole"),
 )
 
 
@@ -49,6 +49,7 @@ class DisplayBox(QWidget):
         super().__init__(parent)
         self.viewer = viewer
         self.outside = QComboBox()
+        self.outside.setMinimumContentsLength(12)
         for text, key in OUTSIDE:
             self.outside.addItem(text, key)
         self.outside.setToolTip("Outside the patient (the body of a CT above -500 HU, else the scan's foreground) "
@@ -57,8 +58,9 @@ class DisplayBox(QWidget):
         self.region = QComboBox()
         for text, key in REGIONS:
             self.region.addItem(text, key)
-        self.region.setToolTip("Where the colour bar's limits come from: the 99.5th percentile of |map| there, so "
-                               "a hot spot outside the patient (e.g. the skull base) does not set them")
+        self.region.setToolTip("Where the colour bar's limits come from: the 99.5th percentile of |map| inside the "
+                               "prediction (a segmentation, grown by 3 voxels), inside the body, or over the whole "
+                               "map. Inside, a hot spot outside the patient (e.g. the skull base) does not set them")
         self.adjust_button = QPushButton("Adjust limits")
         self.adjust_button.setToolTip("Recompute the selected heatmap's colour limits from the region chosen")
         self.adjust_button.clicked.connect(lambda: self.adjust())
