@@ -39,6 +39,17 @@ def test_ct_body_is_the_patient_with_its_lungs_and_without_the_air() -> None:
     assert (~mask).sum() > 0.3 * body.size
 
 
+def test_a_large_scan_is_masked_on_a_coarser_grid_within_two_voxels(monkeypatch: pytest.MonkeyPatch) -> None:
+    ct, body = ct_with_lung()
+    full, _ = L.body_mask(ct, modality="CT")
+    monkeypatch.setattr(L, "BODY_MASK_FULL_VOXELS", ct.size - 1)
+    coarse, how = L.body_mask(ct, modality="CT")
+    assert coarse.shape == ct.shape and "every 2nd voxel in-plane" in how and "2 voxel margin" in how
+    assert coarse[body].all() and not coarse[0, 0, 0]
+    grown = ndimage.binary_dilation(full, structure=np.ones((1, 5, 5), bool))  # two voxels in-plane
+    assert not (coarse & ~grown).any()
+
+
 def test_modality_unknown_hu_values_are_treated_as_ct() -> None:
     case = lesion_phantom(7, True)
     mask, how = L.body_mask(case.image)

