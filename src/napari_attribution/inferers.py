@@ -519,6 +519,25 @@ class SlidingWindowNet(nn.Module):
             y = y + torch.flip(part, dims)
         return y / (len(combos) + 1)
 
+    def _window_vjp(self, xs: Tensor, gs: Tensor) -> Tensor:
+        """The vector-Jacobian product of :meth:`_window` at ``xs`` with ``gs``; with mirroring, one mirrored pass
+        after the other (each holds its own graph only), ``sum_m vjp_m(gs / passes)``."""
+        combos: list[tuple[int, ...]] = [()]
+        axes = [a + 2 for a in self.spec.mirror_axes]
+        combos += [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+        share = gs / len(combos) if len(combos) > 1 else gs
+        gx = torch.zeros_like(xs)
+        for dims in combos:
+            y = _first_tensor(self.net(torch.flip(xs, dims) if dims else xs))
+            self._check_window(y, y.ndim == 2)
+            if dims:
+                y = torch.flip(y, dims)
+            (g,) = torch.autograd.grad(y, xs, share, allow_unused=True)
+            if g is not None:
+                gx = gx + g
+            del y, g
+        return gx
+
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != len(self.spec.roi_size) + 2:
             raise InputShapeError(
@@ -562,11 +581,12 @@ class SlidingWindowNet(nn.Module):
         t0 = time.perf_counter()
         with torch.enable_grad(), saved_tensor_meter() as saved, output_meter(self.net) as out:
             xg = xw[:1].detach().requires_grad_(True)
-            y = self._window(xg)
+            y = _first_tensor(self.net(xg))  # one pass: the backward runs the mirrors one after the other
             classes = int(y.shape[1]) if y.ndim > 1 else 1
             del y, xg
-        self.window_seconds = time.perf_counter() - t0
-        self.window_bytes = (int(saved.bytes), int(3 * out.largest))
+        passes = self.spec.passes_per_window  # a no-grad forward runs a window's mirrors in one call
+        self.window_seconds = (time.perf_counter() - t0) * passes
+        self.window_bytes = (int(saved.bytes), int(3 * out.largest * passes))
         self.windows_run += 1
         if self.budget is not None:
             scan = batch * plan.window_bytes_of_scan(int(xw.shape[1]), classes)
@@ -683,10 +703,7 @@ class SlidingWindowNet(nn.Module):
                 xs = torch.cat([xp[(slice(b, b + 1), slice(None), *plan.slices[i])] for b, i in chunk])
                 xs = xs.detach().requires_grad_(layer is None)
                 if layer is None:
-                    y = self._window(xs)
-                    self._check_window(y, y.ndim == 2)
-                    (gx,) = torch.autograd.grad(y, xs, gs, allow_unused=True)
-                    gx = torch.zeros_like(xs) if gx is None else gx
+                    gx = self._window_vjp(xs, gs)
                     for k, (b, i) in enumerate(chunk):
                         consume(b, i, xs[k:k + 1].detach(), gx[k:k + 1])
                 else:
@@ -704,8 +721,9 @@ class SlidingWindowNet(nn.Module):
                     ga = torch.zeros_like(act) if ga is None else ga
                     for k, (b, i) in enumerate(chunk):
                         consume_layer(b, i, act[k:k + 1].detach(), ga[k:k + 1].detach())
+                    del y, act, ga
             self.windows_run += len(chunk)
-            del xs, y, gs
+            del xs, gs
             start = stop
             self._tick(start, len(items), what)
 
