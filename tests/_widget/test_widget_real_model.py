@@ -46,7 +46,10 @@ def test_dock_gives_the_api_maps_on_a_real_scan_with_a_fixed_size_torchscript_ne
         [heat] = [h for h in heatmaps(viewer) if h.metadata[OWNER_KEY]["method"] == method]
         assert heat.data.shape == scan.shape
         np.testing.assert_allclose(heat.scale, SPACING)
-        r = np.corrcoef(np.asarray(heat.data).ravel(), api[method].data.ravel())[0, 1]
+        shown = np.asarray(heat.data)
+        ok = np.isfinite(shown)  # occlusion's layer is clear outside the head (the map itself is not)
+        assert ok.all() if method == "saliency" else 0.2 < ok.mean() < 1
+        r = np.corrcoef(shown[ok], api[method].data[ok])[0, 1]
         assert r > 0.999, (method, r)
         [pred] = [la for la in viewer.layers if la.metadata.get(OWNER_KEY, {}).get("role") == "prediction"]
         assert np.array_equal(np.asarray(pred.data) == 1, fg)
