@@ -38,7 +38,7 @@ means "feed the image as it is" (then :func:`prepare` copies nothing). The vocab
                                             MONAI's ``DivisiblePad``), ``"edge"`` or ``"reflect"``. The padding is
                                             split evenly before and after and cropped away again by
                                             :meth:`Prepared.to_scan`.
-``{"resample": {"order": 3}}``               resample to ``spacing`` as nnU-Net does (a cubic B-spline, the result
+``{"resample": {"order": 3}}``              resample to ``spacing`` as nnU-Net does (a cubic B-spline, the result
                                             clipped to the input's range; ``order_z`` along an anisotropic axis,
                                             ``force_separate_z``, ``anisotropy_threshold``) and bring outputs back
                                             with ``back_order`` / ``back_order_z`` / ``back_force_separate_z``
