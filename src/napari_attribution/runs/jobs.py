@@ -383,8 +383,7 @@ def _window_estimate(req: ExplainRequest, image: np.ndarray, spatial: tuple[int,
                 return math.nan, math.nan
             g = torch.Generator().manual_seed(0)
             xw = torch.randn((1, x.shape[1], *sw.spec.roi_size), generator=g)
-            both, fwd = _pass_seconds(sw.net, xw, dev)  # with mirroring, each window runs its mirrors too
-            return both * sw.spec.passes_per_window, fwd * sw.spec.passes_per_window
+            return _pass_seconds(sw.net, xw, dev)
 
         timing = network_on_scan(info.model, image, geometry, time_window)
         grid = found[-1]
