@@ -139,13 +139,14 @@ def demo_figure(vol: np.ndarray, mask: np.ndarray, results: dict[str, Any], scor
     Maps of one kind (signed / unsigned) sit side by side and share one scale and one colour bar: each map is
     divided by its mean |map| inside the body (so maps in different units compare), and the kind's limit is the
     99.5th percentile of those values inside the body. Each caption gives the map's score and its chance level (the
-    lesion's share of the volume: what a map that ignores the lesion scores). ``fig.napari_attribution`` holds the
+    lesion's share of the volume: what a map that ignores the lesion scores). Perturbation methods' maps are clear
+    outside the body, as in the viewer. ``fig.napari_attribution`` holds the
     same facts for tests and the PNG's metadata."""
     import matplotlib.pyplot as plt
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from .layers import body_mask
+    from .layers import body_mask, masks_by_default
 
     body, _ = body_mask(vol, modality="CT")
     z = int(np.argmax(mask.sum((1, 2))))
@@ -155,6 +156,8 @@ def demo_figure(vol: np.ndarray, mask: np.ndarray, results: dict[str, Any], scor
         data = np.asarray(res.data, np.float64)
         unit = float(np.nanmean(np.abs(data[body]))) or 1.0
         scaled[name] = data / unit
+        if masks_by_default(str(res.method)):  # as in the viewer: a perturbation map is clear outside the body
+            scaled[name][~body] = np.nan
     kinds: dict[str, list[str]] = {}  # the panels grouped by kind (first kind first), each group by its colour bar
     for name, res in results.items():
         kinds.setdefault("signed" if res.signed else "unsigned", []).append(name)
@@ -179,7 +182,8 @@ def demo_figure(vol: np.ndarray, mask: np.ndarray, results: dict[str, Any], scor
         ax.imshow(scaled[name][z], cmap=_overlay_cmap(bool(res.signed)), vmin=-lim if res.signed else 0.0,
                   vmax=lim, aspect=aspect, interpolation="nearest")
         ax.contour(mask[z], levels=[0.5], colors="lime", linewidths=0.8)
-        caption = f"{name} ({kind})\ntop voxels in lesion: {scores[name]:.0%} (chance {chance:.1%})"
+        clear = ", clear outside the body" if masks_by_default(str(res.method)) else ""
+        caption = f"{name} ({kind}{clear})\ntop voxels in lesion: {scores[name]:.0%} (chance {chance:.1%})"
         ax.set_title(caption, fontsize=9)
         captions.append(caption)
         kind_axes[kind].append(ax)

@@ -68,6 +68,28 @@ def test_one_colour_bar_per_kind_shared_scale_and_chance_in_captions() -> None:
     plt.close(fig)
 
 
+def test_a_perturbation_map_is_clear_outside_the_body_as_in_the_viewer() -> None:
+    import matplotlib.pyplot as plt
+
+    from napari_attribution.layers import body_mask
+
+    vol, mask, _, _ = maps()
+    air = np.ones(mask.shape, np.float32)  # "evidence" everywhere, the air included
+    results = {"occlusion": Attribution(air, "occlusion", Class(1), None, {}, True, 0.1),
+               "saliency": Attribution(air, "saliency", Class(1), None, {}, False, 0.1)}
+    fig = demo_figure(vol, mask, results, {"occlusion": 0.1, "saliency": 0.1})
+    body, _ = body_mask(vol, modality="CT")
+    z = fig.napari_attribution["slice"]
+    panels = {ax.get_title().split(" ")[0]: ax for ax in fig.axes if ax.get_title()}
+    shown = {k: np.ma.filled(np.ma.asarray(panels[k].get_images()[1].get_array(), float), np.nan)
+             for k in results}
+    assert (~body[z]).any() and np.isnan(shown["occlusion"][~body[z]]).all()
+    assert np.isfinite(shown["occlusion"][body[z]]).all() and np.isfinite(shown["saliency"]).all()
+    assert "clear outside the body" in panels["occlusion"].get_title()
+    assert "clear outside" not in panels["saliency"].get_title()
+    plt.close(fig)
+
+
 def test_the_png_carries_the_figure_facts() -> None:
     from PIL import Image
 
