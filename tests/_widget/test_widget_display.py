@@ -79,3 +79,32 @@ def test_adjust_limits_button_recomputes_the_selected_heatmap(dock: Any, qtbot: 
     assert tuple(heat.contrast_limits) == pytest.approx((-L.nice_limit(inside), L.nice_limit(inside)))
     assert "inside the body" in heat.metadata[OWNER_KEY]["contrast_region"]
     assert f"±{L.nice_limit(inside):.3g}" in dock.colour_bar.text()
+
+
+def test_slices_of_a_2d_model_keep_their_limits_from_inside_the_body(dock: Any, qtbot: Any) -> None:
+    """A 2D model explaining the slice shown: each run's slice joins the earlier ones in one layer, and the merged
+    map's limits still come from inside the body (a hot spot in the air of an earlier slice does not set them)."""
+    import torch
+    from _nets import Classifier
+
+    torch.manual_seed(0)
+    viewer = dock.viewer
+    dock.set_model(Classifier(d=2, classes=2).eval(), source="2d classifier")
+    dock.target.set_kind("class")
+    dock.target.k1.setCurrentIndex(1)
+    body, _ = L.body_mask(viewer.layers["phantom"].data)
+    viewer.dims.set_current_step(0, 5)
+    run(qtbot, dock, "input_x_gradient")
+    [heat] = heatmaps(viewer)
+    hot = np.array(heat.data)
+    hot[5][~body[5]] = 1000 * np.nanmax(np.abs(hot))  # the air of slice 5, far above the map
+    heat.data = hot
+    viewer.dims.set_current_step(0, 9)
+    run(qtbot, dock, "input_x_gradient")
+    [heat] = heatmaps(viewer)
+    data = np.asarray(heat.data)
+    assert heat.metadata[OWNER_KEY]["slices"] == [5, 9] and np.nanmax(data) == np.nanmax(hot)
+    m = L.nice_limit(float(np.percentile(np.abs(data[body & np.isfinite(data)]), 99.5)))
+    assert L.contrast_limits(data, True, nice=True)[1] > 100 * m  # the whole map's limits: set by the hot spot
+    assert tuple(heat.contrast_limits) == pytest.approx((-m, m))  # the merged map's limits, inside the body
+    assert heat.metadata[OWNER_KEY]["contrast_region"].startswith("inside the body")

@@ -419,6 +419,8 @@ class AttributionDock(QWidget):
 
     def _place(self, ldt: Any, slices: list[int] | None) -> Any:
         layer = place_layer(self.viewer, ldt, merge_slices=slices)
+        if slices is not None and is_own(layer, "heatmap"):  # merged with earlier slices: limits from the region
+            self.display.adjust(layer)
         if is_own(layer, "prediction"):
             layer.contour = 1  # an outline of the predicted region, drawn over the heatmap
         return layer
