@@ -108,3 +108,32 @@ def test_slices_of_a_2d_model_keep_their_limits_from_inside_the_body(dock: Any, 
     assert L.contrast_limits(data, True, nice=True)[1] > 100 * m  # the whole map's limits: set by the hot spot
     assert tuple(heat.contrast_limits) == pytest.approx((-m, m))  # the merged map's limits, inside the body
     assert heat.metadata[OWNER_KEY]["contrast_region"].startswith("inside the body")
+
+
+def test_a_segmentation_takes_its_limits_from_inside_the_prediction(dock: Any, qtbot: Any) -> None:
+    """The threshold segmenter predicts the lesion: the limits come from the lesion grown by 3 voxels, so a hot
+    spot elsewhere in the body (a skull base around a segmented brain) does not set them; "Adjust limits" on the
+    body then does take it."""
+    from _widget_helpers import ThresholdSegmenter
+
+    viewer = dock.viewer
+    dock.set_model(ThresholdSegmenter.make(), source="threshold segmenter")
+    dock.target.set_kind("predicted region (largest class)")
+    out = run(qtbot, dock, "saliency")
+    [heat] = heatmaps(viewer)
+    region = L.prediction_region(out.results["saliency"].label_map)
+    body, _ = L.body_mask(viewer.layers["phantom"].data)
+    assert region is not None and region.sum() < 0.5 * body.sum()
+    in_pred = L.region_limits(np.asarray(heat.data), False, 99.5, region)
+    assert tuple(heat.contrast_limits) == pytest.approx(in_pred)
+    assert heat.metadata[OWNER_KEY]["contrast_region"] == "inside the prediction (grown by 3 voxels)"
+    hot = np.array(heat.data)
+    elsewhere = np.flatnonzero(body & ~region)
+    hot.ravel()[elsewhere[: elsewhere.size // 4]] = 1000 * in_pred[1]  # inside the body, outside the prediction
+    heat.data = hot
+    viewer.layers.selection.active = heat
+    qtbot.mouseClick(dock.display.adjust_button, Qt.MouseButton.LeftButton)  # "prediction, else body"
+    assert tuple(heat.contrast_limits) == pytest.approx(in_pred)
+    dock.display.region.setCurrentIndex(dock.display.region.findData("body"))
+    qtbot.mouseClick(dock.display.adjust_button, Qt.MouseButton.LeftButton)
+    assert heat.contrast_limits[1] >= 1000 * in_pred[1]
