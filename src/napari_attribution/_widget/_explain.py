@@ -69,7 +69,7 @@ def colour_bar_text(layer: Any, viewer: Any = None) -> str:
         if viewer is not None and names:
             i = sweep_index(viewer, layer)
             shown = f"network layer {i + 1} of {len(names)}: {names[i]}. "
-        pct = f"{pct}th percentile of the network layer shown, rounded up; "
+        pct = f"{pct}th percentile of the network layer shown{where}, rounded up; "
         if info.get("signed"):
             return (f"{shown}colour bar: ±{hi:.3g} ({pct}|map|). Red = evidence for the target, blue = against, "
                     "clear = none.")
