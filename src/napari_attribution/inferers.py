@@ -580,7 +580,7 @@ class SlidingWindowNet(nn.Module):
 
         t0 = time.perf_counter()
         with torch.enable_grad(), saved_tensor_meter() as saved, output_meter(self.net) as out:
-            xg = xw[:1].detach().requires_grad_(True)
+            xg = xw[:1].detach().clone().requires_grad_(True)  # a view would be metered as the whole scan it cuts
             y = _first_tensor(self.net(xg))  # one pass: the backward runs the mirrors one after the other
             classes = int(y.shape[1]) if y.ndim > 1 else 1
             del y, xg
