@@ -247,8 +247,7 @@ class AttributionDock(QWidget):
         """Load ``source`` (``"demo:<name>"`` or a file) in a worker; the Explain button waits for it. The model
         drop-down shows ``source`` (also when called from Python)."""
         combo = self.model.combo
-        if combo.findData(source) < 0:  # before "Browse…", named by the file, as a browsed model is
-            combo.insertItem(max(combo.count() - 1, 0), source.rsplit("/", 1)[-1], source)
+        self.model.insert_source(source)  # before the Browse items, named by the file or folder, as a browsed one is
         combo.setCurrentIndex(combo.findData(source))  # no 'activated' signal: nothing is loaded twice
         self.loading = True
         self._model_gen += 1
@@ -286,7 +285,7 @@ class AttributionDock(QWidget):
             notify("error", message)
         else:
             self.model_info = info
-            if info.source.startswith("demo:") or Path(info.source).is_file():
+            if info.source.startswith("demo:") or Path(info.source).exists():  # a file or a model folder
                 self.model.recent.add(info.source)
             self.model_status.setText(info.summary())
             lm = info.model

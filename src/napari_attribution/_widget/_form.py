@@ -33,17 +33,21 @@ if TYPE_CHECKING:
 __all__ = ["ChoiceCombo", "ModelPicker", "ParamsForm", "ScopeBox", "TargetPicker", "set_row_visible", "voxel_of"]
 
 BROWSE = "Browse for a model file…"
+BROWSE_FOLDER = "Browse for a model folder (MONAI bundle, nnU-Net)…"
+_FOLDER = -1  # the folder item's data: not a source
 
 
 class ModelPicker(QWidget):
-    """Demo models, recent model files and a file chooser; calls ``on_chosen(source)`` when the user picks one."""
+    """Demo models, recent model files and folders, a file chooser and a folder chooser (a MONAI bundle or an nnU-Net
+    result folder is a folder); calls ``on_chosen(source)`` when the user picks one."""
 
     def __init__(self, recent: RecentModels | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.recent = recent or RecentModels()
         self.on_chosen: Callable[[str], None] | None = None
         self.combo = QComboBox()
-        self.combo.setToolTip("Demo models, recently used model files, or a TorchScript file / checkpoint + card")
+        self.combo.setToolTip("Demo models, recently used models, a TorchScript file / checkpoint + card, or a model "
+                              "folder (a MONAI bundle, an nnU-Net result folder)")
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.combo)
@@ -59,6 +63,7 @@ class ModelPicker(QWidget):
             self.combo.addItem(path.rsplit("/", 1)[-1], path)
             self.combo.setItemData(self.combo.count() - 1, path, 3)  # tooltip: the full path
         self.combo.addItem(BROWSE, None)
+        self.combo.addItem(BROWSE_FOLDER, _FOLDER)
         self.combo.blockSignals(False)
 
     def source(self) -> str | None:
@@ -69,18 +74,27 @@ class ModelPicker(QWidget):
         if self.on_chosen is not None:
             self.on_chosen(source)
 
+    def insert_source(self, source: str) -> None:
+        """List ``source`` (if it is not listed) before the Browse items, named by its file or folder."""
+        if self.combo.findData(source) >= 0:
+            return
+        browse = self.combo.findText(BROWSE)
+        self.combo.insertItem(browse if browse >= 0 else self.combo.count(), source.rstrip("/").rsplit("/", 1)[-1],
+                              source)
+
     def set_source(self, source: str) -> None:
-        i = self.combo.findData(source)
-        if i < 0:
-            self.combo.insertItem(self.combo.count() - 1, source.rsplit("/", 1)[-1], source)
-            i = self.combo.findData(source)
-        self.combo.setCurrentIndex(i)
+        self.insert_source(source)
+        self.combo.setCurrentIndex(self.combo.findData(source))
         self._emit(source)
 
     def _on_activated(self, index: int) -> None:
         source = self.combo.itemData(index)
-        if source is None:
-            path, _ = QFileDialog.getOpenFileName(self, "Open a model", "", MODEL_FILE_FILTER)
+        if source is None or source == _FOLDER:
+            if source is None:
+                path, _ = QFileDialog.getOpenFileName(self, "Open a model", "", MODEL_FILE_FILTER)
+            else:
+                path = QFileDialog.getExistingDirectory(self, "Open a model folder (a MONAI bundle, an nnU-Net "
+                                                        "result folder)")
             if not path:
                 return
             self.set_source(path)
