@@ -50,12 +50,14 @@ from .phantoms import (
     Phantom,
     abdomen_batch,
     abdomen_phantom,
+    head_cta_phantom,
     lesion_phantom,
     vessel_batch,
     vessel_phantom,
 )
 
 __all__ = [
+    "CTA_WINDOW",
     "DEMO_MODELS",
     "EVIDENCE_STRUCTURES",
     "PHASES",
@@ -67,9 +69,11 @@ __all__ = [
     "abdomen_phantom",
     "demo_metrics",
     "get_demo",
+    "head_cta_phantom",
     "lesion_phantom",
     "list_demos",
     "spec_for",
+    "vessel_cta_model",
     "vessel_batch",
     "vessel_phantom",
 ]
@@ -198,3 +202,22 @@ def get_demo(name: str) -> LoadedModel:
 def demo_metrics(name: str) -> dict[str, Any]:
     """The held-out metrics stored with the demo's weights (accuracy or Dice, training settings)."""
     return dict(_blob(spec_for(name)).get("metrics", {}))
+
+
+#: the CT window that maps a head CT angiogram to the vessel segmenter's intensities: brain (about 38 HU) -> 0.2,
+#: contrast-filled vessels (330-400 HU) -> 0.72-0.84, as tissue and vessels of its TOF-MRA-like training volumes
+CTA_WINDOW = (-80.0, 490.0)
+
+
+def vessel_cta_model() -> LoadedModel:
+    """``demo:vessel-seg`` for a clinical-size head CT angiogram (:func:`head_cta_phantom`): the same network and
+    weights, with a card that windows the CT (:data:`CTA_WINDOW`) to the training intensities, resamples the scan
+    to the training voxel size (0.6 mm isotropic) and runs the network window by window over its training shape
+    (``"inferer": {"type": "sliding_window", "roi_size": [48, 48, 48], "overlap": 0.25, "mode": "gaussian"}``)."""
+    loaded = get_demo("vessel-seg")
+    card = dataclasses.replace(
+        loaded.card, name="demo:vessel-seg (sliding window, CTA)",
+        description="3D UNet segmenting contrast-filled vessels in a head CT angiogram (HU), window by window",
+        preprocess={"window": list(CTA_WINDOW)},
+        inferer={"type": "sliding_window", "roi_size": list(VESSEL_SHAPE), "overlap": 0.25, "mode": "gaussian"})
+    return LoadedModel(module=loaded.module, card=card)
