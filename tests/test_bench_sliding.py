@@ -50,10 +50,11 @@ def test_quick_run_prints_every_table_and_writes_only_the_marked_section(tmp_pat
     # C: each quick method at 48^3 and then stopped (or finished) at the CT-like volume, with its peak
     for method in ("saliency", "integrated_gradients", "grad_cam", "occlusion"):
         assert sum(r[0] == method and len(r) == 6 for r in rows) == 1, method
-        stopped = [r for r in rows if r[0] == method and len(r) == 8 and not r[2].isdigit()]
-        assert len(stopped) == 1 and stopped[0][2] in ("stopped (cancel)", "finished"), stopped
+        stopped = [r for r in rows if r[0] == method and len(r) == 9 and not r[2].isdigit()]
+        assert len(stopped) == 1 and stopped[0][2:4] in (["2.00 GiB", "stopped (cancel)"], ["2.00 GiB", "finished"])
+        assert stopped[0][8] == "yes" and re.fullmatch(r"\d\.\d\dx", stopped[0][7]), stopped
     # D: the saliency run within the budget
-    d_rows = [r for r in rows if len(r) == 9]
+    d_rows = [r for r in rows if len(r) == 9 and r[2].isdigit()]
     assert len(d_rows) == 1 and d_rows[0][:5] == ["saliency", "64x72x40 (numpy (40, 72, 64))", "18", "2.00 GiB",
                                                   "finished"], d_rows
     assert re.fullmatch(r"\d\.\d\dx", d_rows[0][7]), d_rows
