@@ -99,6 +99,7 @@ def test_a_bundle_folder_goes_from_browse_to_a_heatmap(make_napari_viewer: Any, 
     assert combo.currentData() == str(bundle) and combo.currentText() == "lesion_bundle"
     assert combo.findText(BROWSE_FOLDER) == combo.count() - 1  # the folder is listed before the Browse items
     assert dock.model.recent.list()[0] == str(bundle)  # a folder is a recent model, as a file is
+    assert dock.model_status.text().startswith("lesion_bundle: 3D segmentation, classes: background, lesion")
 
     text = dock.card_view.text()
     assert "sliding window 16x20x24, overlap 0.25, gaussian blending" in text, text  # (x, y, z) -> (z, y, x)

@@ -246,7 +246,7 @@ def model_info(model: Any, source: str = "python object") -> ModelInfo:
     card = infer_card(lm.module, lm.card)
     if source.startswith("demo:"):
         label = source.split(":", 1)[1]
-    elif os.path.isfile(source):
+    elif os.path.isfile(source) or os.path.isdir(source):  # a model file or folder (a MONAI bundle, nnU-Net)
         label = Path(source).name
     else:
         label = type(lm.module).__name__ if source == "python object" else source
