@@ -1,7 +1,7 @@
 """A MONAI bundle folder in the Explain dock (real viewer): picked with "Browse for a model folder", it loads with
 the bundle's sliding-window inferer (roi_size reversed to numpy order) and intensity window in the card in effect,
-the transforms that are not reproduced named in a PreprocessingWarning, and a saliency run gives a heatmap on the
-scan's grid equal to the API's map of the same bundle."""
+the transforms that are not reproduced named in a PreprocessingWarning (a warning notification in the dock), and a
+saliency run gives a heatmap on the scan's grid equal to the API's map of the same bundle."""
 
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def scan() -> np.ndarray:
 
 
 def test_a_bundle_folder_goes_from_browse_to_a_heatmap(make_napari_viewer: Any, qtbot: Any, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       notes: list[Any]) -> None:
     from qtpy.QtWidgets import QFileDialog
 
     from napari_attribution._widget import ExplainWidget
@@ -99,6 +100,9 @@ def test_a_bundle_folder_goes_from_browse_to_a_heatmap(make_napari_viewer: Any, 
     assert combo.currentData() == str(bundle) and combo.currentText() == "lesion_bundle"
     assert combo.findText(BROWSE_FOLDER) == combo.count() - 1  # the folder is listed before the Browse items
     assert dock.model.recent.list()[0] == str(bundle)  # a folder is a recent model, as a file is
+    # the step that is not reproduced is named in a warning when the bundle loads
+    [warned_in_dock] = [m for level, m in notes if "asks for steps this tool does not reproduce" in m]
+    assert "Orientationd" in warned_in_dock and "ScaleIntensityRanged" not in warned_in_dock
     assert dock.model_status.text().startswith("lesion_bundle: 3D segmentation, classes: background, lesion")
 
     text = dock.card_view.text()

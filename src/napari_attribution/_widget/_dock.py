@@ -3,6 +3,7 @@ cancel bar and the handling of an outcome (layers in, one notification out)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
 
 import napari_attribution as na
 
+from .._errors import own_warnings
 from .._progress import Eta, WindowStages, format_duration
 from ..layers import OWNER_KEY
 from ..models import infer_card
@@ -64,7 +66,13 @@ LOAD_FAILURES = Failures("loading the model",
 
 
 def _safe_load(source: str) -> tuple[ModelInfo | None, str]:
-    return never_raise(lambda: (load_model_info(source), ""), lambda status, message: (None, message), LOAD_FAILURES)
+    """The model, or None and why not. With a model, the message is what this package warned while loading it (a
+    MONAI bundle's steps that are not reproduced), shown as a warning; empty when nothing was."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        info, message = never_raise(lambda: (load_model_info(source), ""), lambda status, message: (None, message),
+                                    LOAD_FAILURES)
+    return (info, " ".join(own_warnings(caught))) if info is not None else (None, message)
 
 
 def _group(title: str, *rows: Any) -> QGroupBox:
@@ -285,6 +293,8 @@ class AttributionDock(QWidget):
             notify("error", message)
         else:
             self.model_info = info
+            if message:
+                notify("warning", message)
             if info.source.startswith("demo:") or Path(info.source).exists():  # a file or a model folder
                 self.model.recent.add(info.source)
             self.model_status.setText(info.summary())
