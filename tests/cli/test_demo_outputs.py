@@ -20,7 +20,7 @@ def test_an_existing_png_is_refused_before_any_work(tmp_path: Path, monkeypatch:
     def no_work() -> None:
         raise AssertionError("the model was loaded: work started although an output exists")
 
-    monkeypatch.setattr(_demo, "load_demo_classifier", no_work)
+    monkeypatch.setattr(_demo, "load_demo_model", no_work)
     assert main(["demo", "--headless", "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: demo.png already exist") and "--overwrite" in err
@@ -37,7 +37,7 @@ def test_a_full_disk_leaves_no_demo_file(tmp_path: Path, monkeypatch: pytest.Mon
         inode = os.fstat(fd).st_ino
         if inode not in seen:
             seen.append(inode)
-        if seen.index(inode) >= 5:  # phantom, mask, three heatmaps fit
+        if seen.index(inode) >= 5:  # phantom, vessel mask, prediction, two heatmaps fit
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return os.write(fd, data)
 
