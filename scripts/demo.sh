@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: open napari with the Explain dock, the demo CT phantom and the demo 3D CNN loaded (installs what
-# it needs first). Without a display (ssh, CI) or with --headless: explain the phantom and write aligned NIfTI
-# heatmaps + a PNG to out/demo instead.
+# The main job: open napari with the Explain dock, a generated head CT angiogram (100x256x256 voxels) and the
+# demo vessel segmenter (sliding window) loaded, explaining in the background (installs what it needs first).
+# Without a display (ssh, CI) or with --headless: segment and explain the scan and write aligned NIfTI heatmaps,
+# the prediction + a PNG to out/demo instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
