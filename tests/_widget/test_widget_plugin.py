@@ -63,15 +63,19 @@ def test_sample_reader_and_writer_in_the_viewer(make_napari_viewer: Any, tmp_pat
 
 
 def test_cli_demo_opens_the_viewer_with_dock_scan_and_model(make_napari_viewer: Any, qtbot: Any) -> None:
-    from napari_attribution._widget._launch import open_demo
+    from napari_attribution._widget._launch import DEMO_SOURCE, open_demo
 
     viewer = make_napari_viewer()
     viewer, explain = open_demo(viewer)
     wait_model(qtbot, explain)
-    assert explain.model_info.source == "demo:lesion3d"
-    assert explain.image.currentText() == "lesion phantom CT"  # the manifest sample lesion-ct
-    assert not viewer.layers["lesion mask"].visible
-    explain.run()
+    assert explain.model_info.source == DEMO_SOURCE  # the vessel segmenter with its sliding-window card
+    assert explain.image.currentText() == "head CTA"
+    assert viewer.layers["head CTA"].data.shape == (100, 256, 256)  # a scan of clinical size
+    assert not viewer.layers["vessel truth"].visible
+    explain.run()  # the big scan's estimated cost asks first; the demo itself starts without asking
     wait_idle(qtbot, explain)
+    assert explain.last_outcome.status == "confirm" and not heatmaps(viewer)
+    explain.run(confirm=False)
+    wait_idle(qtbot, explain, timeout=600_000)
     assert explain.last_outcome.status == "ok" and len(heatmaps(viewer)) == 1
     assert heatmaps(viewer)[0].colorbar.visible
