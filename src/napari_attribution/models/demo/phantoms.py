@@ -438,8 +438,8 @@ def lesion_phantom(seed: Seed, lesion: bool, shape: tuple[int, ...] = LESION_SHA
 
 # --------------------------------------------------------------------------------------------- head CTA (clinical size)
 
-HEAD_CTA_SHAPE = (128, 256, 256)
-HEAD_CTA_SPACING = (0.6, 0.7, 0.7)  # mm: a head CT angiogram's thin slices; 77 x 179 x 179 mm
+HEAD_CTA_SHAPE = (100, 256, 256)
+HEAD_CTA_SPACING = (0.5, 0.7, 0.7)  # mm: a head CT angiogram's thin slices; 50 x 179 x 179 mm
 
 
 def head_cta_phantom(seed: Seed, *, shape: tuple[int, int, int] = HEAD_CTA_SHAPE,
@@ -453,7 +453,7 @@ def head_cta_phantom(seed: Seed, *, shape: tuple[int, int, int] = HEAD_CTA_SHAPE
     segment, branching probability 0.22), ten of them rising from the skull base and six starting on the brain's
     surface, kept inside the brain. Partial-volume edges, then correlated noise (about 12 HU). Ground truth
     (``mask``): voxel centre inside a tube. ``structures``: 0 air, 1 scalp, 2 skull, 3 grey matter, 4 white
-    matter, 5 ventricle, 6 vessel. Seeded and numpy only (about 3 s for the default shape).
+    matter, 5 ventricle, 6 vessel. Seeded and numpy only (about 4 s for the default shape).
     """
     rng = _rng(seed)
     u = rng.uniform
