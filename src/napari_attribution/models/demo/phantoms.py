@@ -1,6 +1,6 @@
 """Deterministic phantoms whose evidence is known by construction (numpy only: no scipy, no torch).
 
-Three generators, each driven by a ``numpy.random.Generator`` (or an int seed) and nothing else:
+Four generators, each driven by a ``numpy.random.Generator`` (or an int seed) and nothing else:
 
 - :func:`abdomen_phantom`: a synthetic abdominal CT in Hounsfield units, 2D ``(H, W)`` or 3D ``(D, H, W)``,
   in one of three contrast phases. The phase changes the HU of five structures only (aorta, inferior vena
@@ -13,6 +13,8 @@ Three generators, each driven by a ``numpy.random.Generator`` (or an int seed) a
   the ground truth is the set of voxels whose centre lies inside a tube.
 - :func:`lesion_phantom`: a soft-tissue ellipsoid with an optional enhancing sphere, the phantom of the lesion
   demo (:func:`napari_attribution._demo.phantom` draws from it).
+- :func:`head_cta_phantom`: a head CT angiogram of clinical size (100 x 256 x 256 voxels, HU) whose vessels are
+  grown as :func:`vessel_phantom`'s trees at the same physical size: the scan of ``napari-attribution demo``.
 
 Axis order is numpy order (``(z, y, x)``); rows run anterior -> posterior and columns the patient's right ->
 left (radiological display), so the liver is on the image's left.
