@@ -72,6 +72,10 @@ def test_cli_demo_opens_the_viewer_with_dock_scan_and_model(make_napari_viewer: 
     assert explain.image.currentText() == "head CTA"
     assert viewer.layers["head CTA"].data.shape == (100, 256, 256)  # a scan of clinical size
     assert not viewer.layers["vessel truth"].visible
+    # the target: the vessel class summed over the intracranial space, as in the headless demo
+    target = explain.target.target(viewer.layers["head CTA"], (100, 256, 256))
+    assert target.k == 1 and np.array_equal(target.mask, viewer.layers["intracranial"].data > 0)
+    assert 0.2 < target.mask.mean() < 0.8
     explain.run()  # the big scan's estimated cost asks first; the demo itself starts without asking
     wait_idle(qtbot, explain)
     assert explain.last_outcome.status == "confirm" and not heatmaps(viewer)

@@ -14,7 +14,8 @@ DEMO_SOURCE = "demo:vessel-seg (sliding window, CTA)"
 
 def demo_layers() -> list[Any]:
     """The demo scan as layer data tuples: the head CT angiogram (``head CTA``, HU, 100 x 256 x 256 at
-    0.5 x 0.7 x 0.7 mm) and the generator's vessels (``vessel truth``)."""
+    0.5 x 0.7 x 0.7 mm), the generator's vessels (``vessel truth``) and the intracranial space (``intracranial``:
+    the region whose vessel class the demo explains, as the headless demo does)."""
     from .._demo import SEED
     from .._sample_data import _pair
     from ..io import Geometry
@@ -30,7 +31,12 @@ def demo_layers() -> list[Any]:
     layers = _pair(case.image, case.mask.astype("uint8"), geometry, "head CTA", "vessel truth", meta, mask_meta,
                    (-100.0, 500.0))
     layers[1][1]["colormap"] = {None: "transparent", 0: "transparent", 1: "lime"}
-    return layers
+    assert case.structures is not None
+    region = {**layers[1][1], "name": "intracranial", "colormap": {None: "transparent", 0: "transparent",
+                                                                    1: "cyan"},
+              "metadata": {**layers[1][1]["metadata"], "label_names": {1: "intracranial"},
+                           "description": "brain, ventricles and vessels: the demo's target region"}}
+    return [*layers, ((case.structures >= 3).astype("uint8"), region, "labels")]
 
 
 def open_demo(viewer: Any = None, *, model: str = DEMO_SOURCE, compare: bool = True,
@@ -45,6 +51,8 @@ def open_demo(viewer: Any = None, *, model: str = DEMO_SOURCE, compare: bool = T
         viewer = napari.Viewer(title="napari-attribution demo")
     layers = [viewer.add_layer(Layer.create(*ldt)) for ldt in demo_layers()]
     layers[1].visible = False  # the answer: the user ticks its eye after looking at the heatmap
+    for extra in layers[2:]:
+        extra.visible = False
     if compare:  # Compare first, Explain tabified over it: Explain is the tab in front
         viewer.window.add_plugin_dock_widget("napari-attribution", "Compare methods")
     _dock, dock = viewer.window.add_plugin_dock_widget("napari-attribution", "Explain", tabify=compare)
@@ -54,6 +62,10 @@ def open_demo(viewer: Any = None, *, model: str = DEMO_SOURCE, compare: bool = T
         from ..models.demo import vessel_cta_model
 
         dock.set_model(vessel_cta_model(), source=DEMO_SOURCE)
+        if len(layers) > 2:  # the vessel class summed over the intracranial space: the skull's false positives
+            dock.target.set_kind("region from Labels layer")  # (bone, never in training) stay out of the target
+            dock.target.labels.select(layers[2])
+            dock.target.k1.setCurrentIndex(1)
     elif dock.model.source() != model:
         dock.model.set_source(model)
     if explain:
