@@ -396,8 +396,9 @@ def _gib(b: float) -> str:
 
 
 def _sec(v: float) -> str:
-    """Seconds: to 0.01 s below 10 s, 0.1 s below 100 s, else whole."""
-    return "—" if v != v else (f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}")
+    """Seconds: to 0.001 s below 1 s, 0.01 s below 10 s, 0.1 s below 100 s, else whole."""
+    return "—" if v != v else (f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100
+                               else f"{v:.0f}")
 
 
 def _met(ok: bool) -> str:
@@ -810,7 +811,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             part_d(cfg, args.threads, report)
         cmd = "benchmarks/bench_sliding.py" + (" --quick" if cfg.quick else "") + (
-            f" --parts {parts}" if sorted(parts) != list("ABCD") else "") + (f" --threads {args.threads}")
+            f" --parts {parts}" if sorted(parts) != list("ABCD") else "") + (
+            f" --c-tables {args.c_tables}" if p == "C" and args.c_tables != "small,large" else "") + (
+            f" --methods {args.methods}" if args.methods and p == "C" else "") + f" --threads {args.threads}"
         report.runs[p] = (f"Measured {report.machine['date']} by `.venv/bin/python {cmd}` "
                           f"({'quick' if cfg.quick else 'full'} sizes; this part {(time.perf_counter() - t0) / 60:.1f}"
                           f" min; {args.threads} torch thread{'s' if args.threads > 1 else ''}, "
