@@ -370,7 +370,8 @@ def _explain_unlocked(
     if geometry is not None and not isinstance(geometry, Geometry):
         raise ParameterError(
             f"geometry must be a napari_attribution.Geometry (voxel spacing, origin, direction), got "
-            f"{type(geometry).__name__}; e.g. na.Geometry(spacing=(2.0, 1.6, 2.2)), or the one na.io.read_image gives."
+            f"{type(geometry).__name__}; e.g. na.Geometry(spacing=(2.0, 1.6, 2.2), origin=(0.0, 0.0, 0.0)), or the "
+            "one na.io.read_image gives."
         )
     device = _checked_device(device)
     arr = as_image(image)

@@ -389,6 +389,30 @@ class Run:
                                        "inferer's weights"})
         return outs
 
+    def _windowed_logit_gradient(self, xs: Tensor) -> Tensor:
+        """The gradient of a logit target (linear in the output: its output gradient is the target's weights,
+        whatever the output) through a sliding-window network, with one forward + backward per window and no
+        stitched forward first: the weights, brought to the network's grid by the adjoint of the wrap's resampling,
+        go straight to :meth:`SlidingWindowNet.input_gradient`. Equal to autograd through the stitched output."""
+        sw = self.windows
+        assert sw is not None and self.target is not None
+        n = xs.shape[0]
+        weights = self.target.weights.to(device=xs.device, dtype=xs.dtype)
+        with torch.enable_grad():
+            xm = self._model_grid(xs)
+            grid = tuple(xm.shape[2:])
+            if weights.ndim > 1 and isinstance(self.model, OnScanGrid):
+                # the adjoint of to_scan (linear) at the weights: the output gradient on the network's grid
+                om = torch.zeros((1, weights.shape[0]) + grid, dtype=xs.dtype, device=xs.device, requires_grad=True)
+                (gm,) = torch.autograd.grad(self.model.prepared.to_scan(om), om, weights[None])
+            else:
+                gm = weights[None]
+            gxm = sw.input_gradient(xm.detach(), gm.expand((n,) + tuple(gm.shape[1:])))
+            if xm is xs:
+                return gxm
+            (g,) = torch.autograd.grad(xm, xs, gxm)
+        return g
+
     def reference_windows(self) -> None:
         """Perturbation methods on a sliding-window network: make the unperturbed input the network's reference,
         so that each perturbed input runs only the windows it changes (:meth:`SlidingWindowNet.set_reference`)."""
@@ -465,11 +489,15 @@ class Run:
             stop = min(n, start + self.batch_size(n - start))
             self.check_cancel()
             xs = make(start, stop).detach().requires_grad_(True)
-            with torch.enable_grad():
-                y = first_output(self.model(xs))
-                (g,) = torch.autograd.grad(self.target(y).sum(), xs, allow_unused=True)
+            if self.windows is not None and not self.target.uses_probability(False):
+                g = self._windowed_logit_gradient(xs)
+            else:
+                with torch.enable_grad():
+                    y = first_output(self.model(xs))
+                    (g,) = torch.autograd.grad(self.target(y).sum(), xs, allow_unused=True)
+                del y
             consume(start, stop, xs.detach(), torch.zeros_like(xs) if g is None else g)
-            del xs, y, g  # before the next chunk's passes, not after them
+            del xs, g  # before the next chunk's passes, not after them
             self.advance(stop - start, message)
             start = stop
 
