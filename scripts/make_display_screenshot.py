@@ -6,6 +6,13 @@ everywhere.
 
 Writes docs/images/explain_body_mask.png and docs/images/explain_body_mask_off.png. Look at them before
 committing.
+
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python scripts/make_display_screenshot.py --mri
+
+writes docs/images/display_mri.png instead: saliency of the brain-extraction network tests/data/brain_unet64.ts
+(with its card) for Predicted(0) on nilearn's MNI152 template as the tests load it (tests/_real_mri.py), hidden
+outside the body, limits from inside the prediction, the prediction layer shown; it prints the share of positive
+values of the layer inside the prediction and the prediction's share of the volume.
 """
 
 from __future__ import annotations
@@ -19,7 +26,74 @@ import numpy as np
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
+def _wait_for(app, cond, timeout: float = 600.0) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    while not cond():
+        app.processEvents()
+        time.sleep(0.005)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError
+    for _ in range(30):
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def mri() -> int:
+    """The display screenshot on a real MRI: see the module's docstring."""
+    import napari
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _real_mri import NET, SPACING, load_mri
+
+    from napari_attribution._widget import ExplainWidget
+
+    app = QApplication.instance() or QApplication(sys.argv)
+    scan, _, _ = load_mri()
+    viewer = napari.Viewer(title="napari-attribution")
+    viewer.window.resize(1500, 980)
+    viewer.add_image(scan, name="t1", scale=SPACING)
+    dock = ExplainWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Explain").setMinimumWidth(560)
+    dock.load_model(str(NET))
+    _wait_for(app, lambda: dock.model_info is not None and dock.model_info.source == str(NET) and not dock.busy)
+    dock.target.set_kind("predicted region of class")
+    dock.target.k1.setCurrentIndex(0)
+    dock.display.outside.setCurrentIndex(dock.display.outside.findData("all"))
+    dock.display.region.setCurrentIndex(dock.display.region.findData("auto"))
+    dock.set_method("saliency")
+    dock.run(confirm=False)
+    _wait_for(app, lambda: not dock.busy and dock.last_outcome is not None)
+    assert dock.last_outcome.status == "ok", dock.last_outcome.message
+    owned = [(la, (la.metadata.get("napari_attribution") or {}).get("role")) for la in viewer.layers]
+    [heat] = [la for la, role in owned if role == "heatmap"]
+    [pred] = [la for la, role in owned if role == "prediction"]
+    shown, inside = np.asarray(heat.data), np.asarray(pred.data) == 1
+    finite = np.isfinite(shown)
+    positive = finite & (shown > 0)
+    print(f"prediction: {inside.mean():.1%} of the volume; layer shown (not hidden) on {finite.mean():.1%}")
+    mass = np.where(finite, shown, 0.0)
+    print(f"positive values of the layer inside the prediction: {(positive & inside).sum() / positive.sum():.1%} "
+          f"of {int(positive.sum())}; sum of the layer inside it: {mass[inside].sum() / mass.sum():.1%}")
+    print("limits", heat.contrast_limits, "from", heat.metadata["napari_attribution"].get("contrast_region"))
+    viewer.canvas.overlays.text.visible = False
+    viewer.dims.set_current_step(0, scan.shape[0] // 2)
+    viewer.reset_view()
+    area = dock.findChild(QScrollArea)
+    if area is not None:
+        area.ensureWidgetVisible(dock.display, 0, 120)
+        area.horizontalScrollBar().setValue(0)
+    _wait_for(app, lambda: True)
+    Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(OUT / "display_mri.png")
+    print("wrote", OUT / "display_mri.png")
+    viewer.close()
+    return 0
+
+
 def main() -> int:
+    if "--mri" in sys.argv[1:]:
+        return mri()
     import napari
     from napari.layers import Layer
     from PIL import Image
