@@ -51,7 +51,9 @@ def test_quick_run_prints_every_table_and_writes_only_the_marked_section(tmp_pat
         h_ours, h_plain = _half_unit(r[3]), _half_unit(r[4])
         low, high = (ours - h_ours) / (plain + h_plain), (ours + h_ours) / max(plain - h_plain, 1e-9)
         assert low - 0.005 <= ratio <= high + 0.005, r
-        assert r[7] in ("yes", "**NO**") and (r[7] == "yes") == (ratio <= 1.15)
+        assert r[7] in ("yes", "**NO**")
+        if abs(ratio - 1.15) > 0.005:  # the printed ratio is rounded: at the goal itself either verdict is right
+            assert (r[7] == "yes") == (ratio <= 1.15), r
     # B: ours against Captum for saliency and integrated gradients, with both peaks in memory units
     b_rows = [r for r in rows if r[1] == "40^3"]
     assert [r[0] for r in b_rows] == ["saliency", "integrated_gradients, 2 steps"]
