@@ -18,7 +18,6 @@ values of the layer inside the prediction and the prediction's share of the volu
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,30 +25,30 @@ import numpy as np
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
 
-def _wait_for(app, cond, timeout: float = 600.0) -> None:  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.005)
-        if time.perf_counter() - t0 > timeout:
-            raise TimeoutError
-    for _ in range(30):
-        app.processEvents()
-        time.sleep(0.01)
+def _helpers() -> tuple[object, object]:
+    """``wait(cond)`` (processing Qt events) and ``shot(viewer, name)``: docs/make_screenshots.py's helpers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_screenshots", OUT.parents[0] / "make_screenshots.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _, wait, shot = module._app(timeout=600.0)
+    return wait, shot
 
 
 def mri() -> int:
     """The display screenshot on a real MRI: see the module's docstring."""
     import napari
     from PIL import Image
-    from qtpy.QtWidgets import QApplication, QScrollArea
+    from qtpy.QtWidgets import QScrollArea
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from _real_mri import NET, SPACING, load_mri
 
     from napari_attribution._widget import ExplainWidget
 
-    app = QApplication.instance() or QApplication(sys.argv)
+    wait, _ = _helpers()
     scan, _, _ = load_mri()
     viewer = napari.Viewer(title="napari-attribution")
     viewer.window.resize(1500, 980)
@@ -57,14 +56,14 @@ def mri() -> int:
     dock = ExplainWidget(viewer)
     viewer.window.add_dock_widget(dock, name="Explain").setMinimumWidth(560)
     dock.load_model(str(NET))
-    _wait_for(app, lambda: dock.model_info is not None and dock.model_info.source == str(NET) and not dock.busy)
+    wait(lambda: dock.model_info is not None and dock.model_info.source == str(NET) and not dock.busy)
     dock.target.set_kind("predicted region of class")
     dock.target.k1.setCurrentIndex(0)
     dock.display.outside.setCurrentIndex(dock.display.outside.findData("all"))
     dock.display.region.setCurrentIndex(dock.display.region.findData("auto"))
     dock.set_method("saliency")
     dock.run(confirm=False)
-    _wait_for(app, lambda: not dock.busy and dock.last_outcome is not None)
+    wait(lambda: not dock.busy and dock.last_outcome is not None)
     assert dock.last_outcome.status == "ok", dock.last_outcome.message
     owned = [(la, (la.metadata.get("napari_attribution") or {}).get("role")) for la in viewer.layers]
     [heat] = [la for la, role in owned if role == "heatmap"]
@@ -84,7 +83,7 @@ def mri() -> int:
     if area is not None:
         area.ensureWidgetVisible(dock.display, 0, 120)
         area.horizontalScrollBar().setValue(0)
-    _wait_for(app, lambda: True)
+    wait(lambda: True)
     Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(OUT / "display_mri.png")
     print("wrote", OUT / "display_mri.png")
     viewer.close()
@@ -97,23 +96,13 @@ def main() -> int:
     import napari
     from napari.layers import Layer
     from PIL import Image
-    from qtpy.QtWidgets import QApplication, QScrollArea
+    from qtpy.QtWidgets import QScrollArea
 
     from napari_attribution._sample_data import contrast_phase_slab
     from napari_attribution._widget import ExplainWidget
 
-    app = QApplication.instance() or QApplication(sys.argv)
 
-    def wait(cond, timeout: float = 600.0) -> None:  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        while not cond():
-            app.processEvents()
-            time.sleep(0.005)
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError
-        for _ in range(30):
-            app.processEvents()
-            time.sleep(0.01)
+    wait, _ = _helpers()
 
     viewer = napari.Viewer(title="napari-attribution")
     viewer.window.resize(1500, 980)
