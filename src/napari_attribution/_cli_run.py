@@ -429,6 +429,7 @@ def explain_file(
     device: str | None = None,
     trust: bool = False,
     allow_modules: Sequence[str] = (),
+    model_options: dict[str, Any] | None = None,
     model: Any = None,
     progress: Callable[[int, int, str], None] | None = None,
     caught: list[Any] | None = None,
@@ -441,7 +442,9 @@ def explain_file(
 
     Each sidecar also records the ``request`` (method, layer, ``--target`` text, parameters as given, metrics: what a
     batch's resume compares) and a ``summary`` of the map (:func:`_prediction_facts`, the metrics and verdicts, and
-    with ``caught`` — the caller's ``warnings.catch_warnings(record=True)`` list — this package's warnings so far)."""
+    with ``caught`` — the caller's ``warnings.catch_warnings(record=True)`` list — this package's warnings so far).
+
+    ``model_options``: ``load_model``'s ``fold`` / ``checkpoint`` / ``mirroring`` for an nnU-Net result folder."""
     import napari_attribution as na
 
     layers = [layer] if isinstance(layer, str) else list(layer or [])
@@ -456,7 +459,8 @@ def explain_file(
     existing = [str(p) for p in plan.files() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace.")
-    loaded = model if model is not None else na.load_model(model_source, trust=trust, allow_modules=allow_modules)
+    loaded = model if model is not None else na.load_model(model_source, trust=trust, allow_modules=allow_modules,
+                                                          **(model_options or {}))
     data, geometry, meta = _read_scan(image_path)
     from .inputs import layout
 
@@ -780,7 +784,8 @@ def _drop_pool(batch: str) -> None:
         _POOLS.pop(batch, None)
 
 
-def _model_key(source: str, trust: bool, allow_modules: Sequence[str]) -> tuple[Any, ...]:
+def _model_key(source: str, trust: bool, allow_modules: Sequence[str],
+               options: dict[str, Any] | None = None) -> tuple[Any, ...]:
     """Which loaded model a scan can reuse: the source and how it may be loaded, with the size and modification time
     of the source's files (the file and the cards beside it, or a bundle folder's files), so that weights replaced
     during a batch are loaded again."""
@@ -798,7 +803,7 @@ def _model_key(source: str, trust: bool, allow_modules: Sequence[str]) -> tuple[
             stamp.append((str(f), st.st_size, st.st_mtime_ns))
     except OSError:  # unreadable: the load itself says why
         pass
-    return (source, tuple(stamp), bool(trust), tuple(allow_modules))
+    return (source, tuple(stamp), bool(trust), tuple(allow_modules), json.dumps(options or {}, sort_keys=True))
 
 
 def _worker_name() -> str:
@@ -896,11 +901,12 @@ def _one(args: dict[str, Any], threads: int | None = None, pool: _ModelPool | No
     job = dict(args)
     batch = str(job.pop("batch", ""))
     pool = pool if pool is not None else _process_pool(batch)
-    key = _model_key(job["model_source"], bool(job.get("trust")), job.get("allow_modules") or ())
+    key = _model_key(job["model_source"], bool(job.get("trust")), job.get("allow_modules") or (),
+                     job.get("model_options"))
 
     def load() -> Any:
         return na.load_model(job["model_source"], trust=bool(job.get("trust")),
-                             allow_modules=job.get("allow_modules") or ())
+                             allow_modules=job.get("allow_modules") or (), **(job.get("model_options") or {}))
 
     before = None
     if threads is not None:

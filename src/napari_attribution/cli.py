@@ -227,7 +227,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                                layer=args.layer,
                                params=params, metrics=args.metric or (), overwrite=args.overwrite,
                                device=args.device, trust=args.trust, allow_modules=args.allow_module or (),
-                               progress=line)
+                               model_options=_model_options(args), progress=line)
     finally:
         if line is not None:
             line.finish()
@@ -258,7 +258,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                                 workers=args.workers, local=args.local, target=args.target, layer=args.layer,
                                 params=params, metrics=args.metric or (), overwrite=args.overwrite,
                                 device=args.device, trust=args.trust, allow_modules=args.allow_module or (),
-                                log=log, scan_progress=line)
+                                model_options=_model_options(args), log=log, scan_progress=line)
     finally:
         if line is not None:
             line.finish()
@@ -309,7 +309,28 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    "full-model files, a card's factory from any module")
     p.add_argument("--allow-module", action="append", metavar="NAME", help="your own Python package of networks "
                    "that the model card's factory may name (repeat for several; importing it runs its code)")
+    p.add_argument("--fold", action="append", metavar="K", help="nnU-Net result folder: use fold K (repeat for "
+                   "several, averaged; 'all' for fold_all; default: every fold found, averaged)")
+    p.add_argument("--checkpoint", choices=["final", "best"], help="nnU-Net result folder: checkpoint_final.pth "
+                   "(default) or checkpoint_best.pth")
+    p.add_argument("--no-mirroring", action="store_true", help="nnU-Net result folder: no test-time mirroring "
+                   "(on by default, as nnU-Net predicts)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_model``'s nnU-Net options from ``--fold`` / ``--checkpoint`` / ``--no-mirroring`` (only those given).
+
+    >>> _model_options(argparse.Namespace(fold=["0", "2"], checkpoint=None, no_mirroring=True))
+    {'fold': [0, 2], 'mirroring': False}
+    >>> _model_options(argparse.Namespace(fold=None, checkpoint=None, no_mirroring=False))
+    {}
+    """
+    from .models._nnunet import nnunet_options
+
+    folds = [int(f) if f.strip().isdigit() else f.strip() for f in args.fold or ()]
+    fold = None if not folds else folds
+    return nnunet_options(fold, args.checkpoint, False if args.no_mirroring else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
