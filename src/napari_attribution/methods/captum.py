@@ -5,13 +5,19 @@ class sees a ``(B,)`` output (``target=None``) and segmentation targets (regions
 with all of them. Layer classes get the chosen layer module and their result is summed over channels and
 upsampled (bilinear / trilinear) like the built-in layer methods. Parameters are passed to
 ``.attribute(...)`` unchanged, except ``init`` (a dict of constructor keyword arguments) and the common ones
-(``seed`` seeds the global torch generator inside a forked RNG state, so the caller's state is untouched).
+(``seed`` seeds the global torch, numpy and ``random`` generators, which Captum's classes draw from —
+GradientShap its path points and baselines from numpy's — and their states are restored afterwards, so the
+caller's state is untouched and a seed gives the same map every time).
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -81,6 +87,22 @@ def captum_method_info(class_name: str) -> MethodInfo:
     )
 
 
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed the global torch, numpy and ``random`` generators inside the block; restore their states after."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
 def _run_captum(cls: type, is_layer: bool, run: Run, params: dict[str, Any]) -> MethodOutput:
     wrapped = _ScoreModule(run.model, run)
     init = dict(params.get("init") or {})
@@ -92,8 +114,7 @@ def _run_captum(cls: type, is_layer: bool, run: Run, params: dict[str, Any]) -> 
                           "params={'init': {...}}.") from err
     run.check_cancel()
     x = run.x.clone().requires_grad_(True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(params.get("seed") or 0))
+    with _seeded(int(params.get("seed") or 0)):
         with torch.enable_grad():
             try:
                 result = method.attribute(x, **kwargs)
