@@ -7,6 +7,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,3 +180,49 @@ def test_heatmap_and_sidecar_keep_one_name_and_a_race_loses_nothing(tmp_path: Pa
         assert json.loads(Path(side).read_text())["napari_attribution"]["provenance"]["seed"] == k
         assert Path(side).name == Path(heat).name.replace(".nii.gz", ".json")
     assert len(list(race.iterdir())) == 16
+
+
+# ---------------------------------------------------------------------------------------------- a hidden heatmap
+
+
+def _hidden_heatmap() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A signed map with values everywhere, its layer tuple hidden outside a 'body' (the docks' display)."""
+    from napari_attribution import Attribution
+    from napari_attribution import layers as L
+    from napari_attribution.targets import Class
+
+    raw = np.random.default_rng(3).normal(size=(4, 5, 6)).astype(np.float32)
+    body = np.zeros(raw.shape, bool)
+    body[1:3, 1:4, 1:5] = True
+    att = Attribution(raw, "occlusion", Class(1), None, {"window": 2}, True, 0.1)
+    shown, kwargs, _ = L.display_heatmap(L.attribution_layer(att, source="ct"), mask=body, mask_note="the body")
+    assert np.isnan(shown[~body]).all() and np.isfinite(raw).all()
+    return raw, shown, {**kwargs, "scale": [1.0, 1.0, 1.0]}
+
+
+def test_a_heatmap_hidden_outside_the_body_is_saved_with_every_value(tmp_path: Path) -> None:
+    """The layer shows NaN outside the body; the file holds the full map (nothing the display hid is lost), and
+    the sidecar names the mask the viewer used and says the file keeps the values it hid."""
+    raw, shown, meta = _hidden_heatmap()
+    written = nio.write_image(str(tmp_path / "heat.nii.gz"), shown, meta)
+    [(back, _, _)] = nio.read(written[0])
+    np.testing.assert_array_equal(back, raw)  # outside the body too
+    text = Path(written[1]).read_text()
+    mask = json.loads(text)["napari_attribution"]["display_mask"]
+    assert mask["region"] == "the body" and mask["voxels_inside"] == 24
+    assert mask["saved"].startswith("the full map") and "outside the body" in mask["saved"]
+    assert len(text) < 20_000  # the full map is in the NIfTI file, not in the sidecar
+
+
+def test_a_hidden_heatmap_without_its_full_map_is_saved_as_shown_and_says_so(tmp_path: Path) -> None:
+    from napari_attribution.layers import FULL_MAP_KEY
+
+    raw, shown, meta = _hidden_heatmap()
+    md = dict(meta["metadata"])
+    del md[FULL_MAP_KEY]  # e.g. metadata that went through a file
+    with pytest.warns(UserWarning, match="saved as shown, NaN outside the body"):
+        written = nio.write_image(str(tmp_path / "heat.nii.gz"), shown, {**meta, "metadata": md})
+    [(back, _, _)] = nio.read(written[0])
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(shown))
+    mask = json.loads(Path(written[1]).read_text())["napari_attribution"]["display_mask"]
+    assert mask["saved"].startswith("as shown in the viewer")

@@ -13,6 +13,11 @@
   the card in effect, and the scan's file name (never its folder) with its sha256 (``metadata["source_sha256"]``,
   recorded when the reader opened it). A heatmap and its sidecar share one free name and land together or not at
   all (:mod:`._atomic`: written to a hidden temporary name, then put in place exclusively).
+* A heatmap layer hidden outside the body (a display choice of the docks) is saved with its full map
+  (:func:`~napari_attribution.layers.full_map`: every value, also outside the body), and the sidecar's
+  ``display_mask`` says which mask the viewer used and ``"saved"`` that the file keeps the values it hid. Only a
+  layer whose full map is gone (its data replaced by hand) is saved as shown, with a warning and ``"saved"``
+  saying so.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._provenance import scan_sha256
-from .layers import OWNER_KEY, LayerDataTuple, json_safe
+from .layers import OWNER_KEY, LayerDataTuple, full_map, json_safe
 
 __all__ = ["get_reader", "read", "write_image", "write_labels"]
 
@@ -188,8 +193,8 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     low = target.name.lower()
     if not low.endswith(_NIFTI):
         target = target.with_name(target.name + ".nii.gz")
-    array = np.asarray(data)
     layer_md = meta.get("metadata") or {}
+    array = np.asarray(full_map(data, layer_md))  # a heatmap hidden outside the body: every value, not the display
     spatial = array.ndim if array.ndim <= 3 else 3
     original = layer_md.get("original_affine")
     if original is not None and np.asarray(original).shape != (4, 4):
@@ -199,6 +204,9 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     geometry = _layer_geometry(meta, spatial)
     info = layer_md.get(OWNER_KEY)
     record = {"layer": meta.get("name"), "napari_attribution": json_safe(info)} if isinstance(info, dict) else None
+    if isinstance(info, dict) and record is not None and isinstance(info.get("display_mask"), dict):
+        _record_saved_values(record, info["display_mask"], full=full_map(data, layer_md) is not data,
+                             name=str(meta.get("name")))
     taken: set[Path] = set()
     while True:
         free = _free_path(target, sidecar=record is not None, taken=taken)
@@ -217,6 +225,22 @@ def _write(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         warnings.warn(f"'{target.name}' exists and was kept; the layer was saved as '{free.name}'.", UserWarning,
                       stacklevel=2)
     return written
+
+
+def _record_saved_values(record: dict[str, Any], mask: dict[str, Any], *, full: bool, name: str) -> None:
+    """Say in the sidecar ``record`` what a heatmap hidden outside ``mask`` (its ``display_mask``) was saved with:
+    the full map, or (``full`` False: the layer no longer holds it) the values shown, with a warning."""
+    region = str(mask.get("region") or "a mask")
+    shown = dict(record["napari_attribution"]["display_mask"])
+    if full:
+        shown["saved"] = (f"the full map: every value, also outside {region}; the viewer hid those (a display "
+                          "choice), the file keeps them")
+    else:
+        shown["saved"] = f"as shown in the viewer: NaN outside {region} (the layer no longer held its full map)"
+        warnings.warn(f"'{name}' is saved as shown, NaN outside {region}: the layer no longer holds its full map "
+                      "(its data was replaced). Choose 'outside the body: shown' and explain again to save every "
+                      "value.", UserWarning, stacklevel=3)
+    record["napari_attribution"]["display_mask"] = shown
 
 
 def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

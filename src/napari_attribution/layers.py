@@ -53,6 +53,7 @@ from ._attribution import Attribution
 
 __all__ = [
     "DIVERGING",
+    "FULL_MAP_KEY",
     "GEOMETRY_KEYS",
     "LABEL_COLOURS",
     "OWNER_KEY",
@@ -62,6 +63,7 @@ __all__ = [
     "attribution_layer",
     "body_mask",
     "display_heatmap",
+    "full_map",
     "masks_by_default",
     "prediction_region",
     "region_limits",
@@ -86,6 +88,11 @@ LABEL_COLOURS = ("cyan", "lime", "magenta", "white", "deepskyblue", "springgreen
 
 #: ``layer.metadata[OWNER_KEY]`` marks layers made by this plugin (so re-runs replace only those).
 OWNER_KEY = "napari_attribution"
+
+#: ``layer.metadata[FULL_MAP_KEY]``: the unmasked map of a heatmap layer whose data is hidden outside a display mask
+#: (a reference to the array the layer was made from, usually ``Attribution.data`` itself: no copy). The landmark
+#: tables and the writer use it (:func:`full_map`), so hiding is a display choice and loses no value.
+FULL_MAP_KEY = "napari_attribution_full_map"
 
 #: The layer attributes that place a layer in the world.
 GEOMETRY_KEYS = ("scale", "translate", "rotate", "shear", "affine")
@@ -341,6 +348,22 @@ def region_limits(data: np.ndarray, signed: bool, percentile: float, region: np.
     return contrast_limits(data, signed, percentile, nice=True)
 
 
+def full_map(data: Any, metadata: Mapping[str, Any] | None) -> Any:
+    """The unmasked map of a heatmap layer: ``metadata[FULL_MAP_KEY]`` when the layer hides part of it (an array of
+    the data's shape), else ``data`` itself.
+
+    >>> from napari_attribution.targets import Class
+    >>> att = Attribution(np.array([[9.0, 1.0]], np.float32), "occlusion", Class(1), None, {}, True, 0.1)
+    >>> data, kw, _ = display_heatmap(attribution_layer(att), mask=np.array([[False, True]]))
+    >>> data.tolist(), full_map(data, kw["metadata"]).tolist(), full_map(data, kw["metadata"]) is att.data
+    ([[nan, 1.0]], [[9.0, 1.0]], True)
+    """
+    full = metadata.get(FULL_MAP_KEY) if isinstance(metadata, Mapping) else None
+    if full is not None and np.shape(full) == np.shape(data):
+        return full
+    return data
+
+
 def display_heatmap(
     ldt: LayerDataTuple,
     *,
@@ -358,7 +381,9 @@ def display_heatmap(
         Not modified; the returned tuple holds new objects.
     mask : bool array of the map's spatial shape, optional
         Voxels outside are NaN in the returned layer data (napari draws NaN transparent); ``metadata[OWNER_KEY]
-        ["display_mask"]`` records it. ``Attribution.data`` is a different array and stays as it was.
+        ["display_mask"]`` records it. ``Attribution.data`` is a different array and stays as it was;
+        ``metadata[FULL_MAP_KEY]`` refers to it (:func:`full_map`). A tuple that already hides part of its map is
+        shown again from its full map, so the tuple of a layer can be re-shown with another mask or none.
     mask_note : str
         What the mask is (e.g. :func:`body_mask`'s description).
     limits_region : bool array of the map's spatial shape, optional
@@ -382,11 +407,14 @@ def display_heatmap(
     kwargs = dict(kwargs)
     md = dict(kwargs.get("metadata") or {})
     info = dict(md.get(OWNER_KEY) or {})
+    data = full_map(data, md)
+    md.pop(FULL_MAP_KEY, None)
     arr = np.asarray(data)
     spatial = arr.shape[1:] if info.get("sweep") else arr.shape
     if mask is not None and np.shape(mask) == spatial:
         shown = np.array(arr, dtype=np.float32 if arr.dtype.itemsize <= 4 else np.float64)
         shown[..., ~np.asarray(mask, bool)] = np.nan
+        md[FULL_MAP_KEY] = data  # the map as it was made (a reference, not a copy)
         data = shown
         info["display_mask"] = {
             "region": mask_note or "a mask",
@@ -394,8 +422,8 @@ def display_heatmap(
             "outside": "NaN in this layer (drawn clear); the map itself (Attribution.data) is unchanged",
         }
         info["explained_fraction"] = float(np.isfinite(shown).mean()) if shown.size else 0.0
-    else:
-        info.pop("display_mask", None)
+    elif info.pop("display_mask", None) is not None:  # shown again in full
+        info["explained_fraction"] = float(np.isfinite(arr).mean()) if arr.size else 0.0
     region = limits_region if limits_region is not None and np.shape(limits_region) == spatial else None
     signed = bool(info.get("signed"))
     pct = float(info.get("contrast_percentile", 99.5))

@@ -17,7 +17,7 @@ from qtpy.QtCore import QObject
 from qtpy.QtWidgets import QComboBox, QVBoxLayout, QWidget
 from superqt.utils import ensure_main_thread
 
-from ..layers import OWNER_KEY, contrast_limits
+from ..layers import FULL_MAP_KEY, OWNER_KEY, contrast_limits, full_map
 
 if TYPE_CHECKING:
     import napari
@@ -88,7 +88,12 @@ def place_layer(viewer: napari.Viewer, ldt: tuple[Any, dict[str, Any], str], *,
     if old is not None and merge_slices is not None and np.shape(old.data) == np.shape(data):
         keep = np.asarray(old.data).copy()
         idx = [int(s) for s in merge_slices]
+        old_full, new_full = full_map(old.data, old.metadata), full_map(data, md)
         keep[idx] = np.asarray(data)[idx]
+        if old_full is not old.data or new_full is not data:  # a layer hidden outside the body: its full map too
+            full = np.array(old_full, copy=True)
+            full[idx] = np.asarray(new_full)[idx]
+            md[FULL_MAP_KEY] = full
         data = keep
         old_slices = old.metadata.get(OWNER_KEY, {}).get("slices") or []
         info["slices"] = sorted(set(old_slices) | set(idx))

@@ -2,7 +2,9 @@
 with the scan under each heatmap (one canvas, so one camera for all), an agreement table (Spearman rank
 correlation and top-k overlap of |map|), each method's runtime, and each method's map against landmarks painted
 as a Labels layer (:class:`~napari_attribution._widget._landmarks.MethodLandmarkBox`). When a layer method (CAM
-family) is ticked, a "layer" picker chooses the network layer they all look at (automatic by default)."""
+family) is ticked, a "layer" picker chooses the network layer they all look at (automatic by default). The display
+rows (:class:`~napari_attribution._widget._display.DisplayBox`: outside the body, limits from, Adjust limits) apply
+to all heatmaps of the last comparison."""
 
 from __future__ import annotations
 
@@ -112,7 +114,12 @@ class CompareWidget(AttributionDock):
         lay.addWidget(self.runtime_table)
         lay.addWidget(self.table)
         lay.addWidget(self.table_note)
+        lay.addWidget(self.display)  # outside the body, limits from, Adjust limits: for every compared heatmap
         self.landmarks = MethodLandmarkBox(self.viewer, short={n: short_name(n) for n in self._infos})
+        self.display.targets = lambda: [la for _, la in self.landmarks.heatmaps()]
+        self.display.hint = "Press Compare first: Adjust limits recomputes the compared heatmaps' limits."
+        self.display.adjust_button.setToolTip("Recompute the colour limits of every compared heatmap from the "
+                                              "region chosen")
         return column(box, self.landmarks)
 
     # ------------------------------------------------------------------ methods

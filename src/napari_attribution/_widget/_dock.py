@@ -120,6 +120,7 @@ class AttributionDock(QWidget):
         self.target = TargetPicker(viewer)
         self.scope = ScopeBox(viewer)
         self.display = DisplayBox(viewer)  # how heatmaps are shown (a subclass puts it in its result section)
+        self.display.on_done = lambda: self._display_done()  # its body-mask worker is part of being busy
         self._shown_over: Any = None  # the scan layer of the last run started (its body mask, its interpolation)
 
         self.run_button = QPushButton(self.RUN_TEXT)
@@ -223,8 +224,8 @@ class AttributionDock(QWidget):
 
     @property
     def busy(self) -> bool:
-        """A model is loading, a job runs, or its layers are still being added."""
-        return self.running or self.loading or bool(self._steps)
+        """A model is loading, a job runs, or its layers are still being added or hidden outside the body."""
+        return self.running or self.loading or bool(self._steps) or self.display.busy
 
     def _update_buttons(self) -> None:
         self.run_button.setEnabled(not self.busy and self.model_info is not None)
@@ -350,7 +351,9 @@ class AttributionDock(QWidget):
         self._slices = None if request.sweep_layers else request.slices
         self._ran = request.model
         self._shown_over = self.image.layer()
-        self.start_job(run_job, request, self._on_outcome)
+        if self.start_job(run_job, request, self._on_outcome):
+            shape = tuple(np.shape(request.image))  # the scan's body mask, found beside the run
+            self.display.with_body(self._shown_over, shape[spatial_offset(request.model, shape):])
 
     def start_job(self, fn: Any, request: Any, returned: Any, *, kind: str = "explain",
                   text: str = "running …") -> bool:
@@ -475,7 +478,17 @@ class AttributionDock(QWidget):
             self._superseded = True
             self.runner.cancel()
             return
+        if self.display.busy:  # the body mask of the last run is being found: this run follows it
+            self._pending = True
+            return
         self.run(confirm=False)
+
+    def _display_done(self) -> None:
+        """A body-mask worker is done: the buttons, and the run the slider asked for meanwhile."""
+        self._update_buttons()
+        if self._pending and not self.busy:
+            self._pending = False
+            self._follow_run()
 
     # ------------------------------------------------------------------ helpers for subclasses
     def own_layers(self, role: str) -> list[Any]:

@@ -142,7 +142,7 @@ class ExplainWidget(AttributionDock):
         lay.addWidget(self.input_used)
         lay.addWidget(self.colour_bar)
         lay.addWidget(self.display)  # outside the body, limits from, Adjust limits
-        self.display.adjust_button.clicked.connect(self._show_colour_bar)
+        self.display.on_changed = self._show_colour_bar  # limits adjusted, or shown again hidden or in full
         lay.addWidget(self.sweep_table)
         self.trust = TrustBox(self.viewer, is_busy=lambda: self.busy, current_model=lambda: self.model_info,
                               on_state=self._update_buttons)

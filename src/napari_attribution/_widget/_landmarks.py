@@ -1,6 +1,7 @@
 """Compare heatmaps with anatomical landmarks painted as a Labels layer (one label value per landmark), computed
 by :func:`napari_attribution.metrics.landmark_table` on the GUI thread (a few tens of milliseconds per 128³ map)
-and copied to the clipboard as CSV.
+and copied to the clipboard as CSV. The tables score each heatmap's full map
+(:func:`napari_attribution.layers.full_map`): a layer hidden outside the body gives the same table as shown in full.
 
 - :class:`LandmarkBox` (Explain dock): one heatmap, a row per landmark (voxels, volume in mm³, share of the map's
   positive energy, whether the map's peak lies in it, the distance from the peak in mm).
@@ -34,7 +35,7 @@ from qtpy.QtWidgets import (
 
 import napari_attribution as na
 
-from ..layers import OWNER_KEY
+from ..layers import OWNER_KEY, full_map
 from ..metrics import LandmarkComparison, LandmarkTable, landmark_comparison, landmark_table
 from ._common import LayerCombo, is_own, notify
 from ._sweep import is_sweep, sweep_index
@@ -306,7 +307,7 @@ class LandmarkBox(LandmarkGroup):
         if lab is None:
             self._show(None, [], HINT)
             return None
-        data = np.asarray(heat.data)
+        data = np.asarray(full_map(heat.data, heat.metadata))  # the map, not what the display hides
         spatial = data.shape[1:] if is_sweep(heat) else data.shape
         where = ""
         if is_sweep(heat):
@@ -401,7 +402,7 @@ class MethodLandmarkBox(LandmarkGroup):
             if tuple(np.shape(heat.data)) != shape:  # not from one comparison: left out, and said so
                 skipped.append(f"{method}: another grid")
                 continue
-            table = self.table_for(heat, np.asarray(heat.data), *checked)
+            table = self.table_for(heat, np.asarray(full_map(heat.data, heat.metadata)), *checked)
             if isinstance(table, str):
                 skipped.append(f"{method}: {table}")
             else:
