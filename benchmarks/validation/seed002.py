@@ -499,6 +499,8 @@ def _markdown(ctx: Context, n: int, cases: list[tuple[int, int]], correct: int, 
               soft: dict[str, Any] | None) -> str:
     claim_a, claim_b, b_holds = claims["a"], claims["b"], claims["b_holds"]
     seeds = f"{cases[0][0]}–{cases[-1][0]}"
+    largest = {ly: 100 * float(np.median([max(d["truth"]["layer_delta"][ly]) for d in data])) for ly in RELUS}
+    none = sum(u == 0 for u in n_used)
     out = [
         "**What the paper claims.** Philbrick et al. (AJR 2018) report that saliency activation maps (SAMs) "
         "\"had greater specificity than did guided backpropagation maps, CAMs, and Grad-CAMs at identifying voxels "
@@ -519,12 +521,15 @@ def _markdown(ctx: Context, n: int, cases: list[tuple[int, int]], correct: int, 
         "set to the slice mean, the library's `specificity` baseline): a block is **used by the model** when its "
         f"occlusion moves the target's log-odds by more than {EPS_LOG_ODDS:g} (the odds by a factor e; the demo is "
         f"confident, so probability changes vanish): {np.mean(n_used):.1f} blocks per case on average "
-        f"(range {min(n_used)}–{max(n_used)}). The **layer-level ground truth** of §A3.2 (\"voxels the layer "
-        "used\") replaces the class score by the layer's activation norm ‖A^l‖: a block is used by layer l when it "
-        f"is among the {100 * LAYER_USED_FRACTION:.0f} % of blocks whose occlusion changes ‖A^l‖ most. §A3.2 "
-        "suggests a threshold ε on the change; one ε cannot serve every depth here (the largest relative change any "
-        "block makes is under 1 % at `relu1a` and near 20 % at `relu3`), so the fraction is fixed instead and the "
-        "layer-level specificity measures how well a map's ranking matches the layer's.",
+        f"(range {min(n_used)}–{max(n_used)}; {none} {'case' if none == 1 else 'cases'} with none, where "
+        "every map scores the chance specificity 0.903 and the AUC is undefined and left out). The "
+        "**layer-level ground truth** of §A3.2 (\"voxels the layer used\") replaces the class score by the "
+        "layer's activation norm ‖A^l‖: a block is used by layer l when it is among the "
+        f"{100 * LAYER_USED_FRACTION:.0f} % of blocks whose occlusion changes ‖A^l‖ most. §A3.2 suggests a "
+        "threshold ε on the change; one ε cannot serve every depth here (the largest relative change of ‖A^l‖ "
+        f"that one block makes is {largest[RELUS[0]]:.1f} % at `{_lay(RELUS[0])}` and "
+        f"{largest[RELUS[-1]]:.1f} % at `{_lay(RELUS[-1])}`, medians over the cases), so the fraction is fixed "
+        "instead and the layer-level specificity measures how well a map's ranking matches the layer's.",
         "",
         "Metrics, all at block level and **higher is better**: *specificity* TN / (TN + FP) with each map "
         "flagging its top 10 % of blocks (14 of 144; the primary metric, the protocol of §A3.2). Because every map "
@@ -644,7 +649,10 @@ def _markdown(ctx: Context, n: int, cases: list[tuple[int, int]], correct: int, 
         state = ("holds" if n_ok == len(PAPER) else f"holds for {n_ok} of {len(PAPER)} comparisons" if n_ok
                  else "not reproduced")
         words.append(f"*Claim 1, {v} at `{DEFAULT_LAYER}`* — {state}: specificity at the top 10 %, SAM "
-                     + "; ".join(bits) + f". By block ROC AUC, SAM − other: {auc_bits}.")
+                     + "; ".join(bits) + f". By block ROC AUC, SAM − other: {auc_bits}. By §A3.2's top-k deletion "
+                     "(top 5 %), SAM − other: " + ", ".join(
+                         f"{o} {families[v]['drop@0.05'][o].diff:+.3f} (Holm p "
+                         f"{fmt_p(families[v]['drop@0.05'][o].p_adj)})" for o in PAPER) + ".")
     for (v, truth_name), (better, worse) in claim_b.items():
         fam = layer_fam[(v, truth_name, "spec@0.1")]
         lays = "; ".join(f"`{_lay(ly)}` {fam[ly].diff:+.4f} (Holm p {fmt_p(fam[ly].p_adj)})" for ly in SHALLOW)
@@ -685,15 +693,17 @@ def _summary(families: dict[str, dict[str, dict[str, Paired]]], claims: dict[str
              verdict: str, sweep: bool) -> str:
     r = families["SAM (voxel)"]["spec@0.1"]["Grad-CAM"]
     beaten = sorted({o for v in variants for o in claims["a"][v]})
-    text = (f"At the default layer SAM is more specific than {', '.join(beaten) if beaten else 'none'} of guided "
-            f"backprop, CAM and Grad-CAM (voxel SAM − Grad-CAM {r.diff:+.4f} top-10 % specificity, Holm p "
+    what = (f"SAM is significantly more specific than {', '.join(beaten)} only" if beaten else
+            "no SAM variant is significantly more specific than guided backprop, CAM or Grad-CAM")
+    text = (f"At the default layer {what} (voxel SAM − Grad-CAM {r.diff:+.4f} top-10 % specificity, Holm p "
             f"{fmt_p(r.p_adj)})")
     if sweep:
         b = claims["b"]
-        text += (f"; at the 4 shallow layers the layer variant beats Grad-CAM at {len(b[('SAM (layer)', 'class')][0])} "
-                 f"on the blocks the model used but loses at {len(b[('SAM (layer)', 'layer')][1])} on the blocks "
-                 f"each layer used, the voxel variant beats it at {len(b[('SAM (voxel)', 'class')][0])} and loses at "
-                 f"{len(b[('SAM (voxel)', 'layer')][1])}")
+        text += ("; at the 4 shallow layers the layer variant is more specific than Grad-CAM at "
+                 f"{len(b[('SAM (layer)', 'class')][0])} against the blocks the model used but less specific at "
+                 f"{len(b[('SAM (layer)', 'layer')][1])} against the blocks each layer used (§A3.2's layer-level "
+                 f"truth), the voxel variant more specific at {len(b[('SAM (voxel)', 'class')][0])} and less "
+                 f"specific at {len(b[('SAM (voxel)', 'layer')][1])} (Holm over the six layers)")
     return text + "."
 
 
