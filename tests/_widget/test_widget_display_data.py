@@ -186,3 +186,66 @@ def test_compare_dock_has_the_display_rows_for_its_heatmaps(compare: Any, qtbot:
             L.region_limits(out.results[method].data, signed, 99.5, body))
         assert la.metadata[OWNER_KEY]["contrast_region"].startswith("inside the body")
     assert any(tuple(la.contrast_limits) != pytest.approx(whole[m]) for m, la in heat.items())  # it made a difference
+
+
+def test_slices_of_a_2d_model_hidden_outside_the_body_keep_their_full_map(dock: Any, qtbot: Any) -> None:
+    """Each run's slice joins the layer hidden outside the body; the full map merges the same slices, so the
+    layer shown in full again has every value of both slices."""
+    import torch
+    from _nets import Classifier
+
+    torch.manual_seed(0)
+    viewer = dock.viewer
+    dock.set_model(Classifier(d=2, classes=2).eval(), source="2d classifier")
+    dock.target.set_kind("class")
+    dock.target.k1.setCurrentIndex(1)
+    dock.set_method("saliency")
+    choose_outside(dock.display, "all")
+    body, _ = L.body_mask(viewer.layers["phantom"].data)
+    raws = {}
+    for z in (5, 9):
+        viewer.dims.set_current_step(0, z)
+        dock.run(confirm=False)
+        wait_idle(qtbot, dock)
+        assert dock.last_outcome.status == "ok", dock.last_outcome.message
+        raws[z] = dock.last_outcome.results["saliency"].data[z]
+    [heat] = heatmaps(viewer)
+    assert heat.metadata[OWNER_KEY]["slices"] == [5, 9]
+    shown, full = np.asarray(heat.data), np.asarray(heat.metadata[FULL_MAP_KEY])
+    for z, raw in raws.items():
+        assert np.isnan(shown[z][~body[z]]).all() and np.isfinite(raw).all()
+        np.testing.assert_array_equal(full[z], raw)
+    assert np.isnan(full[4]).all()  # a slice no run explained
+    viewer.layers.selection.active = heat
+    choose_outside(dock.display, "none")
+    for z, raw in raws.items():
+        np.testing.assert_array_equal(np.asarray(heat.data)[z], raw)
+
+
+def test_a_layer_sweep_is_hidden_and_shown_per_network_layer(dock: Any, qtbot: Any) -> None:
+    """A sweep heatmap (leading network-layer axis) is hidden outside the body on every network layer, each with
+    its limits from inside the body; shown again, it is the stacked maps."""
+    viewer = dock.viewer
+    dock.set_method("layer_activation")
+    dock.sweep.enabled.setChecked(True)
+    qtbot.mouseClick(dock.sweep.all_button, Qt.MouseButton.LeftButton)
+    dock.target.set_kind("class")
+    dock.target.k1.setCurrentIndex(1)
+    dock.run(confirm=False)
+    wait_idle(qtbot, dock)
+    assert dock.last_outcome.status == "ok", dock.last_outcome.message
+    [heat] = heatmaps(viewer)
+    full = np.array(heat.data)
+    assert full.ndim == 4 and np.isfinite(full).all()  # layer activation is not hidden by default
+    body, _ = L.body_mask(viewer.layers["phantom"].data)
+    viewer.layers.selection.active = heat
+    choose_outside(dock.display, "all")
+    shown = np.asarray(heat.data)
+    assert np.isnan(shown[:, ~body]).all()
+    np.testing.assert_array_equal(shown[:, body], full[:, body])
+    info = heat.metadata[OWNER_KEY]
+    signed = bool(info["signed"])
+    assert info["layer_contrast_limits"] == [list(L.region_limits(full[i], signed, 99.5, body))
+                                             for i in range(full.shape[0])]
+    choose_outside(dock.display, "none")
+    np.testing.assert_array_equal(np.asarray(heat.data), full)
