@@ -317,7 +317,9 @@ def _case_data(ctx: Context, model: Any, seed: int, phase: int, sweep: bool) -> 
 
 
 def _paired_row(name: str, r: Paired) -> list[str]:
-    return [name, fmt_paired(r), fmt(r.effect, 2), r.direction]
+    sig = "Holm p < 0.05" if significant(r) else "not significant"
+    return [name, fmt_paired(r), fmt(r.effect, 2), r.direction if r.direction == "no difference" else
+            f"{r.direction} ({sig})"]
 
 
 def _analyse(data: list[dict[str, Any]], labels: list[str], variants: list[str], truth_key: str,
@@ -446,7 +448,7 @@ def _figure(ctx: Context, layer_sc: dict[tuple[str, str, str, str], list[float]]
               "guided backprop": ("C2", "d", 0.12)}
     chance = 1 - round(Q * 144) / 144
     for c, (truth_name, title) in enumerate((("class", "blocks used by the model (class log-odds)"),
-                                              ("layer", "blocks used by the layer (top 10 % by change of ‖A^l‖)"))):
+                                              ("layer", "blocks used by the layer (‖A^l‖, top 10 %)"))):
         ax = axes[0, c]
         for lab, (colr, mk, dx) in styles.items():
             stats = [mean_ci(layer_sc[(lab, ly, truth_name, "spec@0.1")]) for ly in RELUS]
@@ -516,9 +518,11 @@ def _markdown(ctx: Context, n: int, cases: list[tuple[int, int]], correct: int, 
         f"(`{SEED_BASE} + 1000 × base seed + i`, disjoint from the training streams of seeds 0 and 10 000), "
         f"phases balanced (i mod 3); the target is the true phase (the model predicts it in {correct} of {n} "
         f"cases). Maps at the default layer `{DEFAULT_LAYER}`: SAM in both variants, CAM, Grad-CAM, saliency and "
-        "guided backprop; layer by layer (" + ", ".join(f"`{_lay(ly)}`" for ly in RELUS) + ", every ReLU of the "
-        "network), SAM's two variants and Grad-CAM. Ground truth, from occlusion (8 × 8 blocks, 144 per slice, each "
-        "set to the slice mean, the library's `specificity` baseline): a block is **used by the model** when its "
+        "guided backprop (saliency is not in the paper's list; it is here because voxel SAM at the output is "
+        "saliency, and it counts in the Holm families); layer by layer ("
+        + ", ".join(f"`{_lay(ly)}`" for ly in RELUS) + ", every ReLU of the network), SAM's two variants and "
+        "Grad-CAM. Ground truth, from occlusion (8 × 8 blocks, 144 per slice, each set to the slice mean, the "
+        "library's `specificity` baseline): a block is **used by the model** when its "
         f"occlusion moves the target's log-odds by more than {EPS_LOG_ODDS:g} (the odds by a factor e; the demo is "
         f"confident, so probability changes vanish): {np.mean(n_used):.1f} blocks per case on average "
         f"(range {min(n_used)}–{max(n_used)}; {none} {'case' if none == 1 else 'cases'} with none, where "
