@@ -272,7 +272,7 @@ def measure(ctx: Context | None, task: str, n_fit: int, n_test: int, seed: int,
     chance["iou"] = scores["vebi"]["chance_iou"]
     chance["energy"] = scores["vebi"]["chance_energy"]
     return {"fit": facts, "scores": scores, "chance": chance, "cases": cases, "variants": variants,
-            "compute_seconds": compute}
+            "compute_seconds": compute, "features": feats}
 
 
 def compare(res: dict[str, Any]) -> dict[str, Any]:
@@ -534,8 +534,7 @@ def run(ctx: Context) -> Section:
     for task in tasks:
         md += _task_text(task, results[task], comps[task], n_test)
         if not ctx.quick:
-            feats, _ = fit_features(task, n_fit, ctx.seed, cache_dir)
-            path, link = _figure(ctx, task, feats, results[task]["cases"][:3])
+            path, link = _figure(ctx, task, results[task]["features"], results[task]["cases"][:3])
             fig_links.append(_repo_relative(path))
             md += [f"![VEBI, VEBI without the stride fix, Grad-CAM and guided backprop on three phantoms]({link})",
                    "",
