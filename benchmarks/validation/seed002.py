@@ -701,6 +701,16 @@ def _summary(families: dict[str, dict[str, dict[str, Paired]]], claims: dict[str
             "no SAM variant is significantly more specific than guided backprop, CAM or Grad-CAM")
     text = (f"At the default layer {what} (voxel SAM − Grad-CAM {r.diff:+.4f} top-10 % specificity, Holm p "
             f"{fmt_p(r.p_adj)})")
+    drop = families["SAM (voxel)"].get("drop@0.05")
+    if drop:
+        wins = [o for o in PAPER if significant(drop[o]) and drop[o].effect > 0]
+        if wins:
+            g = drop[wins[-1]]
+            text += (f"; by §A3.2's top-k deletion voxel SAM's top 5 % matters more than that of {' and '.join(wins)} "
+                     f"({wins[-1]}: {g.diff:+.3f} Δp, Holm p {fmt_p(g.p_adj)})")
+            rest = [o for o in PAPER if o not in wins]
+            if rest:
+                text += f" but not more than that of {' and '.join(rest)}"
     if sweep:
         b = claims["b"]
         text += ("; at the 4 shallow layers the layer variant is more specific than Grad-CAM at "
