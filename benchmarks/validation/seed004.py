@@ -576,7 +576,7 @@ def run(ctx: Context) -> Section:
     md += [
         f"**Verdict: {overall}.** Coverage claim: {coverage}; stride-fix claim: {fix}. Rules, fixed before "
         "measuring: coverage is reproduced when VEBI's IoU is significantly higher than every baseline's on "
-        "every task, not reproduced when it is significantly higher than none on any task, else reproduced in "
+        "every task, not reproduced when it is significantly higher than no baseline on any task, else reproduced in "
         "part; the stride fix is reproduced when the checkerboard score is significantly lower with it on every "
         "task (none: not reproduced); overall = the common verdict when both agree, else reproduced in part.",
         "",
