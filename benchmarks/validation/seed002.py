@@ -681,6 +681,14 @@ def _markdown(ctx: Context, n: int, cases: list[tuple[int, int]], correct: int, 
             changed += [f"claim 1, {v}: SAM significantly more specific than {len(sc['a'][v])} of the paper's three "
                         f"maps (primary occluder: {len(claim_a[v])})" for v in variants
                         if sorted(sc["a"][v]) != sorted(claim_a[v])]
+
+            def losses(fams: dict[str, dict[str, dict[str, Paired]]], v: str) -> list[str]:
+                return [o for o in PAPER if significant(fams[v]["spec@0.1"][o]) and fams[v]["spec@0.1"][o].effect < 0]
+
+            changed += [f"claim 1, {v}: SAM significantly less specific than "
+                        f"{' and '.join(losses(soft['families'], v)) or 'none of the three'} (primary occluder: "
+                        f"{' and '.join(losses(families, v)) or 'none'})" for v in variants
+                        if losses(soft["families"], v) != losses(families, v)]
             words.append(f"With the {SOFT_TISSUE_HU:g} HU occluder: " + "; ".join(changed) + " — the verdict "
                          "follows the primary occluder; the table above shows how far the result depends on it.")
     words.append("The rule: claim 1 holds for a variant when SAM is significantly more specific (Holm p < 0.05, "
