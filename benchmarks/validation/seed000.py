@@ -33,7 +33,6 @@ from .common import (
     fmt_ci,
     fmt_paired,
     holm,
-    mean_ci,
     paired,
     significant,
     table,
@@ -73,7 +72,7 @@ class Recipe:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-FULL = Recipe(iterations=600, batch=24, lr=2e-3, pool=3000, held_out=300, cases=30, replicates=2)
+FULL = Recipe(iterations=600, batch=24, lr=2e-3, pool=3000, held_out=300, cases=30, replicates=5)
 QUICK = Recipe(iterations=4, batch=8, lr=2e-3, pool=32, held_out=24, cases=2, replicates=1)
 
 
@@ -280,17 +279,23 @@ def shipped_net() -> Any:
     return get_demo("contrast-phase").module
 
 
-def trained_name(name: str, replicate: int) -> str:
-    return f"{name} (trained)" if replicate == 0 else f"{name} (trained, replicate {replicate + 1})"
+def map_key(kind: str, depth: str, replicate: int) -> str:
+    """The cache name of one network's maps: ``"deep (trained)"``, ``"shallow (untrained, replicate 3)"``..."""
+    return f"{depth} ({kind})" if replicate == 0 else f"{depth} ({kind}, replicate {replicate + 1})"
 
 
-def claim_family(deep: list[dict[str, Any]], shallow: list[dict[str, Any]]) -> dict[str, Paired]:
+def pooled(per_replicate: list[list[dict[str, Any]]], key: str) -> list[float]:
+    """Per slice, the mean of ``key`` over the training replicates (so one number per slice and network depth)."""
+    return [float(v) for v in np.mean([_col(rows, key) for rows in per_replicate], axis=0)]
+
+
+def claim_family(deep: list[float], shallow: list[float], deep_dis: list[float], shallow_dis: list[float],
+                 deep_hit: list[float], shallow_hit: list[float]) -> dict[str, Paired]:
     """The claim's comparisons, deep against shallow on the same slices (Holm over the three)."""
     fam = {
-        "share on the phase landmarks (higher is better)": paired(_col(deep, "evidence"), _col(shallow, "evidence")),
-        "share on spine + bowel (lower is better)": paired(_col(deep, "distractors"), _col(shallow, "distractors"),
-                                                           higher_is_better=False),
-        "pointing game on the phase landmarks (higher is better)": paired(_col(deep, "hit"), _col(shallow, "hit")),
+        "share on the phase landmarks (higher is better)": paired(deep, shallow),
+        "share on spine + bowel (lower is better)": paired(deep_dis, shallow_dis, higher_is_better=False),
+        "pointing game on the phase landmarks (higher is better)": paired(deep_hit, shallow_hit),
     }
     holm(list(fam.values()))
     return fam
@@ -305,8 +310,11 @@ def run(ctx: Context) -> Section:
     t_train = time.perf_counter()
     trained = trained_nets(ctx, recipe)
     ctx.log(f"   {KEY}: networks ready in {time.perf_counter() - t_train:.1f} s")
-    nets: dict[str, Any] = {trained_name(n, r): trained[n, r][0] for r in range(recipe.replicates) for n in DEPTHS}
-    nets.update({f"{n} (untrained)": untrained_net(n, ctx.seed) for n in DEPTHS})
+    nets: dict[str, Any] = {}
+    for r in range(recipe.replicates):
+        for d in DEPTHS:
+            nets[map_key("trained", d, r)] = trained[d, r][0]
+            nets[map_key("untrained", d, r)] = untrained_net(d, ctx.seed, r)
     nets[SHIPPED] = shipped_net()
     cases = [case_phantom(ctx.seed, i) for i in range(recipe.cases)]
     scores: dict[str, list[dict[str, Any]]] = {}
@@ -315,7 +323,8 @@ def run(ctx: Context) -> Section:
                                   lambda net=net, c=c: score_case(net, c)) for i, c in enumerate(cases)]
     pairs = cases[:6]  # two slices per phase
     constancy = {name: ctx.cache.get((KEY, VERSION, "constancy-nan", name, digest, ctx.seed, len(pairs)),
-                                     lambda net=net: same_class_correlation(net, pairs)) for name, net in nets.items()}
+                                     lambda net=net: same_class_correlation(net, pairs))
+                 for name, net in nets.items() if "replicate" not in name}
     md, verdict, summary, figs = _write(ctx, recipe, trained, scores, cases, nets, constancy)
     return Section(KEY, TITLE, md, verdict, summary, figures=figs)
 
@@ -337,15 +346,16 @@ def _better(r: Paired) -> bool:
     return significant(r) and r.effect > 0
 
 
-def _figure(ctx: Context, cases: list[Any], nets: dict[str, Any]) -> tuple[list[str], str]:
+def _figure(ctx: Context, cases: list[Any], nets: dict[str, Any], replicates: int) -> tuple[list[str], str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     case = next((c for c in cases if c.label == 1), cases[0])
-    names = ["shallow (trained)", "deep (trained)", "deep (untrained)"]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 4.0))
+    names = [map_key("trained", "shallow", 0), *(map_key("trained", "deep", r) for r in range(min(replicates, 2))),
+             map_key("untrained", "deep", 0)]
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.3 * (len(names) + 1), 4.0))
     axes[0].imshow(case.image, cmap="gray", vmin=-160, vmax=240)
     ev = np.isin(case.structures, EVIDENCE)
     di = np.isin(case.structures, DISTRACTORS)
@@ -360,9 +370,8 @@ def _figure(ctx: Context, cases: list[Any], nets: dict[str, Any]) -> tuple[list[
         ax.imshow(np.ma.masked_less_equal(m, 0), cmap="hot", alpha=0.75,
                   vmax=float(np.quantile(m[m > 0], 0.995)) if (m > 0).any() else 1.0)
         ax.contour(ev, levels=[0.5], colors="lime", linewidths=0.5)
-        ax.set_title(f"{name}: back-projection\non phase landmarks {s['evidence']:.2f}, spine + bowel "
-                     f"{s['distractors']:.2f}\n(even map over the body: {s['chance_body']:.2f}, "
-                     f"{s['chance_distractors_body']:.2f})", fontsize=9)
+        ax.set_title(f"{name}\non landmarks {s['evidence']:.2f} (even {s['chance_body']:.2f})\n"
+                     f"spine + bowel {s['distractors']:.2f} (even {s['chance_distractors_body']:.2f})", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()
@@ -376,30 +385,49 @@ def _write(ctx: Context, recipe: Recipe, trained: dict[tuple[str, int], tuple[An
            scores: dict[str, list[dict[str, Any]]], cases: list[Any],
            nets: dict[str, Any], constancy: dict[str, float]) -> tuple[str, str, str, list[str]]:
     n = recipe.cases
-    reps = range(recipe.replicates)
-    first = scores["deep (trained)"]
+    k = recipe.replicates
+    reps = range(k)
+    first = scores[map_key("trained", "deep", 0)]
     chance_body = _col(first, "chance_body")
     chance_image = _col(first, "chance_image")
     chance_dis = _col(first, "chance_distractors_body")
+    per = {(kind, d): [scores[map_key(kind, d, r)] for r in reps] for kind in ("trained", "untrained") for d in DEPTHS}
+    pool = {(kind, d, key): pooled(per[kind, d], key) for (kind, d) in per
+            for key in ("evidence", "distractors", "hit", "peak_distractor", "correct")}
+    label = {("trained", "shallow"): f"shallow, trained (mean of {k})", ("trained", "deep"): f"deep, trained (mean of "
+             f"{k})", ("untrained", "shallow"): f"shallow, untrained (mean of {k})",
+             ("untrained", "deep"): f"deep, untrained (mean of {k})"}
 
-    # family 1 (one per training replicate): the claim, deep vs shallow (trained) on the same slices
-    fam1 = [claim_family(scores[trained_name("deep", r)], scores[trained_name("shallow", r)]) for r in reps]
+    # family 1: the claim, deep vs shallow (trained; per slice the mean over the replicates)
+    fam1 = claim_family(*(pool["trained", d, key] for key in ("evidence", "distractors", "hit")
+                          for d in ("deep", "shallow")))
+    # family 1b: the same comparison of the share on the landmarks within each replicate (Holm over the replicates)
+    fam1r = [paired(_col(scores[map_key("trained", "deep", r)], "evidence"),
+                    _col(scores[map_key("trained", "shallow", r)], "evidence")) for r in reps]
+    holm(fam1r)
+    fam1r_dis = [paired(_col(scores[map_key("trained", "deep", r)], "distractors"),
+                        _col(scores[map_key("trained", "shallow", r)], "distractors"), higher_is_better=False)
+                 for r in reps]
+    holm(fam1r_dis)
     # family 2: is each map above an evenly spread one (its per-case chance)?
-    fam2 = {name: paired(_col(rows, "evidence"), chance_body) for name, rows in scores.items()}
+    fam2 = {label[kd]: paired(pool[(*kd, "evidence")], chance_body) for kd in per}
+    fam2[SHIPPED] = paired(_col(scores[SHIPPED], "evidence"), chance_body)
     holm(list(fam2.values()))
-    # family 3: does training matter, does the architecture alone matter (first replicate)?
-    fam3 = {f"{d}: trained vs untrained": paired(_col(scores[f"{d} (trained)"], "evidence"),
-                                                 _col(scores[f"{d} (untrained)"], "evidence")) for d in DEPTHS}
-    fam3["untrained: deep vs shallow"] = paired(_col(scores["deep (untrained)"], "evidence"),
-                                                _col(scores["shallow (untrained)"], "evidence"))
+    # family 3: does training matter, does the architecture alone?
+    fam3 = {f"{d}: trained vs untrained": paired(pool["trained", d, "evidence"], pool["untrained", d, "evidence"])
+            for d in DEPTHS}
+    fam3["untrained: deep vs shallow"] = paired(pool["untrained", "deep", "evidence"],
+                                                pool["untrained", "shallow", "evidence"])
     holm(list(fam3.values()))
 
-    figs, link = _figure(ctx, cases, nets)
+    figs, link = _figure(ctx, cases, nets, k)
     quick_note = ("\n\n> **Quick mode: not meaningful.** The networks are trained for a few iterations on a few "
                   "dozen phantoms and scored on 2 cases; only the full report's numbers mean anything.\n"
                   if ctx.quick else "")
     metrics = {(d, r): trained[d, r][1] for r in reps for d in DEPTHS}
-    acc = {k: v["correct"] for k, v in metrics.items()}
+    acc = {key: float(np.mean(v["correct"])) for key, v in metrics.items()}
+    acc_all = {d: [c for r in reps for c in metrics[d, r]["correct"]] for d in DEPTHS}
+    secs = {d: float(np.mean([metrics[d, r]["train_seconds"] for r in reps])) for d in DEPTHS}
     lines = [
         "**What the paper claims** (methods.md §A1). Kumar et al. (arXiv 1611.06284, ISBI 2018) compare "
         "\"attentive response maps obtained using a fractional stride convolution technique\" (a deconvnet "
@@ -419,139 +447,159 @@ def _write(ctx: Context, recipe: Recipe, trained: dict[tuple[str, int], tuple[An
         f"inside `forward` ({metrics['shallow', 0]['parameters']:,} and {metrics['deep', 0]['parameters']:,} "
         "parameters). Max-pooling is what makes a deconvnet's map depend on the image (its switches); the shipped "
         "`demo:contrast-phase` has strided convolutions and no pooling, so it is scored as a control only. "
-        f"Both networks are trained here from base seed {ctx.seed} on one thread: the same {recipe.pool} training "
-        f"phantoms and the same {recipe.iterations} batches of {recipe.batch} (Adam {recipe.lr:g}, cosine decay "
-        f"to 5 %), from the same initialisation seed; {recipe.replicates} independent training replicate(s) "
-        "(another initialisation and batch order), the first one being the main result; the weights are cached by "
-        f"recipe. Held-out accuracy on {recipe.held_out} phantoms of another seed stream. Then "
-        "`response_backprojection` (mode `target`: the true phase's positive logit back-projected) on "
-        f"{n} further held-out phantoms (phases in turn, seeds {CASE_SEED0 + 1000 * ctx.seed} to "
-        f"{CASE_SEED0 + 1000 * ctx.seed + n - 1}), each scored with `landmark_table` against "
-        "`Phantom.structures`: the share of the map's positive energy on the phase landmarks (higher is better) "
-        "and on spine + bowel (lower is better), and the pointing game (the map's maximum inside a phase landmark; "
-        "higher is better). References: an evenly spread map (its share is the landmarks' share of the body: "
-        f"{fmt_ci(chance_body)}; of the whole image {fmt_ci(chance_image)} — the HU window's clamp gives air no "
-        "gradient, so the body is the fair reference; for the pointing game it is the hit rate of a peak placed "
-        "at random in the body), and the same two architectures with their untrained weights. Comparisons are "
-        "paired over the same slices (mean difference, 95 % bootstrap CI, wins / ties / losses, two-sided "
-        "Wilcoxon signed-rank p, rank-biserial effect), with Holm's correction within each family (a family = the "
-        "comparisons answering one question, as grouped in the tables below).",
+        f"Both networks are trained here from base seed {ctx.seed} on one thread, in {k} independent training "
+        f"replicates (initialisation and batch order drawn from seeds {init_seed(ctx.seed)} + 100 r): in each, the "
+        f"same {recipe.pool} training phantoms and the same {recipe.iterations} batches of {recipe.batch} for both "
+        f"depths (Adam {recipe.lr:g}, cosine decay to 5 %); the weights are cached by recipe. Held-out accuracy on "
+        f"{recipe.held_out} phantoms of another seed stream. Then `response_backprojection` (mode `target`: the "
+        f"true phase's positive logit back-projected) on {n} further held-out phantoms (phases in turn, seeds "
+        f"{CASE_SEED0 + 1000 * ctx.seed} to {CASE_SEED0 + 1000 * ctx.seed + n - 1}), each scored with "
+        "`landmark_table` against `Phantom.structures`: the share of the map's positive energy on the phase "
+        "landmarks (higher is better) and on spine + bowel (lower is better), and the pointing game (the map's "
+        "maximum inside a phase landmark; higher is better). The main comparison takes, per slice, the mean over "
+        "the replicates of each depth; each replicate is also tested on its own. References: an evenly spread map "
+        f"(its share is the landmarks' share of the body: {fmt_ci(chance_body)}; of the whole image "
+        f"{fmt_ci(chance_image)} — the HU window's clamp gives air no gradient, so the body is the fair reference; "
+        "for the pointing game it is the hit rate of a peak placed at random in the body), and the same "
+        "architectures with their untrained weights. Comparisons are paired over the same slices (mean difference, "
+        "95 % bootstrap CI, wins / ties / losses, two-sided Wilcoxon signed-rank p, rank-biserial effect), with "
+        "Holm's correction within each family (a family = the comparisons answering one question, as grouped in "
+        "the tables below).",
         "",
-        "**The networks.** Held-out accuracy (higher is better; chance 0.333):",
+        f"**The networks.** Held-out accuracy (higher is better; chance 0.333), over the {k} replicates' "
+        f"{k * recipe.held_out} predictions: shallow {fmt_ci(acc_all['shallow'])}, deep "
+        f"{fmt_ci(acc_all['deep'])}; training takes {secs['shallow']:.0f} s (shallow) and {secs['deep']:.0f} s "
+        "(deep) per replicate on one thread (wall time on a shared machine).",
         "",
-        table(["network", "held-out accuracy", "training time (1 thread)", "final training loss"], [
-            [trained_name(d, r), fmt_ci(acc[d, r]), f"{metrics[d, r]['train_seconds']:.0f} s",
-             fmt(metrics[d, r]['final_loss'])] for r in reps for d in DEPTHS]),
-        "",
-        f"**Landmark scores of the back-projections** ({n} held-out slices; mean [95 % CI]):",
+        f"**Landmark scores of the back-projections** ({n} held-out slices; per slice the mean over the {k} "
+        "replicates; mean [95 % CI] over the slices):",
         "",
         table(["map", "share on phase landmarks ↑", "share on spine + bowel ↓", "pointing game ↑",
                "peak on spine / bowel ↓", "slice classified correctly"], [
-            [name, fmt_ci(_col(rows, "evidence")), fmt_ci(_col(rows, "distractors")), fmt_ci(_col(rows, "hit")),
-             fmt_ci(_col(rows, "peak_distractor")), fmt_ci(_col(rows, "correct"))]
-            for name, rows in scores.items()]
+            [label[kd], fmt_ci(pool[(*kd, "evidence")]), fmt_ci(pool[(*kd, "distractors")]),
+             fmt_ci(pool[(*kd, "hit")]), fmt_ci(pool[(*kd, "peak_distractor")]), fmt_ci(pool[(*kd, "correct")])]
+            for kd in per]
+            + [[SHIPPED] + [fmt_ci(_col(scores[SHIPPED], key)) for key in
+                            ("evidence", "distractors", "hit", "peak_distractor", "correct")]]
             + [["even map over the body (chance)", fmt_ci(chance_body), fmt_ci(chance_dis), fmt_ci(chance_body),
                 fmt_ci(chance_dis), "—"]]),
         "",
-    ]
-    for r in reps:
-        lines += [
-            f"**The claim: deep against shallow, trained{'' if r == 0 else f' (replicate {r + 1})'}**, paired over "
-            "the same slices, Holm over these 3:",
-            "",
-            table(["metric", "deep − shallow: mean [95 % CI], wins/ties/losses of deep, p (Holm)",
-                   "effect (rank-biserial, + = deep better)"],
-                  [[k, fmt_paired(v), f"{v.effect:+.2f}"] for k, v in fam1[r].items()]),
-            "",
-        ]
-    lines += [
+        "**The claim: deep against shallow, trained** (per slice the mean over the replicates), paired over the "
+        "same slices, Holm over these 3:",
+        "",
+        table(["metric", "deep − shallow: mean [95 % CI], wins/ties/losses of deep, p (Holm)",
+               "effect (rank-biserial, + = deep better)"],
+              [[key, fmt_paired(v), f"{v.effect:+.2f}"] for key, v in fam1.items()]),
+        "",
+        "**Replicate by replicate** (held-out accuracy; share on the phase landmarks and on spine + bowel, deep − "
+        f"shallow paired over the slices, Holm over the {k} replicates of each column):",
+        "",
+        table(["replicate", "accuracy shallow / deep", "landmarks: shallow / deep", "deep − shallow (landmarks ↑)",
+               "spine + bowel: shallow / deep", "deep − shallow (spine + bowel ↓)"], [
+            [str(r + 1), f"{fmt(acc['shallow', r])} / {fmt(acc['deep', r])}",
+             f"{fmt(float(np.mean(_col(scores[map_key('trained', 'shallow', r)], 'evidence'))))} / "
+             f"{fmt(float(np.mean(_col(scores[map_key('trained', 'deep', r)], 'evidence'))))}",
+             fmt_paired(fam1r[r]),
+             f"{fmt(float(np.mean(_col(scores[map_key('trained', 'shallow', r)], 'distractors'))))} / "
+             f"{fmt(float(np.mean(_col(scores[map_key('trained', 'deep', r)], 'distractors'))))}",
+             fmt_paired(fam1r_dis[r])] for r in reps]),
+        "",
         f"**Is each map above chance?** Share on the phase landmarks against an even map over the body, Holm over "
         f"these {len(fam2)}:",
         "",
         table(["map", "map − even map: mean [95 % CI], wins/ties/losses, p (Holm)", "effect"],
-              [[k, fmt_paired(v), f"{v.effect:+.2f}"] for k, v in fam2.items()]),
+              [[key, fmt_paired(v), f"{v.effect:+.2f}"] for key, v in fam2.items()]),
         "",
-        "**Does training matter, does the architecture alone?** Share on the phase landmarks, first replicate, Holm "
-        "over these 3:",
+        "**Does training matter, does the architecture alone?** Share on the phase landmarks (means over the "
+        "replicates), Holm over these 3:",
         "",
         table(["comparison", "difference: mean [95 % CI], wins/ties/losses, p (Holm)", "effect"],
-              [[k, fmt_paired(v), f"{v.effect:+.2f}"] for k, v in fam3.items()]),
+              [[key, fmt_paired(v), f"{v.effect:+.2f}"] for key, v in fam3.items()]),
         "",
-        f"![one arterial slice: the landmarks and the back-projections of the two trained networks and of the "
-        f"untrained deep one]({link})",
+        f"![one arterial slice: the landmarks and the back-projections of trained shallow and deep networks and of "
+        f"an untrained deep one]({link})",
         "",
         "*One held-out arterial slice: the phase landmarks (green) and spine + bowel (orange), then the "
-        "back-projection of the trained shallow and deep networks (first replicate) and of the deep network before "
-        "training.*",
+        "back-projection of the trained shallow network (replicate 1), of the trained deep network of replicates 1 "
+        "and 2, and of the deep network of replicate 1 before training.*",
         "",
-        "**By phase** (share on the phase landmarks, mean [95 % CI] over the slices of each phase; for "
-        "non-contrast the evidence is an absence of enhancement):",
+        "**By phase** (share on the phase landmarks, mean [95 % CI] over the slices of each phase, means over the "
+        "replicates; for non-contrast the evidence is an absence of enhancement):",
         "",
-        _by_phase(scores, cases, [trained_name(d, 0) for d in DEPTHS] + ["deep (untrained)"]),
+        _by_phase(pool, cases, chance_body, label),
         "",
-        "**Per structure** (share of the positive energy, mean over the slices; chance = its share of the body):",
+        "**Per structure** (share of the positive energy, mean over the slices; chance = its share of the body; "
+        "each trained deep replicate shown):",
         "",
-        _per_landmark(scores),
+        _per_landmark(scores, [map_key("trained", "shallow", 0)] + [map_key("trained", "deep", r) for r in reps]
+                      + [map_key("untrained", "deep", 0), SHIPPED]),
         "",
         "**Does the map depend on the image?** The smallest correlation between the back-projections of two slices "
         "of the same phase (first two slices of each phase, over the voxels inside the HU window's linear range in "
-        "both; 1.000 = one fixed pattern whatever the image, up to scale):",
+        "both; 1.000 = one fixed pattern whatever the image, up to scale; replicate 1):",
         "",
-        table(["map", "smallest same-phase correlation"], [[k, fmt(v, 4)] for k, v in constancy.items()]),
+        table(["map", "smallest same-phase correlation"], [[key, fmt(v, 4)] for key, v in constancy.items()]),
     ]
 
-    # verdict: a criterion holds when it holds in every training replicate
-    depth_ok = all(_better(f["share on the phase landmarks (higher is better)"]) for f in fam1)
-    chance_ok = all(_better(fam2[trained_name("deep", r)]) for r in reps)
+    # verdict
+    d_ev, d_dis, d_pg = fam1.values()
+    depth_ok = _better(d_ev)
+    n_rep_ok = sum(_better(r) for r in fam1r)
+    chance_ok = _better(fam2[label["trained", "deep"]])
     learn_ok = _better(fam3["deep: trained vs untrained"])
-    if depth_ok and chance_ok and learn_ok:
+    if depth_ok and chance_ok and learn_ok and n_rep_ok == k:
         verdict = "reproduced"
     elif depth_ok or chance_ok:
         verdict = "reproduced in part"
     else:
         verdict = "not reproduced"
-    m = {k: mean_ci(_col(v, "evidence"))[0] for k, v in scores.items()}
-    md_ = {k: mean_ci(_col(v, "distractors"))[0] for k, v in scores.items()}
+    mean = {kd: float(np.mean(pool[(*kd, "evidence")])) for kd in per}
+    mdis = {kd: float(np.mean(pool[(*kd, "distractors")])) for kd in per}
     even = float(np.mean(chance_body))
-    words = [f"Verdict: **{verdict}**."]
-    for r in reps:
-        f = fam1[r]
-        ev_, di_, pg_ = f.values()
-        dn, sn = trained_name("deep", r), trained_name("shallow", r)
-        words.append(
-            f"{'Main training' if r == 0 else f'Replicate {r + 1}'}: the deep network (held-out accuracy "
-            f"{fmt(float(np.mean(acc['deep', r])))}) puts {fmt(m[dn])} of its back-projection's energy on the "
-            f"phase landmarks, the shallow one (accuracy {fmt(float(np.mean(acc['shallow', r])))}) {fmt(m[sn])}, "
-            f"an even map {fmt(even)}: deep − shallow {ev_.diff:+.3f} [{ev_.lo:+.3f}, {ev_.hi:+.3f}], deep higher "
-            f"on {ev_.wins} of {ev_.n} slices, Holm p {_p(ev_)}; deep vs even map Holm p {_p(fam2[dn])}, shallow "
-            f"vs even map Holm p {_p(fam2[sn])}. On spine + bowel the deep map puts {fmt(md_[dn])} against "
-            f"{fmt(md_[sn])} (lower is better; Holm p {_p(di_)}, an even map {fmt(float(np.mean(chance_dis)))}); "
-            f"pointing game {fmt(mean_ci(_col(scores[dn], 'hit'))[0])} against "
-            f"{fmt(mean_ci(_col(scores[sn], 'hit'))[0])} (Holm p {_p(pg_)}).")
+    spine = [float(np.mean([r["energy"].get("7", 0.0) for r in scores[map_key("trained", "deep", i)]]))
+             for i in reps]
+    spine_chance = float(np.mean([r["chance_label_body"].get("7", 0.0) for r in first]))
+    hit = {d: float(np.mean(pool["trained", d, "hit"])) for d in DEPTHS}
     learn = fam3["deep: trained vs untrained"]
-    words.append(
-        f"Before training, the same architectures give {fmt(m['shallow (untrained)'])} (shallow) and "
-        f"{fmt(m['deep (untrained)'])} (deep); trained vs untrained deep {learn.diff:+.3f} (Holm p {_p(learn)}), "
-        + ("so the deep network's landmark agreement comes with what it learnt."
-           if learn_ok else "so the deep network's landmark agreement is not shown to come from what it learnt.")
-        + f" The shipped strided network (no max-pool) scores {fmt(m[SHIPPED])}"
-        + (f": its map is one fixed pattern whatever the image (smallest same-phase correlation "
-           f"{fmt(constancy[SHIPPED], 4)}), so its deconvnet map says nothing about what it reads."
-           if constancy[SHIPPED] > 0.999 else f" (smallest same-phase correlation {fmt(constancy[SHIPPED], 4)})."))
-    words.append("Criteria (each must hold in every replicate): deep above shallow on the landmarks "
-                 f"({'yes' if depth_ok else 'no'}), deep above an even map ({'yes' if chance_ok else 'no'}), trained "
-                 f"deep above untrained deep ({'yes' if learn_ok else 'no'}); all three = reproduced, the first or "
-                 "the second = reproduced in part.")
+    words = [
+        f"Verdict: **{verdict}**. Averaged over {k} training replicates, the deep network (held-out accuracy "
+        f"{fmt(float(np.mean(acc_all['deep'])))}) puts {fmt(mean['trained', 'deep'])} of its back-projection's "
+        f"positive energy on the phase landmarks, the shallow one (accuracy {fmt(float(np.mean(acc_all['shallow'])))}"
+        f") {fmt(mean['trained', 'shallow'])}, an evenly spread map {fmt(even)}: deep − shallow {d_ev.diff:+.3f} "
+        f"[{d_ev.lo:+.3f}, {d_ev.hi:+.3f}], deep higher on {d_ev.wins} of {d_ev.n} slices, Holm p {_p(d_ev)}; deep "
+        f"vs even map Holm p {_p(fam2[label['trained', 'deep']])}. Pointing game {fmt(hit['deep'])} "
+        f"vs {fmt(hit['shallow'])} (Holm p {_p(d_pg)}); on spine + bowel "
+        f"{fmt(mdis['trained', 'deep'])} vs {fmt(mdis['trained', 'shallow'])} (lower is better, even map "
+        f"{fmt(float(np.mean(chance_dis)))}; Holm p {_p(d_dis)}).",
+        f"Replicate by replicate the deep map is significantly more on the landmarks than the shallow one in "
+        f"{n_rep_ok} of {k} (Holm over the replicates); the deep networks' share on the spine ranges "
+        f"{fmt(min(spine))}–{fmt(max(spine))} (an even map {fmt(spine_chance)}"
+        ")" + (": networks of one architecture and about equal accuracy differ in where their back-projection falls."
+               if k > 1 and max(spine) > 2 * min(spine) else "."),
+        f"Before training the same architectures give {fmt(mean['untrained', 'shallow'])} (shallow) and "
+        f"{fmt(mean['untrained', 'deep'])} (deep); trained vs untrained deep {learn.diff:+.3f} (Holm p {_p(learn)})"
+        + (", so the deep network's landmark agreement comes with what it learnt, not with the architecture alone."
+           if learn_ok else ", so the deep network's landmark agreement is not shown to come from what it learnt."),
+        f"The shipped strided network (no max-pool) scores {fmt(float(np.mean(_col(scores[SHIPPED], 'evidence'))))}"
+        + (f": its deconvnet map is one fixed pattern whatever the image (smallest same-phase correlation "
+           f"{fmt(constancy[SHIPPED], 4)}), so it says nothing about what that network reads."
+           if constancy[SHIPPED] > 0.999 else f" (smallest same-phase correlation {fmt(constancy[SHIPPED], 4)})."),
+        f"Criteria: deep above shallow on the landmarks, over the replicates ({'yes' if depth_ok else 'no'}) and "
+        f"in every replicate ({'yes' if n_rep_ok == k else 'no'}); deep above an even map "
+        f"({'yes' if chance_ok else 'no'}); trained deep above untrained deep ({'yes' if learn_ok else 'no'}). All = "
+        "reproduced; the first or the third = reproduced in part.",
+    ]
     if ctx.quick:
         words.append("(Quick mode: not meaningful.)")
     lines += ["", " ".join(words)]
-    summary = (f"Deep vs shallow back-projection on the phase landmarks: {fmt(m['deep (trained)'])} vs "
-               f"{fmt(m['shallow (trained)'])} (even map {fmt(even)}; Holm p {_p(fam1[0][next(iter(fam1[0]))])}); "
-               f"on spine + bowel {fmt(md_['deep (trained)'])} vs {fmt(md_['shallow (trained)'])}.")
+    summary = (f"Deep vs shallow back-projection on the phase landmarks, mean of {k} trainings: "
+               f"{fmt(mean['trained', 'deep'])} vs {fmt(mean['trained', 'shallow'])} (even map {fmt(even)}; Holm p "
+               f"{_p(d_ev)}); deep better in {n_rep_ok} of {k} replicates.")
     return "\n".join(lines), verdict, summary, figs
 
 
-def _by_phase(scores: dict[str, list[dict[str, Any]]], cases: list[Any], names: list[str]) -> str:
+def _by_phase(pool: dict[tuple[str, str, str], list[float]], cases: list[Any], chance: list[float],
+              label: dict[tuple[str, str], str]) -> str:
     from napari_attribution.models.demo import PHASES
 
     rows = []
@@ -559,17 +607,15 @@ def _by_phase(scores: dict[str, list[dict[str, Any]]], cases: list[Any], names: 
         idx = [i for i, c in enumerate(cases) if int(c.label) == k]
         if not idx:
             continue
-        ref = scores[names[0]]
-        rows.append([f"{phase} (n = {len(idx)})", fmt_ci([ref[i]["chance_body"] for i in idx])]
-                    + [fmt_ci([scores[nm][i]["evidence"] for i in idx]) for nm in names])
-    return table(["phase", "even map", *names], rows)
+        rows.append([f"{phase} (n = {len(idx)})", fmt_ci([chance[i] for i in idx])]
+                    + [fmt_ci([pool[(*kd, "evidence")][i] for i in idx]) for kd in label])
+    return table(["phase", "even map", *label.values()], rows)
 
 
-def _per_landmark(scores: dict[str, list[dict[str, Any]]]) -> str:
+def _per_landmark(scores: dict[str, list[dict[str, Any]]], names: list[str]) -> str:
     from napari_attribution.models.demo import STRUCTURES
 
     labels = [*EVIDENCE, *DISTRACTORS]
-    names = list(scores)
     any_rows = scores[names[0]]
 
     def mean_of(rows: list[dict[str, Any]], field: str, lab: int) -> float:
