@@ -346,6 +346,13 @@ def _better(r: Paired) -> bool:
     return significant(r) and r.effect > 0
 
 
+def _parse_key(name: str) -> tuple[str, str, int]:
+    """``"deep (trained, replicate 2)"`` -> ``("trained", "deep", 2)`` (replicates counted from 1)."""
+    depth, rest = name.split(" (", 1)
+    parts = rest.rstrip(")").split(", replicate ")
+    return parts[0], depth, int(parts[1]) if len(parts) > 1 else 1
+
+
 def _figure(ctx: Context, cases: list[Any], nets: dict[str, Any], replicates: int) -> tuple[list[str], str]:
     import matplotlib
 
@@ -370,13 +377,15 @@ def _figure(ctx: Context, cases: list[Any], nets: dict[str, Any], replicates: in
         ax.imshow(np.ma.masked_less_equal(m, 0), cmap="hot", alpha=0.75,
                   vmax=float(np.quantile(m[m > 0], 0.995)) if (m > 0).any() else 1.0)
         ax.contour(ev, levels=[0.5], colors="lime", linewidths=0.5)
-        ax.set_title(f"{name}\non landmarks {s['evidence']:.2f} (even {s['chance_body']:.2f})\n"
+        kind, depth, rep = _parse_key(name)
+        ax.set_title(f"{depth}, {kind}, replicate {rep}\n"
+                     f"on landmarks {s['evidence']:.2f} (even {s['chance_body']:.2f})\n"
                      f"spine + bowel {s['distractors']:.2f} (even {s['chance_distractors_body']:.2f})", fontsize=9)
     for ax in axes:
         ax.set_axis_off()
     fig.tight_layout()
     path, link = ctx.figure("seed000_backprojections.png")
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return [str(path)], link
 
@@ -448,7 +457,8 @@ def _write(ctx: Context, recipe: Recipe, trained: dict[tuple[str, int], tuple[An
         "parameters). Max-pooling is what makes a deconvnet's map depend on the image (its switches); the shipped "
         "`demo:contrast-phase` has strided convolutions and no pooling, so it is scored as a control only. "
         f"Both networks are trained here from base seed {ctx.seed} on one thread, in {k} independent training "
-        f"replicates (initialisation and batch order drawn from seeds {init_seed(ctx.seed)} + 100 r): in each, the "
+        f"replicates r = 0..{k - 1} (initialisation seed {init_seed(ctx.seed)} + 100 r, batch order seed "
+        f"{2000 + ctx.seed} + 100 r): in each, the "
         f"same {recipe.pool} training phantoms and the same {recipe.iterations} batches of {recipe.batch} for both "
         f"depths (Adam {recipe.lr:g}, cosine decay to 5 %); the weights are cached by recipe. Held-out accuracy on "
         f"{recipe.held_out} phantoms of another seed stream. Then `response_backprojection` (mode `target`: the "
@@ -570,7 +580,9 @@ def _write(ctx: Context, recipe: Recipe, trained: dict[tuple[str, int], tuple[An
         f"vs even map Holm p {_p(fam2[label['trained', 'deep']])}. Pointing game {fmt(hit['deep'])} "
         f"vs {fmt(hit['shallow'])} (Holm p {_p(d_pg)}); on spine + bowel "
         f"{fmt(mdis['trained', 'deep'])} vs {fmt(mdis['trained', 'shallow'])} (lower is better, even map "
-        f"{fmt(float(np.mean(chance_dis)))}; Holm p {_p(d_dis)}).",
+        f"{fmt(float(np.mean(chance_dis)))}; Holm p {_p(d_dis)})"
+        + ("; so the deep maps also fall more on the distractors, chiefly the spine (bright bone), than the "
+           "shallow ones do." if significant(d_dis) and d_dis.effect < 0 else "."),
         f"Replicate by replicate the deep map is significantly more on the landmarks than the shallow one in "
         f"{n_rep_ok} of {k} (Holm over the replicates); the deep networks' share on the spine ranges "
         f"{fmt(min(spine))}–{fmt(max(spine))} (an even map {fmt(spine_chance)}"
