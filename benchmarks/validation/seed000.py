@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .common import (
+    ROOT,
     Context,
     Paired,
     Section,
@@ -387,7 +389,7 @@ def _figure(ctx: Context, cases: list[Any], nets: dict[str, Any], replicates: in
     path, link = ctx.figure("seed000_backprojections.png")
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return [str(path)], link
+    return [os.path.relpath(path, ROOT)], link
 
 
 def _write(ctx: Context, recipe: Recipe, trained: dict[tuple[str, int], tuple[Any, dict[str, Any]]],
