@@ -1,17 +1,24 @@
-"""Seed 003's claim, measured: ``evidence`` (one forward pass per window at the conditional mean; our
+"""The timing benchmark of seed 003: ``evidence`` (one forward pass per window at the conditional mean; our
 reconstruction of Zhou & Kainz) against ``prediction_difference`` (Zintgraf et al., 10 conditional samples per
-window) at the same window, stride and input. Prints the speed-up (goal >= 10x), the maps' Spearman rank
-correlation and both deletion AUCs (lower is better), plus the Taylor variant.
+window) at the same window, stride and input, as the median of interleaved repeated runs on one case. Prints the
+speed-up (goal >= 10x), the maps' Spearman rank correlation with PDA and each map's deletion AUC (lower is better)
+next to the random-voxel-order reference, plus the Taylor and screened variants.
 
-    .venv/bin/python benchmarks/bench_evidence.py [--model demo:contrast-phase] [--quick]
+    .venv/bin/python benchmarks/bench_evidence.py [--model demo:contrast-phase] [--case 0] [--quick]
 
-Both maps are computed in the same run on the same model and image; the ratio is what counts, not the seconds.
+The case, the target (its true class) and the deletion fill are the validation report's (case ``--case`` of its
+2D or 3D task, ``benchmarks/validation/seed003.py``). Claim and verdict over 20 cases per task, with paired tests,
+the PDA-vs-PDA reference and the 2D ablations, are in the report (``benchmarks/validate.py --only seed003``,
+docs/validation.md); this script only times one case more carefully (median of interleaved runs). Both maps are
+computed in the same run on the same model and image; the ratio is what counts, not the seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,20 +26,24 @@ import torch
 
 import napari_attribution as na
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from validation.seed003 import TASKS, make_case  # noqa: E402
 
-def _model_and_image(name: str) -> tuple[Any, np.ndarray, np.ndarray | None, int, str]:
-    from napari_attribution.models.demo import DEMO_MODELS
 
-    loaded = na.load_model(name)
-    short = name.split(":", 1)[1]
-    case = DEMO_MODELS[short].generator(11)
-    target = int(case.label) if case.label is not None else 1
-    return loaded, case.image, case.mask, target, name
+def _model_and_image(name: str, index: int) -> tuple[Any, np.ndarray, np.ndarray | None, int, Any]:
+    """The validation report's case ``index`` of the task on ``name``, its true class and deletion fill."""
+    task = next((t for t in TASKS.values() if t.model == name), None)
+    if task is None:
+        models = ", ".join(t.model for t in TASKS.values())
+        raise SystemExit(f"--model must be one of the report's seed-003 models: {models}")
+    case = make_case(task.key, 0, index)
+    return na.load_model(name), case.image, case.mask, int(case.label), task.fill
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="demo:contrast-phase")
+    parser.add_argument("--case", type=int, default=0, help="the validation report's case number (base seed 0)")
     parser.add_argument("--quick", action="store_true", help="small window count, for a smoke run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method, interleaved; the median")
     parser.add_argument("--screen", type=float, default=0.5,
@@ -41,7 +52,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    model, image, mask, k, label = _model_and_image(args.model)
+    model, image, mask, k, fill = _model_and_image(args.model, args.case)
+    label = f"{args.model} case {args.case}"
     nd = image.ndim
     window = 4 if nd == 3 else 8
     stride = (4 if args.quick else 2) if nd == 3 else (8 if args.quick else 4)
@@ -72,7 +84,8 @@ def main() -> int:
     for name, res, sec in (("prediction_difference (S=10)", pda, t_pda), ("evidence (conditional mean)", ev, t_ev),
                            (f"evidence (screened, {args.screen:g} exact)", scr, t_scr),
                            ("evidence (taylor)", tay, t_tay)):
-        d = na.evaluate(model, image, res, "deletion", steps=20).value
+        score = na.evaluate(model, image, res, "deletion", steps=20, baseline=fill)
+        d = (score.value, score.details["random_auc"])
         extra = ""
         if mask is not None and mask.any():
             extra = f"{na.evaluate(model, image, res, 'energy_in_mask', mask=mask).value:.2f}"
@@ -84,10 +97,10 @@ def main() -> int:
           f"exact) on them {scr.extras['screen_rank_correlation']:.3f} (the method's own screening check)")
     print()
     print("| method | seconds | speed-up vs PDA | map Spearman vs PDA | vs conditional mean | deletion AUC (lower "
-          "better) | positive mass in evidence mask |")
-    print("|---|---|---|---|---|---|---|")
+          "better) | random-order deletion AUC (reference) | positive mass in evidence mask |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, sec, ratio, r_pda, r_ev, d, extra in rows:
-        print(f"| {name} | {sec:.2f} | {ratio:.1f}x | {r_pda:.3f} | {r_ev:.3f} | {d:.3f} | {extra} |")
+        print(f"| {name} | {sec:.2f} | {ratio:.1f}x | {r_pda:.3f} | {r_ev:.3f} | {d[0]:.3f} | {d[1]:.3f} | {extra} |")
     for name, t in (("evidence (conditional mean)", t_ev), (f"evidence (screened, {args.screen:g})", t_scr)):
         print(f"goal: {name} >= 10x faster than prediction_difference: "
               f"{'met' if t_pda / t >= 10 else 'NOT met'} ({t_pda / t:.1f}x)")

@@ -30,7 +30,8 @@ def test_a_closed_set_is_a_drop_down(dock: Any, qtbot: Any) -> None:
     mode = form.combos["mode"]
     assert form.field("mode") is mode and "mode" not in form.edits
     assert isinstance(mode, QComboBox) and mode.isVisibleTo(dock) and not mode.isEditable()
-    assert items(mode) == ["default (conditional_mean)", "conditional_mean", "taylor", "screened"]
+    assert items(mode) == ["default (conditional_mean)", "conditional_mean", "taylor", "screened",
+                          "conditional_sample"]
     assert "taylor" in mode.toolTip() and "default" in mode.toolTip()
     assert isinstance(form.field("window"), QLineEdit)  # a free parameter keeps its JSON line
     assert "mode" not in form.values()  # the default item sends nothing: the method's default applies

@@ -50,7 +50,7 @@ def test_methods_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
 def test_methods_name_lists_parameters_defaults_and_choices(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods", "evidence"]) == 0
     out = capsys.readouterr().out
-    assert 'mode = "conditional_mean"; one of "conditional_mean", "taylor", "screened"' in out
+    assert 'mode = "conditional_mean"; one of "conditional_mean", "taylor", "screened", "conditional_sample"' in out
     assert "screen = 0.5" in out and "max_batch = null" in out and "Zhou & Kainz" in out
     assert main(["methods", "occlusion"]) == 0
     assert 'baseline = "min"; one of "min", "mean", or another value' in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """The window machinery of ``evidence`` / ``prediction_difference`` (indexed paste, take and average against
-slice-by-slice references) and the screened evidence mode (exact conditional-mean evidence on the windows that
-the first-order form ranks highest, the rescaled first-order value elsewhere)."""
+slice-by-slice references), the screened evidence mode (exact conditional-mean evidence on the windows that
+the first-order form ranks highest, the rescaled first-order value elsewhere) and the one-sample mode."""
 
 from __future__ import annotations
 
@@ -109,6 +109,28 @@ def test_screened_evidence_with_every_window_screened_is_the_conditional_mean_ma
     exact = na.explain(net, img, "evidence", K, params=p).data
     full = na.explain(net, img, "evidence", K, params={**p, "mode": "screened", "screen": 1.0}).data
     np.testing.assert_allclose(full, exact, rtol=1e-5, atol=1e-7 * np.abs(exact).max())
+
+
+def test_conditional_sample_evidence_is_pda_with_one_sample_at_one_pass_per_window() -> None:
+    """``mode="conditional_sample"`` evaluates each window once at one conditional sample: the map of
+    ``prediction_difference(samples=1)`` with the same window, stride and seed, 1 + #windows forward passes (10x
+    fewer than PDA's default), stochastic by the seed, and not the conditional-mean map."""
+    make, shape = MODELS["cnn2d"]
+    net, img = make(), image(shape)
+    p = {"window": 6, "stride": 3, "patches": 500, "seed": 3}
+    calls: list[int] = []
+    res = na.explain(_Counting(net, calls), img, "evidence", K, params={**p, "mode": "conditional_sample"})
+    n = res.extras["windows"]
+    assert sum(calls) == 1 + n and res.extras["samples"] == 1
+    pda = na.explain(net, img, "prediction_difference", K, params={**p, "samples": 1})
+    np.testing.assert_array_equal(res.data, pda.data)
+    calls.clear()
+    na.explain(_Counting(net, calls), img, "prediction_difference", K, params=p)
+    assert sum(calls) == 1 + 10 * n
+    other = na.explain(net, img, "evidence", K, params={**p, "mode": "conditional_sample", "seed": 4}).data
+    mean = na.explain(net, img, "evidence", K, params=p).data
+    assert not np.allclose(other, res.data) and not np.allclose(mean, res.data)
+    assert res.signed
 
 
 @pytest.mark.parametrize("screen", [0, -0.1, 1.5])

@@ -46,8 +46,9 @@ def _explain(method: str, params: dict[str, Any]) -> na.Attribution:
 
 def test_the_methods_with_choices() -> None:
     assert {m.name for m in WITH_CHOICES} == set(CHEAP)
-    assert na.get_method("evidence").choices["mode"] == ("conditional_mean", "taylor", "screened")
-    assert na.get_method("evidence").choice_list("mode") == (("conditional_mean", "taylor", "screened"), False)
+    modes = ("conditional_mean", "taylor", "screened", "conditional_sample")
+    assert na.get_method("evidence").choices["mode"] == modes
+    assert na.get_method("evidence").choice_list("mode") == (modes, False)
     assert na.get_method("occlusion").choice_list("baseline") == (("min", "mean"), True)
     assert na.get_method("occlusion").choice_list("window") == ((), True)
     assert na.get_method("saliency").choices == {}

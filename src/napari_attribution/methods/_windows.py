@@ -415,7 +415,9 @@ def _fitted(images: list[Tensor], window: tuple[int, ...], pad: int, n_patches: 
 def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOutput:
     """Window weight of evidence ``WE_w = log2odds p(c|x) - log2odds p(c|x without w)``, averaged per voxel over
     the windows that cover it. ``mode``: ``"sample"`` (Zintgraf et al.: mean probability over ``samples``
-    conditional samples of the window), ``"mean"`` (one evaluation with the window set to its conditional mean)
+    conditional samples of the window), ``"one_sample"`` (one conditional sample per window, whatever
+    ``samples`` says: ``evidence(mode="conditional_sample")``), ``"mean"`` (one evaluation with the window set to
+    its conditional mean)
     or ``"taylor"`` (first-order: ``sum_{u in w} d log2odds / dx(u) * (x(u) - mu_{w|f}(u))``, one backward pass).
 
     Scores are the target's probability normalised by the sum of its weights (the mean probability over a
@@ -494,7 +496,8 @@ def weight_of_evidence(run: Any, params: dict[str, Any], mode: str) -> MethodOut
     if samples < 1:
         raise ParameterError("samples must be at least 1.")
     run.expected_total(n_win * samples)
-    make = _window_maker(run, grid, gauss, padded, mode, samples, torch.arange(n_win))
+    make = _window_maker(run, grid, gauss, padded, "sample" if mode == "one_sample" else mode, samples,
+                         torch.arange(n_win))
     scores = run.scores(make, n_win * samples, probability=True, message="windows").double()
     p_without = scores.view(n_win, samples).mean(1)
     we = full - transform(p_without)
