@@ -123,8 +123,8 @@ def untrained_net(name: str, seed: int, replicate: int = 0) -> Any:
 
 def train_net(name: str, recipe: Recipe, seed: int, pool_x: np.ndarray, pool_y: np.ndarray,
               log: Any = None, replicate: int = 0) -> tuple[Any, dict[str, Any]]:
-    """Adam (cosine decay to 5 %), cross-entropy, batches drawn from the shared pool by ``default_rng(seed)``
-    (both networks see the same batches in the same order)."""
+    """Adam (cosine decay to 5 %), cross-entropy, batches drawn from the shared pool by
+    ``default_rng(2000 + seed + 100 * replicate)`` (both networks see the same batches in the same order)."""
     import torch
     import torch.nn.functional as F
 
@@ -598,6 +598,12 @@ def _write(ctx: Context, recipe: Recipe, trained: dict[tuple[str, int], tuple[An
         + (f": its deconvnet map is one fixed pattern whatever the image (smallest same-phase correlation "
            f"{fmt(constancy[SHIPPED], 4)}), so it says nothing about what that network reads."
            if constancy[SHIPPED] > 0.999 else f" (smallest same-phase correlation {fmt(constancy[SHIPPED], 4)})."),
+        "Limits: depth comes here with capacity ("
+        f"{metrics['deep', 0]['parameters'] / metrics['shallow', 0]['parameters']:.0f} times the parameters) and "
+        "receptive field, as it does in the "
+        "paper's comparison of models; the shallow network solves the task less well, so part of the difference "
+        "may be that of a better classifier rather than of depth as such; the landmarks are a phantom's, not a "
+        "radiologist's annotation of real scans.",
         f"Criteria: deep above shallow on the landmarks, over the replicates ({'yes' if depth_ok else 'no'}) and "
         f"in every replicate ({'yes' if n_rep_ok == k else 'no'}); deep above an even map "
         f"({'yes' if chance_ok else 'no'}); trained deep above untrained deep ({'yes' if learn_ok else 'no'}). All = "
