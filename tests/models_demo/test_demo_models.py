@@ -9,6 +9,7 @@ import torch
 
 import napari_attribution as na
 from napari_attribution.models.demo import (
+    CTA_WINDOW,
     DEMO_MODELS,
     PHASES,
     abdomen_batch,
@@ -20,7 +21,7 @@ from napari_attribution.models.demo import (
 )
 from napari_attribution.models.demo.training import dice
 
-NAMES = ["contrast-phase", "contrast-phase-3d", "vessel-seg", "lesion3d"]
+NAMES = ["contrast-phase", "contrast-phase-3d", "vessel-seg", "lesion3d", "vessel-cta"]
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +42,11 @@ def test_get_demo_card_matches_forward(name):
     assert isinstance(loaded, na.LoadedModel)
     model, card = loaded.module, loaded.card
     assert not model.training
-    assert card.output == "logits" and card.preprocess is None
+    assert card.output == "logits"
+    if name == "vessel-cta":  # HU in, windowed by the card (the others window inside their forward)
+        assert card.preprocess is not None and list(card.preprocess["window"]) == list(CTA_WINDOW)
+    else:
+        assert card.preprocess is None
     assert card.spatial_dims == len(card.patch_size) == len(card.spacing)
     first = next(m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)))
     assert first.in_channels == card.in_channels == 1

@@ -6,12 +6,14 @@
 ``demo:contrast-phase-3d``  the same task on 24 x 48 x 48 slabs (3D CNN, GAP + linear head).
 ``demo:vessel-seg``         small 3D UNet, background / vessel logits (softmax), on TOF-MRA-like volumes with
                             random branching tubes; seed 001's task.
-``demo:lesion3d``           lesion / no-lesion 3D CNN on CT phantoms: the headless demo's model.
+``demo:lesion3d``           lesion / no-lesion 3D CNN on CT phantoms (the docs' small examples).
+``demo:vessel-cta``         ``vessel-seg``'s UNet fine-tuned on head CT angiograms, bone included: the demo's
+                            model; its card windows the CT, resamples to 0.6 mm and slides 48^3 windows.
 ==========================  ==================================================================================
 
 >>> from napari_attribution.models.demo import get_demo, list_demos
 >>> list_demos()
-['contrast-phase', 'contrast-phase-3d', 'vessel-seg', 'lesion3d']
+['contrast-phase', 'contrast-phase-3d', 'vessel-seg', 'lesion3d', 'vessel-cta']
 >>> get_demo("demo:contrast-phase").card.class_names
 ('non-contrast', 'arterial', 'portal venous')
 
@@ -57,6 +59,7 @@ from .phantoms import (
 )
 
 __all__ = [
+    "CTA_INFERER",
     "CTA_WINDOW",
     "DEMO_MODELS",
     "EVIDENCE_STRUCTURES",
@@ -111,10 +114,18 @@ def _spec(name: str, description: str, network: type[nn.Module], kwargs: dict[st
     fields = {f.name for f in dataclasses.fields(ModelCard)}
     extra = {"name": f"demo:{name}", "description": description, "num_classes": len(card["class_names"])}
     card.update({k: v for k, v in extra.items() if k in fields})  # card fields that not every version has
+    card.setdefault("preprocess", None)
     full = ModelCard(factory=f"{network.__module__}:{network.__name__}", kwargs=dict(kwargs),
-                     weights=str(WEIGHTS_DIR / weights_file), output="logits", preprocess=None, **card)
+                     weights=str(WEIGHTS_DIR / weights_file), output="logits", **card)
     return DemoSpec(name, description, network, dict(kwargs), weights_file, full, generator)
 
+
+#: the CT window that maps a head CT angiogram to the vessel segmenter's intensities: brain (about 38 HU) -> 0.2,
+#: contrast-filled vessels (330-400 HU) -> 0.72-0.84, as tissue and vessels of ``vessel-seg``'s TOF-MRA-like
+#: training volumes; bone (550-1100 HU) -> 1, apart from the vessels
+CTA_WINDOW = (-80.0, 490.0)
+#: the sliding-window inferer of ``vessel-cta``: 48^3 windows (the training shape) on the 0.6 mm model grid
+CTA_INFERER = {"type": "sliding_window", "roi_size": list(VESSEL_SHAPE), "overlap": 0.25, "mode": "gaussian"}
 
 DEMO_MODELS: dict[str, DemoSpec] = {
     s.name: s
@@ -141,6 +152,12 @@ DEMO_MODELS: dict[str, DemoSpec] = {
               LesionNet3d, {}, "lesion3d.pt", _lesion_case,
               task="classification", spatial_dims=3, in_channels=1, class_names=("no lesion", "lesion"),
               default_layer="features.5", patch_size=LESION_SHAPE, spacing=LESION_SPACING),
+        _spec("vessel-cta",
+              "3D UNet segmenting contrast-filled vessels in a head CT angiogram (HU), bone included, window by window",
+              VesselUNet3d, {"in_channels": 1, "classes": 2, "width": 8}, "vessel_cta.pt", head_cta_phantom,
+              task="segmentation", spatial_dims=3, in_channels=1, class_names=("background", "vessel"),
+              background=0, default_layer="dec1", patch_size=VESSEL_SHAPE, spacing=VESSEL_SPACING,
+              preprocess={"window": list(CTA_WINDOW)}, inferer=dict(CTA_INFERER)),
     )
 }
 
@@ -204,20 +221,9 @@ def demo_metrics(name: str) -> dict[str, Any]:
     return dict(_blob(spec_for(name)).get("metrics", {}))
 
 
-#: the CT window that maps a head CT angiogram to the vessel segmenter's intensities: brain (about 38 HU) -> 0.2,
-#: contrast-filled vessels (330-400 HU) -> 0.72-0.84, as tissue and vessels of its TOF-MRA-like training volumes
-CTA_WINDOW = (-80.0, 490.0)
-
-
 def vessel_cta_model() -> LoadedModel:
-    """``demo:vessel-seg`` for a clinical-size head CT angiogram (:func:`head_cta_phantom`): the same network and
-    weights, with a card that windows the CT (:data:`CTA_WINDOW`) to the training intensities, resamples the scan
-    to the training voxel size (0.6 mm isotropic) and runs the network window by window over its training shape
-    (``"inferer": {"type": "sliding_window", "roi_size": [48, 48, 48], "overlap": 0.25, "mode": "gaussian"}``)."""
-    loaded = get_demo("vessel-seg")
-    card = dataclasses.replace(
-        loaded.card, name="demo:vessel-seg (sliding window, CTA)",
-        description="3D UNet segmenting contrast-filled vessels in a head CT angiogram (HU), window by window",
-        preprocess={"window": list(CTA_WINDOW)},
-        inferer={"type": "sliding_window", "roi_size": list(VESSEL_SHAPE), "overlap": 0.25, "mode": "gaussian"})
-    return LoadedModel(module=loaded.module, card=card)
+    """The demo's model for a clinical-size head CT angiogram (:func:`head_cta_phantom`): ``demo:vessel-cta``, the
+    vessel UNet fine-tuned on whole head CTA phantoms (skull, scalp and air as background), with a card that
+    windows the CT (:data:`CTA_WINDOW`), resamples the scan to 0.6 mm isotropic and runs the network window by
+    window over its training shape (:data:`CTA_INFERER`)."""
+    return get_demo("vessel-cta")
