@@ -8,8 +8,9 @@ from napari.layers import Layer
 
 __all__ = ["DEMO_SOURCE", "demo_layers", "open_demo", "run_demo"]
 
-#: the model of the demo: ``demo:vessel-seg`` with a CT window and a 48^3 sliding-window inferer
-DEMO_SOURCE = "demo:vessel-seg (sliding window, CTA)"
+#: the model of the demo: ``demo:vessel-cta``, the vessel UNet for head CTA with a CT window and a 48^3 sliding-window
+#: inferer
+DEMO_SOURCE = "demo:vessel-cta"
 
 
 def demo_layers() -> list[Any]:
@@ -62,8 +63,8 @@ def open_demo(viewer: Any = None, *, model: str = DEMO_SOURCE, compare: bool = T
         from ..models.demo import vessel_cta_model
 
         dock.set_model(vessel_cta_model(), source=DEMO_SOURCE)
-        if len(layers) > 2:  # the vessel class summed over the intracranial space: the skull's false positives
-            dock.target.set_kind("region from Labels layer")  # (bone, never in training) stay out of the target
+        if len(layers) > 2:  # the vessel class summed over the intracranial space
+            dock.target.set_kind("region from Labels layer")
             dock.target.labels.select(layers[2])
             dock.target.k1.setCurrentIndex(1)
     elif dock.model.source() != model:
