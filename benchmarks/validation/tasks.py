@@ -146,10 +146,10 @@ _SLOW_2D = (
     MethodPlan("prediction_difference", (("samples", 4),), cases=6, metrics=NO_RERUN),
 )
 _SLOW_3D = (
-    MethodPlan("integrated_gradients", (("steps", 16),)),
+    MethodPlan("integrated_gradients", (("steps", 16),), cases=9),
     MethodPlan("smoothgrad", (("samples", 16),), cases=6),
-    MethodPlan("score_cam"),
-    MethodPlan("layer_conductance", (("steps", 16),)),
+    MethodPlan("score_cam", cases=9),
+    MethodPlan("layer_conductance", (("steps", 16),), cases=9),
     MethodPlan("response_backprojection", cases=6),
     MethodPlan("occlusion", (("window", 8), ("stride", 8)), cases=9, metrics=NO_RERUN),
     MethodPlan("rise", (("masks", 300),), cases=6, metrics=NO_RERUN),
@@ -498,11 +498,18 @@ def method_verdict(ms: MethodSummary) -> str:
             parts.append(f"concentrates on the evidence, {ratio:.1f}x chance ({_p_text(t)})")
         elif t is not None and significant(t):
             parts.append(f"avoids the evidence, {ratio:.1f}x chance ({_p_text(t)})")
+        elif t is not None and ratio > 1:
+            parts.append(f"energy {ratio:.1f}x chance, not significant with {len(e)} cases ({_p_text(t)})")
         else:
             parts.append(f"energy not above chance ({ratio:.1f}x, {_p_text(t) if t else 'untested'})")
     for metric, word in (("deletion", "deletion"), ("insertion", "insertion")):
         t = ms.tests.get(metric)
-        if t is not None:
+        said = [r.get(f"{metric}_verdict", "") for r in ms.rows if f"{metric}_verdict" in r]
+        flat = sum(1 for v in said if v.startswith("not informative"))
+        if t is not None and flat * 2 > len(said):
+            parts.append(f"{word} not informative on this model (the library's check, {flat} of {len(said)} "
+                         "maps: the probability hardly moves)")
+        elif t is not None:
             parts.append(_compare(t, f"{word} better than a random order", f"{word} worse than a random order",
                                   f"{word} not distinguishable from a random order"))
     t = ms.tests.get("infidelity")
@@ -530,7 +537,8 @@ def _faithful_count(ms: MethodSummary, kind: str) -> str:
     if not said:
         return ""
     good = sum(1 for t in said if t.startswith("faithful"))
-    return f" ({good}/{len(said)} faithful)"
+    flat = sum(1 for t in said if t.startswith("not informative"))
+    return f" ({good}/{len(said)} faithful" + (f", {flat} not informative)" if flat else ")")
 
 
 def task_markdown(task: Task, sums: list[MethodSummary], n_cases: int, faith_cases: int | None,
@@ -555,9 +563,18 @@ def task_markdown(task: Task, sums: list[MethodSummary], n_cases: int, faith_cas
         f"map {fmt_ci(inf_ref)}.",
         "",
     ]
+    if task.overrides and not set(dict(task.overrides)) - set(s):
+        words = {"orders": "random orders", "infid_samples": "infidelity samples", "ms_samples":
+                 "max-sensitivity re-runs", "rand_layers": "randomisation re-runs"}
+        lines += ["Settings on this task (its forward passes cost 10-100 times the classifiers'): "
+                  + ", ".join(f"{s[k]} {words.get(k, k)}" for k, _ in task.overrides) + ".", ""]
     if faith_cases is not None:
         lines += [f"One-pass methods: energy and pointing on all {n_cases} cases, the other metrics on the first "
                   f"{faith_cases}.", ""]
+    subsets = [f"{ms.plan.label}: cases 1-{ms.n} (seeds {ms.refs[0]['seed']}-{ms.refs[-1]['seed']})"
+               for ms in sums if ms.n < n_cases]
+    if subsets:
+        lines += ["Slow methods on a subset: " + "; ".join(subsets) + ".", ""]
     if task.fill is not None:
         lines += [_default_fill_paragraph(task, sums), ""]
     headers = ["method", "cases", "s / map", "energy ↑ (x chance)", "pointing ↑", "deletion AUC ↓",
@@ -635,15 +652,15 @@ def _figure(ctx: Context, results: dict[str, list[MethodSummary]]) -> str:
                 axes[1].errorbar(m, y, xerr=[[m - lo], [hi - m]], fmt="o", ms=3, color=colors[task])
     axes[0].set_xscale("log")
     axes[0].axvline(1.0, color="k", lw=0.8, ls="--")
-    axes[0].set_xlabel("energy in the evidence / chance (higher is better; 1 = chance)")
+    axes[0].set_xlabel("energy in the evidence / chance\n(higher is better; 1 = chance)")
     axes[1].axvline(0.0, color="k", lw=0.8, ls="--")
-    axes[1].set_xlabel("random-order deletion AUC - map's deletion AUC (higher is better; 0 = random)")
+    axes[1].set_xlabel("random orders' deletion AUC - the map's\n(higher is better; 0 = no better than random)")
     axes[0].set_yticks(range(len(names)), names, fontsize=8)
     axes[0].invert_yaxis()
-    axes[0].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="upper center", ncol=4, frameon=False)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     path, link = ctx.figure("tasks_overview.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -651,7 +668,10 @@ def _figure(ctx: Context, results: dict[str, list[MethodSummary]]) -> str:
 
 
 def run(ctx: Context) -> Section:
+    import os
+
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     s = settings(ctx)
     results: dict[str, list[MethodSummary]] = {}
     plan_of: dict[str, tuple[int, tuple[MethodPlan, ...], int | None]] = {}
@@ -683,7 +703,8 @@ def run(ctx: Context) -> Section:
         "chance = the share of voxels within that distance); deletion (lower is better) and insertion (higher "
         f"is better) AUCs with {s['steps']} steps ({s['steps'] + 1} points), voxel by voxel on the classifiers "
         "and in 3 mm blocks on the segmenter (the library's `unit=\"auto\"`, deleted to CT air or to the "
-        "scan's blurred copy, `baseline=\"auto\"`), against the mean AUC of "
+        "scan's blurred copy, `baseline=\"auto\"`; on the lesion classifier a 40 HU fill, see there), against "
+        "the mean AUC of "
         f"{s['orders']} random orders of the same units on the same case (computed once per case); the "
         "model-randomisation check (mean Spearman correlation of |map| with the maps of the model randomised "
         f"layer by layer from the output, {s['rand_layers']} re-runs; lower is better); infidelity "
@@ -697,7 +718,9 @@ def run(ctx: Context) -> Section:
         "the library's own thresholds (`runs/checks.py`: randomisation < 0.3 passes, < 0.6 partly passes; "
         "max-sensitivity < 0.1 stable, < 0.5 fairly stable). The number of cases on which the library's "
         "per-map deletion / insertion verdict says \"faithful\" (outside the random orders' noise by more than "
-        "a tenth of the curves' span) is given in brackets. \"s / map\" is the mean time of one map (one "
+        "a tenth of the curves' span) is given in brackets, with those where it says \"not informative\" (the "
+        "target's probability moves by less than 0.05 along both curves: on the classifiers, insertion's blurred "
+        "start is often classified as well as the scan). \"s / map\" is the mean time of one map (one "
         "torch thread).",
         "",
         "Slow methods run on the first cases only (named in the \"cases\" column; the same cases for every "
@@ -717,10 +740,18 @@ def run(ctx: Context) -> Section:
            "Right: how much lower the map's deletion AUC is than the random orders' (above 0: the map's top "
            "units matter more than random ones).*", ""]
     md += [_headline(results), ""]
-    md += [f"Compute time of this section's results: {compute:.0f} s on one torch thread (cached per case and "
-           f"method; this run took {time.perf_counter() - t0:.0f} s)."]
+    md += [f"Compute time of this section's results: {compute:.0f} s on one torch thread (the sum of the cached "
+           f"per-case results' times, as first computed; this run took {time.perf_counter() - t0:.0f} s, with the "
+           f"machine's load average at {load0:.1f} then {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: "
+           "times measured on a shared machine overstate a quiet core's)."]
     summary = _summary(results)
     return Section(KEY, TITLE, "\n".join(md), None, summary)
+
+
+def _flat(ms: MethodSummary, metric: str) -> bool:
+    """The library's per-map check reads "not informative" on most of the method's maps (deletion, insertion)."""
+    said = [r.get(f"{metric}_verdict", "") for r in ms.rows if f"{metric}_verdict" in r]
+    return sum(1 for v in said if v.startswith("not informative")) * 2 > len(said) > 0
 
 
 def _headline(results: dict[str, list[MethodSummary]]) -> str:
@@ -729,15 +760,37 @@ def _headline(results: dict[str, list[MethodSummary]]) -> str:
     parts = []
     for name, sums in results.items():
         def count(metric: str, sums: list[MethodSummary] = sums) -> str:
-            tested = [ms for ms in sums if metric in ms.tests]
+            tested = [ms for ms in sums if metric in ms.tests and not _flat(ms, metric)]
             good = sum(1 for ms in tested if significant(ms.tests[metric]) and ms.tests[metric].direction == "better")
             bad = sum(1 for ms in tested if significant(ms.tests[metric]) and ms.tests[metric].direction == "worse")
-            return f"{good} of {len(tested)} better" + (f", {bad} worse" if bad else "")
+            flat = sum(1 for ms in sums if metric in ms.tests and _flat(ms, metric))
+            if not tested:
+                return f"not informative for all {flat} methods (the library's check)"
+            return (f"{good} of {len(tested)} better" + (f", {bad} worse" if bad else "")
+                    + (f"; {flat} more not informative" if flat else ""))
         best = max((ms for ms in sums if ms.values("energy")), key=lambda ms: np.mean(ms.values("energy")))
         parts.append(f"on `{name}`, energy above chance: {count('energy')}; deletion vs random order: "
-                     f"{count('deletion')}; insertion: {count('insertion')}; most concentrated: "
-                     f"`{best.plan.name}` ({fmt(float(np.mean(best.values('energy'))))})")
-    return "**In short** (Holm-corrected Wilcoxon against the reference, p < 0.05): " + "; ".join(parts) + "."
+                     f"{count('deletion')}; insertion: {count('insertion')}; infidelity vs a noise map: "
+                     f"{count('infidelity')}; most concentrated: `{best.plan.name}` "
+                     f"({fmt(float(np.mean(best.values('energy'))))})")
+    ratios = []
+    for name, sums in results.items():
+        r = [a / b for ms in sums for a, b in zip(ms.values("infidelity"), ms.ref_values("infidelity"), strict=True)
+             if b > 0]
+        if r:
+            lo, hi = (float(np.min([np.mean([a / b for a, b in zip(ms.values("infidelity"),
+                                                                       ms.ref_values("infidelity"), strict=True)])
+                                    for ms in sums if ms.values("infidelity")])),
+                      float(np.max([np.mean([a / b for a, b in zip(ms.values("infidelity"),
+                                                                       ms.ref_values("infidelity"), strict=True)])
+                                    for ms in sums if ms.values("infidelity")])))
+            ratios.append(f"`{name}` {lo:.2f}-{hi:.2f}")
+    return ("**In short** (Holm-corrected Wilcoxon against the reference, p < 0.05): " + "; ".join(parts) + ". "
+            "Infidelity at the library's default perturbation (0.05 x the scan's range) barely separates the "
+            "maps from a map of Gaussian noise: each method's mean infidelity over the noise map's, on the same "
+            "cases and perturbations (1 = no better than noise; lower is better), ranges over the methods "
+            f"{'; '.join(ratios)}. Seed 001's section measures it at smaller perturbations on the vessel "
+            "segmenter.")
 
 
 def _summary(results: dict[str, list[MethodSummary]]) -> str:
