@@ -18,11 +18,13 @@ positive = evidence for the target, negative = against.
 ``mode="conditional_sample"`` (our addition, not from the paper) evaluates each window once, at one sample of
 its conditional Gaussian instead of at the conditional mean: the same 1 forward pass per window (10x fewer than
 PDA), and the map of ``prediction_difference`` with ``samples=1`` (same window, stride and seed give the same
-map). The validation report (docs/validation.md, seed 003) measured why: on the 2D contrast-phase demo the
-conditional mean reconstructs a window inside a large uniform organ (the enhanced liver) from its frame, so the
-organ whose intensity decides the class carries no evidence, and the conditional-mean map ranks voxels worse than
-a random order by deletion, where one conditional sample per window ranks them about as well as PDA. On the 3D
-lesion demo both modes agree with PDA. It is stochastic (seeded by ``seed``).
+map). Why it exists, as measured by the validation report (docs/validation.md, seed 003): on the 2D
+contrast-phase demo in the portal venous phase, the conditional-mean map ranks voxels worse than a random order by
+deletion and disagrees with PDA, and of the window size, the patch model and the reconstruction, only replacing
+the conditional mean by conditional samples removes that (one sample per window: about as faithful as PDA). Our
+reading: the conditional mean keeps a window inside a large uniform organ at the organ's intensity, which its
+frame predicts, so the enhanced liver that tells the phase carries no evidence; a sample perturbs it as PDA's
+samples do. On the 3D lesion demo both modes agree with PDA. It is stochastic (seeded by ``seed``).
 
 ``mode="screened"`` (our addition, not from the paper) ranks the windows by the first-order form, evaluates the
 top ``screen`` fraction (default 0.5) exactly at the conditional mean and gives the others their first-order value
