@@ -71,6 +71,7 @@ FIGURE_CASE = {"2d": 2, "3d": 0}
 ABLATION_CASES = (2, 5, 8, 11, 14, 17)
 ABLATION_WINDOWS = (8, 12, 16, 24)
 DELETION_STEPS = 20
+QUICK_DELETION_STEPS = 10
 SAMPLES = 10
 
 _MODELS: dict[str, Any] = {}
@@ -186,6 +187,7 @@ class Runner:
 
     def __init__(self, ctx: Context, task: Task, settings: dict[str, Any]) -> None:
         self.ctx, self.task, self.settings = ctx, task, settings
+        self.steps = QUICK_DELETION_STEPS if ctx.quick else DELETION_STEPS
         self.cases: dict[int, Any] = {}
 
     def case(self, i: int) -> Any:
@@ -200,11 +202,11 @@ class Runner:
         key = (KEY, "map", MAP_VERSION, self.task.model, i, self.ctx.seed, tuple(sorted(spec.items())))
         out = dict(self.ctx.timed(key, lambda: compute_map(self.task.model, c.image, int(c.label), name, params)))
         skey = (KEY, "score", VERSION, self.task.model, i, self.ctx.seed, tuple(sorted(spec.items())),
-                DELETION_STEPS, str(self.task.fill))
+                self.steps, str(self.task.fill))
         data = decode(out["map"])
         out.update(self.ctx.cache.get(skey, lambda: score_map(self.task.model, c.image, int(c.label), data, c.mask,
                                                               case_seed(self.ctx.seed, "score", i),
-                                                              DELETION_STEPS, self.task.fill)))
+                                                              self.steps, self.task.fill)))
         out["data"] = data
         return out
 
@@ -517,7 +519,8 @@ def render(ctx: Context, measured: dict[str, dict[str, Any]], tests: dict[str, l
         "hook) and seconds of the explanation alone, on one torch thread; time ratios only between maps timed in "
         "the same run of the report (the patch model is fitted before the clock starts; it is shared). "
         "Faithfulness: deletion AUC (voxels replaced in "
-        f"descending order of the signed map, {DELETION_STEPS} steps; lower is better; fill: 2D "
+        f"descending order of the signed map, {QUICK_DELETION_STEPS if ctx.quick else DELETION_STEPS} steps; "
+        "lower is better; fill: 2D "
         f"{TASKS['2d'].fill_text}; 3D {TASKS['3d'].fill_text}) against "
         "the library's random-order reference (mean of 4 random voxel orders; a case counts as better / worse "
         "than random outside the 95 % band of one more random order), and the positive evidence's share inside "
