@@ -587,7 +587,7 @@ def render(ctx: Context, measured: dict[str, dict[str, Any]], tests: dict[str, l
             f"rows. With {len(ABLATION_CASES)} cases the smallest two-sided Wilcoxon p is "
             f"{2 / 2 ** len(ABLATION_CASES):.3f} (every case in one direction), so no row survives Holm's "
             "correction: the table locates the cause, and the main comparison above tests the one-sample mode on "
-            "all 20 cases.",
+            f"all {TASKS['2d'].n} 2D cases.",
             "",
             md,
             "",
