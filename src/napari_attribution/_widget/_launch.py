@@ -15,8 +15,7 @@ DEMO_SOURCE = "demo:vessel-cta"
 
 def demo_layers() -> list[Any]:
     """The demo scan as layer data tuples: the head CT angiogram (``head CTA``, HU, 100 x 256 x 256 at
-    0.5 x 0.7 x 0.7 mm), the generator's vessels (``vessel truth``) and the intracranial space (``intracranial``:
-    the region whose vessel class the demo explains, as the headless demo does)."""
+    0.5 x 0.7 x 0.7 mm) and the generator's vessels (``vessel truth``)."""
     from .._demo import SEED
     from .._sample_data import _pair
     from ..io import Geometry
@@ -32,12 +31,7 @@ def demo_layers() -> list[Any]:
     layers = _pair(case.image, case.mask.astype("uint8"), geometry, "head CTA", "vessel truth", meta, mask_meta,
                    (-100.0, 500.0))
     layers[1][1]["colormap"] = {None: "transparent", 0: "transparent", 1: "lime"}
-    assert case.structures is not None
-    region = {**layers[1][1], "name": "intracranial", "colormap": {None: "transparent", 0: "transparent",
-                                                                    1: "cyan"},
-              "metadata": {**layers[1][1]["metadata"], "label_names": {1: "intracranial"},
-                           "description": "brain, ventricles and vessels: the demo's target region"}}
-    return [*layers, ((case.structures >= 3).astype("uint8"), region, "labels")]
+    return list(layers)
 
 
 def open_demo(viewer: Any = None, *, model: str = DEMO_SOURCE, compare: bool = True,
@@ -63,10 +57,9 @@ def open_demo(viewer: Any = None, *, model: str = DEMO_SOURCE, compare: bool = T
         from ..models.demo import vessel_cta_model
 
         dock.set_model(vessel_cta_model(), source=DEMO_SOURCE)
-        if len(layers) > 2:  # the vessel class summed over the intracranial space
-            dock.target.set_kind("region from Labels layer")
-            dock.target.labels.select(layers[2])
-            dock.target.k1.setCurrentIndex(1)
+        # the vessel class summed over the voxels the model labels vessel, as the headless demo explains it
+        dock.target.set_kind("predicted region of class")
+        dock.target.k1.setCurrentIndex(1)
     elif dock.model.source() != model:
         dock.model.set_source(model)
     if explain:
