@@ -142,6 +142,12 @@ def noise_reference(ctx: Context, seed: int, index: int, s: dict[str, Any]) -> d
     return ctx.timed(_key(KEY, VERSION, "noise", seed, index, s), run)
 
 
+def _sig_ci(values: list[float]) -> str:
+    """"mean [lo, hi]" with four significant digits (infidelity's values are sums of squared logit changes)."""
+    m, lo, hi = mean_ci(values)
+    return f"{m:.4g} [{lo:.4g}, {hi:.4g}]"
+
+
 def _friedman(table_: dict[str, list[float]]) -> tuple[float, float, int]:
     """Friedman's test that the methods' values differ (cases as blocks): (p, Kendall's W, n cases)."""
     from scipy.stats import friedmanchisquare
@@ -215,16 +221,22 @@ def run(ctx: Context) -> Section:
     scale_rows = [r for r in rows if (r.cases or n) >= n and r.plan.name != "layer_conductance"]
     scales: dict[str, dict[str, list[float]]] = {f"{sg:g}": {} for sg in SCALES}
     scales[f"{s['infid_sigma']:g}"] = {}
+    scale_seconds: list[dict[str, float]] = []
     for row in scale_rows + [None]:
         label = "Gaussian-noise map" if row is None else _label(row)
         for i, sd in enumerate(seeds[:n_scale]):
             got = infidelity_scales(ctx, sd, i, None if row is None else row.plan, s)
+            scale_seconds.append(got)
             for key, v in got.items():
-                scales[key].setdefault(label, []).append(v)
+                if key in scales:  # not the "seconds" ctx.timed adds
+                    scales[key].setdefault(label, []).append(v)
             base = refs[i]["infidelity_noise"] if row is None else results[label][i]["infidelity"]
             scales[f"{s['infid_sigma']:g}"].setdefault(label, []).append(base)
 
-    compute = sum(r.get("seconds", 0.0) for v in results.values() for r in v if isinstance(r, dict))
+    own = {_label(r) for r in rows if not r.reuse}
+    compute = sum(r.get("seconds", 0.0) for lab, v in results.items() if lab in own for r in v)
+    shared = sum(r.get("seconds", 0.0) for lab, v in results.items() if lab not in own for r in v)
+    compute += sum(float(x.get("seconds", 0.0)) for x in scale_seconds)
     md = _markdown(ctx, rows, results, refs, tests, vs_ref, scales, s, n, n_scale, labels, vals)
     if n_scale:
         link = _figure(ctx, scales)
@@ -237,8 +249,10 @@ def run(ctx: Context) -> Section:
     if ctx.quick:
         because = "Quick mode (one case, no test can reach significance): " + because
     md += ["", f"**Verdict: {verdict}.** {because}", "",
-           f"Compute time of this section's own results: {compute:.0f} s on one torch thread, the input "
-           f"attributions' shared with the tasks section (this run took {time.perf_counter() - t0:.0f} s)."]
+           f"Compute time of this section's own results (its layer rows, integrated gradients and the infidelity "
+           f"scales): {compute:.0f} s of wall-clock time on one torch thread, plus {shared:.0f} s for the rows it "
+           "shares with the tasks section (as first computed, on a machine shared with other jobs; this run took "
+           f"{time.perf_counter() - t0:.0f} s)."]
     return Section(KEY, TITLE, "\n".join(md), verdict, summary)
 
 
@@ -266,7 +280,7 @@ def _markdown(ctx: Context, rows: list[Row], results: dict[str, list[dict[str, A
         f"known answer; higher is better; chance = the vessels' share, {fmt(chance[0])}); infidelity "
         f"(Gaussian perturbations of {s['infid_sigma']:g} x the range, {s['infid_samples']} samples, "
         "`normalize=True`, so maps of different scales compare; lower is better; reference: a Gaussian-noise "
-        f"map, {fmt_ci(noise)}); max-sensitivity ({s['ms_samples']} re-runs at ± 2 % of the range; lower is "
+        f"map, {_sig_ci(noise)}); max-sensitivity ({s['ms_samples']} re-runs at ± 2 % of the range; lower is "
         "better). The method's map is re-run for max-sensitivity, so the slowest rows have fewer cases. Paired "
         f"Wilcoxon tests of each method against {REFERENCE} (methods.md Part D's protocol) and against the "
         "references (chance; the noise map), Holm-corrected over the methods, per metric.",
@@ -281,7 +295,7 @@ def _markdown(ctx: Context, rows: list[Row], results: dict[str, list[dict[str, A
         inf = vals(label, "infidelity")
         ratio = [a / b for a, b in zip(inf, noise, strict=False)]
         trows.append([label, row.kind, row.torchesegeta, len(results[label]),
-                      fmt_ci(vals(label, "energy")), fmt_ci(inf, 4) if inf else "—",
+                      fmt_ci(vals(label, "energy")), _sig_ci(inf) if inf else "—",
                       fmt_ci(ratio, 4) if ratio else "—",
                       fmt_ci(vals(label, "max_sensitivity"), 3) if vals(label, "max_sensitivity") else "—"])
     md += [table(headers, trows), ""]
@@ -293,10 +307,10 @@ def _markdown(ctx: Context, rows: list[Row], results: dict[str, list[dict[str, A
             t = tests[metric].get(label)
             cells.append(fmt_paired(t, 3 if metric != "infidelity" else 1) if t is not None else
                          ("reference" if label == REFERENCE else "—"))
-        e = vs_ref["energy"].get(label)
-        cells.append(f"{e.direction}, Holm p {fmt_p(e.p_adj)}" if e is not None else "—")
-        f = vs_ref["infidelity"].get(label)
-        cells.append(f"{f.direction}, Holm p {fmt_p(f.p_adj)}" if f is not None else "—")
+        for t in (vs_ref["energy"].get(label), vs_ref["infidelity"].get(label)):
+            cells.append("—" if t is None else
+                         f"{t.direction if significant(t) else 'not shown'} ({t.wins}/{t.ties}/{t.losses}, "
+                         f"Holm p {fmt_p(t.p_adj)})")
         prow.append(cells)
     md += [f"Paired comparisons (method minus {REFERENCE}: mean difference [95 % CI], wins / ties / losses in the "
            "metric's direction, Wilcoxon p, Holm over the methods), and against the references:", "",
@@ -354,6 +368,24 @@ def _figure(ctx: Context, scales: dict[str, dict[str, list[float]]]) -> str:
     return link
 
 
+def _small_scale_words(scales: dict[str, dict[str, list[float]]]) -> str:
+    """What the scale table says at the smallest scale, in words."""
+    key = min(scales, key=float)
+    tab = scales[key]
+    noise = tab.get("Gaussian-noise map", [])
+    ratios = {lab: float(np.mean([a / b for a, b in zip(v, noise, strict=False)]))
+              for lab, v in tab.items() if lab != "Gaussian-noise map" and v}
+    if not ratios:
+        return ""
+    p, w, k = _friedman({lab: v for lab, v in tab.items() if lab != "Gaussian-noise map"})
+    order = sorted(ratios, key=lambda lab: ratios[lab])
+    return (f"At sigma {float(key):g} x the range (TorchEsegeta's scale; {k} cases) infidelity does separate the "
+            f"methods: {min(ratios.values()):.2f}-{max(ratios.values()):.2f} times the noise map's, Friedman p "
+            f"{fmt_p(p)}, Kendall's W {fmt(w, 2)}; lowest {order[0]} ({ratios[order[0]]:.2f}) and {order[1]} "
+            f"({ratios[order[1]]:.2f}), highest {order[-1]} ({ratios[order[-1]]:.2f}) — at so small a "
+            "perturbation the model responds almost linearly, and the gradient-based input maps predict it.")
+
+
 def _verdict(rows: list[Row], results: dict[str, list[dict[str, Any]]], vs_ref: dict[str, dict[str, Paired]],
              scales: dict[str, dict[str, list[float]]], labels: list[str], vals: Any, s: dict[str, Any],
              noise_values: list[float], chance_values: list[float]) -> tuple[str, str, str]:
@@ -407,9 +439,13 @@ def _verdict(rows: list[Row], results: dict[str, list[dict[str, Any]]], vs_ref: 
            if inf_separates else "it does not tell any method from a map of Gaussian noise") +
         f". Max-sensitivity: Friedman p {fmt_p(p_ms)} (W {fmt(w_ms, 2)}), "
         + ("it separates them" if ms_separates else "it does not separate them") +
-        f"; its method means and the energy in the vessels rank the methods with Spearman {fmt(rho, 2)} "
-        "(negative: the more stable maps are the ones on the vessels). See the scale table for infidelity at "
-        "smaller perturbations."
+        f"; over the methods, its means and the energy in the vessels have Spearman's rho {fmt(rho, 2)} ("
+        + ("no clear relation: a stable map is not thereby on the vessels" if not abs(rho) >= 0.3 else
+           "the more stable maps tend to be the ones on the vessels" if rho < 0 else
+           "the more stable maps tend to be off the vessels") + "). "
+        + _small_scale_words(scales) + " So the methods do extend to a 3D segmenter and max-sensitivity ranks "
+        "them, but infidelity at the library's default scale does not: it separates them only at small "
+        "perturbations."
     )
     summary = (f"{len(above)}/{len(inputs)} input attributions concentrate on the vessels; default infidelity "
                f"{'separates methods only marginally' if inf_separates else 'does not separate methods'} "

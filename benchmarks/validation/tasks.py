@@ -482,6 +482,10 @@ def _compare(t: Paired | None, better: str, worse: str, same: str) -> str:
         return ""
     if significant(t):
         return f"{better if t.direction == 'better' else worse} ({_p_text(t)})"
+    if t.n < 6:  # the smallest two-sided Wilcoxon p with 5 pairs is 0.0625: the test cannot decide
+        return (f"{better if t.direction == 'better' else worse} on "
+                f"{t.wins if t.direction == 'better' else t.losses} of {t.n} cases, too "
+                f"few for the test ({_p_text(t)})") if t.direction != "no difference" else f"{same} ({_p_text(t)})"
     return f"{same} ({_p_text(t)})"
 
 
@@ -668,10 +672,7 @@ def _figure(ctx: Context, results: dict[str, list[MethodSummary]]) -> str:
 
 
 def run(ctx: Context) -> Section:
-    import os
-
     t0 = time.perf_counter()
-    load0 = os.getloadavg()[0]
     s = settings(ctx)
     results: dict[str, list[MethodSummary]] = {}
     plan_of: dict[str, tuple[int, tuple[MethodPlan, ...], int | None]] = {}
@@ -740,10 +741,9 @@ def run(ctx: Context) -> Section:
            "Right: how much lower the map's deletion AUC is than the random orders' (above 0: the map's top "
            "units matter more than random ones).*", ""]
     md += [_headline(results), ""]
-    md += [f"Compute time of this section's results: {compute:.0f} s on one torch thread (the sum of the cached "
-           f"per-case results' times, as first computed; this run took {time.perf_counter() - t0:.0f} s, with the "
-           f"machine's load average at {load0:.1f} then {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: "
-           "times measured on a shared machine overstate a quiet core's)."]
+    md += [f"Compute time of this section's results: {compute:.0f} s of wall-clock time on one torch thread (the "
+           "sum of the cached per-case results' times, as first computed; on a machine shared with other jobs "
+           f"they overstate a quiet core's); this run took {time.perf_counter() - t0:.0f} s."]
     summary = _summary(results)
     return Section(KEY, TITLE, "\n".join(md), None, summary)
 
