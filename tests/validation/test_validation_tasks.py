@@ -91,4 +91,4 @@ def test_verdict_in_words_follows_the_tests() -> None:
     few = T.MethodSummary(plan, 3, rows[:3], refs[:3])
     few.tests["energy"] = holm([paired(few.values("energy"), few.ref_values("energy"))])[0]
     assert T.method_verdict(few).startswith("energy 5.")  # above chance, but three cases cannot show it
-    assert "not significant with 3 cases" in T.method_verdict(few)
+    assert "above it on 3 of 3 cases, too few for the test" in T.method_verdict(few)
