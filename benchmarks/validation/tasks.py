@@ -579,6 +579,7 @@ def task_markdown(task: Task, sums: list[MethodSummary], n_cases: int, faith_cas
         lines += [f"One-pass methods: energy and pointing on all {n_cases} cases, the other metrics on the first "
                   f"{faith_cases}.", ""]
     subsets = [f"{ms.plan.label}: cases 1-{ms.n} (seeds {ms.refs[0]['seed']}-{ms.refs[-1]['seed']})"
+               + (", without the re-run metrics" if not set(RERUN) & set(ms.plan.metrics) else "")
                for ms in sums if ms.n < n_cases]
     if subsets:
         lines += ["Slow methods on a subset: " + "; ".join(subsets) + ".", ""]
@@ -728,9 +729,9 @@ def run(ctx: Context) -> Section:
         "torch thread).",
         "",
         "Slow methods run on the first cases only (named in the \"cases\" column; the same cases for every "
-        "method, so each paired test is on matched cases); the perturbation methods whose one map costs "
-        "hundreds of model passes on a 3D task skip the two metrics that re-run the method "
-        "(randomisation and max-sensitivity, \"—\").",
+        "method, so each paired test is on matched cases); the slowest of them also skip the two metrics that "
+        "re-run the method several times (randomisation and max-sensitivity, \"—\"; named in each task's "
+        "subset line).",
         "",
     ]
     for name, sums in results.items():
