@@ -2,7 +2,7 @@
 reconstruction of Zhou & Kainz) against ``prediction_difference`` (Zintgraf et al., 10 conditional samples per
 window) at the same window, stride and input, as the median of interleaved repeated runs on one case. Prints the
 speed-up (goal >= 10x), the maps' Spearman rank correlation with PDA and each map's deletion AUC (lower is better)
-next to the random-voxel-order reference, plus the Taylor and screened variants.
+next to the random-voxel-order reference, plus the one-sample, Taylor and screened variants.
 
     .venv/bin/python benchmarks/bench_evidence.py [--model demo:contrast-phase] [--case 0] [--quick]
 
@@ -64,6 +64,7 @@ def main() -> int:
         "pda": lambda: na.explain(model, image, "prediction_difference", k, params={**params, "samples": 10}),
         "ev": lambda: na.explain(model, image, "evidence", k, params=params),
         "tay": lambda: na.explain(model, image, "evidence", k, params={**params, "mode": "taylor"}),
+        "smp": lambda: na.explain(model, image, "evidence", k, params={**params, "mode": "conditional_sample"}),
         "scr": lambda: na.explain(model, image, "evidence", k,
                                   params={**params, "mode": "screened", "screen": args.screen}),
     }
@@ -74,14 +75,15 @@ def main() -> int:
             t0 = time.perf_counter()
             results[name] = runs[name]()
             times[name].append(time.perf_counter() - t0)
-    t_pda, t_ev, t_tay, t_scr = (float(np.median(times[n])) for n in ("pda", "ev", "tay", "scr"))
-    pda, ev, tay, scr = results["pda"], results["ev"], results["tay"], results["scr"]
+    t_pda, t_ev, t_tay, t_scr, t_smp = (float(np.median(times[n])) for n in ("pda", "ev", "tay", "scr", "smp"))
+    pda, ev, tay, scr, smp = (results[n] for n in ("pda", "ev", "tay", "scr", "smp"))
     print(f"median of {args.repeats} interleaved runs, {torch.get_num_threads()} torch thread(s); all runs (s): "
           + "; ".join(f"{n} " + ", ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()))
     from scipy.stats import spearmanr
 
     rows = []
     for name, res, sec in (("prediction_difference (S=10)", pda, t_pda), ("evidence (conditional mean)", ev, t_ev),
+                           ("evidence (one conditional sample)", smp, t_smp),
                            (f"evidence (screened, {args.screen:g} exact)", scr, t_scr),
                            ("evidence (taylor)", tay, t_tay)):
         score = na.evaluate(model, image, res, "deletion", steps=20, baseline=fill)
