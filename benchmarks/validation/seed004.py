@@ -574,8 +574,8 @@ def run(ctx: Context) -> Section:
             f"{_say(fx['energy'], 'energy in mask')}."
         )
     md += [
-        f"**Verdict: {overall}.** Coverage claim: {coverage}; stride-fix claim: {fix}. Rules, fixed before "
-        "measuring: coverage is reproduced when VEBI's IoU is significantly higher than every baseline's on "
+        f"**Verdict: {overall}.** Coverage claim: {coverage}; stride-fix claim: {fix}. Rules: "
+        "coverage is reproduced when VEBI's IoU is significantly higher than every baseline's on "
         "every task, not reproduced when it is significantly higher than no baseline on any task, else reproduced in "
         "part; the stride fix is reproduced when the checkerboard score is significantly lower with it on every "
         "task (none: not reproduced); overall = the common verdict when both agree, else reproduced in part.",
