@@ -257,6 +257,11 @@ class Run:
         of 2.5 s for one pass per layer."""
         x = self.x.detach().requires_grad_(input_grad)  # a new tensor on the same storage: no copy
         need_graph = backward or input_grad
+        if not need_graph:
+            # a forward-only method through a sliding-window network (a perturbation method): the unperturbed
+            # input's stitched forward becomes the reference its perturbations are blended against, and this pass
+            # reads its output from it, so the windows run once for both
+            self.reference_windows()
         no_grad_meter = measure and not need_graph and not is_script(self.model)
         with torch.set_grad_enabled(need_graph), (saved_tensor_meter() if measure else nullcontext()) as meter, \
                 (output_meter(self.model) if no_grad_meter else nullcontext()) as out_meter:

@@ -284,11 +284,11 @@ def window_passes(method: na.MethodInfo, params: Mapping[str, Any], cost: Any, p
       stitched forward that fixes the target first;
     - a layer method (Grad-CAM and its kin): one stitched forward and one forward + partial backward per window
       (forward only for ``layer_activation``);
-    - a perturbation method: one stitched forward for the target, one for the reference, and per perturbation the
-      windows it changes — estimated from the perturbation's box (the method's window, scaled to the model grid)
-      against the inferer's window placement, averaged over the box positions; a perturbation that changes more than
-      half of the windows runs all of them, one without a box (RISE's masks) changes them all. The reference
-      outputs of changed windows are computed once each (at most ``W`` more).
+    - a perturbation method: one stitched forward that fixes the target and is the reference of the perturbed
+      inputs, and per perturbation the windows it changes — estimated from the perturbation's box (the method's
+      window, scaled to the model grid) against the inferer's window placement, averaged over the box positions; a
+      perturbation that changes more than half of the windows runs all of them, one without a box (RISE's masks)
+      changes them all. The reference outputs of changed windows are computed once each (at most ``W`` more).
 
     With ``params["patch_local"]``: the stitched prediction, then the method's own passes on each window (its cost
     at ``roi_size``), the network alone.
@@ -307,8 +307,8 @@ def window_passes(method: na.MethodInfo, params: Mapping[str, Any], cost: Any, p
     if method.sliding_window == "changed windows":
         box = _perturbation_box(method.name, params, spatial)
         if box is None:
-            return m * (2 * W + cost.passes * W), 0.0, 0.0
-        return m * (3 * W + cost.passes * changed_windows(plan, box[0], box[1], spatial)), 0.0, 0.0
+            return m * (W + cost.passes * W), 0.0, 0.0
+        return m * (2 * W + cost.passes * changed_windows(plan, box[0], box[1], spatial)), 0.0, 0.0
     first = W if method.shared_pass else W + W * full  # the stitched forward(s) before the windows' backward
     if method.sliding_window == "per-window":
         return m * first + W * cost.forward, 0.0, W * cost.partial
