@@ -47,9 +47,11 @@ def test_methods_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert "grad_cam" in out and "evidence" in out and "captum:<ClassName>" in out
 
 
-def test_methods_name_lists_parameters_defaults_and_choices(capsys: pytest.CaptureFixture[str]) -> None:
+def test_methods_name_lists_parameters_defaults_and_choices(capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")  # the listing wraps to the terminal's width (60-100 columns)
     assert main(["methods", "evidence"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # one line, whatever the wrapping
     assert 'mode = "conditional_mean"; one of "conditional_mean", "taylor", "screened", "conditional_sample"' in out
     assert "screen = 0.5" in out and "max_batch = null" in out and "Zhou & Kainz" in out
     assert main(["methods", "occlusion"]) == 0

@@ -197,7 +197,7 @@ class MethodInfo:
         --------
         >>> import napari_attribution as na
         >>> na.get_method("evidence").choice_list("mode")
-        (('conditional_mean', 'taylor', 'screened'), False)
+        (('conditional_mean', 'taylor', 'screened', 'conditional_sample'), False)
         >>> na.get_method("occlusion").choice_list("baseline")
         (('min', 'mean'), True)
         """
