@@ -3,7 +3,7 @@
 claims measured on them, each ending in a verdict. Writes ``docs/validation.md`` and its figures
 (``docs/images/validation/``) from a fixed seed.
 
-    .venv/bin/python benchmarks/validate.py                 # the whole report (about an hour on 2 cores)
+    .venv/bin/python benchmarks/validate.py                 # the whole report (36 min from an empty cache, one thread)
     .venv/bin/python benchmarks/validate.py --quick --out /tmp/v.md   # a few cases, fast methods (< 1 min)
     .venv/bin/python benchmarks/validate.py --only seed002  # recompute one section; the page keeps the others
 
