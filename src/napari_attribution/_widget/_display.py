@@ -11,14 +11,15 @@ one is still at work."""
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.qt.threading import create_worker
-from qtpy.QtCore import QTimer
+from qtpy import QtCore
+from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QPushButton, QWidget
 
 from .. import layers as L
@@ -75,6 +76,39 @@ def _reference(data: Any) -> Callable[[], Any]:
         return lambda: data
 
 
+class _Relay(QObject):
+    """Carries a plain thread's result to the GUI thread: made on the GUI thread, its signal emitted from another
+    thread is queued and its slot runs on the GUI thread."""
+
+    done = QtCore.Signal(object)  # type: ignore[attr-defined]  # qtpy does not re-export it for mypy
+
+
+def _off_gui_thread(fn: Callable[[], Any], returned: Callable[[Any], None], errored: Callable[[BaseException], None],
+                    keep: set[Any]) -> None:
+    """Run ``fn`` in a plain thread and hand its result (or exception) to ``returned`` (``errored``) on the GUI
+    thread. Not napari's ``create_worker``: a superqt worker points the process-wide ``warnings.showwarning`` at
+    itself while it runs, so one running beside an Explain job took the job's warnings (its incomplete-map warning
+    went missing) and, ending after it, could leave ``showwarning`` pointing at the finished job's list. ``keep``
+    holds the relay until its result is delivered."""
+    relay = _Relay()
+    keep.add(relay)
+
+    def deliver(out: tuple[bool, Any]) -> None:
+        keep.discard(relay)
+        (errored if out[0] else returned)(out[1])
+
+    relay.done.connect(deliver)
+
+    def work() -> None:
+        try:
+            out: tuple[bool, Any] = (False, fn())
+        except BaseException as err:  # noqa: BLE001 - handed to the GUI thread, which tells the user
+            out = (True, err)
+        relay.done.emit(out)
+
+    threading.Thread(target=work, name="napari-attribution body mask", daemon=True).start()
+
+
 class DisplayBox(QWidget):
     """The display choices of the heatmaps and the "Adjust limits" button.
 
@@ -118,6 +152,7 @@ class DisplayBox(QWidget):
         self._bodies: OrderedDict[_Key, tuple[Callable[[], Any], tuple[np.ndarray, str] | None]] = OrderedDict()
         self._pending: dict[_Key, list[Callable[[], None]]] = {}  # scans being scanned -> what waits for them
         self._waiting: set[str] = set()  # heatmap layers (keys) placed in full until their scan's body is found
+        self._relays: set[Any] = set()  # body-mask threads' relays until their results are delivered
         closed = self._closed = [False]  # set when the widget goes away: a late worker result touches nothing
         self.destroyed.connect(lambda *_: closed.__setitem__(0, True))
         self.outside.currentIndexChanged.connect(lambda *_: self.reshow())
@@ -183,8 +218,7 @@ class DisplayBox(QWidget):
                                   "heatmaps are shown everywhere.")
                 self._found(key, ref, None)
 
-        create_worker(find_body, data, key[1], modality, _ignore_errors=True,
-                      _connect={"returned": returned, "errored": errored})
+        _off_gui_thread(lambda: find_body(data, key[1], modality), returned, errored, self._relays)
 
     def _found(self, key: _Key, ref: Callable[[], Any], body: tuple[np.ndarray, str] | None) -> None:
         for gone in [k for k, (r, _) in self._bodies.items() if r() is None]:  # scans no longer held anywhere
