@@ -130,6 +130,32 @@ def _soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * inter + 1) / (p.sum() + t.sum() + 1)
 
 
+def _train_segmenter(model: nn.Module, draw: Callable[[], tuple[list[np.ndarray], list[np.ndarray]]], *,
+                     iterations: int, lr: float, name: str, log: Log) -> None:
+    """The vessel segmenters' training loop: ``iterations`` steps of Adam (``lr``, cosine decay to 5 %) on the
+    batches ``draw()`` returns (crops and their labels), loss = cross-entropy + soft Dice of the vessel class; logs
+    the running loss every 50 steps. Leaves the model in train mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(i / max(iterations, 1), 1.0))))
+    model.train()
+    running = 0.0
+    t1 = time.perf_counter()
+    for it in range(iterations):
+        xs, ys = draw()
+        xt = torch.from_numpy(np.stack(xs))[:, None]
+        yt = torch.from_numpy(np.stack(ys)).long()
+        logits = model(xt)
+        loss = F.cross_entropy(logits, yt) + _soft_dice_loss(logits, yt)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        sched.step()
+        running = 0.95 * running + 0.05 * float(loss.detach()) if it else float(loss.detach())
+        if (it + 1) % 50 == 0:
+            log(f"{name}  it {it + 1:4d}/{iterations}  loss {running:.3f}  {time.perf_counter() - t1:5.1f} s")
+
+
 def train_vessel_seg(*, iterations: int = 800, batch: int = 4, crop: int = 32, pool: int = 160, lr: float = 3e-3,
                      seed: int = 0, held_out: int = 12, log: Log = _quiet) -> tuple[VesselUNet3d, dict[str, Any]]:
     """Train the vessel UNet on random ``crop``-cubed crops (with random flips and axis permutations) from a
@@ -143,14 +169,9 @@ def train_vessel_seg(*, iterations: int = 800, batch: int = 4, crop: int = 32, p
     images, truth = vessel_batch(rng, pool)
     log(f"vessel-seg: generated {pool} training volumes in {time.perf_counter() - t0:.1f} s")
     model = VesselUNet3d()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(i / max(iterations, 1), 1.0))))
     size = images.shape[-1]
-    model.train()
-    running = 0.0
-    t1 = time.perf_counter()
-    for it in range(iterations):
+
+    def draw() -> tuple[list[np.ndarray], list[np.ndarray]]:
         xs, ys = [], []
         for _ in range(batch):
             i = int(rng.integers(0, pool))
@@ -164,17 +185,9 @@ def train_vessel_seg(*, iterations: int = 800, batch: int = 4, crop: int = 32, p
                     x, y = np.flip(x, ax), np.flip(y, ax)
             xs.append(np.ascontiguousarray(x))
             ys.append(np.ascontiguousarray(y))
-        xt = torch.from_numpy(np.stack(xs))[:, None]
-        yt = torch.from_numpy(np.stack(ys)).long()
-        logits = model(xt)
-        loss = F.cross_entropy(logits, yt) + _soft_dice_loss(logits, yt)
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        sched.step()
-        running = 0.95 * running + 0.05 * float(loss.detach()) if it else float(loss.detach())
-        if (it + 1) % 50 == 0:
-            log(f"vessel-seg  it {it + 1:4d}/{iterations}  loss {running:.3f}  {time.perf_counter() - t1:5.1f} s")
+        return xs, ys
+
+    _train_segmenter(model, draw, iterations=iterations, lr=lr, name="vessel-seg", log=log)
     seconds = time.perf_counter() - t0
     model.eval()
     xv, yv = vessel_batch(seed + HELD_OUT_OFFSET, held_out)
@@ -326,33 +339,21 @@ def train_vessel_cta(*, iterations: int = 800, batch: int = 4, crop: int = 32, p
         f"{time.perf_counter() - t0:.1f} s")
     model = VesselUNet3d()
     model.load_state_dict(get_demo("vessel-seg").module.state_dict())
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(i / max(iterations, 1), 1.0))))
-    model.train()
-    running = 0.0
-    t1 = time.perf_counter()
-    for it in range(iterations):
+
+    def draw() -> tuple[list[np.ndarray], list[np.ndarray]]:
         xs, ys = [], []
         for _ in range(batch):
             i = int(rng.integers(0, pool))
             x, y = _cta_crop(rng, images[i], truths[i], centres[i], crop)
             xs.append(x)
             ys.append(y)
-        xt = torch.from_numpy(np.stack(xs))[:, None]
-        yt = torch.from_numpy(np.stack(ys)).long()
-        logits = model(xt)
-        loss = F.cross_entropy(logits, yt) + _soft_dice_loss(logits, yt)
-        opt.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-        sched.step()
-        running = 0.95 * running + 0.05 * float(loss.detach()) if it else float(loss.detach())
-        if (it + 1) % 50 == 0:
-            log(f"vessel-cta  it {it + 1:4d}/{iterations}  loss {running:.3f}  {time.perf_counter() - t1:5.1f} s")
+        return xs, ys
+
+    _train_segmenter(model, draw, iterations=iterations, lr=lr, name="vessel-cta", log=log)
     seconds = time.perf_counter() - t0
     model.eval()
-    del images, truths, centres
+    for held in (images, truths, centres):  # the training volumes, before the held-out scans are made
+        held.clear()
     seeds = [seed + HELD_OUT_OFFSET + i for i in range(held_out)] + list(CTA_HELD_OUT_SEEDS)
     metrics = evaluate_vessel_cta(LoadedModel(module=model, card=card), seeds, log=log)
     metrics.update(train_seconds=round(seconds, 1), iterations=iterations, batch=batch, crop=crop, pool=pool,
