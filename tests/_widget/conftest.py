@@ -51,6 +51,17 @@ def phantom_viewer(make_napari_viewer: Any) -> Any:
 
 
 @pytest.fixture
+def compare(phantom_viewer: Any, qtbot: Any) -> Any:
+    """The Compare dock, docked in the phantom viewer, with its default demo model loaded."""
+    from napari_attribution._widget import CompareWidget
+
+    widget = CompareWidget(phantom_viewer)
+    phantom_viewer.window.add_dock_widget(widget, name="Compare")
+    wait_model(qtbot, widget)
+    return widget
+
+
+@pytest.fixture
 def dock(phantom_viewer: Any, qtbot: Any) -> Any:
     """The Explain dock, docked in the phantom viewer, with its default demo model loaded."""
     from napari_attribution._widget import ExplainWidget

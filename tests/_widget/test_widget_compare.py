@@ -20,16 +20,6 @@ pytestmark = pytest.mark.gui
 METHODS = ["saliency", "integrated_gradients", "grad_cam"]
 
 
-@pytest.fixture
-def compare(phantom_viewer: Any, qtbot: Any) -> Any:
-    from napari_attribution._widget import CompareWidget
-
-    widget = CompareWidget(phantom_viewer)
-    phantom_viewer.window.add_dock_widget(widget, name="Compare")
-    wait_model(qtbot, widget)
-    return widget
-
-
 def test_compare_adds_a_layer_per_method_grid_and_tables(compare: Any, qtbot: Any, notes: list[Any]) -> None:
     viewer = compare.viewer
     compare.set_methods(METHODS)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _widget_helpers import PHANTOM_SCALE, PHANTOM_TRANSLATE, heatmaps, wait_idle, wait_model
+from _widget_helpers import PHANTOM_SCALE, PHANTOM_TRANSLATE, heatmaps, wait_idle
 from qtpy.QtCore import Qt, QTimer
 
 from napari_attribution import layers as L
@@ -131,16 +131,6 @@ def test_a_hidden_heatmap_is_scored_and_saved_in_full(dock: Any, qtbot: Any, tmp
     np.testing.assert_allclose(back, raw)
     side = json.loads(Path(written[1]).read_text())["napari_attribution"]["display_mask"]
     assert side["saved"].startswith("the full map") and side["voxels_inside"] == int(body.sum())
-
-
-@pytest.fixture
-def compare(phantom_viewer: Any, qtbot: Any) -> Any:
-    from napari_attribution._widget import CompareWidget
-
-    widget = CompareWidget(phantom_viewer)
-    phantom_viewer.window.add_dock_widget(widget, name="Compare")
-    wait_model(qtbot, widget)
-    return widget
 
 
 def test_compare_dock_has_the_display_rows_for_its_heatmaps(compare: Any, qtbot: Any) -> None:
