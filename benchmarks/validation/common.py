@@ -65,13 +65,17 @@ class Cache:
         head = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(key[0]))[:40]
         return self.root / head / f"{digest}.json"
 
+    def reused(self, seconds: float) -> None:
+        """Count ``seconds`` of compute that a result kept outside this cache (e.g. trained weights) saved."""
+        self.hit_seconds += float(seconds)
+
     def get(self, key: Sequence[Any], fn: Callable[[], Any]) -> Any:
         path = self._path(key)
         if self.enabled and path.is_file():
             self.hits += 1
             value = json.loads(path.read_text())["value"]
             if isinstance(value, dict) and isinstance(value.get("seconds"), (int, float)):
-                self.hit_seconds += float(value["seconds"])
+                self.reused(value["seconds"])
             return value
         self.misses += 1
         value = fn()

@@ -181,7 +181,7 @@ def trained_nets(ctx: Context, recipe: Recipe) -> dict[tuple[str, int], tuple[An
                 net.load_state_dict(blob["state_dict"])
                 net.eval()
                 out[name, r] = (net, json.loads(blob["metrics"]))
-                ctx.cache.hit_seconds += float(out[name, r][1].get("train_seconds", 0.0))  # the report's time column
+                ctx.cache.reused(out[name, r][1].get("train_seconds", 0.0))  # the report's time column
                 continue
             if pool is None:
                 from napari_attribution.models.demo import abdomen_batch
